@@ -1,0 +1,1 @@
+"""Cython + OpenMP CPU kernels and the CPU backend built on them."""

@@ -1,0 +1,130 @@
+"""The CPU backend: the protocol of :mod:`sparsekit.backend` on the Cython + OpenMP kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Backend, _check_rebuild_args, sample_absent_host
+from ..csr import CSR, index_dtype_for
+from . import elementwise, sddmm, spmm, topology
+from ._checks import default_threads
+
+
+class CpuBackend(Backend):
+    """Cython kernels on NumPy arrays.
+
+    Parameters
+    ----------
+    num_threads : int, optional
+        OpenMP threads per kernel; default ``OMP_NUM_THREADS`` or the usable cores.  Results do
+        not depend on it: every output element is computed by one thread in a fixed order.
+    """
+
+    name = "cpu"
+    xp = np
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        self.num_threads = int(num_threads) if num_threads else default_threads()
+
+    def _operand(self, name, x, dtype, n_rows=None):
+        self.check_array(name, x)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (features x batch), got shape {x.shape}")
+        if x.dtype != dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the weights are {dtype}")
+        if n_rows is not None and x.shape[0] != n_rows:
+            raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
+        return np.ascontiguousarray(x)
+
+    def transpose_index(self, w: CSR):
+        """W's column index (cached on the CSR until its pattern changes)."""
+        if w._transpose is None:
+            w._transpose = spmm.transpose_index(w.indptr, w.indices, w.shape[1])
+        return w._transpose
+
+    def matmul(self, x_ib, w: CSR):
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        return spmm.matmul(w.indptr, w.indices, w.data, x, w.shape[1], self.num_threads)
+
+    def matmul_t(self, dy_ob, w: CSR):
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        t_indptr, t_rows, t_perm = self.transpose_index(w)
+        return spmm.matmul_t(t_indptr, t_rows, t_perm, w.data, dy, w.shape[0], self.num_threads)
+
+    def weight_grad(self, x_ib, dy_ob, w: CSR):
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        return sddmm.weight_grad(w.indptr, w.indices, x, dy, w.shape[1], self.num_threads)
+
+    def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        t_indptr, t_rows, t_perm = self.transpose_index(w)
+        return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], need_dx,
+                             self.num_threads)
+
+    def sampled_grad(self, x_ib, dy_ob, rows, cols):
+        self.check_array("rows", rows)
+        self.check_array("cols", cols)
+        x = self._operand("x_ib", x_ib, x_ib.dtype)
+        dy = self._operand("dy_ob", dy_ob, x.dtype)
+        idt = np.int64 if (rows.dtype == np.int64 or cols.dtype == np.int64) else np.int32
+        return sddmm.sampled_grad(x, dy, np.ascontiguousarray(rows, dtype=idt),
+                                  np.ascontiguousarray(cols, dtype=idt), self.num_threads)
+
+    def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
+        z = self._operand("z_ob", z_ob, z_ob.dtype)
+        b = np.ascontiguousarray(bias, dtype=z.dtype)
+        return elementwise.bias_act_dropout(z, b, float(slope), float(rate),
+                                            int(seed) & 0xFFFFFFFFFFFFFFFF, self.num_threads)
+
+    def select(self, values, k: int, largest: bool = True):
+        self.check_array("values", values)
+        v = np.ascontiguousarray(values)
+        if v.dtype not in (np.float32, np.float64):
+            v = v.astype(np.float64)
+        if v.ndim != 1:
+            raise ValueError(f"values must be 1-D, got shape {v.shape}")
+        if v.shape[0] and not np.isfinite(v).all():
+            raise ValueError("values contains NaN or infinite entries")
+        return topology.select(v, int(k), bool(largest))
+
+    def contains(self, w: CSR, rows, cols):
+        return topology.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
+                                 np.ascontiguousarray(cols, np.int64), self.num_threads)
+
+    def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
+                      col_weights=None):
+        rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
+                                        lambda r, c: self.contains(w, r, c))
+        idt = w.indices.dtype
+        return rows.astype(idt), cols.astype(idt)
+
+    def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
+        keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(
+            self, w, keep_mask, new_rows, new_cols, new_vals, states)
+        new_rows = np.ascontiguousarray(new_rows, dtype=np.int64)
+        new_cols = np.ascontiguousarray(new_cols, dtype=np.int64)
+        m = new_rows.shape[0]
+        if m > 1 and np.any((new_rows[1:] < new_rows[:-1])
+                            | ((new_rows[1:] == new_rows[:-1]) & (new_cols[1:] <= new_cols[:-1]))):
+            order = np.lexsort((new_cols, new_rows))
+            new_rows, new_cols, new_vals = new_rows[order], new_cols[order], new_vals[order]
+        nnz = int(np.count_nonzero(keep_mask)) + m
+        idt = index_dtype_for(nnz, w.shape)
+        indptr, indices = w.indptr.astype(idt, copy=False), w.indices.astype(idt, copy=False)
+        out_indptr = np.empty(w.shape[0] + 1, dtype=idt)
+        out_indices = np.empty(nnz, dtype=idt)
+        src = np.empty(nnz, dtype=np.int64)
+        bad = topology.merge(indptr, indices, keep_mask.view(np.uint8), new_rows, new_cols,
+                             w.shape[1], out_indptr, out_indices, src, self.num_threads)
+        if bad:
+            raise ValueError("rebuild: a new position is already present or repeats")
+        data = topology.gather(src, w.data, new_vals, self.num_threads)
+        new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
+        return new_w, [topology.gather(src, np.ascontiguousarray(s), None, self.num_threads)
+                       for s in states]

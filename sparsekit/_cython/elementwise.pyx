@@ -1,0 +1,82 @@
+"""Fused elementwise kernels for hidden layers.
+
+``bias_act_dropout`` adds the bias, applies a piecewise-linear activation (ReLU, leaky ReLU,
+All-ReLU: ``x`` for x > 0, ``slope * x`` otherwise) and inverted dropout in one pass, and writes
+the local derivative the backward pass multiplies by.  Dropout draws come from a counter-based
+hash of (seed, element index), so they are identical for any thread count and need no state.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport uint64_t
+
+import numpy as np
+
+from ._types cimport floating
+from ._checks import check_threads
+
+
+cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
+    # splitmix64 finaliser: a bijective, well-mixed hash of a 64-bit counter.
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+def bias_act_dropout(floating[:, ::1] z_ob, floating[::1] bias, double slope, double rate,
+                     uint64_t seed, int num_threads=0):
+    """Return ``(a_ob, d_ob)``: activations and d(a)/d(z), for z = z_ob + bias[:, None].
+
+    Parameters
+    ----------
+    z_ob : ndarray of shape (n_out, n_batch)
+        Pre-activations without bias, feature-major.  Not modified.
+    bias : ndarray of shape (n_out,)
+    slope : float
+        Slope for non-positive inputs (0 for ReLU, +/-alpha for All-ReLU).
+    rate : float
+        Dropout probability in [0, 1); 0 disables dropout.
+    seed : int
+        Key of this draw (one per layer and step); the same key gives the same mask.
+    """
+    cdef Py_ssize_t n_out = z_ob.shape[0], n_batch = z_ob.shape[1], o
+    if bias.shape[0] != n_out:
+        raise ValueError(f"bias has {bias.shape[0]} entries, expected {n_out}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
+    cdef int nt = check_threads(num_threads)
+    dtype = np.asarray(z_ob).dtype
+    a_np = np.empty((n_out, n_batch), dtype=dtype)
+    d_np = np.empty((n_out, n_batch), dtype=dtype)
+    cdef floating[:, ::1] a = a_np
+    cdef floating[:, ::1] d = d_np
+    # Keep an element when its 24-bit uniform draw is >= rate * 2**24.
+    cdef uint64_t threshold = <uint64_t>(rate * 16777216.0)
+    cdef floating scale = <floating>(1.0 / (1.0 - rate))
+    cdef floating s = <floating>slope
+    if n_out == 0 or n_batch == 0:
+        return a_np, d_np
+    with nogil:
+        for o in prange(n_out, schedule="static", num_threads=nt):
+            _row(&z_ob[o, 0], bias[o], &a[o, 0], &d[o, 0], n_batch, s, scale, threshold,
+                 seed + <uint64_t>(o * n_batch) * <uint64_t>0x9E3779B97F4A7C15)
+    return a_np, d_np
+
+
+cdef inline void _row(const floating* z, floating b, floating* a, floating* d,
+                      Py_ssize_t n, floating slope, floating scale, uint64_t threshold,
+                      uint64_t key) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, g
+    for j in range(n):
+        v = z[j] + b
+        g = 1 if v > 0 else slope
+        d[j] = g
+        a[j] = g * v
+    if threshold == 0:
+        return
+    for j in range(n):
+        if (_mix(key + <uint64_t>j * <uint64_t>0x9E3779B97F4A7C15) >> 40) < threshold:
+            d[j] = 0
+            a[j] = 0
+        else:
+            d[j] = d[j] * scale
+            a[j] = a[j] * scale

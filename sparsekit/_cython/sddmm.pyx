@@ -1,0 +1,97 @@
+"""Weight gradients restricted to a set of positions (SDDMM).
+
+``grad[k] = sum_b dy_ob[row_k, b] * x_ib[col_k, b]``: on W's own pattern (:func:`weight_grad`,
+threads own rows of W) or on an arbitrary candidate list (:func:`sampled_grad`, threads own
+contiguous slices of the list).  Both operands are feature-major, so each dot product reads two
+contiguous rows of length n_batch.
+"""
+from cython.parallel cimport prange
+
+import numpy as np
+
+from ._types cimport floating, index_t
+from ._checks import check_batch_operand, check_pattern, check_threads
+
+
+cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating s = 0
+    for i in range(n):
+        s = s + a[i] * b[i]
+    return s
+
+
+cdef inline void _grad_row(const index_t* indices, Py_ssize_t start, Py_ssize_t end,
+                           const floating* dy_row, const floating* x_ib, floating* grad,
+                           Py_ssize_t n_batch) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(start, end):
+        grad[k] = _dot(dy_row, x_ib + <Py_ssize_t>indices[k] * n_batch, n_batch)
+
+
+def weight_grad(index_t[::1] indptr, index_t[::1] indices, floating[:, ::1] x_ib,
+                floating[:, ::1] dy_ob, Py_ssize_t n_cols, int num_threads=0):
+    """Gradient of W on its own CSR pattern.
+
+    Parameters
+    ----------
+    indptr, indices : ndarray
+        Validated CSR pattern of W, shape (n_out, n_in).
+    x_ib : ndarray of shape (n_in, n_batch)
+        Layer input, feature-major.
+    dy_ob : ndarray of shape (n_out, n_batch)
+        Gradient of the loss with respect to the layer output, feature-major.
+    n_cols : int
+        Number of columns of W (= n_in).
+
+    Returns
+    -------
+    grad : ndarray of shape (nnz,)
+        In W's CSR order.
+    """
+    cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
+    cdef Py_ssize_t n_batch = x_ib.shape[1]
+    check_batch_operand("dy_ob", dy_ob, n_rows, n_batch)
+    check_batch_operand("x_ib", x_ib, n_cols, n_batch)
+    cdef int nt = check_threads(num_threads)
+    cdef Py_ssize_t nnz = indices.shape[0]
+    out = np.zeros(nnz, dtype=np.asarray(x_ib).dtype)
+    cdef floating[::1] grad = out
+    cdef Py_ssize_t r
+    if nnz == 0 or n_batch == 0:
+        return out
+    with nogil:
+        for r in prange(n_rows, schedule="guided", num_threads=nt):
+            _grad_row(&indices[0], indptr[r], indptr[r + 1], &dy_ob[0, 0] + r * n_batch,
+                      &x_ib[0, 0], &grad[0], n_batch)
+    return out
+
+
+def sampled_grad(floating[:, ::1] x_ib, floating[:, ::1] dy_ob, index_t[::1] rows,
+                 index_t[::1] cols, int num_threads=0):
+    """Gradient at an arbitrary list of (row, col) positions (candidate connections).
+
+    ``rows`` index output neurons (rows of ``dy_ob``) and ``cols`` input neurons (rows of
+    ``x_ib``).  Sorting the list by row lets consecutive dots reuse the cached ``dy_ob`` row.
+    """
+    cdef Py_ssize_t n_batch = x_ib.shape[1]
+    check_batch_operand("dy_ob", dy_ob, None, n_batch)
+    cdef int nt = check_threads(num_threads)
+    cdef Py_ssize_t m = rows.shape[0], k
+    if cols.shape[0] != m:
+        raise ValueError(f"rows has {m} entries but cols has {cols.shape[0]}")
+    if m:
+        r_np, c_np = np.asarray(rows), np.asarray(cols)
+        if r_np.min() < 0 or r_np.max() >= dy_ob.shape[0]:
+            raise ValueError(f"rows must lie in [0, {dy_ob.shape[0]})")
+        if c_np.min() < 0 or c_np.max() >= x_ib.shape[0]:
+            raise ValueError(f"cols must lie in [0, {x_ib.shape[0]})")
+    out = np.zeros(m, dtype=np.asarray(x_ib).dtype)
+    cdef floating[::1] grad = out
+    if m == 0 or n_batch == 0:
+        return out
+    with nogil:
+        for k in prange(m, schedule="static", num_threads=nt):
+            grad[k] = _dot(&dy_ob[0, 0] + <Py_ssize_t>rows[k] * n_batch,
+                           &x_ib[0, 0] + <Py_ssize_t>cols[k] * n_batch, n_batch)
+    return out

@@ -1,0 +1,377 @@
+"""Backend protocol, registry and selection.
+
+Shared code (layers, growth methods, training) talks only to a :class:`Backend`: its ``xp`` array
+module and the methods below.  Activations are **feature-major**: an activation matrix has one
+row per neuron and one column per sample (``x_ib``: inputs x batch, ``y_ob``: outputs x batch),
+so with W of shape ``(n_out, n_in)``:
+
+=====================================  ===================================================
+``matmul(x_ib, w)``                    ``y_ob = W @ x_ib``   (forward)
+``matmul_t(dy_ob, w)``                 ``dx_ib = W.T @ dy_ob``   (backward to inputs)
+``weight_grad(x_ib, dy_ob, w)``        ``g[k] = sum_b dy_ob[row_k, b] x_ib[col_k, b]`` (SDDMM)
+``backward(x_ib, dy_ob, w, need_dx)``  both of the above, fused where the backend can
+``sampled_grad(x_ib, dy_ob, r, c)``    the SDDMM on an arbitrary candidate list
+``select(values, k, largest)``         indices of the top/bottom k, O(n)
+``sample_absent(w, m, rng, ...)``      m distinct positions not in W
+``rebuild(w, keep, r, c, v, *states)`` W after drop + insert, states permuted alike
+=====================================  ===================================================
+
+The base class implements the topology methods generically with ``xp`` (so a new backend works
+before it is fast); backends override the hot paths.  Arrays never cross devices silently:
+:meth:`Backend.asarray` and :meth:`Backend.to_numpy` are the only ways across.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .csr import CSR, array_module, index_dtype_for
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class Backend:
+    """Base class of the kernel backends. See the module docstring for the contract."""
+
+    name: str = "base"
+    xp: Any = np
+
+    # --- moving data ----------------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """``x`` as a C-contiguous array on this backend's device (copies only if needed)."""
+        if array_module(x) is not self.xp and array_module(x) is not np:
+            raise TypeError(
+                f"{self.name} backend got an array from another device "
+                f"({type(x).__module__}); move it with to_numpy() first"
+            )
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x) -> np.ndarray:
+        """Copy (or view) ``x`` on the host as a NumPy array."""
+        return np.asarray(x)
+
+    def check_array(self, name: str, x) -> None:
+        if array_module(x) is not self.xp:
+            raise TypeError(
+                f"{name} is a {type(x).__module__} array but the {self.name} backend needs "
+                f"{self.xp.__name__} arrays; call backend.asarray({name}) first"
+            )
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    # --- products -------------------------------------------------------------------------
+    def matmul(self, x_ib, w: CSR):
+        raise NotImplementedError
+
+    def matmul_t(self, dy_ob, w: CSR):
+        raise NotImplementedError
+
+    def weight_grad(self, x_ib, dy_ob, w: CSR):
+        raise NotImplementedError
+
+    def sampled_grad(self, x_ib, dy_ob, rows, cols):
+        raise NotImplementedError
+
+    def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
+        """``(dx_ib or None, grad)``; backends may fuse the two passes."""
+        dx = self.matmul_t(dy_ob, w) if need_dx else None
+        return dx, self.weight_grad(x_ib, dy_ob, w)
+
+    # --- elementwise ------------------------------------------------------------------------
+    def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
+        """Add bias, apply ``x if x > 0 else slope * x`` and inverted dropout.
+
+        Returns ``(a_ob, d_ob)``: activations and their derivative with respect to z.  The
+        dropout mask is a counter-based hash of ``seed`` and the element index, identical on
+        every backend and thread count.
+        """
+        xp = self.xp
+        z = z_ob + bias[:, None]
+        d = xp.where(z > 0, z.dtype.type(1), z.dtype.type(slope)).astype(z.dtype)
+        a = d * z
+        if rate > 0:
+            n_out, n_batch = z.shape
+            o = xp.arange(n_out, dtype=xp.uint64)[:, None]
+            j = xp.arange(n_batch, dtype=xp.uint64)[None, :]
+            key = xp.uint64(seed) + o * xp.uint64(n_batch) * _GOLDEN
+            draw = _splitmix(xp, key + j * _GOLDEN) >> xp.uint64(40)
+            keep = draw >= xp.uint64(int(rate * 16777216.0))
+            scale = z.dtype.type(1.0 / (1.0 - rate))
+            d = xp.where(keep, d * scale, 0).astype(z.dtype)
+            a = xp.where(keep, a * scale, 0).astype(z.dtype)
+        return a, d
+
+    # --- topology -------------------------------------------------------------------------
+    def select(self, values, k: int, largest: bool = True):
+        """Indices (int64, increasing) of the ``k`` largest or smallest values."""
+        xp = self.xp
+        n = values.shape[0]
+        if not 0 <= k <= n:
+            raise ValueError(f"k must lie in [0, {n}], got {k}")
+        if k == 0:
+            return xp.empty(0, dtype=xp.int64)
+        if k == n:
+            return xp.arange(n, dtype=xp.int64)
+        keys = -values if largest else values
+        idx = xp.argpartition(keys, k - 1)[:k]
+        return xp.sort(idx).astype(xp.int64)
+
+    def contains(self, w: CSR, rows, cols):
+        """Boolean mask: is ``(rows[j], cols[j])`` a stored position of W?"""
+        xp = self.xp
+        keys = w.row_ids().astype(xp.int64) * w.shape[1] + w.indices
+        q = xp.asarray(rows, dtype=xp.int64) * w.shape[1] + xp.asarray(cols, dtype=xp.int64)
+        pos = xp.searchsorted(keys, q)
+        pos = xp.minimum(pos, max(keys.shape[0] - 1, 0))
+        return (keys[pos] == q) if keys.shape[0] else xp.zeros(q.shape[0], dtype=bool)
+
+    def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
+                      col_weights=None):
+        """``m`` distinct positions not stored in W, sorted by (row, col).
+
+        Uniform over all absent positions, or, with ``row_weights``/``col_weights``, drawn from
+        the product of those (non-negative) marginals.  Costs O(nnz + m) memory: candidates are
+        drawn in rounds and filtered, never by materialising the n_out x n_in grid.  Draws come
+        from ``rng`` on the host, so a seed gives the same positions on every backend.
+        """
+        rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
+                                        lambda r, c: self.to_numpy(self.contains(
+                                            w, self.asarray(r), self.asarray(c))))
+        idt = w.indices.dtype
+        return self.asarray(rows.astype(idt)), self.asarray(cols.astype(idt))
+
+    def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
+        """W with the entries where ``keep_mask`` is false dropped and new ones inserted.
+
+        Returns ``(w_new, [state_new, ...])``: every state array (aligned with ``w.data``) is
+        permuted like the values, with 0 at inserted positions.  Raises ``ValueError`` when an
+        inserted position is already kept or repeats.
+        """
+        xp = self.xp
+        n_rows, n_cols = w.shape
+        keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(
+            self, w, keep_mask, new_rows, new_cols, new_vals, states)
+        old_keys = (w.row_ids().astype(xp.int64) * n_cols + w.indices)[keep_mask]
+        new_keys = new_rows.astype(xp.int64) * n_cols + new_cols.astype(xp.int64)
+        keys = xp.concatenate([old_keys, new_keys])
+        src = xp.concatenate([xp.flatnonzero(keep_mask).astype(xp.int64),
+                              -1 - xp.arange(new_keys.shape[0], dtype=xp.int64)])
+        order = xp.argsort(keys, kind="stable")
+        keys, src = keys[order], src[order]
+        if keys.shape[0] > 1 and bool(xp.any(keys[1:] == keys[:-1])):
+            raise ValueError("rebuild: a new position is already present or repeats")
+        nnz = keys.shape[0]
+        idt = index_dtype_for(nnz, w.shape)
+        rows = keys // n_cols
+        indptr = xp.zeros(n_rows + 1, dtype=idt)
+        indptr[1:] = xp.cumsum(xp.bincount(rows, minlength=n_rows)).astype(idt)
+        indices = (keys % n_cols).astype(idt)
+        new_w = CSR(indptr, indices, _take(xp, src, w.data, new_vals), w.shape, check=False)
+        return new_w, [_take(xp, src, s, None) for s in states]
+
+
+def _take(xp, src, old, new_vals):
+    out = xp.zeros(src.shape[0], dtype=old.dtype)
+    kept = src >= 0
+    out[kept] = old[src[kept]]
+    if new_vals is not None:
+        out[~kept] = new_vals[-1 - src[~kept]]
+    return out
+
+
+def _splitmix(xp, z):
+    z = (z ^ (z >> xp.uint64(30))) * xp.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> xp.uint64(27))) * xp.uint64(0x94D049BB133111EB)
+    return z ^ (z >> xp.uint64(31))
+
+
+def _check_rebuild_args(backend, w, keep_mask, new_rows, new_cols, new_vals, states):
+    xp = backend.xp
+    for name, arr in (("keep_mask", keep_mask), ("new_rows", new_rows),
+                      ("new_cols", new_cols), ("new_vals", new_vals)):
+        backend.check_array(name, arr)
+    if keep_mask.dtype != bool or keep_mask.shape != (w.nnz,):
+        raise ValueError(f"keep_mask must be a bool array of length nnz={w.nnz}")
+    m = new_rows.shape[0]
+    if new_cols.shape != (m,) or new_vals.shape != (m,):
+        raise ValueError("new_rows, new_cols and new_vals must have the same length")
+    for i, s in enumerate(states):
+        backend.check_array(f"states[{i}]", s)
+        if s.shape != (w.nnz,):
+            raise ValueError(f"states[{i}] has shape {s.shape}, expected ({w.nnz},)")
+    if m:
+        if int(new_rows.min()) < 0 or int(new_rows.max()) >= w.shape[0]:
+            raise ValueError(f"new_rows must lie in [0, {w.shape[0]})")
+        if int(new_cols.min()) < 0 or int(new_cols.max()) >= w.shape[1]:
+            raise ValueError(f"new_cols must lie in [0, {w.shape[1]})")
+        if not bool(xp.all(xp.isfinite(new_vals))):
+            raise ValueError("new_vals contains NaN or infinite values")
+    return keep_mask, new_rows, new_cols, new_vals.astype(w.data.dtype, copy=False)
+
+
+def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, col_weights,
+                       contains: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side sampler shared by the backends; ``contains(rows, cols)`` tests membership."""
+    n_rows, n_cols = w.shape
+    m = int(m)
+    total = n_rows * n_cols
+    absent = total - w.nnz
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    if m > absent:
+        raise ValueError(f"cannot sample {m} absent positions: only {absent} are free")
+    if m == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    p_row = _marginal("row_weights", row_weights, n_rows)
+    p_col = _marginal("col_weights", col_weights, n_cols)
+    if p_row is None and p_col is None and total <= 4 * (w.nnz + m):
+        # Nearly full layer: rejection would stall, and the grid is at most 4 x (nnz + m)
+        # positions, so listing the free ones keeps the O(nnz + m) bound.
+        host = w.to_scipy()
+        grid = np.ones(total, dtype=bool)
+        rows_h = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(host.indptr))
+        grid[rows_h * n_cols + host.indices] = False
+        free = np.flatnonzero(grid)
+        pick = np.sort(rng.choice(free.shape[0], size=m, replace=False))
+        keys = free[pick]
+        return keys // n_cols, keys % n_cols
+    if p_row is not None or p_col is not None:
+        _check_weighted_room(w, m, p_row, p_col)
+    accepted = np.empty(0, np.int64)
+    for _ in range(200):
+        need = m - accepted.shape[0]
+        draw = int(need * 1.25 * total / max(absent, 1)) + 64
+        r = (rng.integers(0, n_rows, draw) if p_row is None
+             else rng.choice(n_rows, size=draw, p=p_row))
+        c = (rng.integers(0, n_cols, draw) if p_col is None
+             else rng.choice(n_cols, size=draw, p=p_col))
+        fresh = ~np.asarray(contains(r, c), dtype=bool)
+        keys = np.concatenate([accepted, r[fresh] * n_cols + c[fresh]])
+        # Keep first occurrences in draw order: the first m distinct draws are a uniform
+        # sample without replacement.
+        _, first = np.unique(keys, return_index=True)
+        accepted = keys[np.sort(first)][:m]
+        if accepted.shape[0] == m:
+            keys = np.sort(accepted)
+            return keys // n_cols, keys % n_cols
+    raise ValueError(
+        f"could not find {m} absent positions after 200 rounds: the sampling weights put "
+        "almost all their mass on existing connections"
+    )
+
+
+def _marginal(name, weights, n):
+    if weights is None:
+        return None
+    p = np.asarray(weights, dtype=np.float64).ravel()
+    if p.shape != (n,):
+        raise ValueError(f"{name} must have length {n}, got {p.shape[0]}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError(f"{name} must be finite, non-negative and not all zero")
+    return p / p.sum()
+
+
+def _check_weighted_room(w, m, p_row, p_col):
+    """Refuse when fewer than m free positions have non-zero probability."""
+    n_rows, n_cols = w.shape
+    r_ok = np.ones(n_rows, bool) if p_row is None else p_row > 0
+    c_ok = np.ones(n_cols, bool) if p_col is None else p_col > 0
+    host = w.to_scipy()
+    rows = np.repeat(np.arange(n_rows), np.diff(host.indptr))
+    taken = int(np.count_nonzero(r_ok[rows] & c_ok[host.indices]))
+    room = int(r_ok.sum()) * int(c_ok.sum()) - taken
+    if room < m:
+        raise ValueError(
+            f"only {room} free positions have non-zero sampling weight, {m} requested"
+        )
+
+
+# --- registry and selection -----------------------------------------------------------------
+_FACTORIES: dict[str, Callable[[], Backend]] = {}
+_INSTANCES: dict[str, Backend] = {}
+_current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "sparsekit_backend", default=None)
+
+
+def register_backend(name: str, factory: Callable[[], Backend]) -> None:
+    """Make ``get_backend(name)`` build a backend with ``factory()`` (once, lazily)."""
+    _FACTORIES[name] = factory
+    _INSTANCES.pop(name, None)
+
+
+def available_backends() -> list[str]:
+    """Names of the registered backends that can run here."""
+    from ._compat import has_cupy_gpu
+
+    return [n for n in _FACTORIES if n != "gpu" or has_cupy_gpu]
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Return a backend by name: ``"cpu"``, ``"gpu"`` or ``"auto"``.
+
+    ``None`` means the backend selected by :func:`use_backend`, else the ``SPARSEKIT_BACKEND``
+    environment variable, else ``"cpu"``.  ``"auto"`` picks the GPU when one is usable.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        current = _current.get()
+        if current is not None:
+            return current
+        name = os.environ.get("SPARSEKIT_BACKEND", "cpu")
+    name = str(name).lower()
+    if name == "auto":
+        from ._compat import has_cupy_gpu
+
+        name = "gpu" if has_cupy_gpu and "gpu" in _FACTORIES else "cpu"
+    if name not in _FACTORIES:
+        raise ValueError(
+            f"unknown backend {name!r}; choose one of {sorted(_FACTORIES) + ['auto']}"
+        )
+    if name not in _INSTANCES:
+        _INSTANCES[name] = _FACTORIES[name]()
+    return _INSTANCES[name]
+
+
+@contextlib.contextmanager
+def use_backend(name: str | Backend) -> Iterator[Backend]:
+    """Context manager: make ``name`` the default backend inside the block."""
+    backend = get_backend(name)
+    token = _current.set(backend)
+    try:
+        yield backend
+    finally:
+        _current.reset(token)
+
+
+def _make_cpu() -> Backend:
+    from ._cython.backend import CpuBackend
+
+    return CpuBackend()
+
+
+def _make_gpu() -> Backend:
+    from ._compat import gpu_unavailable_reason, has_cupy_gpu
+
+    if not has_cupy_gpu:
+        raise RuntimeError(
+            f"the gpu backend is unavailable: {gpu_unavailable_reason}. Install CuPy for your "
+            "CUDA version (pip install 'sparsekit[gpu-cuda12]' or 'sparsekit[gpu-cuda13]') on a "
+            "machine with an NVIDIA GPU, or use backend='cpu'"
+        )
+    from ._cuda.backend import GpuBackend  # pragma: no cover - needs a GPU
+
+    return GpuBackend()  # pragma: no cover
+
+
+register_backend("cpu", _make_cpu)
+register_backend("gpu", _make_gpu)
+
+__all__ = ["Backend", "available_backends", "get_backend", "register_backend", "use_backend"]

@@ -1,0 +1,31 @@
+"""sparsekit: truly sparse neural network training.
+
+Weights live as CSR matrices from initialisation to checkpoint, so memory and time grow with
+the number of connections, not with layer width squared.
+"""
+
+from .backend import Backend, available_backends, get_backend, register_backend, use_backend
+from .checkpoint import load_checkpoint, save_checkpoint
+from .csr import CSR
+from .growth import available_methods, get_method
+from .init import erdos_renyi
+from .layers import SparseLinear
+from .model import SparseMLP
+from .training import TrainResult, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CSR", "Backend", "SparseLinear", "SparseMLP", "TrainResult", "available_backends",
+    "available_methods", "erdos_renyi", "get_backend", "get_method", "load_checkpoint",
+    "register_backend", "save_checkpoint", "train", "use_backend", "load_dataset",
+]
+
+
+def __getattr__(name):
+    # Datasets pull in optional readers; import them on first use only.
+    if name in ("load_dataset", "datasets"):
+        from . import datasets
+
+        return datasets.load_dataset if name == "load_dataset" else datasets
+    raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""The ``sparsekit`` command line: ``train``, ``evaluate``.
+
+Defaults of ``sparsekit train`` are the Fashion-MNIST setup of Curci et al. (2021):
+784-1000-1000-1000-10, ε 20, SET ζ 0.3, All-ReLU α 0.6, dropout 0.3, lr 0.01, momentum 0.9,
+weight decay 2e-4, batch 128.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsekit", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a sparse MLP and write a run folder")
+    t.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist, digits, synthetic, or a .npz path (default fashion-mnist)")
+    t.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+    t.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000, 1000])
+    t.add_argument("--method", default="set", help="set or static (default set)")
+    t.add_argument("--backend", default="cpu", help="cpu, gpu or auto (default cpu)")
+    t.add_argument("--epochs", type=int, default=None, help="default 100 (or the resumed run's)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--lr-schedule", default="constant", help="constant, step, cosine, linear")
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=2e-4)
+    t.add_argument("--decay", default="coupled", help="coupled (L2, as PyTorch) or decoupled")
+    t.add_argument("--dropout", type=float, default=0.3)
+    t.add_argument("--epsilon", type=float, default=20.0)
+    t.add_argument("--zeta", type=float, default=0.3)
+    t.add_argument("--alpha", type=float, default=0.6)
+    t.add_argument("--activation", default="allrelu")
+    t.add_argument("--init", default="he_uniform")
+    t.add_argument("--fan-in", default="dense", help="dense (paper) or actual")
+    t.add_argument("--evolve-every", type=int, default=None, help="steps between updates")
+    t.add_argument("--prune-start", type=int, default=None,
+                   help="first epoch of importance pruning (off by default)")
+    t.add_argument("--prune-every", type=int, default=10)
+    t.add_argument("--prune-percentile", type=float, default=10.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
+    t.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in folder RUN from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-plot", action="store_true", help="do not write plot.png")
+    e = sub.add_parser("evaluate", help="evaluate a run's checkpoint on its test data")
+    e.add_argument("run", help="run folder (or checkpoint .npz)")
+    e.add_argument("--backend", default="cpu")
+    e.add_argument("--data-dir", default=None)
+    return p
+
+
+TRAIN_KEYS = ("method", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
+              "weight_decay", "decay", "dropout", "epsilon", "zeta", "alpha", "activation",
+              "init", "fan_in", "evolve_every", "prune_start", "prune_every", "prune_percentile",
+              "seed")
+
+
+def cmd_train(args) -> int:
+    from .training import CHECKPOINT, train
+    from .backend import get_backend
+    from .datasets import load_dataset
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"{run_dir} is not a sparsekit run folder (no config.json)")
+        cfg = json.loads(cfg_path.read_text())
+        if args.epochs is not None:
+            cfg["train"]["epochs"] = args.epochs
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{args.method}-{stamp}")
+        args.epochs = 100 if args.epochs is None else args.epochs
+        cfg = {"dataset": args.dataset, "data_dir": args.data_dir, "hidden": args.hidden,
+               "backend": args.backend, "train": {k: getattr(args, k) for k in TRAIN_KEYS}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    backend = get_backend(args.backend if not args.resume else cfg["backend"])
+    if args.threads and hasattr(backend, "num_threads"):
+        backend.num_threads = args.threads
+    data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"])
+    sizes = [data.n_features, *cfg["hidden"], data.n_classes]
+    print(f"sparsekit: {cfg['dataset']} ({data.x_train.shape[0]} train, "
+          f"{data.x_test.shape[0]} test), layers {sizes}, backend {backend.name}, "
+          f"run folder {run_dir}", flush=True)
+    resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
+    result = train(sizes, data, backend=backend, **cfg["train"], run_dir=run_dir,
+                             resume=resume, progress=not args.no_progress,
+                             log=lambda line: print(line, flush=True))
+    if not args.no_plot and result.history:
+        from .plot import plot_history
+
+        plot_history(result.history, run_dir / "plot.png", result.model, data.image_shape)
+    last = result.history[-1] if result.history else {}
+    if "test_acc" in last:
+        print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
+              f"results in {run_dir}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .datasets import load_dataset
+
+    path = Path(args.run)
+    ckpt_path = path / "checkpoint.npz" if path.is_dir() else path
+    ckpt = load_checkpoint(ckpt_path, backend=args.backend)
+    cfg_path = ckpt_path.parent / "config.json"
+    dataset = json.loads(cfg_path.read_text())["dataset"] if cfg_path.exists() else "fashion-mnist"
+    data = load_dataset(dataset, data_dir=args.data_dir)
+    loss, acc = ckpt.model.evaluate(data.x_test, data.y_test)
+    print(f"{ckpt_path}: test loss {loss:.4f}, accuracy {100 * acc:.2f}% "
+          f"({data.x_test.shape[0]} samples, epoch {ckpt.train_state.get('epoch', '?')}, "
+          f"connections {sum(ckpt.model.n_connections)})")
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        print(f"sparsekit: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("sparsekit: interrupted; resume with --resume RUN", file=sys.stderr)
+        return 130

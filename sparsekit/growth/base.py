@@ -1,0 +1,51 @@
+"""Growth-method protocol and registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+class GrowthMethod:
+    """Base class: a method that may change the model's topology during training.
+
+    Hooks return a dict of statistics (added to the epoch's history) or ``None``.
+    """
+
+    name = "base"
+
+    def after_step(self, model, step: int, epoch: int, rng: np.random.Generator,
+                   cache: Any = None) -> dict | None:
+        """Called after each optimizer step; ``step`` counts from 0 over the whole run."""
+        return None
+
+    def end_of_epoch(self, model, epoch: int, epochs: int,
+                     rng: np.random.Generator) -> dict | None:
+        """Called after each epoch's training, before evaluation."""
+        return None
+
+    def params(self) -> dict:
+        """JSON-serialisable parameters (recorded in history and checkpoints)."""
+        return {}
+
+
+_METHODS: dict[str, Callable[..., GrowthMethod]] = {}
+
+
+def register_method(name: str, factory: Callable[..., GrowthMethod]) -> None:
+    _METHODS[name] = factory
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(method: str | GrowthMethod, **params) -> GrowthMethod:
+    """A growth method by name (``"set"``, ``"static"``, ...) with its parameters."""
+    if isinstance(method, GrowthMethod):
+        return method
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {available_methods()}")
+    return _METHODS[method](**params)

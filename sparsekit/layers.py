@@ -1,0 +1,87 @@
+"""A truly sparse fully connected layer: CSR weights, bias, and their optimizer state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import Backend, get_backend
+from .csr import CSR
+from .init import erdos_renyi
+
+
+class SparseLinear:
+    """``z_ob = W @ x_ib + b`` with W a :class:`~sparsekit.csr.CSR` of shape (n_out, n_in).
+
+    The momentum buffers ``vel_w`` (aligned with ``w.data``) and ``vel_b`` live with the layer so
+    that every topology change can carry them along.
+    """
+
+    def __init__(self, w: CSR, bias=None, backend: Backend | str | None = None) -> None:
+        self.backend = get_backend(backend)
+        xp = self.backend.xp
+        self.backend.check_array("w.data", w.data)
+        self.w = w
+        self.b = (xp.zeros(w.shape[0], dtype=w.dtype) if bias is None
+                  else self.backend.asarray(bias, dtype=w.dtype))
+        if self.b.shape != (w.shape[0],):
+            raise ValueError(f"bias has shape {self.b.shape}, expected ({w.shape[0]},)")
+        self.vel_w = xp.zeros_like(w.data)
+        self.vel_b = xp.zeros_like(self.b)
+
+    @classmethod
+    def random(cls, n_in: int, n_out: int, epsilon: float = 20.0, *, rng=None, backend=None,
+               dtype=np.float32, init: str = "he_uniform", fan_in: str = "dense") -> SparseLinear:
+        """An Erdős–Rényi layer (see :func:`sparsekit.init.erdos_renyi`) with zero bias."""
+        be = get_backend(backend)
+        w = erdos_renyi(n_out, n_in, epsilon, rng=rng, backend=be, dtype=dtype, init=init,
+                        fan_in=fan_in)
+        return cls(w, backend=be)
+
+    @property
+    def in_features(self) -> int:
+        return self.w.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        return self.w.nnz
+
+    def forward(self, x_ib):
+        """Pre-activation without the bias (hidden layers fuse the bias into the activation)."""
+        return self.backend.matmul(x_ib, self.w)
+
+    def backward(self, x_ib, dz_ob, need_dx: bool = True):
+        """``(dx_ib or None, grad_w, grad_b)`` for the upstream gradient ``dz_ob``."""
+        dx, gw = self.backend.backward(x_ib, dz_ob, self.w, need_dx)
+        return dx, gw, dz_ob.sum(axis=1)
+
+    def set_topology(self, w: CSR, vel_w) -> None:
+        """Install a new pattern and its aligned velocity (from ``Backend.rebuild``)."""
+        if vel_w.shape != w.data.shape:
+            raise ValueError("velocity must be aligned with the new weights")
+        self.w, self.vel_w = w, vel_w
+
+    def compact(self, row_mask=None, col_mask=None) -> None:
+        """Drop output neurons (rows) and/or inputs (columns) where the masks are false."""
+        xp = self.backend.xp
+        w = self.w
+        rm = xp.ones(w.shape[0], bool) if row_mask is None else self.backend.asarray(row_mask)
+        cm = xp.ones(w.shape[1], bool) if col_mask is None else self.backend.asarray(col_mask)
+        keep = rm[w.row_ids()] & cm[w.indices]
+        new_row = xp.cumsum(rm) - 1
+        new_col = xp.cumsum(cm) - 1
+        rows = new_row[w.row_ids()[keep]]
+        n_rows, n_cols = int(rm.sum()), int(cm.sum())
+        idt = w.indices.dtype
+        indptr = xp.zeros(n_rows + 1, dtype=idt)
+        indptr[1:] = xp.cumsum(xp.bincount(rows, minlength=n_rows)).astype(idt)
+        self.w = CSR(indptr, new_col[w.indices[keep]].astype(idt), w.data[keep],
+                     (n_rows, n_cols), check=False)
+        self.vel_w = self.vel_w[keep]
+        self.b, self.vel_b = self.b[rm], self.vel_b[rm]
+
+    def __repr__(self) -> str:
+        return f"SparseLinear({self.in_features} -> {self.out_features}, nnz={self.nnz})"

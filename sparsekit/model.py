@@ -1,0 +1,161 @@
+"""SparseMLP: a multilayer perceptron whose every layer is a truly sparse CSR matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .activations import hidden_activations, softmax_cross_entropy
+from .backend import get_backend
+from .layers import SparseLinear
+
+
+class SparseMLP:
+    """A sparse MLP classifier: hidden layers with All-ReLU (or another activation) and dropout,
+    a softmax output trained with cross-entropy.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_features, hidden..., n_classes]``, e.g. ``[784, 1000, 1000, 1000, 10]``.
+    epsilon : float, default 20
+        Erdős–Rényi sparsity: a layer gets ``min(n_in * n_out, epsilon * (n_in + n_out))``
+        connections.
+    activation : str, default "allrelu"
+        See :func:`sparsekit.activations.hidden_activations`.
+    alpha : float, default 0.6
+        All-ReLU slope magnitude.
+    dropout : float, default 0.3
+        Dropout rate on hidden activations during training.
+    init : {"he_uniform", "xavier_uniform", "normal"}
+    fan_in : {"dense", "actual"}
+        Fan-in used by the initialiser: the paper's dense ``n_in`` or each neuron's real number of
+        inputs.
+    backend : str or Backend, optional
+        ``"cpu"``, ``"gpu"`` or ``"auto"``; default as :func:`sparsekit.get_backend`.
+    dtype : float32 or float64
+    seed : int or numpy Generator, optional
+        Seeds the initial topology and values.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], *, epsilon: float = 20.0,
+                 activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.3,
+                 init: str = "he_uniform", fan_in: str = "dense", backend=None,
+                 dtype="float32", seed=None, _layers: list[SparseLinear] | None = None) -> None:
+        sizes = [int(s) for s in layer_sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {list(layer_sizes)}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.backend = get_backend(backend)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.epsilon, self.alpha, self.dropout = float(epsilon), float(alpha), float(dropout)
+        self.activation_name, self.init, self.fan_in = activation, init, fan_in
+        self.activations = hidden_activations(activation, len(sizes) - 2, alpha)
+        if _layers is not None:
+            self.layers = _layers
+        else:
+            rng = np.random.default_rng(seed)
+            self.layers = [SparseLinear.random(n_in, n_out, epsilon, rng=rng, backend=self.backend,
+                                               dtype=self.dtype, init=init, fan_in=fan_in)
+                           for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+
+    # --- shape ----------------------------------------------------------------------------
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+
+    @property
+    def n_connections(self) -> list[int]:
+        return [layer.nnz for layer in self.layers]
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this architecture (JSON-serialisable)."""
+        return {"layer_sizes": self.layer_sizes, "epsilon": self.epsilon,
+                "activation": self.activation_name, "alpha": self.alpha,
+                "dropout": self.dropout, "init": self.init, "fan_in": self.fan_in,
+                "dtype": self.dtype.name}
+
+    # --- training-time passes ----------------------------------------------------------------
+    def forward_train(self, x_ib, seeds: Sequence[int], dropout: float | None = None):
+        """Forward pass keeping what the backward pass needs.
+
+        Returns ``(logits_cb, acts, derivs)``: ``acts[l]`` is the input of layer l and
+        ``derivs[l]`` the activation derivative (dropout included) of hidden layer l.
+        """
+        rate = self.dropout if dropout is None else dropout
+        acts, derivs = [x_ib], []
+        a = x_ib
+        for layer, act, seed in zip(self.layers[:-1], self.activations, seeds):
+            a, d = act.forward(self.backend, layer.forward(a), layer.b, rate, seed)
+            acts.append(a)
+            derivs.append(d)
+        out = self.layers[-1]
+        logits = out.forward(a)
+        logits += out.b[:, None]
+        return logits, acts, derivs
+
+    def backward(self, acts, derivs, dlogits_cb) -> list[tuple[Any, Any]]:
+        """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient."""
+        grads = []
+        dz = dlogits_cb
+        for i in range(len(self.layers) - 1, -1, -1):
+            dx, gw, gb = self.layers[i].backward(acts[i], dz, need_dx=i > 0)
+            grads.append((gw, gb))
+            if i > 0:
+                dx *= derivs[i - 1]
+                dz = dx
+        return grads[::-1]
+
+    # --- inference ------------------------------------------------------------------------
+    def logits(self, x, batch_size: int = 2048):
+        """Logits (n_samples x n_classes, on the host) of batch-major inputs, streamed."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.layer_sizes[0]:
+            raise ValueError(f"x must have shape (n, {self.layer_sizes[0]}), got {x.shape}")
+        be = self.backend
+        out = np.empty((x.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+        for start in range(0, x.shape[0], batch_size):
+            chunk = be.asarray(np.ascontiguousarray(x[start:start + batch_size].T),
+                               dtype=self.dtype)
+            logits, _, _ = self.forward_train(chunk, [0] * len(self.activations), dropout=0.0)
+            out[start:start + batch_size] = be.to_numpy(logits).T
+        return out
+
+    def predict_proba(self, x, batch_size: int = 2048) -> np.ndarray:
+        z = self.logits(x, batch_size)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+
+    def predict(self, x, batch_size: int = 2048) -> np.ndarray:
+        return self.logits(x, batch_size).argmax(axis=1)
+
+    def evaluate(self, x, y, batch_size: int = 2048) -> tuple[float, float]:
+        """``(mean cross-entropy, accuracy)`` on ``(x, y)``."""
+        y = np.asarray(y)
+        z = self.logits(x, batch_size)
+        loss, _, _ = softmax_cross_entropy(np, z.T.astype(np.float64), y)
+        return loss, float((z.argmax(axis=1) == y).mean()) if len(y) else 0.0
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write a pickle-free checkpoint (see :mod:`sparsekit.checkpoint`)."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(path, self)
+
+    @classmethod
+    def load(cls, path, backend=None) -> SparseMLP:
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, backend=backend).model
+
+    def __repr__(self) -> str:
+        return (f"SparseMLP({self.layer_sizes}, connections={self.n_connections}, "
+                f"activation={self.activation_name}, backend={self.backend.name})")

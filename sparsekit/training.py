@@ -1,0 +1,264 @@
+"""``train()``: the truly sparse training loop, with history, callbacks and checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .activations import softmax_cross_entropy
+from .checkpoint import load_checkpoint, save_checkpoint
+from .growth import get_method
+from .importance import PruningSchedule, prune_neurons
+from .model import SparseMLP
+from .optim import LRSchedule, MomentumSGD
+
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclass
+class TrainResult:
+    """The trained model, one history record per epoch, and the run folder (if any)."""
+
+    model: SparseMLP
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.history, indent=1)
+
+
+def _split_data(data):
+    """``(x_train, y_train, x_test, y_test)`` from a Dataset, a tuple, or a dataset name."""
+    if isinstance(data, str):
+        from .datasets import load_dataset
+
+        data = load_dataset(data)
+    if hasattr(data, "x_train"):
+        return data.x_train, data.y_train, data.x_test, data.y_test
+    if isinstance(data, (tuple, list)) and len(data) in (2, 4):
+        return tuple(data) if len(data) == 4 else (data[0], data[1], None, None)
+    raise ValueError("data must be a Dataset, a dataset name, (x, y) or "
+                     "(x_train, y_train, x_test, y_test)")
+
+
+def _check_xy(name: str, x, y, n_features: int | None, n_classes: int | None):
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: x must be 2-D (samples x features), got shape {x.shape}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{name}: y must have shape ({x.shape[0]},), got {y.shape}")
+    if n_features is not None and x.shape[1] != n_features:
+        raise ValueError(f"{name}: x has {x.shape[1]} features, the model expects {n_features}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be integers 0..n_classes-1, got {y.dtype}")
+    if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
+        raise ValueError(f"{name}: labels must lie in [0, {n_classes}), found "
+                         f"[{y.min()}, {y.max()}]")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: x contains NaN or infinite values")
+    return x, y.astype(np.int64, copy=False)
+
+
+def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
+          epochs: int = 10, batch_size: int = 128, lr: float = 0.01, momentum: float = 0.9,
+          weight_decay: float = 2e-4, decay: str = "coupled", lr_schedule: str = "constant",
+          warmup_epochs: float = 0.0, dropout: float = 0.3, epsilon: float = 20.0,
+          zeta: float = 0.3, alpha: float = 0.6, activation: str = "allrelu",
+          init: str = "he_uniform", fan_in: str = "dense", evolve_every: int | None = None,
+          evolve_output: bool = False, method_params: dict | None = None,
+          prune_start: int | None = None, prune_every: int = 10,
+          prune_percentile: float = 10.0, seed: int = 0, dtype="float32",
+          callbacks: Sequence[Callable[[dict, SparseMLP], Any]] = (),
+          run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
+          progress: bool = False, log: Callable[[str], Any] | None = None) -> TrainResult:
+    """Train a truly sparse MLP classifier.
+
+    Parameters
+    ----------
+    model : SparseMLP or sequence of int
+        A model, or layer sizes ``[n_features, hidden..., n_classes]`` to build one with
+        ``epsilon, activation, alpha, dropout, init, fan_in, dtype`` and ``seed``.
+    data : Dataset, str, (x, y) or (x_train, y_train, x_test, y_test)
+        Batch-major float features and integer labels; a name is passed to
+        :func:`sparsekit.datasets.load_dataset`.
+    backend : {"cpu", "gpu", "auto"} or Backend, optional
+    method : str or GrowthMethod, default "set"
+        Topology evolution (see :func:`sparsekit.growth.available_methods`).
+    epochs, batch_size, lr, momentum, weight_decay : training hyperparameters.
+    decay : {"coupled", "decoupled"}
+        PyTorch-style L2 through the gradient, or the reference code's per-step shrink.
+    lr_schedule : {"constant", "step", "cosine", "linear"}; warmup_epochs : float
+    zeta : float
+        SET's fraction of each sign removed per update.
+    evolve_every : int, optional
+        Evolve every this many steps instead of once per epoch.
+    prune_start, prune_every, prune_percentile
+        Importance pruning: at epoch ``prune_start`` (1-based) and every ``prune_every``
+        epochs after, hidden neurons at or below the percentile are removed; None disables.
+    seed : int
+        Seeds the initial topology, the data order, dropout and regrowth.  The same seed on the
+        same backend gives the same result, whatever the thread count.
+    callbacks : sequence of callables
+        ``cb(record, model)`` after every epoch; returning True stops training.
+    run_dir : path, optional
+        Where ``checkpoint.npz`` (atomically) and ``history.json``/``history.csv`` are written
+        after every epoch.
+    resume : bool
+        Continue from ``run_dir/checkpoint.npz``; the continued run matches an uninterrupted
+        one exactly.
+    progress : bool
+        Show a tqdm progress bar over the steps of each epoch.
+    log : callable, optional
+        Receives one summary line per epoch.
+
+    Returns
+    -------
+    TrainResult
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    x_tr, y_tr, x_te, y_te = _split_data(data)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    seq = np.random.SeedSequence(seed)
+    init_seed, train_seed = seq.spawn(2)
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    rng = np.random.default_rng(train_seed)
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume=True needs run_dir")
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, backend=backend)
+        model, state = ckpt.model, ckpt.train_state
+        history, start_epoch, step = state["history"], state["epoch"], state["step"]
+        rng.bit_generator.state = state["rng"]
+    elif not isinstance(model, SparseMLP):
+        model = SparseMLP(model, epsilon=epsilon, activation=activation, alpha=alpha,
+                          dropout=dropout, init=init, fan_in=fan_in, backend=backend,
+                          dtype=dtype, seed=init_seed)
+    n_classes = model.layer_sizes[-1]
+    x_tr, y_tr = _check_xy("train data", x_tr, y_tr, model.layer_sizes[0], n_classes)
+    if x_te is not None:
+        x_te, y_te = _check_xy("test data", x_te, y_te, model.layer_sizes[0], n_classes)
+    n = x_tr.shape[0]
+    if n < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
+    be, xp = model.backend, model.backend.xp
+    params = dict(method_params or {})
+    if method == "set":
+        params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
+                  "init": init, "fan_in": fan_in, **params}
+    growth = get_method(method, **params)
+    opt = MomentumSGD(lr, momentum, weight_decay, decay)
+    schedule = LRSchedule(lr_schedule, epochs=epochs, warmup_epochs=warmup_epochs)
+    pruning = (PruningSchedule(prune_start, prune_every, prune_percentile)
+               if prune_start is not None else None)
+    x_host = np.ascontiguousarray(x_tr, dtype=model.dtype)
+    steps_per_epoch = n // batch_size
+    n_hidden = len(model.layers) - 1
+    bar = None
+    for epoch in range(start_epoch, epochs):
+        perm = rng.permutation(n)
+        t0 = time.perf_counter()
+        loss_sum, correct = 0.0, xp.zeros((), dtype=xp.int64)
+        if progress:
+            from ._compat import tqdm
+
+            bar = tqdm.tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                            leave=False, disable=tqdm is None)
+        grow_stats: dict = {}
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            xb = be.asarray(np.ascontiguousarray(x_host[idx].T))
+            yb = be.asarray(y_tr[idx])
+            seeds = rng.integers(0, 2**63, size=n_hidden)
+            logits, acts, derivs = model.forward_train(xb, seeds)
+            loss, probs, dlogits = softmax_cross_entropy(xp, logits, yb, as_float=False)
+            grads = model.backward(acts, derivs, dlogits)
+            cur_lr = schedule(lr, epoch + s / steps_per_epoch)
+            for layer, (gw, gb) in zip(model.layers, grads):
+                opt.update(layer.w.data, gw, layer.vel_w, cur_lr)
+                opt.update(layer.b, gb, layer.vel_b, cur_lr)
+            loss_sum += loss
+            correct += (probs.argmax(axis=0) == yb).sum()
+            stats = growth.after_step(model, step, epoch, rng, (acts, derivs, dlogits))
+            if stats:
+                grow_stats = stats
+            step += 1
+            if bar is not None:
+                bar.update()
+        be.synchronize()
+        t_train = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        loss_avg = float(loss_sum) / steps_per_epoch
+        if not np.isfinite(loss_avg):
+            raise FloatingPointError(
+                f"training loss became {loss_avg} in epoch {epoch + 1}; lower lr (now {lr})")
+        t0 = time.perf_counter()
+        pruned = None
+        if pruning is not None and pruning.due(epoch + 1) and epoch < epochs - 1:
+            pruned = prune_neurons(model, pruning.percentile, pruning.min_neurons)
+        stats = growth.end_of_epoch(model, epoch, epochs, rng)
+        if stats:
+            grow_stats = stats
+        be.synchronize()
+        t_evolve = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "train_loss": loss_avg,
+                  "train_acc": float(correct) / (steps_per_epoch * batch_size),
+                  "lr": schedule(lr, epoch + 1), "time_train": t_train, "time_evolve": t_evolve,
+                  "connections": model.n_connections, "neurons": model.layer_sizes,
+                  "pruned": pruned, **{f"growth_{k}": v for k, v in grow_stats.items()}}
+        t0 = time.perf_counter()
+        if x_te is not None:
+            record["test_loss"], record["test_acc"] = model.evaluate(x_te, y_te, eval_batch_size)
+        record["time_eval"] = time.perf_counter() - t0
+        history.append(record)
+        if run_dir is not None:
+            state = {"epoch": epoch + 1, "step": step, "rng": rng.bit_generator.state,
+                     "history": history, "method": getattr(growth, "name", str(method)),
+                     "method_params": growth.params(), "seed": seed}
+            save_checkpoint(run_dir / CHECKPOINT, model, state)
+            write_history(run_dir, history)
+        if log is not None:
+            log(format_record(record))
+        if any(cb(record, model) for cb in callbacks):
+            break
+    return TrainResult(model, history, run_dir)
+
+
+def format_record(r: dict) -> str:
+    """One summary line for an epoch record."""
+    test = (f" test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%"
+            if "test_acc" in r else "")
+    return (f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f} acc "
+            f"{100 * r['train_acc']:.2f}%{test}  [{r['time_train']:.2f}s train, "
+            f"{r['time_evolve']:.2f}s evolve, {r['time_eval']:.2f}s eval]  "
+            f"connections {sum(r['connections'])}  neurons {r['neurons'][1:-1]}")
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """``history.json`` and a flat ``history.csv`` (list fields become ``name_i`` columns)."""
+    run_dir = Path(run_dir)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    flat = []
+    for record in history:
+        row: dict = {}
+        for key, value in record.items():
+            if isinstance(value, list):
+                row.update({f"{key}_{i}": v for i, v in enumerate(value)})
+            else:
+                row[key] = value
+        flat.append(row)
+    keys = list(dict.fromkeys(k for row in flat for k in row))
+    with open(run_dir / "history.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(flat)

@@ -66,9 +66,9 @@ TRAIN_KEYS = ("method", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
 
 
 def cmd_train(args) -> int:
-    from .training import CHECKPOINT, train
     from .backend import get_backend
     from .datasets import load_dataset
+    from .training import CHECKPOINT, train
 
     if args.resume:
         run_dir = Path(args.resume)

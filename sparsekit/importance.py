@@ -26,10 +26,11 @@ def prune_neurons(model, percentile: float, min_neurons: int = 1) -> list[int]:
     if not 0 <= percentile < 100:
         raise ValueError(f"percentile must lie in [0, 100), got {percentile}")
     be = model.backend
+    # Score every layer before removing anything, so no decision depends on another layer's.
+    scores = [be.to_numpy(neuron_importance(layer)) for layer in model.layers[:-1]]
     removed = []
-    for i in range(len(model.layers) - 1):
+    for i, imp in enumerate(scores):
         producer, consumer = model.layers[i], model.layers[i + 1]
-        imp = be.to_numpy(neuron_importance(producer))
         keep = imp > np.percentile(imp, percentile)
         if keep.sum() < min_neurons:  # never empty a layer: keep the most important
             keep[np.argsort(-imp, kind="stable")[:min_neurons]] = True

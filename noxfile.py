@@ -1,0 +1,52 @@
+"""nox sessions: lint, tests_cpu, tests_gpu, tests_mpi, bench.
+
+``nox -s lint tests_cpu`` is the test command of README.md and CI.  On a machine whose Python
+packages are preinstalled and which has no package registry (a GPU box), run a session in the
+current environment with ``nox --no-venv -s tests_gpu`` (or ``-db none``).
+"""
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests_cpu"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTEST = ["python", "-m", "pytest", "-q"]
+
+
+def _install(session, extras="dev"):
+    if session.venv_backend != "none":
+        session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def lint(session):
+    """ruff over the package, tests and benchmarks."""
+    if session.venv_backend != "none":
+        session.install("ruff")
+    session.run("ruff", "check", "sparsekit", "tests", "benchmarks", "noxfile.py", "setup.py")
+
+
+@nox.session
+def tests_cpu(session):
+    """The whole suite on the CPU backend (GPU cases skip; MPI cases run if mpi4py exists)."""
+    _install(session)
+    session.run(*PYTEST, "-m", "not gpu", *session.posargs)
+
+
+@nox.session
+def tests_gpu(session):
+    """GPU cases only; fails (never skips) when no usable GPU is found."""
+    _install(session, "dev,gpu")
+    session.run(*PYTEST, "-m", "gpu", *session.posargs,
+                env={"SPARSEKIT_REQUIRE_GPU": "1"})
+
+
+@nox.session
+def bench(session):
+    """Kernel benchmark side by side with SciPy, PyTorch and NumPy dense."""
+    _install(session, "dev,bench")
+    session.run("python", "benchmarks/kernels.py", *session.posargs,
+                env={"PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items()
+                                                 if k.startswith("SPARSEKIT_")}})

@@ -1,0 +1,98 @@
+"""SET and importance pruning: invariants after every topology change."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsekit.growth import SET, get_method, magnitude_keep_mask
+from sparsekit.importance import neuron_importance, prune_neurons
+from sparsekit.model import SparseMLP
+
+
+def _positions(w):
+    return set(zip(w.row_ids().tolist(), w.indices.tolist()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), zeta=st.floats(0.05, 0.9),
+       sizes=st.lists(st.integers(2, 40), min_size=3, max_size=5),
+       epsilon=st.floats(0.5, 6))
+def test_set_invariants(seed, zeta, sizes, epsilon):
+    model = SparseMLP(sizes, epsilon=epsilon, seed=seed)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:  # distinct, recognisable momentum
+        layer.vel_w[:] = layer.w.data * 10
+    before = [(layer.w.copy(), _positions(layer.w)) for layer in model.layers]
+    SET(zeta=zeta).evolve(model, rng)
+    for i, (layer, (w_old, pos_old)) in enumerate(zip(model.layers, before)):
+        w = layer.w
+        w.validate()  # sorted, unique, in bounds, finite
+        assert w.nnz == w_old.nnz
+        pos = _positions(w)
+        if i == len(model.layers) - 1:
+            assert pos == pos_old  # the output layer does not evolve by default
+            continue
+        kept = pos & pos_old
+        old = dict(zip(zip(w_old.row_ids().tolist(), w_old.indices.tolist()), w_old.data))
+        new = dict(zip(zip(w.row_ids().tolist(), w.indices.tolist()),
+                       zip(w.data, layer.vel_w)))
+        for p in pos:
+            value, vel = new[p]
+            if p in kept:
+                assert value == old[p] and vel == pytest.approx(value * 10)
+            else:
+                assert vel == 0
+                assert abs(value) <= np.sqrt(6 / w.shape[1]) + 1e-6
+        free = w.shape[0] * w.shape[1] - w_old.nnz
+        n_pos, n_neg = int((w_old.data > 0).sum()), int((w_old.data < 0).sum())
+        expected = min(int(zeta * n_pos) + int(zeta * n_neg), free)
+        assert len(pos - pos_old) == expected
+
+
+def test_magnitude_mask_removes_closest_to_zero_per_sign():
+    from sparsekit import get_backend
+
+    data = np.array([-5, -0.1, -0.2, -3, 0.05, 4, 0.3, 2, 0.0, 1], dtype=np.float32)
+    keep = magnitude_keep_mask(get_backend("cpu"), data, 0.5)
+    # negatives: 4 -> remove 2 closest to zero (-0.1, -0.2); positives: 5 -> remove 2 (0.05, 0.3)
+    np.testing.assert_array_equal(
+        keep, [True, False, False, True, False, True, False, True, False, True])
+
+
+def test_set_schedule_hooks():
+    model = SparseMLP([10, 12, 3], epsilon=2, seed=0)
+    rng = np.random.default_rng(0)
+    m = get_method("set", zeta=0.3)
+    assert m.end_of_epoch(model, 0, 5, rng) is not None
+    assert m.end_of_epoch(model, 4, 5, rng) is None  # not after the last epoch
+    per_step = get_method("set", every_steps=3)
+    assert per_step.after_step(model, 1, 0, rng) is None
+    assert per_step.after_step(model, 2, 0, rng) is not None
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("magic")
+
+
+def test_importance_pruning_shrinks_layers_physically():
+    model = SparseMLP([30, 50, 40, 5], epsilon=5, seed=0)
+    imp = [neuron_importance(layer) for layer in model.layers[:-1]]
+    removed = prune_neurons(model, percentile=20)
+    for i, (r, im) in enumerate(zip(removed, imp)):
+        keep = im > np.percentile(im, 20)
+        assert r == int((~keep).sum()) > 0
+        assert model.layers[i].out_features == int(keep.sum())
+        assert model.layers[i + 1].in_features == int(keep.sum())
+        if i == 0:  # deeper layers also lose input columns, so only layer 0 keeps its scores
+            np.testing.assert_allclose(np.sort(neuron_importance(model.layers[i])),
+                                       np.sort(im[keep]))
+    for layer in model.layers:
+        layer.w.validate()
+        assert layer.vel_w.shape == layer.w.data.shape and layer.b.shape == layer.vel_b.shape
+    assert model.layer_sizes[0] == 30 and model.layer_sizes[-1] == 5
+    assert model.predict(np.zeros((3, 30), np.float32)).shape == (3,)
+
+
+def test_pruning_never_empties_a_layer():
+    model = SparseMLP([5, 4, 3], epsilon=1, seed=0)
+    prune_neurons(model, percentile=99.9)
+    assert model.layer_sizes[1] >= 1

@@ -25,7 +25,8 @@ __all__ = [
 def __getattr__(name):
     # Datasets pull in optional readers; import them on first use only.
     if name in ("load_dataset", "datasets"):
-        from . import datasets
+        import importlib
 
+        datasets = importlib.import_module(".datasets", __name__)
         return datasets.load_dataset if name == "load_dataset" else datasets
     raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .activations import softmax_cross_entropy
 from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import check_xy
 from .growth import get_method
 from .importance import PruningSchedule, prune_neurons
 from .model import SparseMLP
@@ -46,25 +47,6 @@ def _split_data(data):
         return tuple(data) if len(data) == 4 else (data[0], data[1], None, None)
     raise ValueError("data must be a Dataset, a dataset name, (x, y) or "
                      "(x_train, y_train, x_test, y_test)")
-
-
-def _check_xy(name: str, x, y, n_features: int | None, n_classes: int | None):
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim != 2:
-        raise ValueError(f"{name}: x must be 2-D (samples x features), got shape {x.shape}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{name}: y must have shape ({x.shape[0]},), got {y.shape}")
-    if n_features is not None and x.shape[1] != n_features:
-        raise ValueError(f"{name}: x has {x.shape[1]} features, the model expects {n_features}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name}: labels must be integers 0..n_classes-1, got {y.dtype}")
-    if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
-        raise ValueError(f"{name}: labels must lie in [0, {n_classes}), found "
-                         f"[{y.min()}, {y.max()}]")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name}: x contains NaN or infinite values")
-    return x, y.astype(np.int64, copy=False)
 
 
 def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
@@ -144,9 +126,11 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
                           dropout=dropout, init=init, fan_in=fan_in, backend=backend,
                           dtype=dtype, seed=init_seed)
     n_classes = model.layer_sizes[-1]
-    x_tr, y_tr = _check_xy("train data", x_tr, y_tr, model.layer_sizes[0], n_classes)
+    x_tr, y_tr = check_xy(x_tr, y_tr, model.layer_sizes[0], n_classes,
+                          names=("x_train", "y_train"))
     if x_te is not None:
-        x_te, y_te = _check_xy("test data", x_te, y_te, model.layer_sizes[0], n_classes)
+        x_te, y_te = check_xy(x_te, y_te, model.layer_sizes[0], n_classes,
+                              names=("x_test", "y_test"))
     n = x_tr.shape[0]
     if n < batch_size:
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")

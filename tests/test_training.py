@@ -171,10 +171,10 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad, match", [
     (lambda x, y: (x[:, :5], y), "features"),
-    (lambda x, y: (x, y + 10), "labels must lie"),
+    (lambda x, y: (x, y + 10), "outside"),
     (lambda x, y: (np.where(np.arange(x.shape[1]) == 0, np.nan, x), y), "NaN"),
-    (lambda x, y: (x, y[:-1]), "shape"),
-    (lambda x, y: (x, y.astype(float)), "integers"),
+    (lambda x, y: (x, y[:-1]), "labels but"),
+    (lambda x, y: (x, y + 0.5), "integer class labels"),
 ])
 def test_bad_data_is_refused(bad, match):
     x, y, _, _ = small_data()

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .csr import CSR, array_module, index_dtype_for
+from .csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -67,6 +67,25 @@ class Backend:
         """Wait for queued device work (a no-op on the CPU)."""
 
     # --- products -------------------------------------------------------------------------
+    def transpose_index(self, w: CSR):
+        """W's column index ``(t_indptr, t_rows, t_perm)``, cached on the CSR.
+
+        For input neuron i, ``t_rows[t_indptr[i]:t_indptr[i + 1]]`` are the output rows that
+        read it, increasing, and ``t_perm`` their slots in ``w.data``.  The cache lives until the
+        pattern changes (``rebuild`` returns a new CSR; ``with_data`` keeps it).
+        """
+        if w._transpose is None:
+            xp = self.xp
+            n_rows, n_cols = w.shape
+            idt = w.indices.dtype
+            # Column-major keys are unique, so the order does not depend on sort stability.
+            keys = w.indices.astype(xp.int64) * max(n_rows, 1) + w.row_ids()
+            perm = xp.argsort(keys)
+            t_indptr = xp.zeros(n_cols + 1, dtype=idt)
+            t_indptr[1:] = xp.cumsum(xp.bincount(w.indices, minlength=n_cols)).astype(idt)
+            w._transpose = (t_indptr, w.row_ids()[perm].astype(idt), perm.astype(idt))
+        return w._transpose
+
     def matmul(self, x_ib, w: CSR):
         raise NotImplementedError
 
@@ -93,7 +112,17 @@ class Backend:
         every backend and thread count.
         """
         xp = self.xp
-        z = z_ob + bias[:, None]
+        self.check_array("z_ob", z_ob)
+        self.check_array("bias", bias)
+        if z_ob.ndim != 2 or z_ob.dtype not in VALUE_DTYPES:
+            raise ValueError(f"z_ob must be a 2-D float32 or float64 array, got {z_ob.dtype} "
+                             f"of shape {z_ob.shape}")
+        if bias.shape != (z_ob.shape[0],):
+            raise ValueError(f"bias has shape {bias.shape}, expected ({z_ob.shape[0]},)")
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF  # the same key the CPU kernel takes
+        z = z_ob + bias.astype(z_ob.dtype, copy=False)[:, None]
         d = xp.where(z > 0, z.dtype.type(1), z.dtype.type(slope)).astype(z.dtype)
         a = d * z
         if rate > 0:
@@ -110,18 +139,32 @@ class Backend:
 
     # --- topology -------------------------------------------------------------------------
     def select(self, values, k: int, largest: bool = True):
-        """Indices (int64, increasing) of the ``k`` largest or smallest values."""
+        """Indices (int64, increasing) of the ``k`` largest or smallest values.
+
+        Ties at the threshold go to the lowest indices, so the result is deterministic.
+        """
         xp = self.xp
+        self.check_array("values", values)
+        if values.ndim != 1:
+            raise ValueError(f"values must be 1-D, got shape {values.shape}")
         n = values.shape[0]
+        k = as_count("k", k)
         if not 0 <= k <= n:
             raise ValueError(f"k must lie in [0, {n}], got {k}")
+        if values.dtype not in VALUE_DTYPES:
+            values = values.astype(xp.float64)
+        if n and not bool(xp.all(xp.isfinite(values))):
+            raise ValueError("values contains NaN or infinite entries")
         if k == 0:
             return xp.empty(0, dtype=xp.int64)
         if k == n:
             return xp.arange(n, dtype=xp.int64)
         keys = -values if largest else values
-        idx = xp.argpartition(keys, k - 1)[:k]
-        return xp.sort(idx).astype(xp.int64)
+        t = xp.partition(keys, k - 1)[k - 1]
+        mask = keys < t
+        n_tie = k - int(xp.count_nonzero(mask))
+        mask[xp.flatnonzero(keys == t)[:n_tie]] = True
+        return xp.flatnonzero(mask).astype(xp.int64)
 
     def contains(self, w: CSR, rows, cols):
         """Boolean mask: is ``(rows[j], cols[j])`` a stored position of W?"""
@@ -177,6 +220,17 @@ class Backend:
         return new_w, [_take(xp, src, s, None) for s in states]
 
 
+def as_count(name: str, value) -> int:
+    """``value`` as an int; refuses non-numbers and fractions rather than truncating them."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if count != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return count
+
+
 def _take(xp, src, old, new_vals):
     out = xp.zeros(src.shape[0], dtype=old.dtype)
     kept = src >= 0
@@ -199,6 +253,9 @@ def _check_rebuild_args(backend, w, keep_mask, new_rows, new_cols, new_vals, sta
         backend.check_array(name, arr)
     if keep_mask.dtype != bool or keep_mask.shape != (w.nnz,):
         raise ValueError(f"keep_mask must be a bool array of length nnz={w.nnz}")
+    for name, arr in (("new_rows", new_rows), ("new_cols", new_cols)):
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
     m = new_rows.shape[0]
     if new_cols.shape != (m,) or new_vals.shape != (m,):
         raise ValueError("new_rows, new_cols and new_vals must have the same length")
@@ -220,18 +277,21 @@ def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, co
                        contains: Callable) -> tuple[np.ndarray, np.ndarray]:
     """Host-side sampler shared by the backends; ``contains(rows, cols)`` tests membership."""
     n_rows, n_cols = w.shape
-    m = int(m)
+    m = as_count("m", m)
     total = n_rows * n_cols
     absent = total - w.nnz
     if m < 0:
         raise ValueError(f"m must be >= 0, got {m}")
     if m > absent:
-        raise ValueError(f"cannot sample {m} absent positions: only {absent} are free")
+        raise ValueError(f"cannot sample m={m} absent positions: only {absent} are free")
     if m == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     p_row = _marginal("row_weights", row_weights, n_rows)
     p_col = _marginal("col_weights", col_weights, n_cols)
-    if p_row is None and p_col is None and total <= 4 * (w.nnz + m):
+    weighted = p_row is not None or p_col is not None
+    if weighted:
+        _check_weighted_room(w, m, p_row, p_col)
+    if total <= 4 * (w.nnz + m):
         # Nearly full layer: rejection would stall, and the grid is at most 4 x (nnz + m)
         # positions, so listing the free ones keeps the O(nnz + m) bound.
         host = w.to_scipy()
@@ -239,11 +299,19 @@ def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, co
         rows_h = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(host.indptr))
         grid[rows_h * n_cols + host.indices] = False
         free = np.flatnonzero(grid)
-        pick = np.sort(rng.choice(free.shape[0], size=m, replace=False))
+        if weighted:
+            # Successive draws proportional to the product weight: the distribution the
+            # rejection loop below samples, without its stall when little mass is free.
+            p = np.ones(free.shape[0])
+            if p_row is not None:
+                p *= p_row[free // n_cols]
+            if p_col is not None:
+                p *= p_col[free % n_cols]
+            pick = np.sort(rng.choice(free.shape[0], size=m, replace=False, p=p / p.sum()))
+        else:
+            pick = np.sort(rng.choice(free.shape[0], size=m, replace=False))
         keys = free[pick]
         return keys // n_cols, keys % n_cols
-    if p_row is not None or p_col is not None:
-        _check_weighted_room(w, m, p_row, p_col)
     accepted = np.empty(0, np.int64)
     for _ in range(200):
         need = m - accepted.shape[0]

@@ -88,6 +88,8 @@ class CSR:
                 raise ValueError(f"{name} lives on another device than data")
             if arr.ndim != 1:
                 raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+            if not arr.flags.c_contiguous:
+                raise ValueError(f"{name} must be contiguous; pass xp.ascontiguousarray({name})")
         if self.data.dtype not in VALUE_DTYPES:
             raise ValueError(f"data must be float32 or float64, got {self.data.dtype}")
         idt = self.indices.dtype

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Backend, _check_rebuild_args, sample_absent_host
-from ..csr import CSR, index_dtype_for
+from ..backend import Backend, _check_rebuild_args, _take, as_count, sample_absent_host
+from ..csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, sddmm, spmm, topology
 from ._checks import default_threads
 
@@ -70,13 +70,23 @@ class CpuBackend(Backend):
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
         self.check_array("rows", rows)
         self.check_array("cols", cols)
+        for name, arr in (("rows", rows), ("cols", cols)):
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
+        self.check_array("x_ib", x_ib)
+        if x_ib.dtype not in VALUE_DTYPES:
+            raise ValueError(f"x_ib must be float32 or float64, got {x_ib.dtype}")
         x = self._operand("x_ib", x_ib, x_ib.dtype)
         dy = self._operand("dy_ob", dy_ob, x.dtype)
-        idt = np.int64 if (rows.dtype == np.int64 or cols.dtype == np.int64) else np.int32
+        # Any other integer type goes to int64, where an out-of-range value stays out of range.
+        idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
         return sddmm.sampled_grad(x, dy, np.ascontiguousarray(rows, dtype=idt),
                                   np.ascontiguousarray(cols, dtype=idt), self.num_threads)
 
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
+        self.check_array("z_ob", z_ob)
+        if z_ob.dtype not in VALUE_DTYPES:
+            raise ValueError(f"z_ob must be float32 or float64, got {z_ob.dtype}")
         z = self._operand("z_ob", z_ob, z_ob.dtype)
         b = np.ascontiguousarray(bias, dtype=z.dtype)
         return elementwise.bias_act_dropout(z, b, float(slope), float(rate),
@@ -91,7 +101,7 @@ class CpuBackend(Backend):
             raise ValueError(f"values must be 1-D, got shape {v.shape}")
         if v.shape[0] and not np.isfinite(v).all():
             raise ValueError("values contains NaN or infinite entries")
-        return topology.select(v, int(k), bool(largest))
+        return topology.select(v, as_count("k", k), bool(largest))
 
     def contains(self, w: CSR, rows, cols):
         return topology.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
@@ -120,11 +130,13 @@ class CpuBackend(Backend):
         out_indptr = np.empty(w.shape[0] + 1, dtype=idt)
         out_indices = np.empty(nnz, dtype=idt)
         src = np.empty(nnz, dtype=np.int64)
-        bad = topology.merge(indptr, indices, keep_mask.view(np.uint8), new_rows, new_cols,
+        keep = np.ascontiguousarray(keep_mask).view(np.uint8)
+        bad = topology.merge(indptr, indices, keep, new_rows, new_cols,
                              w.shape[1], out_indptr, out_indices, src, self.num_threads)
         if bad:
             raise ValueError("rebuild: a new position is already present or repeats")
         data = topology.gather(src, w.data, new_vals, self.num_threads)
         new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
+        # The kernel gathers float states; any other dtype (a counter, a flag) takes NumPy's path.
         return new_w, [topology.gather(src, np.ascontiguousarray(s), None, self.num_threads)
-                       for s in states]
+                       if s.dtype in VALUE_DTYPES else _take(np, src, s, None) for s in states]

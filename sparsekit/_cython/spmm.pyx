@@ -201,8 +201,16 @@ def transpose_index(index_t[::1] indptr, index_t[::1] indices, Py_ssize_t n_cols
     are the rows holding it, in increasing order, and ``t_perm`` the CSR positions of those
     entries.
     """
-    cdef Py_ssize_t n_rows = indptr.shape[0] - 1
+    cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
     cdef Py_ssize_t nnz = indices.shape[0]
+    if n_cols < 0:
+        raise ValueError(f"n_cols must be >= 0, got {n_cols}")
+    # The counting sort writes where indices and indptr point, so bad contents would write out
+    # of bounds: this O(nnz) pass is paid once per pattern change, not per product.
+    if nnz and (np.asarray(indices).min() < 0 or np.asarray(indices).max() >= n_cols):
+        raise ValueError(f"indices must lie in [0, n_cols={n_cols})")
+    if n_rows and np.any(np.diff(np.asarray(indptr)) < 0):
+        raise ValueError("indptr must be non-decreasing")
     dtype = np.asarray(indices).dtype
     t_indptr_a = np.zeros(n_cols + 1, dtype=dtype)
     t_rows_a = np.empty(nnz, dtype=dtype)

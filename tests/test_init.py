@@ -1,0 +1,67 @@
+"""Erdős–Rényi initialisation: connection count, uniform positions, value ranges, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import host
+
+from sparsekit.init import er_connections, erdos_renyi, init_values
+
+
+def test_er_connections():
+    assert er_connections(1000, 784, 20) == 35_680
+    assert er_connections(10, 1000, 20) == 10_000  # capped: the layer is dense
+    assert er_connections(1, 1, 0.1) == 0
+    for args in [(0, 5, 20), (5, 0, 20), (5, 5, 0), (5, 5, -1.0), (5, 5, float("nan"))]:
+        with pytest.raises(ValueError):
+            er_connections(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_erdos_renyi(topo_backend, dtype):
+    be = topo_backend
+    w = erdos_renyi(300, 784, 20, rng=1, backend=be, dtype=dtype)
+    w.validate()
+    assert w.shape == (300, 784) and w.nnz == er_connections(300, 784, 20)
+    assert w.dtype == dtype and w.indices.dtype == np.int32
+    data = host(be, w.data)
+    limit = np.sqrt(6 / 784)
+    assert np.all(np.abs(data) <= limit) and np.abs(data).max() > 0.9 * limit
+    assert abs(data.mean()) < 0.1 * limit
+    # Positions are uniform: every output neuron gets about nnz / n_out inputs.
+    counts = np.diff(host(be, w.indptr))
+    assert abs(counts.mean() - w.nnz / 300) < 1e-9 and counts.std() < 3 * np.sqrt(w.nnz / 300)
+    again = erdos_renyi(300, 784, 20, rng=1, backend=be, dtype=dtype)
+    np.testing.assert_array_equal(host(be, again.indices), host(be, w.indices))
+    np.testing.assert_array_equal(host(be, again.data), data)
+    other = erdos_renyi(300, 784, 20, rng=2, backend=be, dtype=dtype)
+    assert not np.array_equal(host(be, other.indices), host(be, w.indices))
+
+
+def test_erdos_renyi_same_on_every_backend(topo_backend):
+    from sparsekit._cython.backend import CpuBackend
+
+    w = erdos_renyi(120, 90, 7, rng=3, backend=topo_backend)
+    ref = erdos_renyi(120, 90, 7, rng=3, backend=CpuBackend())
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(host(topo_backend, getattr(w, name)), getattr(ref, name))
+
+
+def test_init_values_options():
+    rng = np.random.default_rng(0)
+    rows = np.repeat(np.arange(4), [1, 10, 100, 0])
+    counts = np.bincount(rows, minlength=4)
+    xavier = init_values(rows, (4, 50), rng, np.float32, "xavier_uniform")
+    assert np.all(np.abs(xavier) <= np.sqrt(6 / 54))
+    actual = init_values(rows, (4, 50), rng, np.float64, fan_in="actual", row_counts=counts)
+    assert np.all(np.abs(actual) <= np.sqrt(6 / counts[rows]))
+    assert np.abs(actual[rows == 0]).max() > np.sqrt(6 / 50)  # wider than the dense fan-in
+    normal = init_values(rows, (4, 50), rng, np.float32, "normal")
+    assert normal.dtype == np.float32 and 0.05 < normal.std() < 0.15
+    with pytest.raises(ValueError, match="init must be one of"):
+        init_values(rows, (4, 50), rng, np.float32, "glorot")
+    with pytest.raises(ValueError, match="fan_in must be one of"):
+        init_values(rows, (4, 50), rng, np.float32, fan_in="sparse")
+    with pytest.raises(ValueError, match="row_counts"):
+        init_values(rows, (4, 50), rng, np.float32, fan_in="actual")

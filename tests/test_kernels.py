@@ -1,0 +1,324 @@
+"""Products, SDDMM, selection and the fused activation against the SciPy/NumPy oracle.
+
+Each test sweeps the shapes of :func:`reference.shape_sweep` (single row and column, empty
+layers, empty rows, nnz = 0, fully dense, random) and batch sizes including 1 and sizes that
+are not multiples of 4, for float32 and float64 values and int32 and int64 indices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from reference import assert_close, host, random_csr, shape_sweep, to_backend
+
+from sparsekit._cython.backend import CpuBackend
+from sparsekit.backend import Backend
+from sparsekit.init import erdos_renyi
+
+DTYPES = [np.float32, np.float64]
+INDEX_DTYPES = [np.int32, np.int64]
+BATCHES = [1, 3, 5, 13, 33]
+
+
+def cases(seed: int, dtype):
+    """(scipy W, n_batch) pairs; W's values already rounded to ``dtype``."""
+    rng = np.random.default_rng(seed)
+    for n_out, n_in, density in shape_sweep(rng):
+        w = random_csr(rng, n_out, n_in, density, dtype=dtype)
+        for n_batch in BATCHES:
+            yield w, n_batch, rng
+
+
+def operand(rng, backend, n, n_batch, dtype):
+    x = rng.uniform(-1, 1, (n, n_batch)).astype(dtype)
+    return x, backend.asarray(x)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul(backend, dtype, index_dtype):
+    for w_sp, n_batch, rng in cases(1, dtype):
+        w = to_backend(backend, w_sp, dtype, index_dtype)
+        x, x_dev = operand(rng, backend, w_sp.shape[1], n_batch, dtype)
+        got = host(backend, backend.matmul(x_dev, w))
+        assert_close(got, ref.matmul(w_sp, x), ref.matmul(abs(w_sp), abs(x)), w_sp.shape[1],
+                     dtype, f"matmul {w!r} batch {n_batch}")
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_t(backend, dtype, index_dtype):
+    for w_sp, n_batch, rng in cases(2, dtype):
+        w = to_backend(backend, w_sp, dtype, index_dtype)
+        dy, dy_dev = operand(rng, backend, w_sp.shape[0], n_batch, dtype)
+        got = host(backend, backend.matmul_t(dy_dev, w))
+        assert_close(got, ref.matmul_t(w_sp, dy), ref.matmul_t(abs(w_sp), abs(dy)),
+                     w_sp.shape[0], dtype, f"matmul_t {w!r} batch {n_batch}")
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grad(backend, dtype, index_dtype):
+    for w_sp, n_batch, rng in cases(3, dtype):
+        w = to_backend(backend, w_sp, dtype, index_dtype)
+        x, x_dev = operand(rng, backend, w_sp.shape[1], n_batch, dtype)
+        dy, dy_dev = operand(rng, backend, w_sp.shape[0], n_batch, dtype)
+        got = host(backend, backend.weight_grad(x_dev, dy_dev, w))
+        assert_close(got, ref.weight_grad(w_sp, x, dy), ref.weight_grad(w_sp, abs(x), abs(dy)),
+                     n_batch, dtype, f"weight_grad {w!r} batch {n_batch}")
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward(backend, dtype, index_dtype, need_dx):
+    for w_sp, n_batch, rng in cases(4, dtype):
+        w = to_backend(backend, w_sp, dtype, index_dtype)
+        x, x_dev = operand(rng, backend, w_sp.shape[1], n_batch, dtype)
+        dy, dy_dev = operand(rng, backend, w_sp.shape[0], n_batch, dtype)
+        dx, grad = backend.backward(x_dev, dy_dev, w, need_dx=need_dx)
+        what = f"backward {w!r} batch {n_batch}"
+        assert_close(host(backend, grad), ref.weight_grad(w_sp, x, dy),
+                     ref.weight_grad(w_sp, abs(x), abs(dy)), n_batch, dtype, what)
+        if need_dx:
+            assert_close(host(backend, dx), ref.matmul_t(w_sp, dy),
+                         ref.matmul_t(abs(w_sp), abs(dy)), w_sp.shape[0], dtype, what)
+        else:
+            assert dx is None
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sampled_grad(backend, dtype, index_dtype):
+    rng = np.random.default_rng(5)
+    for n_out, n_in, _ in shape_sweep(rng):
+        if n_out == 0 or n_in == 0:
+            continue
+        for n_batch in BATCHES:
+            x, x_dev = operand(rng, backend, n_in, n_batch, dtype)
+            dy, dy_dev = operand(rng, backend, n_out, n_batch, dtype)
+            # Candidates in any order and with repeats: the SDDMM must not care.
+            m = int(rng.integers(0, 3 * (n_out + n_in)))
+            rows = rng.integers(0, n_out, m).astype(index_dtype)
+            cols = rng.integers(0, n_in, m).astype(index_dtype)
+            got = host(backend, backend.sampled_grad(x_dev, dy_dev, backend.asarray(rows),
+                                                     backend.asarray(cols)))
+            assert_close(got, ref.sampled_grad(x, dy, rows, cols),
+                         ref.sampled_grad(abs(x), abs(dy), rows, cols), n_batch, dtype,
+                         f"sampled_grad ({n_out}, {n_in}) m={m} batch {n_batch}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_with_empty_batch(backend, dtype):
+    w_sp = random_csr(np.random.default_rng(6), 6, 4, 0.5, dtype=dtype)
+    w = to_backend(backend, w_sp)
+    x = backend.asarray(np.zeros((4, 0), dtype))
+    dy = backend.asarray(np.zeros((6, 0), dtype))
+    assert host(backend, backend.matmul(x, w)).shape == (6, 0)
+    assert host(backend, backend.matmul_t(dy, w)).shape == (4, 0)
+    np.testing.assert_array_equal(host(backend, backend.weight_grad(x, dy, w)), 0)
+    dx, g = backend.backward(x, dy, w)
+    assert host(backend, dx).shape == (4, 0)
+    np.testing.assert_array_equal(host(backend, g), np.zeros(w.nnz))
+
+
+def test_non_contiguous_operands_are_read_correctly(backend):
+    """A strided or Fortran-ordered operand is copied, never misread."""
+    rng = np.random.default_rng(7)
+    w_sp = random_csr(rng, 20, 30, 0.3)
+    w = to_backend(backend, w_sp)
+    x_wide = rng.uniform(-1, 1, (30, 14))
+    dy = np.asfortranarray(rng.uniform(-1, 1, (20, 7)))
+    x_dev = backend.asarray(x_wide)[:, ::2]  # a strided view on the device
+    dy_dev = backend.xp.asfortranarray(backend.asarray(dy))
+    x = x_wide[:, ::2]
+    assert_close(host(backend, backend.matmul(x_dev, w)), ref.matmul(w_sp, x),
+                 ref.matmul(abs(w_sp), abs(x)), 30, np.float64, "strided matmul")
+    assert_close(host(backend, backend.weight_grad(x_dev, dy_dev, w)),
+                 ref.weight_grad(w_sp, x, dy), ref.weight_grad(w_sp, abs(x), abs(dy)), 7,
+                 np.float64, "strided weight_grad")
+
+
+def test_transpose_index_follows_new_values(backend):
+    """``with_data`` keeps the cached column index; matmul_t must then read the new values."""
+    rng = np.random.default_rng(8)
+    w_sp = random_csr(rng, 25, 18, 0.3)
+    w = to_backend(backend, w_sp)
+    dy = rng.uniform(-1, 1, (25, 5))
+    backend.matmul_t(backend.asarray(dy), w)  # builds the cache
+    w_sp2 = w_sp.copy()
+    w_sp2.data = rng.uniform(-1, 1, w_sp.nnz)
+    w2 = w.with_data(backend.asarray(w_sp2.data))
+    assert_close(host(backend, backend.matmul_t(backend.asarray(dy), w2)),
+                 ref.matmul_t(w_sp2, dy), ref.matmul_t(abs(w_sp2), abs(dy)), 25, np.float64,
+                 "matmul_t after with_data")
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_transpose_index_matches_generic(backend, index_dtype):
+    """The backend's column index equals the base class's generic one (and is consistent)."""
+    rng = np.random.default_rng(9)
+    for n_out, n_in, density in shape_sweep(rng):
+        w_sp = random_csr(rng, n_out, n_in, density)
+        got = [host(backend, a) for a in
+               backend.transpose_index(to_backend(backend, w_sp, index_dtype=index_dtype))]
+        want = [host(backend, a) for a in Backend.transpose_index(
+            backend, to_backend(backend, w_sp, index_dtype=index_dtype))]
+        for g, e in zip(got, want, strict=True):
+            assert g.dtype == np.dtype(index_dtype)
+            np.testing.assert_array_equal(g, e)
+        t_indptr, t_rows, t_perm = got
+        csc = w_sp.tocsc()
+        csc.sort_indices()
+        np.testing.assert_array_equal(t_indptr, csc.indptr)
+        np.testing.assert_array_equal(t_rows, csc.indices)
+        rows, cols = ref.pattern(w_sp)
+        np.testing.assert_array_equal(rows[t_perm], t_rows)
+
+
+# --- selection ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_select(topo_backend, dtype):
+    be = topo_backend
+    rng = np.random.default_rng(10)
+    for n in [1, 2, 7, 64, 1001]:
+        # Few distinct values, so ties at the threshold are the rule, not the exception.
+        for values in (rng.standard_normal(n), rng.integers(-3, 4, n).astype(float),
+                       np.zeros(n), -np.abs(rng.standard_normal(n)) * (rng.random(n) < 0.5)):
+            values = values.astype(dtype)
+            for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+                for largest in (True, False):
+                    got = host(be, be.select(be.asarray(values), k, largest))
+                    assert got.dtype == np.int64
+                    np.testing.assert_array_equal(got, ref.select(values, k, largest),
+                                                  err_msg=f"{be.name} n={n} k={k} {largest}")
+
+
+def test_select_accepts_integer_values(topo_backend):
+    be = topo_backend
+    values = np.array([5, -2, 7, 7, 0, -2, 3], dtype=np.int64)
+    for k in range(8):
+        for largest in (True, False):
+            np.testing.assert_array_equal(host(be, be.select(be.asarray(values), k, largest)),
+                                          ref.select(values, k, largest))
+
+
+def test_contains(topo_backend):
+    be = topo_backend
+    rng = np.random.default_rng(11)
+    for n_out, n_in, density in shape_sweep(rng):
+        if n_out == 0 or n_in == 0:
+            continue
+        w_sp = random_csr(rng, n_out, n_in, density)
+        w = to_backend(be, w_sp)
+        rows = rng.integers(0, n_out, 200)
+        cols = rng.integers(0, n_in, 200)
+        want = np.asarray(w_sp[rows, cols] != 0).ravel()
+        got = host(be, be.contains(w, be.asarray(rows), be.asarray(cols)))
+        assert got.dtype == bool
+        np.testing.assert_array_equal(got, want)
+
+
+# --- fused bias + activation + dropout ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_act_dropout(topo_backend, dtype):
+    be = topo_backend
+    rng = np.random.default_rng(12)
+    for n_out, n_batch in [(1, 1), (7, 3), (16, 33), (40, 5)]:
+        z = rng.standard_normal((n_out, n_batch)).astype(dtype)
+        bias = rng.standard_normal(n_out).astype(dtype)
+        for slope in (-0.6, 0.0, 0.75):
+            for rate in (0.0, 0.3, 0.5):
+                seed = int(rng.integers(0, 2**63))
+                a, d = be.bias_act_dropout(be.asarray(z), be.asarray(bias), slope, rate, seed)
+                a, d = host(be, a), host(be, d)
+                ra, rd = ref.bias_act_dropout(z, bias, slope, rate, seed)
+                what = f"{be.name} {n_out}x{n_batch} slope={slope} rate={rate}"
+                # z + b, times the slope, times 1/(1-rate): three roundings.
+                assert_close(a, ra, abs(ra) + abs(z.astype(np.float64)) + 1, 1, dtype, what)
+                assert_close(d, rd, abs(rd), 1, dtype, what)
+                np.testing.assert_array_equal(a == 0, (ra == 0), err_msg=what)
+
+
+def test_dropout_mask_is_the_documented_hash(topo_backend):
+    """Same seed, same mask on every backend: kept fraction ~ 1 - rate, mask from the hash."""
+    be = topo_backend
+    z = np.ones((50, 40))
+    for rate, seed in [(0.1, 0), (0.5, 2**64 - 1), (0.9, -5)]:
+        a, d = be.bias_act_dropout(be.asarray(z), be.asarray(np.zeros(50)), 0.5, rate, seed)
+        keep = ref.dropout_keep(z.shape, rate, seed)
+        np.testing.assert_array_equal(host(be, d) != 0, keep)
+        assert abs(keep.mean() - (1 - rate)) < 0.05
+        np.testing.assert_allclose(host(be, a)[keep], 1 / (1 - rate), rtol=1e-12)
+
+
+def test_backends_agree_bit_for_bit_on_elementwise_and_topology(topo_backend):
+    """Seeded draws are backend-independent; values of dropout equal to the last bit."""
+    be, cpu = topo_backend, CpuBackend()
+    rng = np.random.default_rng(13)
+    z = rng.standard_normal((30, 17)).astype(np.float32)
+    bias = rng.standard_normal(30).astype(np.float32)
+    a1, d1 = be.bias_act_dropout(be.asarray(z), be.asarray(bias), -0.6, 0.25, 99)
+    a2, d2 = cpu.bias_act_dropout(z, bias, -0.6, 0.25, 99)
+    assert host(be, a1).tobytes() == a2.tobytes() and host(be, d1).tobytes() == d2.tobytes()
+    w_sp = random_csr(rng, 40, 60, 0.1)
+    r1, c1 = be.sample_absent(to_backend(be, w_sp), 300, np.random.default_rng(5))
+    r2, c2 = cpu.sample_absent(to_backend(cpu, w_sp), 300, np.random.default_rng(5))
+    np.testing.assert_array_equal(host(be, r1), r2)
+    np.testing.assert_array_equal(host(be, c1), c2)
+
+
+# --- thread-count independence ------------------------------------------------------------------
+def same_bits(a, b, what):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    assert a.tobytes() == b.tobytes(), f"{what} differs between 1 and 2 threads"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_do_not_depend_on_thread_count(dtype):
+    one, two = CpuBackend(num_threads=1), CpuBackend(num_threads=2)
+    assert (one.num_threads, two.num_threads) == (1, 2)
+    rng = np.random.default_rng(14)
+    for n_out, n_in, n_batch in [(300, 400, 37), (1000, 50, 1), (3, 2000, 6)]:
+        w_sp = random_csr(rng, n_out, n_in, 0.05, dtype=dtype)
+        w1, w2 = to_backend(one, w_sp), to_backend(two, w_sp)
+        x = rng.standard_normal((n_in, n_batch)).astype(dtype)
+        dy = rng.standard_normal((n_out, n_batch)).astype(dtype)
+        same_bits(one.matmul(x, w1), two.matmul(x, w2), "matmul")
+        same_bits(one.matmul_t(dy, w1), two.matmul_t(dy, w2), "matmul_t")
+        same_bits(one.weight_grad(x, dy, w1), two.weight_grad(x, dy, w2), "weight_grad")
+        for need_dx in (True, False):
+            (dx1, g1), (dx2, g2) = (one.backward(x, dy, w1, need_dx),
+                                    two.backward(x, dy, w2, need_dx))
+            same_bits(g1, g2, "backward grad")
+            if need_dx:
+                same_bits(dx1, dx2, "backward dx")
+        rows = rng.integers(0, n_out, 5000)
+        cols = rng.integers(0, n_in, 5000)
+        same_bits(one.sampled_grad(x, dy, rows, cols), two.sampled_grad(x, dy, rows, cols),
+                  "sampled_grad")
+        bias = rng.standard_normal(n_out).astype(dtype)
+        for k1, k2 in zip(one.bias_act_dropout(dy, bias, -0.6, 0.3, 7),
+                          two.bias_act_dropout(dy, bias, -0.6, 0.3, 7), strict=True):
+            same_bits(k1, k2, "bias_act_dropout")
+        k = w_sp.nnz // 3
+        same_bits(one.select(np.abs(w1.data), k, False), two.select(np.abs(w2.data), k, False),
+                  "select")
+        r1, c1 = one.sample_absent(w1, k, np.random.default_rng(3))
+        r2, c2 = two.sample_absent(w2, k, np.random.default_rng(3))
+        same_bits(r1, r2, "sample_absent rows")
+        same_bits(c1, c2, "sample_absent cols")
+        keep = rng.random(w_sp.nnz) < 0.7
+        vals = rng.standard_normal(k).astype(dtype)
+        state = rng.standard_normal(w_sp.nnz).astype(dtype)
+        n1, (s1,) = one.rebuild(w1, keep, r1, c1, vals, state)
+        n2, (s2,) = two.rebuild(w2, keep, r2, c2, vals, state)
+        for name in ("indptr", "indices", "data"):
+            same_bits(getattr(n1, name), getattr(n2, name), f"rebuild {name}")
+        same_bits(s1, s2, "rebuild state")
+    e1 = erdos_renyi(500, 300, 10, rng=4, backend=one, dtype=dtype)
+    e2 = erdos_renyi(500, 300, 10, rng=4, backend=two, dtype=dtype)
+    for name in ("indptr", "indices", "data"):
+        same_bits(getattr(e1, name), getattr(e2, name), f"erdos_renyi {name}")

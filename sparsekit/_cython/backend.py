@@ -23,8 +23,15 @@ class CpuBackend(Backend):
     name = "cpu"
     xp = np
 
+    #: Below this many multiply-adds (or elements) a kernel runs on one thread: starting an
+    #: OpenMP team costs microseconds on an idle machine and milliseconds on a busy one.
+    min_parallel_work = 1 << 16
+
     def __init__(self, num_threads: int | None = None) -> None:
         self.num_threads = int(num_threads) if num_threads else default_threads()
+
+    def _threads(self, work: int) -> int:
+        return self.num_threads if work >= self.min_parallel_work else 1
 
     def _operand(self, name, x, dtype, n_rows=None):
         self.check_array(name, x)
@@ -44,19 +51,22 @@ class CpuBackend(Backend):
 
     def matmul(self, x_ib, w: CSR):
         x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
-        return spmm.matmul(w.indptr, w.indices, w.data, x, w.shape[1], self.num_threads)
+        return spmm.matmul(w.indptr, w.indices, w.data, x, w.shape[1],
+                           self._threads(w.nnz * x.shape[1]))
 
     def matmul_t(self, dy_ob, w: CSR):
         dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
         t_indptr, t_rows, t_perm = self.transpose_index(w)
-        return spmm.matmul_t(t_indptr, t_rows, t_perm, w.data, dy, w.shape[0], self.num_threads)
+        return spmm.matmul_t(t_indptr, t_rows, t_perm, w.data, dy, w.shape[0],
+                             self._threads(w.nnz * dy.shape[1]))
 
     def weight_grad(self, x_ib, dy_ob, w: CSR):
         x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
         dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
         if x.shape[1] != dy.shape[1]:
             raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
-        return sddmm.weight_grad(w.indptr, w.indices, x, dy, w.shape[1], self.num_threads)
+        return sddmm.weight_grad(w.indptr, w.indices, x, dy, w.shape[1],
+                                 self._threads(w.nnz * x.shape[1]))
 
     def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
         x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
@@ -65,7 +75,7 @@ class CpuBackend(Backend):
             raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
         t_indptr, t_rows, t_perm = self.transpose_index(w)
         return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], need_dx,
-                             self.num_threads)
+                             self._threads(2 * w.nnz * x.shape[1]))
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
         self.check_array("rows", rows)
@@ -81,7 +91,8 @@ class CpuBackend(Backend):
         # Any other integer type goes to int64, where an out-of-range value stays out of range.
         idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
         return sddmm.sampled_grad(x, dy, np.ascontiguousarray(rows, dtype=idt),
-                                  np.ascontiguousarray(cols, dtype=idt), self.num_threads)
+                                  np.ascontiguousarray(cols, dtype=idt),
+                                  self._threads(rows.shape[0] * x.shape[1]))
 
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         self.check_array("z_ob", z_ob)
@@ -90,7 +101,7 @@ class CpuBackend(Backend):
         z = self._operand("z_ob", z_ob, z_ob.dtype)
         b = np.ascontiguousarray(bias, dtype=z.dtype)
         return elementwise.bias_act_dropout(z, b, float(slope), float(rate),
-                                            int(seed) & 0xFFFFFFFFFFFFFFFF, self.num_threads)
+                                            int(seed) & 0xFFFFFFFFFFFFFFFF, self._threads(z.size))
 
     def select(self, values, k: int, largest: bool = True):
         self.check_array("values", values)
@@ -105,7 +116,8 @@ class CpuBackend(Backend):
 
     def contains(self, w: CSR, rows, cols):
         return topology.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
-                                 np.ascontiguousarray(cols, np.int64), self.num_threads)
+                                 np.ascontiguousarray(cols, np.int64),
+                                 self._threads(len(rows) * 16))
 
     def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):
@@ -132,11 +144,12 @@ class CpuBackend(Backend):
         src = np.empty(nnz, dtype=np.int64)
         keep = np.ascontiguousarray(keep_mask).view(np.uint8)
         bad = topology.merge(indptr, indices, keep, new_rows, new_cols,
-                             w.shape[1], out_indptr, out_indices, src, self.num_threads)
+                             w.shape[1], out_indptr, out_indices, src,
+                             self._threads(nnz))
         if bad:
             raise ValueError("rebuild: a new position is already present or repeats")
-        data = topology.gather(src, w.data, new_vals, self.num_threads)
+        data = topology.gather(src, w.data, new_vals, self._threads(nnz))
         new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
         # The kernel gathers float states; any other dtype (a counter, a flag) takes NumPy's path.
-        return new_w, [topology.gather(src, np.ascontiguousarray(s), None, self.num_threads)
+        return new_w, [topology.gather(src, np.ascontiguousarray(s), None, self._threads(nnz))
                        if s.dtype in VALUE_DTYPES else _take(np, src, s, None) for s in states]

@@ -14,6 +14,11 @@ class SparseLinear:
 
     The momentum buffers ``vel_w`` (aligned with ``w.data``) and ``vel_b`` live with the layer so
     that every topology change can carry them along.
+
+    ``w_forward`` (default None) is a hook for Top-KAST: when set to a CSR whose pattern is a
+    subset of ``w``'s, the forward pass and the gradient to the inputs use it, while the weight
+    gradient still covers every entry of ``w``.  Its owner keeps its values in step with ``w``;
+    any topology change here (``set_topology``, ``compact``) clears it.
     """
 
     def __init__(self, w: CSR, bias=None, backend: Backend | str | None = None) -> None:
@@ -27,6 +32,7 @@ class SparseLinear:
             raise ValueError(f"bias has shape {self.b.shape}, expected ({w.shape[0]},)")
         self.vel_w = xp.zeros_like(w.data)
         self.vel_b = xp.zeros_like(self.b)
+        self.w_forward: CSR | None = None
 
     @classmethod
     def random(cls, n_in: int, n_out: int, epsilon: float = 20.0, *, rng=None, backend=None,
@@ -51,10 +57,13 @@ class SparseLinear:
 
     def forward(self, x_ib):
         """Pre-activation without the bias (hidden layers fuse the bias into the activation)."""
-        return self.backend.matmul(x_ib, self.w)
+        return self.backend.matmul(x_ib, self.w if self.w_forward is None else self.w_forward)
 
     def backward(self, x_ib, dz_ob, need_dx: bool = True):
         """``(dx_ib or None, grad_w, grad_b)`` for the upstream gradient ``dz_ob``."""
+        if self.w_forward is not None:  # inputs saw w_forward; the gradient covers all of w
+            dx = self.backend.matmul_t(dz_ob, self.w_forward) if need_dx else None
+            return dx, self.backend.weight_grad(x_ib, dz_ob, self.w), dz_ob.sum(axis=1)
         dx, gw = self.backend.backward(x_ib, dz_ob, self.w, need_dx)
         return dx, gw, dz_ob.sum(axis=1)
 
@@ -62,7 +71,7 @@ class SparseLinear:
         """Install a new pattern and its aligned velocity (from ``Backend.rebuild``)."""
         if vel_w.shape != w.data.shape:
             raise ValueError("velocity must be aligned with the new weights")
-        self.w, self.vel_w = w, vel_w
+        self.w, self.vel_w, self.w_forward = w, vel_w, None
 
     def compact(self, row_mask=None, col_mask=None) -> None:
         """Drop output neurons (rows) and/or inputs (columns) where the masks are false."""
@@ -82,6 +91,7 @@ class SparseLinear:
                      (n_rows, n_cols), check=False)
         self.vel_w = self.vel_w[keep]
         self.b, self.vel_b = self.b[rm], self.vel_b[rm]
+        self.w_forward = None
 
     def __repr__(self) -> str:
         return f"SparseLinear({self.in_features} -> {self.out_features}, nnz={self.nnz})"

@@ -40,6 +40,10 @@ class SparseMLP:
         Seeds the initial topology and values.
     """
 
+    #: When true, :meth:`backward` keeps each layer's output gradient in ``last_dz``.
+    keep_dz: bool = False
+    last_dz: list | None = None
+
     def __init__(self, layer_sizes: Sequence[int], *, epsilon: float = 20.0,
                  activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.3,
                  init: str = "he_uniform", fan_in: str = "dense", backend=None,
@@ -100,15 +104,22 @@ class SparseMLP:
         return logits, acts, derivs
 
     def backward(self, acts, derivs, dlogits_cb) -> list[tuple[Any, Any]]:
-        """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient."""
-        grads = []
+        """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient.
+
+        With ``keep_dz`` true (growth methods that score candidates set it), each layer's output
+        gradient is also kept in ``last_dz`` (references to arrays made here, no copies).
+        """
+        grads, dzs = [], []
         dz = dlogits_cb
         for i in range(len(self.layers) - 1, -1, -1):
             dx, gw, gb = self.layers[i].backward(acts[i], dz, need_dx=i > 0)
             grads.append((gw, gb))
+            dzs.append(dz)
             if i > 0:
                 dx *= derivs[i - 1]
                 dz = dx
+        if self.keep_dz:
+            self.last_dz = dzs[::-1]
         return grads[::-1]
 
     # --- inference ------------------------------------------------------------------------

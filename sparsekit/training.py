@@ -73,7 +73,10 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
         :func:`sparsekit.datasets.load_dataset`.
     backend : {"cpu", "gpu", "auto"} or Backend, optional
     method : str or GrowthMethod, default "set"
-        Topology evolution (see :func:`sparsekit.growth.available_methods`).
+        Topology evolution: ``"set"``, ``"static"``, ``"gse"``, ``"topkast"``, ``"rigl"`` (see
+        :func:`sparsekit.growth.available_methods`).  ``evolve_every`` and ``evolve_output``
+        apply to all but ``static``; other parameters go in ``method_params``, e.g.
+        ``{"gamma": 1.0, "drop_fraction": 0.3, "t_end": 0.75}`` for ``gse``.
     epochs, batch_size, lr, momentum, weight_decay : training hyperparameters.
     decay : {"coupled", "decoupled"}
         PyTorch-style L2 through the gradient, or the reference code's per-step shrink.
@@ -139,6 +142,8 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     if method == "set":
         params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
                   "init": init, "fan_in": fan_in, **params}
+    elif method in ("gse", "topkast", "rigl"):  # the shared update schedule
+        params = {"every_steps": evolve_every, "evolve_output": evolve_output, **params}
     growth = get_method(method, **params)
     opt = MomentumSGD(lr, momentum, weight_decay, decay)
     schedule = LRSchedule(lr_schedule, epochs=epochs, warmup_epochs=warmup_epochs)
@@ -146,6 +151,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
                if prune_start is not None else None)
     x_host = np.ascontiguousarray(x_tr, dtype=model.dtype)
     steps_per_epoch = n // batch_size
+    growth.setup(model, steps_per_epoch, epochs, rng)  # the run's length; method state
     n_hidden = len(model.layers) - 1
     bar = None
     for epoch in range(start_epoch, epochs):

@@ -16,6 +16,11 @@ class GrowthMethod:
 
     name = "base"
 
+    def setup(self, model, steps_per_epoch: int, epochs: int,
+              rng: np.random.Generator | None = None) -> None:
+        """Called by the trainer once before the first step (again on resume), with the run's
+        length; methods that schedule by fraction of training or hold state prepare here."""
+
     def after_step(self, model, step: int, epoch: int, rng: np.random.Generator,
                    cache: Any = None) -> dict | None:
         """Called after each optimizer step; ``step`` counts from 0 over the whole run."""
@@ -48,4 +53,7 @@ def get_method(method: str | GrowthMethod, **params) -> GrowthMethod:
         return method
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {available_methods()}")
-    return _METHODS[method](**params)
+    try:
+        return _METHODS[method](**params)
+    except TypeError as exc:  # an unknown keyword: say which method refused which parameter
+        raise ValueError(f"bad parameters for method {method!r}: {exc}") from None

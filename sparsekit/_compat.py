@@ -6,6 +6,8 @@ but no GPU" counts as no GPU.
 
 from __future__ import annotations
 
+import importlib.util
+
 try:  # pragma: no cover - depends on the machine
     import cupy
     import cupyx
@@ -48,13 +50,9 @@ except ImportError:  # pragma: no cover
     tqdm = None
     has_tqdm = False
 
-try:
-    import sklearn
-
-    has_sklearn = True
-except ImportError:
-    sklearn = None
-    has_sklearn = False
+# Looked up, not imported: `import sparsekit` stays free of scikit-learn (and its import time);
+# sparsekit.sklearn and the digits loader import it when used.
+has_sklearn = importlib.util.find_spec("sklearn") is not None
 
 
 def import_matplotlib():

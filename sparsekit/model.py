@@ -125,13 +125,18 @@ class SparseMLP:
     # --- inference ------------------------------------------------------------------------
     def logits(self, x, batch_size: int = 2048):
         """Logits (n_samples x n_classes, on the host) of batch-major inputs, streamed."""
-        x = np.asarray(x)
+        # A scipy.sparse x is densified one chunk of at most 2**19 values at a time, never whole.
+        sparse = hasattr(x, "tocsr") and hasattr(x, "nnz")
+        x = x.tocsr() if sparse else np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.layer_sizes[0]:
             raise ValueError(f"x must have shape (n, {self.layer_sizes[0]}), got {x.shape}")
+        if sparse:
+            batch_size = max(1, min(batch_size, 2**19 // max(x.shape[1], 1)))
         be = self.backend
         out = np.empty((x.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
-            chunk = be.asarray(np.ascontiguousarray(x[start:start + batch_size].T),
+            part = x[start:start + batch_size]
+            chunk = be.asarray(np.ascontiguousarray((part.toarray() if sparse else part).T),
                                dtype=self.dtype)
             logits, _, _ = self.forward_train(chunk, [0] * len(self.activations), dropout=0.0)
             out[start:start + batch_size] = be.to_numpy(logits).T

@@ -55,6 +55,33 @@ class SparseLinear:
     def nnz(self) -> int:
         return self.w.nnz
 
+    # Interop (sparsekit.interop does the work): W as (n_out, n_in), as torch.nn.Linear.weight.
+    def to_scipy(self):
+        """W as a ``scipy.sparse.csr_matrix`` host copy (see :func:`sparsekit.interop.to_scipy`)."""
+        from .interop import to_scipy
+
+        return to_scipy(self)
+
+    def to_torch(self):
+        """W as a ``torch.sparse_csr_tensor`` copy (see :func:`sparsekit.interop.to_torch`)."""
+        from .interop import to_torch
+
+        return to_torch(self)
+
+    @classmethod
+    def from_scipy(cls, matrix, bias=None, *, backend=None, dtype=None) -> SparseLinear:
+        """A layer from a ``scipy.sparse`` W (see :func:`sparsekit.interop.from_scipy`)."""
+        from .interop import from_scipy
+
+        return from_scipy(matrix, bias, backend=backend, dtype=dtype)
+
+    @classmethod
+    def from_torch(cls, tensor, bias=None, *, backend=None, dtype=None) -> SparseLinear:
+        """A layer from a sparse torch W (see :func:`sparsekit.interop.from_torch`)."""
+        from .interop import from_torch
+
+        return from_torch(tensor, bias, backend=backend, dtype=dtype)
+
     def forward(self, x_ib):
         """Pre-activation without the bias (hidden layers fuse the bias into the activation)."""
         return self.backend.matmul(x_ib, self.w if self.w_forward is None else self.w_forward)

@@ -1,0 +1,217 @@
+"""The GPU backend: the protocol of :mod:`sparsekit.backend` on CuPy and the kernels of kernels/.
+
+Mirror of :mod:`sparsekit._cython.backend`: every method checks its arguments (device, shape,
+dtype) the same way and calls the function of the same name in ``spmm``, ``sddmm``,
+``topology`` or ``elementwise``.  Arrays never cross the host/device boundary implicitly: a NumPy
+array handed to a method is refused with a TypeError that says to call ``backend.asarray``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import _compat
+from ..backend import Backend, _check_rebuild_args, as_count
+from ..csr import CSR, VALUE_DTYPES, index_dtype_for
+from . import elementwise, fallback, sddmm, spmm, topology
+
+PRODUCTS = ("kernels", "cusparse", "cupy")
+
+
+class GpuBackend(Backend):
+    """CUDA kernels (CuPy ``RawModule``) on CuPy arrays of the current device.
+
+    Parameters
+    ----------
+    products : {"kernels", "cusparse", "cupy"}, optional
+        Who computes the products.  ``"kernels"`` (default): sparsekit's CUDA kernels, including
+        the fused backward pass.  ``"cusparse"``: cuSPARSE SpMM (through ``cupyx``) for the
+        forward and input-gradient products, the custom SDDMM for weight gradients.
+        ``"cupy"``: no custom kernel at all (cuSPARSE SpMM, a gathered dot product for the
+        SDDMM, and the generic ``xp`` topology/elementwise code of :class:`~sparsekit.Backend`),
+        the reference the kernels are A/B-tested against.  The default can be set with the
+        ``SPARSEKIT_GPU_PRODUCTS`` environment variable.
+
+    Notes
+    -----
+    Kernels compile with NVRTC the first time they run on a device (a few seconds, then cached
+    by CuPy on disk).  Every product is computed by one warp per output row, so results do not
+    depend on the launch configuration; they may differ from the CPU backend's in the last bits
+    (another summation order), except ``bias_act_dropout``, ``select``, ``sample_absent`` and
+    ``rebuild``, which agree bit for bit.
+    """
+
+    name = "gpu"
+    xp = _compat.cupy
+
+    def __init__(self, products: str | None = None) -> None:
+        if not _compat.has_cupy_gpu:
+            raise RuntimeError(f"the gpu backend is unavailable: {_compat.gpu_unavailable_reason}")
+        products = products or os.environ.get("SPARSEKIT_GPU_PRODUCTS", "kernels")
+        if products not in PRODUCTS:
+            raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}")
+        self.products = products
+        self.device = int(self.xp.cuda.Device().id)
+
+    def __repr__(self) -> str:
+        return f"GpuBackend(device={getattr(self, 'device', '?')}, products={self.products!r})"
+
+    # --- moving data ----------------------------------------------------------------------
+    def to_numpy(self, x) -> np.ndarray:
+        """An explicit device-to-host copy of ``x`` (NumPy input is returned as is)."""
+        if isinstance(x, np.ndarray):
+            return x
+        if hasattr(x, "get"):
+            return x.get()
+        return np.asarray(x)
+
+    def synchronize(self) -> None:
+        """Wait for the work queued on the current stream."""
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def _operand(self, name, x, dtype, n_rows=None):
+        self.check_array(name, x)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (features x batch), got shape {x.shape}")
+        if x.dtype != dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the weights are {dtype}")
+        if n_rows is not None and x.shape[0] != n_rows:
+            raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
+        return self.xp.ascontiguousarray(x)
+
+    def _pair(self, x_ib, dy_ob, w: CSR):
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        return x, dy
+
+    # --- products -------------------------------------------------------------------------
+    def transpose_index(self, w: CSR):
+        """W's column index (cached on the CSR until its pattern changes)."""
+        if w._transpose is None:
+            w._transpose = spmm.transpose_index(w.indptr, w.indices, w.shape[1])
+        return w._transpose
+
+    def matmul(self, x_ib, w: CSR):
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        if self.products != "kernels":
+            return fallback.matmul(w, x)
+        return spmm.matmul(w.indptr, w.indices, w.data, x, w.shape[1])
+
+    def matmul_t(self, dy_ob, w: CSR):
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        if self.products != "kernels":
+            return fallback.matmul_t(w, dy)
+        t_indptr, t_rows, t_perm = self.transpose_index(w)
+        return spmm.matmul_t(t_indptr, t_rows, t_perm, w.data, dy, w.shape[0])
+
+    def weight_grad(self, x_ib, dy_ob, w: CSR):
+        x, dy = self._pair(x_ib, dy_ob, w)
+        if self.products == "cupy":
+            return fallback.weight_grad(w, x, dy)
+        return sddmm.weight_grad(w.indptr, w.indices, x, dy, w.shape[1])
+
+    def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
+        x, dy = self._pair(x_ib, dy_ob, w)
+        if self.products == "kernels" and need_dx:
+            t_indptr, t_rows, t_perm = self.transpose_index(w)
+            return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], True)
+        # Without dx (the first layer) the row-wise SDDMM needs no transposed index.
+        dx = self.matmul_t(dy, w) if need_dx else None
+        return dx, self.weight_grad(x, dy, w)
+
+    def sampled_grad(self, x_ib, dy_ob, rows, cols):
+        xp = self.xp
+        self.check_array("rows", rows)
+        self.check_array("cols", cols)
+        for name, arr in (("rows", rows), ("cols", cols)):
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
+        self.check_array("x_ib", x_ib)
+        if x_ib.dtype not in VALUE_DTYPES:
+            raise ValueError(f"x_ib must be float32 or float64, got {x_ib.dtype}")
+        x = self._operand("x_ib", x_ib, x_ib.dtype)
+        dy = self._operand("dy_ob", dy_ob, x.dtype)
+        if rows.ndim != 1 or cols.shape != rows.shape:
+            raise ValueError(f"rows and cols must be 1-D of one length, got {rows.shape} and "
+                             f"{cols.shape}")
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"dy_ob has batch {dy.shape[1]} but x_ib has {x.shape[1]}")
+        # Any other integer type goes to int64, where an out-of-range value stays out of range.
+        idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
+        r = xp.ascontiguousarray(rows.astype(idt, copy=False))
+        c = xp.ascontiguousarray(cols.astype(idt, copy=False))
+        if self.products == "cupy":
+            sddmm.check_candidates(x, dy, r, c)
+            return fallback.sampled_grad(x, dy, r, c)
+        return sddmm.sampled_grad(x, dy, r, c)
+
+    # --- elementwise ------------------------------------------------------------------------
+    def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
+        if self.products == "cupy":
+            return Backend.bias_act_dropout(self, z_ob, bias, slope, rate, seed)
+        self.check_array("z_ob", z_ob)
+        self.check_array("bias", bias)
+        if z_ob.dtype not in VALUE_DTYPES:
+            raise ValueError(f"z_ob must be float32 or float64, got {z_ob.dtype}")
+        z = self._operand("z_ob", z_ob, z_ob.dtype)
+        if bias.shape != (z.shape[0],):
+            raise ValueError(f"bias has shape {bias.shape}, expected ({z.shape[0]},)")
+        b = self.xp.ascontiguousarray(bias.astype(z.dtype, copy=False))
+        return elementwise.bias_act_dropout(z, b, float(slope), float(rate),
+                                            int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+    # --- topology -------------------------------------------------------------------------
+    def select(self, values, k: int, largest: bool = True):
+        if self.products == "cupy":
+            return Backend.select(self, values, k, largest)
+        xp = self.xp
+        self.check_array("values", values)
+        if values.ndim != 1:
+            raise ValueError(f"values must be 1-D, got shape {values.shape}")
+        v = values if values.dtype in VALUE_DTYPES else values.astype(xp.float64)
+        v = xp.ascontiguousarray(v)
+        if v.shape[0] and not bool(xp.all(xp.isfinite(v))):
+            raise ValueError("values contains NaN or infinite entries")
+        return topology.select(v, as_count("k", k), bool(largest))
+
+    def contains(self, w: CSR, rows, cols):
+        if self.products == "cupy":
+            return Backend.contains(self, w, rows, cols)
+        xp = self.xp
+        self.check_array("rows", rows)
+        self.check_array("cols", cols)
+        return topology.contains(w.indptr, w.indices,
+                                 xp.ascontiguousarray(rows.astype(xp.int64, copy=False)),
+                                 xp.ascontiguousarray(cols.astype(xp.int64, copy=False)))
+
+    def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
+        if self.products == "cupy":
+            return Backend.rebuild(self, w, keep_mask, new_rows, new_cols, new_vals, *states)
+        xp = self.xp
+        keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(
+            self, w, keep_mask, new_rows, new_cols, new_vals, states)
+        new_rows = xp.ascontiguousarray(new_rows.astype(xp.int64, copy=False))
+        new_cols = xp.ascontiguousarray(new_cols.astype(xp.int64, copy=False))
+        m = new_rows.shape[0]
+        if m > 1 and bool(xp.any((new_rows[1:] < new_rows[:-1]) | (
+                (new_rows[1:] == new_rows[:-1]) & (new_cols[1:] <= new_cols[:-1])))):
+            # Row-major keys are unique unless a position repeats, which the merge reports.
+            order = xp.argsort(new_rows * w.shape[1] + new_cols)
+            new_rows, new_cols, new_vals = new_rows[order], new_cols[order], new_vals[order]
+        nnz = int(xp.count_nonzero(keep_mask)) + m
+        idt = index_dtype_for(nnz, w.shape)
+        indptr, indices = w.indptr.astype(idt, copy=False), w.indices.astype(idt, copy=False)
+        out_indptr = xp.empty(w.shape[0] + 1, dtype=idt)
+        out_indices = xp.empty(nnz, dtype=idt)
+        src = xp.empty(nnz, dtype=xp.int64)
+        bad = topology.merge(indptr, indices, xp.ascontiguousarray(keep_mask), new_rows,
+                             new_cols, w.shape[1], out_indptr, out_indices, src)
+        if bad:
+            raise ValueError("rebuild: a new position is already present or repeats")
+        data = topology.gather(src, w.data, new_vals)
+        new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
+        return new_w, [topology.gather(src, xp.ascontiguousarray(s), None) for s in states]

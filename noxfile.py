@@ -1,8 +1,8 @@
 """nox sessions: lint, tests_cpu, tests_gpu, tests_mpi, bench.
 
-``nox -s lint tests_cpu`` is the test command of README.md and CI.  On a machine whose Python
-packages are preinstalled and which has no package registry (a GPU box), run a session in the
-current environment with ``nox --no-venv -s tests_gpu`` (or ``-db none``).
+``nox -s lint tests_cpu tests_mpi`` is the test command of README.md and CI.  On a machine whose
+Python packages are preinstalled and which has no package registry (a GPU box), run a session in
+the current environment with ``nox --no-venv -s tests_gpu`` (or ``-db none``).
 """
 
 import os
@@ -33,6 +33,14 @@ def tests_cpu(session):
     """The whole suite on the CPU backend (GPU cases skip; MPI cases run if mpi4py exists)."""
     _install(session)
     session.run(*PYTEST, "-m", "not gpu", *session.posargs)
+
+
+@nox.session
+def tests_mpi(session):
+    """WASAP-SGD under a real mpiexec (mpi4py + the mpich wheel), and its MPI-free unit tests."""
+    _install(session, "dev,mpi")
+    session.run(*PYTEST, "tests/test_mpi.py", "tests/test_wasap_average.py", *session.posargs,
+                env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session

@@ -34,13 +34,9 @@ def _probe_gpu() -> tuple[bool, str]:
 
 has_cupy_gpu, gpu_unavailable_reason = _probe_gpu()
 
-try:
-    from mpi4py import MPI
-
-    has_mpi = True
-except Exception:
-    MPI = None
-    has_mpi = False
+# mpi4py initialises MPI when imported, so it is only looked up here and imported on first use
+# (sparsekit.parallel.comm.import_mpi); plain `import sparsekit` never starts MPI.
+has_mpi = importlib.util.find_spec("mpi4py") is not None
 
 try:
     import tqdm

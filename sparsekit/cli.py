@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue the run in folder RUN from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-plot", action="store_true", help="do not write plot.png")
+    t.add_argument("--parallel", default=None, choices=["wasap"],
+                   help="wasap: WASAP-SGD over MPI; start with mpiexec -n N sparsekit train ...")
+    t.add_argument("--wasap-mode", default="sync", choices=["sync", "async"],
+                   help="phase 1: allreduce (sync) or a parameter server on rank 0 (async)")
+    t.add_argument("--phase1-fraction", type=float, default=0.7,
+                   help="fraction of the epochs before local training (default 0.7)")
     e = sub.add_parser("evaluate", help="evaluate a run's checkpoint on its test data")
     e.add_argument("run", help="run folder (or checkpoint .npz)")
     e.add_argument("--backend", default="cpu")
@@ -75,9 +81,27 @@ def _parser() -> argparse.ArgumentParser:
 TRAIN_KEYS = ("method", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
               "weight_decay", "decay", "dropout", "epsilon", "zeta", "alpha", "activation",
               "init", "fan_in", "evolve_every", "prune_start", "prune_every", "prune_percentile",
-              "seed")
+              "seed", "parallel", "wasap_mode", "phase1_fraction")
 METHOD_KEYS = ("drop_fraction", "t_end", "gamma", "sampler", "forward_density",
                "backward_density")
+
+
+def _rank(parallel) -> int:
+    """MPI rank of this process for a parallel run, else 0."""
+    if not parallel:
+        return 0
+    from .parallel import world_rank
+
+    return world_rank()
+
+
+def _start_time(parallel) -> float:
+    """Now, as rank 0 sees it in a parallel run, so all ranks pick one run folder."""
+    if not parallel:
+        return time.time()
+    from .parallel import agreed_time
+
+    return agreed_time()
 
 
 def cmd_train(args) -> int:
@@ -94,23 +118,26 @@ def cmd_train(args) -> int:
         if args.epochs is not None:
             cfg["train"]["epochs"] = args.epochs
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(args.parallel)))
         run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{args.method}-{stamp}")
         args.epochs = 100 if args.epochs is None else args.epochs
         cfg = {"dataset": args.dataset, "data_dir": args.data_dir, "hidden": args.hidden,
                "backend": args.backend, "train": {k: getattr(args, k) for k in TRAIN_KEYS}}
         cfg["train"]["method_params"] = {k: getattr(args, k) for k in METHOD_KEYS
                                          if getattr(args, k) is not None}
+    rank = _rank(cfg["train"].get("parallel"))  # under mpiexec every rank runs this; 0 writes
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    if rank == 0:
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=1))
     backend = get_backend(args.backend if not args.resume else cfg["backend"])
     if args.threads and hasattr(backend, "num_threads"):
         backend.num_threads = args.threads
     data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"])
     sizes = [data.n_features, *cfg["hidden"], data.n_classes]
-    print(f"sparsekit: {cfg['dataset']} ({data.x_train.shape[0]} train, "
-          f"{data.x_test.shape[0]} test), layers {sizes}, backend {backend.name}, "
-          f"run folder {run_dir}", flush=True)
+    if rank == 0:
+        print(f"sparsekit: {cfg['dataset']} ({data.x_train.shape[0]} train, "
+              f"{data.x_test.shape[0]} test), layers {sizes}, backend {backend.name}, "
+              f"run folder {run_dir}", flush=True)
     resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
     result = train(sizes, data, backend=backend, **cfg["train"], run_dir=run_dir,
                              resume=resume, progress=not args.no_progress,

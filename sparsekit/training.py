@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .model import SparseMLP
 from .optim import LRSchedule, MomentumSGD
 
 CHECKPOINT = "checkpoint.npz"
+
+logger = logging.getLogger("sparsekit")
 
 
 @dataclass
@@ -60,7 +63,9 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
           prune_percentile: float = 10.0, seed: int = 0, dtype="float32",
           callbacks: Sequence[Callable[[dict, SparseMLP], Any]] = (),
           run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
-          progress: bool = False, log: Callable[[str], Any] | None = None) -> TrainResult:
+          progress: bool = False, log: Callable[[str], Any] | None = None,
+          parallel: str | None = None, wasap_mode: str = "sync",
+          phase1_fraction: float = 0.7) -> TrainResult:
     """Train a truly sparse MLP classifier.
 
     Parameters
@@ -102,12 +107,25 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     progress : bool
         Show a tqdm progress bar over the steps of each epoch.
     log : callable, optional
-        Receives one summary line per epoch.
+        Receives one summary line per epoch; the same line is logged at INFO level on the
+        ``logging.getLogger("sparsekit")`` logger.
+    parallel : {None, "wasap"}
+        ``"wasap"``: multi-process WASAP-SGD over MPI; start the script under ``mpiexec`` (see
+        :func:`sparsekit.parallel.train_wasap`).
+    wasap_mode : {"sync", "async"}; phase1_fraction : float
+        WASAP's phase-1 scheme (allreduce, or a parameter server on rank 0) and the fraction of
+        the epochs it lasts before local training.
 
     Returns
     -------
     TrainResult
     """
+    if parallel is not None:
+        options = dict(locals())  # exactly the arguments of this call
+        from .parallel import train_parallel
+
+        return train_parallel(options.pop("parallel"), options.pop("model"),
+                              options.pop("data"), **options)
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     x_tr, y_tr, x_te, y_te = _split_data(data)
@@ -217,8 +235,10 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
                      "method_params": growth.params(), "seed": seed}
             save_checkpoint(run_dir / CHECKPOINT, model, state)
             write_history(run_dir, history)
+        line = format_record(record)
+        logger.info(line)  # the "sparsekit" logger (the CLI prints it); log= still gets it too
         if log is not None:
-            log(format_record(record))
+            log(line)
         if any(cb(record, model) for cb in callbacks):
             break
     return TrainResult(model, history, run_dir)

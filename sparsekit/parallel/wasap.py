@@ -1,0 +1,390 @@
+"""WASAP-SGD (Curci, Mocanu, Pechenizkiy 2021): data-parallel truly sparse training over MPI.
+
+Start it under an MPI launcher, e.g. ``mpiexec -n 4 sparsekit train --parallel wasap`` or a
+script calling ``sparsekit.train(..., parallel="wasap")``; every rank runs the same call.
+
+Phase 1 (the first ``phase1_fraction`` of the epochs; the training set is split into one shard
+per worker):
+
+* ``mode="sync"``: every rank is a worker.  Each step, every rank computes the gradient of its
+  own mini-batch and the gradients are averaged with one ``Allreduce`` of their *values*: the
+  topology is identical on every rank because all ranks evolve it from the same weights with the
+  same shared-seed generator, so indices are never sent.  The effective batch is ``N x
+  batch_size``; the learning rate is scaled linearly to ``N x lr`` over ``scale_warmup_epochs``
+  (Goyal et al. 2017), and the momentum is rescaled when phase 2 returns to ``lr``.  A per-epoch
+  fingerprint check verifies that the ranks still hold one model.
+* ``mode="async"``: rank 0 is a parameter server applying each worker's gradient as it arrives,
+  with staleness damping and topology filtering (see :mod:`sparsekit.parallel.server`).
+
+Phase 2 (the remaining epochs): each worker trains its own replica on its shard and evolves its
+own topology with its own generator -- local SGD, no communication but per-epoch statistics and
+checkpoints.  This is the intended algorithm.  The reference code instead kept syncing with the
+master every ``0.3 x epochs`` batches, which silently reset each worker to the end-of-phase-1
+master model (its phase-2 updates were never sent); that reset is deliberately not reproduced.
+
+End: rank 0 collects the workers' models, averages them over the union of their supports and
+magnitude-prunes the result back to the connection budget (the per-layer counts at the end of
+phase 1) with SET's sign-split rule and an adaptive fraction
+(:mod:`sparsekit.parallel.average`); it evaluates and saves the result, which every rank returns.
+
+Failure handling: an exception on any rank ends every rank (``MPI_Abort``) with a message naming
+the rank and the cause; no wait lasts longer than the communication timeout
+(:mod:`sparsekit.parallel.comm`).  Rank 0 writes a checkpoint after every epoch; ``resume=True``
+restarts the whole job from it (same number of ranks).
+
+With one rank and ``mode="sync"`` the result equals :func:`sparsekit.train` with the same seed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..datasets import check_xy
+from ..growth import SET, Static, get_method
+from ..importance import PruningSchedule
+from ..model import SparseMLP
+from ..optim import LRSchedule, MomentumSGD
+from ..training import CHECKPOINT, TrainResult, write_history
+from .average import average_models
+from .comm import Comm, guarded, rank_map, select_gpu
+from .loop import TAG_RNG, WORKER_DIR, Run, evolve, finish_epoch, train_epoch, wasap_state
+from .server import serve, work
+from .transfer import bcast_model, recv_model, rng_from_json, send_model
+
+MODES = ("sync", "async")
+_IDLE = {"samples": 0, "steps": 0, "loss_sum": 0.0, "correct": 0.0, "time_train": 0.0,
+         "time_comm": 0.0, "bytes": 0, "grow": {}}
+
+
+def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7,
+                backend=None, method="set", epochs: int = 10, batch_size: int = 128,
+                lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 2e-4,
+                decay: str = "coupled", lr_schedule: str = "constant", warmup_epochs: float = 0.0,
+                dropout: float = 0.3, epsilon: float = 20.0, zeta: float = 0.3,
+                alpha: float = 0.6, activation: str = "allrelu", init: str = "he_uniform",
+                fan_in: str = "dense", evolve_every: int | None = None,
+                evolve_output: bool = False, method_params: dict | None = None,
+                prune_start: int | None = None, prune_every: int = 10,
+                prune_percentile: float = 10.0, seed: int = 0, dtype="float32", callbacks=(),
+                run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
+                progress: bool = False, log=None, lr_scaling: bool = True,
+                scale_warmup_epochs: float = 5.0, max_staleness: int | None = None,
+                timeout: float | None = None, comm=None) -> TrainResult:
+    """Train with WASAP-SGD on every rank of an MPI job (see the module docstring).
+
+    Takes every parameter of :func:`sparsekit.train` (same meaning, same defaults) plus:
+
+    Parameters
+    ----------
+    mode : {"sync", "async"}
+        Phase-1 scheme: allreduce of gradient values, or a parameter server on rank 0 (needs
+        at least 2 ranks; rank 0 then does not compute gradients).
+    phase1_fraction : float, default 0.7
+        Fraction of the epochs in phase 1 (rounded); the rest is local training.
+    lr_scaling : bool, default True
+        Sync mode: scale the learning rate linearly with the number of ranks.
+    scale_warmup_epochs : float, default 5
+        Epochs over which that scaling ramps up from 1 (the reference code's 5).
+    max_staleness : int, optional
+        Async mode: drop gradients staler than this many server steps (default 8 x workers).
+    timeout : float, optional
+        Seconds any communication may wait (default ``$SPARSEKIT_MPI_TIMEOUT`` or 300).
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``.
+
+    Returns
+    -------
+    TrainResult
+        On every rank, the final (averaged, pruned) model; the history is complete on rank 0.
+
+    Notes
+    -----
+    Importance pruning (``prune_start``) runs only in phase 1 of sync mode, where every rank
+    prunes identically; in phase 2 it is skipped because workers would remove different neurons
+    and their models could no longer be averaged.  Async mode refuses it.  Growth methods must
+    evolve from the weights and the generator only (``"set"``, ``"static"``): in sync mode a
+    data-dependent method would give each rank another topology, which the per-epoch
+    fingerprint check reports as an error.
+    """
+    if mode not in MODES:
+        raise ValueError(f"wasap mode must be one of {MODES}, got {mode!r}")
+    if not 0.0 <= phase1_fraction <= 1.0:
+        raise ValueError(f"phase1_fraction must lie in [0, 1], got {phase1_fraction}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    if scale_warmup_epochs < 0:
+        raise ValueError(f"scale_warmup_epochs must be >= 0, got {scale_warmup_epochs}")
+    if mode == "async" and prune_start is not None:
+        raise ValueError("prune_start (importance pruning) is not supported with "
+                         "wasap mode 'async'; use mode 'sync'")
+    comm = Comm(comm, timeout)
+    if mode == "async" and comm.size < 2:
+        raise ValueError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the others "
+                         "compute); start it with mpiexec -n N, N >= 2, or use mode 'sync'")
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs run_dir")
+    with guarded(comm):
+        if _wants_gpu(model, backend):  # pragma: no cover - needs a GPU
+            select_gpu(comm)  # before any device array of this run exists
+        ranks = rank_map(comm)
+        if ranks is not None and comm.size > 1:
+            line = f"wasap-sgd {mode} on {comm.size} ranks ({ranks})"
+            if log is not None:
+                log(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        params = dict(method_params or {})
+        if method == "set":
+            params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
+                      "init": init, "fan_in": fan_in, **params}
+        build = dict(epsilon=epsilon, activation=activation, alpha=alpha, dropout=dropout,
+                     init=init, fan_in=fan_in, dtype=dtype)
+        run = _prepare(comm, mode, model, data, build, backend, seed, run_dir, resume,
+                       phase1_fraction, epochs, batch_size)
+        run.lr, run.schedule = lr, LRSchedule(lr_schedule, epochs=epochs,
+                                              warmup_epochs=warmup_epochs)
+        run.opt = MomentumSGD(lr, momentum, weight_decay, decay)
+        run.growth = get_method(method, **params)
+        run.method = getattr(run.growth, "name", str(method))
+        if not isinstance(run.growth, (SET, Static)):
+            raise ValueError(f"parallel='wasap' supports methods 'set' and 'static', got "
+                             f"{run.method!r}: phase 1 needs topology changes that depend only "
+                             "on the weights and a shared seed")
+        setup = getattr(run.growth, "setup", None)
+        if setup is not None:  # methods that plan by the run's length
+            setup(run.model, max(run.shard.shape[0] // batch_size, 1), epochs, run.rng)
+        run.pruning = (PruningSchedule(prune_start, prune_every, prune_percentile)
+                       if prune_start is not None else None)
+        run.lr_scaling, run.scale_warmup_epochs = lr_scaling, float(scale_warmup_epochs)
+        run.max_staleness, run.callbacks, run.log = max_staleness, tuple(callbacks), log
+        run.progress, run.eval_batch_size = progress, eval_batch_size
+        return _train(run)
+
+
+def _wants_gpu(model, backend) -> bool:
+    """Whether this run computes on a GPU (then each rank binds its own device first)."""
+    if isinstance(model, SparseMLP):
+        backend = model.backend
+    if isinstance(backend, str) and backend.lower() == "auto":
+        from .._compat import has_cupy_gpu
+
+        return has_cupy_gpu
+    name = backend if isinstance(backend, str) else getattr(backend, "name", None)
+    return str(name).lower() == "gpu"
+
+
+def _shard(n: int, n_shards: int, index: int, seed_seq) -> np.ndarray:
+    """Rows of shard ``index``: a seeded random split into equal parts (all rows if one)."""
+    if n_shards == 1:
+        return np.arange(n)
+    m = n // n_shards
+    perm = np.random.default_rng(seed_seq).permutation(n)
+    return np.sort(perm[index * m:(index + 1) * m])
+
+
+def _worker_rng(seed: int, rank: int, epoch: int) -> np.random.Generator:
+    """Async workers' own generator (data order, dropout), fresh per (rank, starting epoch)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, rank, epoch)))
+
+
+def _prepare(comm: Comm, mode, model, data, build, backend, seed, run_dir, resume,
+             phase1_fraction, epochs, batch_size) -> Run:
+    """Build or resume the model on rank 0 and give every rank its share (typed messages)."""
+    from ..training import _split_data
+
+    x_tr, y_tr, x_te, y_te = _split_data(data)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    init_seed, train_seed, shard_seed = np.random.SeedSequence(seed).spawn(3)
+    be = model.backend if isinstance(model, SparseMLP) else None
+    from ..backend import get_backend
+
+    be = be or get_backend(backend)
+    checkpointing = bool(comm.bcast(np.array([run_dir is not None], np.int64), 0,
+                                    "run folder flag")[0])
+    ckpt, meta = None, None
+    if comm.rank == 0:
+        if resume:
+            ckpt = load_checkpoint(run_dir / CHECKPOINT, backend=be)
+            meta = _resume_meta(ckpt.train_state, mode, comm.size, run_dir)
+        else:
+            if not isinstance(model, SparseMLP):
+                model = SparseMLP(model, backend=be, seed=init_seed, **build)
+            meta = {"stage": "fresh", "epoch": 0, "step": 0, "rng": None, "budgets": None,
+                    "version": 0, "server_step": 0, "workers": None,
+                    "phase1_epochs": int(round(phase1_fraction * epochs))}
+    meta = comm.bcast_json(meta, 0, "run state")
+    rng_state = None
+    if meta["stage"] == "phase2":
+        others = [r for r in _workers(mode, comm.size) if r != 0]
+        if comm.rank == 0:
+            model, rng_state = ckpt.model, ckpt.train_state["rng"]
+            for r in others:
+                part = load_checkpoint(run_dir / meta["workers"] / f"rank-{r}.npz", backend=be)
+                send_model(comm, part.model, r)
+                comm.send_json(part.train_state, r, TAG_RNG, "worker state")
+        elif comm.rank in others:
+            model = recv_model(comm, 0, be)
+            rng_state = comm.recv_json(0, TAG_RNG, "worker state")["rng"]
+    else:
+        model = bcast_model(comm, ckpt.model if ckpt is not None else model, be)
+        rng_state = meta["rng"]
+    sizes = model.layer_sizes
+    x_tr, y_tr = check_xy(x_tr, y_tr, sizes[0], sizes[-1], names=("x_train", "y_train"))
+    if x_te is not None:
+        x_te, y_te = check_xy(x_te, y_te, sizes[0], sizes[-1], names=("x_test", "y_test"))
+    n_shards = comm.size if mode == "sync" else comm.size - 1
+    if x_tr.shape[0] // n_shards < batch_size:
+        raise ValueError(f"each of the {n_shards} data shards has {x_tr.shape[0] // n_shards} "
+                         f"samples, fewer than batch_size {batch_size}; use fewer ranks or a "
+                         "smaller batch")
+    is_worker = mode == "sync" or comm.rank > 0
+    index = comm.rank if mode == "sync" else comm.rank - 1
+    shard = (_shard(x_tr.shape[0], n_shards, index, shard_seed) if is_worker
+             else np.empty(0, np.int64))
+    if rng_state is not None and (meta["stage"] == "phase2" or mode == "sync" or comm.rank == 0):
+        rng = rng_from_json(rng_state)
+    elif mode == "async" and comm.rank > 0:
+        rng = _worker_rng(seed, comm.rank, meta["epoch"])
+    else:
+        rng = np.random.default_rng(train_seed)
+    run = Run(comm=comm, mode=mode, model=model,
+              x=np.ascontiguousarray(x_tr, dtype=model.dtype), y=y_tr, x_te=x_te, y_te=y_te,
+              shard=shard, batch_size=batch_size, epochs=epochs,
+              phase1_epochs=min(meta["phase1_epochs"], epochs), lr=0.0, schedule=None,
+              opt=None, growth=None, pruning=None, rng=rng, seed=seed, method="",
+              run_dir=run_dir, checkpointing=checkpointing, step=meta["step"],
+              epoch=meta["epoch"], budgets=meta["budgets"], version=meta["version"],
+              server_step=meta["server_step"], stage=meta["stage"])
+    if comm.rank == 0 and ckpt is not None:
+        run.history = list(ckpt.train_state.get("history", []))
+    return run
+
+
+def _workers(mode: str, size: int) -> list[int]:
+    return list(range(size)) if mode == "sync" else list(range(1, size))
+
+
+def _resume_meta(state: dict, mode: str, size: int, run_dir: Path) -> dict:
+    w = state.get("wasap")
+    if w is None:
+        raise ValueError(f"{run_dir / CHECKPOINT} was not written by parallel='wasap'; resume it "
+                         "without parallel")
+    if w["mode"] != mode or w["world_size"] != size:
+        raise ValueError(f"{run_dir} was trained with wasap mode {w['mode']!r} on "
+                         f"{w['world_size']} ranks; resume it the same way (got {mode!r} on "
+                         f"{size} ranks)")
+    return {"stage": w["stage"], "epoch": state["epoch"], "step": state["step"],
+            "rng": state["rng"], "budgets": w["budgets"], "version": w["version"],
+            "server_step": w["server_step"], "workers": w["workers"],
+            "phase1_epochs": w["phase1_epochs"]}
+
+
+def _train(run: Run) -> TrainResult:
+    comm = run.comm
+    if run.stage == "final":
+        return TrainResult(run.model, run.history if comm.rank == 0 else [], run.run_dir)
+    if run.stage in ("fresh", "phase1"):
+        if run.mode == "sync":
+            for epoch in range(run.epoch, run.phase1_epochs):
+                train = train_epoch(run, epoch, allreduce=True)
+                evo = evolve(run, epoch, phase=1)
+                resynced = _check(run, epoch)
+                if finish_epoch(run, epoch, 1, train, evo, shared_model=True,
+                                extra={"resynced": resynced} if resynced else None):
+                    run.stopped = True
+                    break
+        else:
+            _async_phase1(run)
+        _enter_phase2(run)
+    for epoch in range(run.epoch, run.epochs):
+        if run.stopped:
+            break
+        run.stage = "phase2"
+        train = train_epoch(run, epoch, allreduce=False) if run.is_worker else dict(_IDLE)
+        evo = (evolve(run, epoch, phase=2) if run.is_worker
+               else {"pruned": None, "grow": {}, "time_evolve": 0.0})
+        if finish_epoch(run, epoch, 2, train, evo, shared_model=False):
+            run.stopped = True
+    return _finish(run)
+
+
+def _check(run: Run, epoch: int) -> bool:
+    from .loop import check_consistent
+
+    return check_consistent(run, epoch)
+
+
+def _async_phase1(run: Run) -> None:
+    comm = run.comm
+    steps_per_shard = (run.x.shape[0] // (comm.size - 1)) // run.batch_size
+    if run.epoch < run.phase1_epochs:
+        if comm.rank == 0:
+            serve(run, steps_per_shard)
+        else:
+            work(run)
+    # Every worker now starts phase 2 from the server's model (momentum included).
+    state = comm.bcast_json({"epoch": run.epoch, "step": run.step, "version": run.version,
+                             "server_step": run.server_step, "stopped": run.stopped}
+                            if comm.rank == 0 else None, 0, "phase switch")
+    run.model = bcast_model(comm, run.model if comm.rank == 0 else None, run.model.backend)
+    run.epoch, run.step, run.version = state["epoch"], state["step"], state["version"]
+    run.server_step, run.stopped = state["server_step"], state["stopped"]
+
+
+def _enter_phase2(run: Run) -> None:
+    """Budgets, each rank's own generator, and the momentum rescaled to the unscaled lr."""
+    run.budgets = run.model.n_connections
+    if run.mode == "sync":
+        # Rank 0 continues the shared stream itself (so one rank equals the single-process
+        # trainer; jumped() would drop a buffered 32-bit draw); rank r jumps r * 2**127 ahead.
+        if run.comm.rank:
+            run.rng = np.random.Generator(run.rng.bit_generator.jumped(run.comm.rank))
+        scale = run.lr_scale(run.phase1_epochs)
+        if scale != 1.0:
+            for layer in run.model.layers:
+                layer.vel_w /= layer.vel_w.dtype.type(scale)
+                layer.vel_b /= layer.vel_b.dtype.type(scale)
+
+
+def _finish(run: Run) -> TrainResult:
+    """Union-average the workers' models (if they diverged), evaluate and save on rank 0."""
+    comm, be = run.comm, run.model.backend
+    averaged = run.stage == "phase2"
+    workers = _workers(run.mode, comm.size)
+    final = run.model
+    if averaged:
+        if comm.rank == 0:
+            models = ([run.model] if 0 in workers else []) + [
+                recv_model(comm, r, be) for r in workers if r != 0]
+            final = average_models(models, run.budgets)
+        elif comm.rank in workers:
+            send_model(comm, run.model, 0)
+    if comm.rank == 0:
+        run.model = final
+        if run.history:
+            record = run.history[-1]
+            if run.x_te is not None:
+                before = record.get("test_acc")
+                record["test_loss"], record["test_acc"] = final.evaluate(
+                    run.x_te, run.y_te, run.eval_batch_size)
+                record["test_acc_before_average"] = before
+            record["connections"] = final.n_connections
+            record["averaged_workers"] = len(workers) if averaged else 1
+            if run.log is not None:
+                acc = (f", test accuracy {100 * record['test_acc']:.2f}%"
+                       if "test_acc" in record else "")
+                how = (f"union average of {len(workers)} workers pruned to "
+                       f"{sum(run.budgets)} connections" if averaged else "shared model")
+                run.log(f"final model ({how}){acc}")
+        if run.checkpointing:
+            save_checkpoint(run.run_dir / CHECKPOINT, final, wasap_state(run, "final"))
+            write_history(run.run_dir, run.history)
+            import shutil
+
+            shutil.rmtree(run.run_dir / WORKER_DIR, ignore_errors=True)
+    run.model = bcast_model(comm, final if comm.rank == 0 else None, be)
+    return TrainResult(run.model, run.history if comm.rank == 0 else [], run.run_dir)

@@ -141,7 +141,7 @@ def cmd_train(args) -> int:
     resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
     result = train(sizes, data, backend=backend, **cfg["train"], run_dir=run_dir,
                              resume=resume, progress=not args.no_progress,
-                             log=lambda line: print(line, flush=True))
+                             log=_epoch_log(cfg))
     if not args.no_plot and result.history:
         from .plot import plot_history
 
@@ -155,6 +155,16 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_checkpoint
+def _epoch_log(cfg):
+    """``log=`` for train(): None, as train() puts its epoch lines on the "sparsekit" logger
+    (which the CLI prints); a parallel run reports through ``log=``, so it gets the logger."""
+    if cfg["train"].get("parallel"):
+        from ._cli_support import logger
+
+        return logger.info
+    return None
+
+
     from .datasets import load_dataset
 
     path = Path(args.run)
@@ -171,12 +181,19 @@ def cmd_evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Run a sub-command; the exit codes are documented in :mod:`sparsekit._cli_support`."""
+    from ._cli_support import EXIT_INTERRUPTED, logger, parse_args, quiet_stdout, setup_logging
+
+    args = parse_args(_parser(), argv)  # adds --quiet/--verbose and train's --config; exits 2
+    setup_logging(args.quiet, args.verbose)
+    logger.debug("arguments: %s", vars(args))
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        with quiet_stdout(args.quiet):
+            return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError) as exc:
+        logger.debug("traceback of the error below", exc_info=True)
         print(f"sparsekit: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("sparsekit: interrupted; resume with --resume RUN", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

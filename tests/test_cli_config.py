@@ -1,0 +1,170 @@
+"""CLI plumbing: --config file.toml, --quiet/--verbose, logging, and the documented exit codes."""
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sparsekit import train
+from sparsekit._cli_support import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    NOT_IN_CONFIG,
+    parse_args,
+    subparsers,
+)
+from sparsekit.cli import _parser
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 10)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
+    return path
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sparsekit", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def base_config(tiny, out):
+    return (f'dataset = "{tiny}"\nhidden = [16]\nepochs = 1\nbatch-size = 32\n'
+            f'no_plot = true\nno-progress = true\nout = "{out}"\n')
+
+
+def test_config_file_sets_options_and_flags_override_it(tiny, tmp_path):
+    out = tmp_path / "run"
+    cfg = write(tmp_path / "c.toml", base_config(tiny, out) + "lr = 0.05\nseed = 7\n")
+    r = run_cli("train", "--config", cfg, "--epochs", "2", "--seed", "3")
+    assert r.returncode == EXIT_OK, r.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["hidden"] == [16] and saved["dataset"] == str(tiny)
+    assert saved["train"]["batch_size"] == 32 and saved["train"]["lr"] == 0.05
+    assert saved["train"]["epochs"] == 2 and saved["train"]["seed"] == 3  # flags win
+    assert len(json.loads((out / "history.json").read_text())) == 2
+    assert not (out / "plot.png").exists()  # no_plot = true from the file
+
+
+def example_value(action: argparse.Action):
+    if isinstance(action, argparse._StoreTrueAction):
+        return True
+    one = {int: 3, float: 0.5}.get(action.type, "some-text")
+    if action.choices is not None:
+        one = list(action.choices)[-1]
+    return [one, one] if action.nargs in ("+", "*") else one
+
+
+def toml_literal(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def test_every_train_flag_is_settable_in_the_config(tmp_path):
+    train_parser = subparsers(_parser())["train"]
+    options = [a for a in train_parser._actions
+               if a.option_strings and a.dest not in NOT_IN_CONFIG]
+    assert len(options) > 25
+    expected = {a.dest: example_value(a) for a in options}
+    # half the keys with dashes, half with underscores: both spellings are accepted
+    lines = [f"{(d.replace('_', '-') if i % 2 else d)} = {toml_literal(v)}"
+             for i, (d, v) in enumerate(expected.items())]
+    cfg = write(tmp_path / "all.toml", "\n".join(lines) + "\n")
+    args = parse_args(_parser(), ["train", "--config", str(cfg)])
+    for dest, value in expected.items():
+        assert getattr(args, dest) == value, dest
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bogus = 1\n", "unknown key 'bogus'"),
+    ("epochs = \"ten\"\n", "epochs must be an integer"),
+    ("epochs = true\n", "epochs must be an integer"),
+    ("hidden = 100\n", "hidden must be a list"),
+    ("lr = \"fast\"\n", "lr must be a number"),
+    ("no-plot = 1\n", "no-plot must be true or false"),
+    ("parallel = \"horovod\"\n", "parallel must be one of"),
+    ("epochs = = 3\n", "not valid TOML"),
+])
+def test_bad_config_is_a_usage_error_naming_the_key(tmp_path, text, message):
+    cfg = write(tmp_path / "bad.toml", text)
+    r = run_cli("train", "--config", cfg)
+    assert r.returncode == EXIT_USAGE
+    assert message in r.stderr and r.stdout == ""
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path):
+    r = run_cli("train", "--config", tmp_path / "nowhere.toml")
+    assert r.returncode == EXIT_USAGE and "cannot read" in r.stderr
+
+
+def test_quiet_and_verbose(tiny, tmp_path):
+    cfg = write(tmp_path / "c.toml", base_config(tiny, tmp_path / "r1"))
+    normal = run_cli("train", "--config", cfg)
+    assert normal.returncode == EXIT_OK, normal.stderr
+    assert "epoch   1" in normal.stdout and "arguments:" not in normal.stdout
+    quiet = run_cli("train", "--config", cfg, "--quiet", "--out", tmp_path / "r2")
+    assert quiet.returncode == EXIT_OK and quiet.stdout == "" and quiet.stderr == ""
+    assert (tmp_path / "r2" / "checkpoint.npz").exists()
+    verbose = run_cli("train", "--config", cfg, "-v", "--out", tmp_path / "r3")
+    assert verbose.returncode == EXIT_OK and "arguments:" in verbose.stdout
+    assert "epoch   1" in verbose.stdout
+    r = run_cli("train", "-q", "-v")
+    assert r.returncode == EXIT_USAGE and "not allowed with" in r.stderr
+    ev = run_cli("evaluate", tmp_path / "r1", "--quiet")
+    assert ev.returncode == EXIT_OK and ev.stdout == ""
+
+
+def test_exit_codes_for_data_and_usage_errors(tmp_path):
+    r = run_cli("train", "--dataset", tmp_path / "missing.npz", "--out", tmp_path / "r")
+    assert r.returncode == EXIT_ERROR and r.stderr.startswith("sparsekit: error:")
+    r = run_cli("train", "--epochs", "many")
+    assert r.returncode == EXIT_USAGE
+    r = run_cli("frobnicate")
+    assert r.returncode == EXIT_USAGE
+    r = run_cli("train", "--dataset", tmp_path / "missing.npz", "-v", "--out", tmp_path / "r")
+    assert r.returncode == EXIT_ERROR and "Traceback" in r.stdout  # the debug traceback
+
+
+def test_interrupt_exits_130(tiny, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sparsekit", "train", "--dataset", str(tiny),
+                             "--hidden", "16", "--epochs", "100000", "--batch-size", "8",
+                             "--no-plot", "--no-progress", "--out", str(tmp_path / "r")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until training is under way
+            if line.startswith("epoch"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_INTERRUPTED and "interrupted" in err
+
+
+def test_train_logs_epoch_lines_to_the_sparsekit_logger(caplog):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    seen = []
+    with caplog.at_level(logging.INFO, logger="sparsekit"):
+        train([5, 8, 2], (x, y), epochs=2, batch_size=16, log=seen.append)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sparsekit"]
+    assert len(lines) == 2 and lines == seen and lines[0].startswith("epoch   1")

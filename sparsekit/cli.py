@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="set",
                    help="set, static, gse, topkast or rigl (default set)")
     t.add_argument("--backend", default="cpu", help="cpu, gpu or auto (default cpu)")
+    t.add_argument("--gpu-memory-limit", default=None, metavar="SIZE",
+                   help="cap GPU memory, e.g. 4GiB or 80%% (gpu backend; default: free memory)")
     t.add_argument("--epochs", type=int, default=None, help="default 100 (or the resumed run's)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.01)
@@ -141,7 +143,7 @@ def cmd_train(args) -> int:
     resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
     result = train(sizes, data, backend=backend, **cfg["train"], run_dir=run_dir,
                              resume=resume, progress=not args.no_progress,
-                             log=_epoch_log(cfg))
+                             log=_epoch_log(cfg), gpu_memory_limit=args.gpu_memory_limit)
     if not args.no_plot and result.history:
         from .plot import plot_history
 

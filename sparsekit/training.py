@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cuda.memory import check_training_memory
 from .activations import softmax_cross_entropy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import check_xy
@@ -65,7 +66,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
           run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
           progress: bool = False, log: Callable[[str], Any] | None = None,
           parallel: str | None = None, wasap_mode: str = "sync",
-          phase1_fraction: float = 0.7) -> TrainResult:
+          phase1_fraction: float = 0.7, gpu_memory_limit=None) -> TrainResult:
     """Train a truly sparse MLP classifier.
 
     Parameters
@@ -115,6 +116,10 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     wasap_mode : {"sync", "async"}; phase1_fraction : float
         WASAP's phase-1 scheme (allreduce, or a parameter server on rank 0) and the fraction of
         the epochs it lasts before local training.
+    gpu_memory_limit : int or str, optional
+        GPU backend only: cap CuPy's memory pool (bytes, ``"4GiB"``, ``"80%"``).  With or
+        without it, a run whose estimated peak does not fit is refused before anything is
+        allocated (see :mod:`sparsekit._cuda.memory`).
 
     Returns
     -------
@@ -135,6 +140,9 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     history: list[dict] = []
     start_epoch, step = 0, 0
     rng = np.random.default_rng(train_seed)
+    check_training_memory(model, backend, gpu_memory_limit, epsilon=epsilon,
+                          batch_size=batch_size, eval_batch_size=eval_batch_size, dtype=dtype,
+                          evolve_output=evolve_output)
     if resume:
         if run_dir is None:
             raise ValueError("resume=True needs run_dir")

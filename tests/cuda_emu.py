@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsekit._cuda import _module as km
+from sparsekit._cuda import memory
 from sparsekit._cuda.backend import GpuBackend
 
 HERE = Path(__file__).resolve().parent
@@ -123,7 +124,8 @@ class EmulatedGpuBackend(GpuBackend):
 
 @contextlib.contextmanager
 def emulated_kernels(kernels: dict[str, EmulatedKernel]):
-    """Route ``_module.get_kernel``/``launch`` to the emulation inside the block."""
+    """Route ``_module.get_kernel``/``launch`` to the emulation inside the block (and answer
+    the memory check's device query with a large capacity)."""
     calls: list[str] = []
 
     def get_kernel(file, kernel, *type_names):
@@ -138,9 +140,10 @@ def emulated_kernels(kernels: dict[str, EmulatedKernel]):
         calls.append(fn.expr)
         fn((GRID,), (BLOCK,), args)
 
-    saved = km.get_kernel, km.launch
+    saved = km.get_kernel, km.launch, memory.available_bytes
     km.get_kernel, km.launch = get_kernel, launch
+    memory.available_bytes = lambda: (2**40, "the emulated device's memory")
     try:
         yield calls
     finally:
-        km.get_kernel, km.launch = saved
+        km.get_kernel, km.launch, memory.available_bytes = saved

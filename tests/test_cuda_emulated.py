@@ -231,3 +231,29 @@ def test_rebuild_of_long_rows(emu):
 ], ids=lambda f: f.__name__)
 def test_bad_input(emu, test):
     test(emu)
+
+
+# --- training end to end -------------------------------------------------------------------------
+def test_training_end_to_end_matches_the_cpu(emu, tmp_path):
+    """SET, importance pruning, evaluation and a checkpoint read back on the CPU: the emulated
+    GPU run follows the CPU run (same topology, masks and updates; float32 rounding aside)."""
+    from sparsekit import load_checkpoint, train
+
+    rng = np.random.default_rng(6)
+    centers = rng.standard_normal((3, 16)) * 2.5
+    y = rng.integers(0, 3, 400)
+    x = (centers[y] + rng.standard_normal((400, 16))).astype(np.float32)
+    data = (x[:320], y[:320], x[320:], y[320:])
+    kwargs = dict(epochs=3, batch_size=32, epsilon=4, seed=0, prune_start=1, prune_every=1,
+                  prune_percentile=10)
+    gpu = train([16, 40, 24, 3], data, backend=emu, **kwargs)
+    cpu = train([16, 40, 24, 3], data, backend="cpu", **kwargs)
+    for g, c in zip(gpu.history, cpu.history, strict=True):
+        assert g["connections"] == c["connections"] and g["neurons"] == c["neurons"]
+        assert g["train_loss"] == pytest.approx(c["train_loss"], rel=1e-4)
+        assert g["test_acc"] == pytest.approx(c["test_acc"], abs=0.02)
+    assert gpu.history[-1]["neurons"][1] < 40
+    gpu.model.save(tmp_path / "m.npz")
+    back = load_checkpoint(tmp_path / "m.npz", backend="cpu").model
+    np.testing.assert_allclose(back.logits(data[2]), gpu.model.logits(data[2]), rtol=1e-5,
+                               atol=1e-5)

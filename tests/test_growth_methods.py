@@ -229,7 +229,7 @@ def test_topkast_a_inside_b_at_every_step(topo_backend):
     x_tr, y_tr, x_te, y_te = blobs()
     model = SparseMLP([24, 40, 30, 4], epsilon=3, seed=0, backend=be)
     a_sizes = {i: model.layers[i].nnz for i in (0, 1)}
-    method = TopKAST(every_steps=3, penalty=1e-5, t_end=0.9)
+    method = TopKAST(every_steps=3, penalty=1e-5, t_end=0.9, refresh_every=1)
     seen = []
     original = method.after_step
 

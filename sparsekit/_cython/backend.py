@@ -31,6 +31,9 @@ class CpuBackend(Backend):
         self.num_threads = int(num_threads) if num_threads else default_threads()
 
     def _threads(self, work: int) -> int:
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0 = OpenMP default), got "
+                             f"{self.num_threads}")
         return self.num_threads if work >= self.min_parallel_work else 1
 
     def _operand(self, name, x, dtype, n_rows=None):

@@ -109,7 +109,7 @@ def run_torch_dense(seed: int, epochs: int, hidden, threads: int, n_train, n_tes
             "peer": f"torch {torch.__version__}"}
 
 
-def update_cost(method: str, hidden, threads: int, reps: int = 5) -> dict:
+def update_cost(method: str, hidden, threads: int, reps: int = 15) -> dict:
     """Median seconds of one training step and of one topology update on the same batch."""
     import numpy as np
 

@@ -5,10 +5,10 @@ Every message is a NumPy (or CuPy) array handed to mpi4py's uppercase, buffer-ba
 (model configuration, RNG states) travels as UTF-8 JSON in a ``uint8`` array.
 
 No call blocks inside MPI.  Each operation is started non-blocking and completed by
-:meth:`Comm.wait`, which polls ``Request.Test`` (spinning briefly, then sleeping with a
-back-off so oversubscribed ranks leave the CPU to ranks that compute) and raises
-:class:`CommTimeout` naming the operation and the peer once ``timeout`` seconds pass without
-completion.  :func:`guarded` turns any exception on any rank into a message naming the rank and
+:meth:`Comm.wait`, which polls ``Request.Test`` (back to back, yielding the core between polls,
+then, for long waits, sleeping with a short back-off so idle ranks leave the CPU to busy ones)
+and raises :class:`CommTimeout` naming the operation and the peer once ``timeout`` seconds pass
+without completion.  :func:`guarded` turns any exception on any rank into a message naming the rank and
 the cause followed by ``MPI_Abort``, which ends every rank of the job with a non-zero status, so
 a failure can never leave the other ranks waiting.  A rank killed by a signal is detected by the
 launcher (MPICH's hydra, Open MPI's prterun), which then ends the job.
@@ -34,10 +34,10 @@ import numpy as np
 TIMEOUT_ENV = "SPARSEKIT_MPI_TIMEOUT"
 CUDA_AWARE_ENV = "SPARSEKIT_CUDA_AWARE_MPI"
 DEFAULT_TIMEOUT = 300.0
-# Spin this long on Test() before sleeping: covers the usual sub-millisecond waits of a balanced
-# job without adding latency, yet yields quickly when ranks outnumber cores.
-SPIN_SECONDS = 2e-3
-MAX_SLEEP = 1e-3
+# Poll back to back (yielding the core between polls) this long before sleeping: covers the
+# waits of a step in a balanced job without adding latency; sleeps are short for the same reason.
+SPIN_SECONDS = 0.05
+MAX_SLEEP = 2e-4
 EXIT_FAILURE = 1
 
 
@@ -100,19 +100,30 @@ class Comm:
         self.time_comm = 0.0
 
     # --- completion ------------------------------------------------------------------------
-    def wait(self, req, what: str, status=None) -> None:
-        """Complete ``req`` or raise :class:`CommTimeout` after ``self.timeout`` seconds."""
+    def _poll(self, done, what: str) -> None:
+        """Call ``done()`` until it returns True; raise :class:`CommTimeout` at the deadline.
+
+        Polls back to back, yielding the core between polls (a message that is being pipelined
+        needs both sides to poll, so sleeping there would stretch the transfer), then, once the
+        wait is clearly long, sleeps with a back-off so idle ranks leave the CPU to busy ones.
+        """
         start = time.perf_counter()
-        deadline, spin_until, delay = start + self.timeout, start + SPIN_SECONDS, 5e-5
-        while not req.Test(status):
+        deadline, spin_until, delay = start + self.timeout, start + SPIN_SECONDS, 2e-5
+        while not done():
             now = time.perf_counter()
             if now > deadline:
                 raise CommTimeout(f"rank {self.rank}: {what} did not complete within "
                                   f"{self.timeout:.0f} s (a peer is stuck or gone)")
-            if now > spin_until:
+            if now < spin_until:
+                os.sched_yield()
+            else:
                 time.sleep(delay)
                 delay = min(delay * 1.5, MAX_SLEEP)
         self.time_comm += time.perf_counter() - start
+
+    def wait(self, req, what: str, status=None) -> None:
+        """Complete ``req`` or raise :class:`CommTimeout` after ``self.timeout`` seconds."""
+        self._poll(lambda: req.Test(status), what)
 
     # --- staging ---------------------------------------------------------------------------
     def _out(self, buf):
@@ -156,18 +167,9 @@ class Comm:
     def probe(self, source: int, tag: int, what: str = "message"):
         """Wait (polling ``Iprobe``) until a message matches; returns its ``MPI.Status``."""
         status = self.MPI.Status()
-        start = time.perf_counter()
-        deadline, spin_until, delay = start + self.timeout, start + SPIN_SECONDS, 5e-5
-        while not self.comm.Iprobe(source=source, tag=tag, status=status):
-            now = time.perf_counter()
-            if now > deadline:
-                peer = "any rank" if source == self.MPI.ANY_SOURCE else f"rank {source}"
-                raise CommTimeout(f"rank {self.rank}: no {what} from {peer} within "
-                                  f"{self.timeout:.0f} s (a peer is stuck or gone)")
-            if now > spin_until:
-                time.sleep(delay)
-                delay = min(delay * 1.5, MAX_SLEEP)
-        self.time_comm += time.perf_counter() - start
+        peer = "any rank" if source == self.MPI.ANY_SOURCE else f"rank {source}"
+        self._poll(lambda: self.comm.Iprobe(source=source, tag=tag, status=status),
+                   f"{what} from {peer}")
         return status
 
     def recv_new(self, source: int, tag: int, dtype, what: str = "receive") -> np.ndarray:

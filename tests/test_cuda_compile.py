@@ -4,7 +4,9 @@ The GPU backend compiles its kernels at run time with NVRTC, so a syntax or temp
 otherwise surface only on a GPU.  This test compiles the exact text NVRTC gets
 (``_module.source``: ``common.cu`` + the file) plus a table taking the address of every template
 instance the backend names, which forces nvcc to instantiate each one, with warnings as errors.
-Needs ``nvcc`` only (no GPU, no CuPy); skips when it is absent.
+Needs ``nvcc`` only (no GPU, no CuPy); skips when it is absent.  Where an NVRTC library is found
+(the one CuPy uses; ``SPARSEKIT_NVRTC`` may name it), the sources are also compiled exactly as
+``cupy.RawModule`` does, and every name expression must lower to a kernel symbol.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sparsekit._cuda import _module as km
 NVCC = shutil.which("nvcc")
 ARCHS = ["sm_75", "sm_90"]
 
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 
 
 def translation_unit(file: str) -> str:
@@ -29,6 +31,7 @@ def translation_unit(file: str) -> str:
             f"void* sparsekit_instances[] = {{\n{table}\n}};\n")
 
 
+@needs_nvcc
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("file", km.kernel_files())
 def test_kernel_file_compiles(file, arch, tmp_path):
@@ -58,3 +61,58 @@ def test_tile_width_matches_the_kernels():
     per_lane = int(re.search(r"#define SK_V (\d+)", text).group(1))
     assert km.TILE == lanes_per_warp * per_lane
     assert km.BLOCK % 32 == 0 and km.WARPS_PER_BLOCK == km.BLOCK // 32
+
+
+def load_nvrtc():
+    """The NVRTC library CuPy compiles with, if this machine has one (no GPU needed): named by
+    ``SPARSEKIT_NVRTC``, on the loader path, or from the ``nvidia-cuda-nvrtc`` wheel."""
+    import ctypes
+    import ctypes.util
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    names = [os.environ.get("SPARSEKIT_NVRTC", ""), "libnvrtc.so.13", "libnvrtc.so.12",
+             ctypes.util.find_library("nvrtc") or ""]
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        names += [str(p) for p in sorted(Path(root).glob("cu*/lib/libnvrtc.so.*"))]
+    for name in filter(None, names):
+        if "/" in name:  # NVRTC loads its builtins library from beside it, or from the path
+            for builtins in sorted(Path(name).parent.glob("libnvrtc-builtins.so.*")):
+                ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    pytest.skip("no NVRTC library (pip install nvidia-cuda-nvrtc, or set SPARSEKIT_NVRTC)")
+
+
+@pytest.mark.parametrize("arch", ["compute_75", "compute_90"])
+@pytest.mark.parametrize("file", km.kernel_files())
+def test_nvrtc_compiles_and_lowers_every_instance(file, arch):
+    """What ``cupy.RawModule`` does at first use: compile the source with NVRTC and look up the
+    lowered name of every name expression the backend passes to ``get_function``."""
+    import ctypes
+
+    lib = load_nvrtc()
+    prog = ctypes.c_void_p()
+    src = km.source(file).encode()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, file.encode(), 0, None, None) == 0
+    try:
+        for expr in km.instances(file):
+            assert lib.nvrtcAddNameExpression(prog, expr.encode()) == 0, expr
+        opts = [o.encode() for o in (*km.OPTIONS, f"--gpu-architecture={arch}")]
+        argv = (ctypes.c_char_p * len(opts))(*opts)
+        status = lib.nvrtcCompileProgram(prog, len(opts), argv)
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        assert status == 0, log.value.decode(errors="replace")
+        for expr in km.instances(file):
+            lowered = ctypes.c_char_p()
+            assert lib.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(lowered)) == 0, expr
+            assert lowered.value and lowered.value.startswith(b"_Z"), (expr, lowered.value)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))

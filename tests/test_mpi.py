@@ -192,6 +192,29 @@ def test_stuck_rank_times_out_instead_of_hanging():
     assert "did not complete within 3 s" in proc.stderr
 
 
+def test_huge_layer_job_stays_o_nnz(tmp_path):
+    """The one rule across messages: a 200 000 x 200 000 layer (160 GB dense) goes through the
+    broadcast, the gradient allreduce, SET on every rank, phase 2 and the union averaging."""
+    n = 200_000
+    ok(mpirun(2, "--huge", str(n), "--epochs", "2", "--phase1-fraction", "0.5", "--batch-size",
+              "16", "--result", str(tmp_path / "r.json")))
+    res = json.loads((tmp_path / "r.json").read_text())
+    h = res["history"]
+    assert res["connections"] == h[0]["connections"] == [800_000, 400_008]
+    assert h[0]["bytes_per_step"] == [4.0 * (800_000 + 400_008 + n + 4)] * 2
+    assert h[-1]["averaged_workers"] == 2
+    assert res["peak_rss_mib"] < 1536, res["peak_rss_mib"]  # per rank; dense: 160 GB
+
+
+def test_ranks_on_a_node_share_its_cores(tmp_path):
+    env = _env()
+    env.pop("OMP_NUM_THREADS")
+    ok(mpirun(2, "--epochs", "1", "--default-backend", "--result", str(tmp_path / "r.json"),
+              env=env))
+    cores = len(os.sched_getaffinity(0))
+    assert json.loads((tmp_path / "r.json").read_text())["threads"] == max(1, cores // 2)
+
+
 def test_async_needs_two_ranks():
     proc = mpirun(1, "--mode", "async")
     assert proc.returncode != 0 and "needs at least 2 ranks" in proc.stderr
@@ -217,4 +240,10 @@ def test_command_line(tmp_path):
     assert [r["phase"] for r in json.loads((run / "history.json").read_text())] == [1, 2]
     ev = ok(subprocess.run([sys.executable, "-m", "sparsekit", "evaluate", str(run)],
                            capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env()))
-    assert "accuracy" in ev.stdout
+    acc = proc.stdout.split("done: test accuracy ")[1].split("%")[0]
+    assert f"accuracy {acc}%" in ev.stdout  # the checkpoint is the final, averaged model
+    again = ok(subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "sparsekit", "train",
+                               "--resume", str(run), "--no-progress", "--no-plot"],
+                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env()))
+    assert "holds a finished WASAP-SGD run" in again.stdout
+    assert f"done: test accuracy {acc}%" in again.stdout

@@ -262,13 +262,30 @@ def guarded(comm: Comm) -> Iterator[Comm]:
         raise
 
 
-def local_rank(comm: Comm) -> int:
-    """This rank's index among the ranks sharing its node."""
+def node_rank(comm: Comm) -> tuple[int, int]:
+    """``(index, count)`` of this rank among the ranks sharing its node."""
     node = comm.comm.Split_type(comm.MPI.COMM_TYPE_SHARED, key=comm.rank)
     try:
-        return node.Get_rank()
+        return node.Get_rank(), node.Get_size()
     finally:
         node.Free()
+
+
+def share_cores(comm: Comm, backend) -> int | None:
+    """Split a node's cores evenly between its ranks, unless a thread count was chosen.
+
+    A CPU backend left at its default (every usable core) with ``OMP_NUM_THREADS`` unset gets
+    ``cores // ranks_on_node`` threads (at least 1), so N ranks do not run N x cores threads.
+    Returns the new count, or None when nothing changed.
+    """
+    if "OMP_NUM_THREADS" in os.environ or not hasattr(backend, "num_threads"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _, on_node = node_rank(comm)
+    if on_node < 2 or backend.num_threads != cores:
+        return None
+    backend.num_threads = max(1, cores // on_node)
+    return backend.num_threads
 
 
 def select_gpu(comm: Comm) -> int:  # pragma: no cover - needs a GPU
@@ -278,7 +295,7 @@ def select_gpu(comm: Comm) -> int:  # pragma: no cover - needs a GPU
     n = cupy.cuda.runtime.getDeviceCount()
     if n < 1:
         raise RuntimeError(f"rank {comm.rank}: no CUDA device is visible")
-    device = local_rank(comm) % n
+    device = node_rank(comm)[0] % n
     cupy.cuda.Device(device).use()
     return device
 

@@ -50,7 +50,7 @@ from ..model import SparseMLP
 from ..optim import LRSchedule, MomentumSGD
 from ..training import CHECKPOINT, TrainResult, write_history
 from .average import average_models
-from .comm import Comm, guarded, rank_map, select_gpu
+from .comm import Comm, guarded, rank_map, select_gpu, share_cores
 from .loop import TAG_RNG, WORKER_DIR, Run, evolve, finish_epoch, train_epoch, wasap_state
 from .server import serve, work
 from .transfer import bcast_model, recv_model, rng_from_json, send_model
@@ -237,6 +237,7 @@ def _prepare(comm: Comm, mode, model, data, build, backend, seed, run_dir, resum
     else:
         model = bcast_model(comm, ckpt.model if ckpt is not None else model, be)
         rng_state = meta["rng"]
+    share_cores(comm, model.backend)
     sizes = model.layer_sizes
     x_tr, y_tr = check_xy(x_tr, y_tr, sizes[0], sizes[-1], names=("x_train", "y_train"))
     if x_te is not None:
@@ -290,7 +291,9 @@ def _resume_meta(state: dict, mode: str, size: int, run_dir: Path) -> dict:
 
 def _train(run: Run) -> TrainResult:
     comm = run.comm
-    if run.stage == "final":
+    if run.stage == "final":  # a finished job: its averaged model cannot be trained further
+        if comm.rank == 0 and run.log is not None:
+            run.log(f"{run.run_dir} holds a finished WASAP-SGD run; returning its final model")
         return TrainResult(run.model, run.history if comm.rank == 0 else [], run.run_dir)
     if run.stage in ("fresh", "phase1"):
         if run.mode == "sync":

@@ -81,6 +81,10 @@ def main() -> int:
     p.add_argument("--crash-after", type=int, default=None)
     p.add_argument("--pid-dir", default=None)
     p.add_argument("--compare-single", action="store_true")
+    p.add_argument("--huge", type=int, default=None, metavar="N",
+                   help="an N-N-4 network (ε 2) on 96 random samples: the one-rule check")
+    p.add_argument("--default-backend", action="store_true",
+                   help="the default CPU backend (thread count left to sparsekit)")
     args = p.parse_args()
 
     from mpi4py import MPI
@@ -96,12 +100,22 @@ def main() -> int:
             if record["epoch"] == args.crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         callbacks.append(crash)
-    kw = dict(backend=CpuBackend(1), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    kw = dict(backend=None if args.default_backend else CpuBackend(1), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               epsilon=6, seed=args.seed)
-    res = train(SIZES, make_data(), parallel="wasap", wasap_mode=args.mode,
+    sizes, data = SIZES, make_data()
+    if args.huge:
+        rng = np.random.default_rng(0)
+        sizes = [args.huge, args.huge, 4]
+        x = rng.standard_normal((96, args.huge), dtype=np.float32)
+        y = rng.integers(0, 4, 96)
+        data, kw["epsilon"] = (x[:64], y[:64], x[64:], y[64:]), 2
+    res = train(sizes, data, parallel="wasap", wasap_mode=args.mode,
                 phase1_fraction=args.phase1_fraction, method=method, run_dir=args.out,
                 resume=args.resume, callbacks=callbacks, **kw,
                 log=(lambda line: print(line, flush=True)) if rank == 0 else None)
+    import resource
+
+    peak = MPI.COMM_WORLD.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, MPI.MAX)
     if rank != 0:
         return 0
     notes = {}
@@ -121,7 +135,9 @@ def main() -> int:
     if args.result:
         Path(args.result).write_text(json.dumps({
             "history": res.history, "connections": res.model.n_connections,
-            "size": MPI.COMM_WORLD.Get_size(), **notes}))
+            "size": MPI.COMM_WORLD.Get_size(), "threads": res.model.backend.num_threads,
+            "peak_rss_mib": peak / 1024,
+            **notes}))
     return 0
 
 

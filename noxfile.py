@@ -1,4 +1,4 @@
-"""nox sessions: lint, tests_cpu, tests_gpu, tests_mpi, bench.
+"""nox sessions: lint, tests_cpu, tests_gpu, tests_mpi, bench, docs.
 
 ``nox -s lint tests_cpu tests_mpi`` is the test command of README.md and CI.  On a machine whose
 Python packages are preinstalled and which has no package registry (a GPU box), run a session in
@@ -25,7 +25,8 @@ def lint(session):
     """ruff over the package, tests and benchmarks."""
     if session.venv_backend != "none":
         session.install("ruff")
-    session.run("ruff", "check", "sparsekit", "tests", "benchmarks", "noxfile.py", "setup.py")
+    session.run("ruff", "check", "sparsekit", "tests", "benchmarks", "examples", "docs",
+                "noxfile.py", "setup.py")
 
 
 @nox.session
@@ -58,3 +59,11 @@ def bench(session):
     session.run("python", "benchmarks/kernels.py", *session.posargs,
                 env={"PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items()
                                                  if k.startswith("SPARSEKIT_")}})
+
+
+@nox.session
+def docs(session):
+    """The Sphinx user guide and API reference, built to docs/_build/html (nitpicky warnings
+    are printed, not fatal)."""
+    _install(session, "docs,sklearn")
+    session.run("sphinx-build", "-b", "html", "-q", "docs", "docs/_build/html", *session.posargs)

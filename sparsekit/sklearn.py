@@ -257,7 +257,7 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
         Class labels.
     n_features_in_ : int
         Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Feature names, when ``X`` had string column names.
     model_ : SparseMLP
         The trained network.
@@ -430,7 +430,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
     ----------
     n_features_in_ : int
         Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Feature names, when ``X`` had string column names.
     model_ : SparseMLP
         The trained network (its outputs are standardised targets).

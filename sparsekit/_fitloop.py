@@ -110,6 +110,7 @@ class EpochRunner:
         self.rng = np.random.default_rng(seed)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps completed
+        self._set_up = False
 
     def _loss(self, xp, out, target):
         if self.loss == "mse":
@@ -129,8 +130,13 @@ class EpochRunner:
         n = x.shape[0]
         batch_size = max(1, min(int(batch_size), n))
         n_hidden = len(model.layers) - 1
-        perm = self.rng.permutation(n)
         steps = -(-n // batch_size)
+        if not self._set_up:
+            # Methods that schedule by fraction of training (GSE, Top-KAST, RigL) learn the run's
+            # length here: the first epoch's step count over max_epochs epochs.
+            self.growth.setup(model, steps, self.max_epochs, self.rng)
+            self._set_up = True
+        perm = self.rng.permutation(n)
         total = 0.0
         for s in range(steps):
             idx = np.sort(perm[s * batch_size:(s + 1) * batch_size])

@@ -180,7 +180,7 @@ def set_layer(model: Any, index: int, weights, bias=None) -> SparseLinear:
     """
     old = model.layers[index]
     if isinstance(weights, SparseLinear):
-        bias = model.backend.to_numpy(weights.b) if bias is None else bias
+        bias = weights.backend.to_numpy(weights.b) if bias is None else bias
         weights = weights.w.to_scipy()
     elif hasattr(weights, "layout"):  # a torch tensor
         weights = torch_to_scipy(weights)

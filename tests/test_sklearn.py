@@ -197,3 +197,15 @@ def test_unpickled_onto_read_only_memory_can_keep_training(blobs, tmp_path):
     np.testing.assert_array_equal(back.predict(x), clf.predict(x))
     back.partial_fit(x, y)
     assert back.n_iter_ == clf.n_iter_ + 1
+
+
+@pytest.mark.parametrize("method", sorted(set(sparsekit.available_methods()) - {"set"}))
+def test_every_growth_method_trains_through_the_estimator(blobs, method):
+    x, y = blobs
+    x = StandardScaler().fit_transform(x)
+    clf = SparseMLPClassifier(method=method, backend=one_thread(), random_state=0,
+                              hidden_layer_sizes=(32, 32), epsilon=2.0, max_iter=20)
+    clf.fit(x, y)
+    assert clf.n_iter_ == 20 and clf.score(x, y) > 0.85
+    budget = [min(a * b, int(2.0 * (a + b))) for a, b in zip([6, 32, 32], [32, 32, 3])]
+    assert sum(clf.model_.n_connections) <= sum(budget) * 2  # stays sparse (Top-KAST's B ≤ 2D)

@@ -105,6 +105,17 @@ def test_training_improves_accuracy(tmp_path, n, mode):
         assert h[0]["samples_per_s"][0] > 0
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_only_local_or_only_data_parallel(tmp_path, mode, fraction):
+    ok(mpirun(2, "--mode", mode, "--epochs", "2", "--phase1-fraction", str(fraction),
+              "--result", str(tmp_path / "r.json")))
+    h = json.loads((tmp_path / "r.json").read_text())["history"]
+    assert [r["phase"] for r in h] == ([2, 2] if fraction == 0 else [1, 1])
+    # Phase 2 leaves diverged copies to average; a shared model needs no averaging.
+    assert h[-1]["averaged_workers"] == ((2 if mode == "sync" else 1) if fraction == 0 else 1)
+
+
 @pytest.mark.parametrize("crash_after", [1, 3])  # a phase-1 and a phase-2 checkpoint
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, crash_after):
     common = ["--epochs", "4", "--phase1-fraction", "0.5"]

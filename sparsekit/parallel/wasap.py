@@ -385,7 +385,8 @@ def _finish(run: Run) -> TrainResult:
             if run.log is not None:
                 acc = (f", test accuracy {100 * record['test_acc']:.2f}%"
                        if "test_acc" in record else "")
-                how = (f"union average of {len(workers)} workers pruned to "
+                how = (f"union average of {len(workers)} worker{'s' * (len(workers) > 1)} "
+                       f"pruned to "
                        f"{sum(run.budgets)} connections" if averaged else "shared model")
                 run.log(f"final model ({how}){acc}")
         if run.checkpointing:

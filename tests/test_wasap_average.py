@@ -19,6 +19,7 @@ from sparsekit.parallel import (
     budget_keep_mask,
     prune_to_budget,
     remap_values,
+    train_parallel,
     union_average,
 )
 from sparsekit.parallel.loop import pack, unpack
@@ -187,8 +188,15 @@ def test_gradient_buffer_is_values_and_biases_only():
     ({"parallel": "wasap", "wasap_mode": "semi"}, "wasap mode"),
     ({"parallel": "wasap", "phase1_fraction": 1.5}, "phase1_fraction"),
     ({"parallel": "wasap", "wasap_mode": "async", "prune_start": 3}, "prune_start"),
+    ({"parallel": "wasap", "method": "rigl"}, "supports methods 'set' and 'static'"),
 ])
 def test_bad_parallel_arguments(kwargs, match):
     x = np.zeros((64, 4), np.float32)
     with pytest.raises(ValueError, match=match):
         train([4, 8, 2], (x, np.zeros(64, int)), **kwargs)
+
+
+def test_options_the_parallel_trainer_lacks_are_refused():
+    x, y = np.zeros((64, 4), np.float32), np.zeros(64, int)
+    with pytest.raises(ValueError, match="future_option is not supported"):
+        train_parallel("wasap", [4, 8, 2], (x, y), future_option=3)

@@ -108,10 +108,10 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
     -----
     Importance pruning (``prune_start``) runs only in phase 1 of sync mode, where every rank
     prunes identically; in phase 2 it is skipped because workers would remove different neurons
-    and their models could no longer be averaged.  Async mode refuses it.  Growth methods must
-    evolve from the weights and the generator only (``"set"``, ``"static"``): in sync mode a
-    data-dependent method would give each rank another topology, which the per-epoch
-    fingerprint check reports as an error.
+    and their models could no longer be averaged.  Async mode refuses it.  Only ``"set"`` and
+    ``"static"`` (or subclasses) are accepted: phase 1 needs topology changes that depend only
+    on the weights and the shared generator, not on each rank's data; a per-epoch fingerprint
+    check reports any divergence of the ranks' topologies as an error.
     """
     if mode not in MODES:
         raise ValueError(f"wasap mode must be one of {MODES}, got {mode!r}")
@@ -126,6 +126,15 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
     if mode == "async" and prune_start is not None:
         raise ValueError("prune_start (importance pruning) is not supported with "
                          "wasap mode 'async'; use mode 'sync'")
+    params = dict(method_params or {})
+    if method == "set":
+        params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
+                  "init": init, "fan_in": fan_in, **params}
+    growth = get_method(method, **params)
+    if not isinstance(growth, (SET, Static)):
+        raise ValueError(f"parallel='wasap' supports methods 'set' and 'static', got "
+                         f"{getattr(growth, 'name', method)!r}: phase 1 needs topology changes "
+                         "that depend only on the weights and a shared seed")
     comm = Comm(comm, timeout)
     if mode == "async" and comm.size < 2:
         raise ValueError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the others "
@@ -142,10 +151,6 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
                 log(line)
             else:
                 print(line, file=sys.stderr, flush=True)
-        params = dict(method_params or {})
-        if method == "set":
-            params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
-                      "init": init, "fan_in": fan_in, **params}
         build = dict(epsilon=epsilon, activation=activation, alpha=alpha, dropout=dropout,
                      init=init, fan_in=fan_in, dtype=dtype)
         run = _prepare(comm, mode, model, data, build, backend, seed, run_dir, resume,
@@ -153,12 +158,8 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
         run.lr, run.schedule = lr, LRSchedule(lr_schedule, epochs=epochs,
                                               warmup_epochs=warmup_epochs)
         run.opt = MomentumSGD(lr, momentum, weight_decay, decay)
-        run.growth = get_method(method, **params)
-        run.method = getattr(run.growth, "name", str(method))
-        if not isinstance(run.growth, (SET, Static)):
-            raise ValueError(f"parallel='wasap' supports methods 'set' and 'static', got "
-                             f"{run.method!r}: phase 1 needs topology changes that depend only "
-                             "on the weights and a shared seed")
+        run.growth = growth
+        run.method = getattr(growth, "name", str(method))
         setup = getattr(run.growth, "setup", None)
         if setup is not None:  # methods that plan by the run's length
             setup(run.model, max(run.shard.shape[0] // batch_size, 1), epochs, run.rng)
@@ -174,6 +175,10 @@ def _wants_gpu(model, backend) -> bool:
     """Whether this run computes on a GPU (then each rank binds its own device first)."""
     if isinstance(model, SparseMLP):
         backend = model.backend
+    if backend is None:  # what get_backend(None) would pick
+        import os
+
+        backend = os.environ.get("SPARSEKIT_BACKEND", "cpu")
     if isinstance(backend, str) and backend.lower() == "auto":
         from .._compat import has_cupy_gpu
 

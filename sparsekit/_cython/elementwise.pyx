@@ -21,7 +21,7 @@ cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
     return z ^ (z >> 31)
 
 
-def bias_act_dropout(floating[:, ::1] z_ob, floating[::1] bias, double slope, double rate,
+def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
                      uint64_t seed, int num_threads=0):
     """Return ``(a_ob, d_ob)``: activations and d(a)/d(z), for z = z_ob + bias[:, None].
 

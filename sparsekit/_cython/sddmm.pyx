@@ -29,8 +29,8 @@ cdef inline void _grad_row(const index_t* indices, Py_ssize_t start, Py_ssize_t 
         grad[k] = _dot(dy_row, x_ib + <Py_ssize_t>indices[k] * n_batch, n_batch)
 
 
-def weight_grad(index_t[::1] indptr, index_t[::1] indices, floating[:, ::1] x_ib,
-                floating[:, ::1] dy_ob, Py_ssize_t n_cols, int num_threads=0):
+def weight_grad(const index_t[::1] indptr, const index_t[::1] indices, const floating[:, ::1] x_ib,
+                const floating[:, ::1] dy_ob, Py_ssize_t n_cols, int num_threads=0):
     """Gradient of W on its own CSR pattern.
 
     Parameters
@@ -67,8 +67,8 @@ def weight_grad(index_t[::1] indptr, index_t[::1] indices, floating[:, ::1] x_ib
     return out
 
 
-def sampled_grad(floating[:, ::1] x_ib, floating[:, ::1] dy_ob, index_t[::1] rows,
-                 index_t[::1] cols, int num_threads=0):
+def sampled_grad(const floating[:, ::1] x_ib, const floating[:, ::1] dy_ob, const index_t[::1] rows,
+                 const index_t[::1] cols, int num_threads=0):
     """Gradient at an arbitrary list of (row, col) positions (candidate connections).
 
     ``rows`` index output neurons (rows of ``dy_ob``) and ``cols`` input neurons (rows of

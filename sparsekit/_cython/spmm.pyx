@@ -91,8 +91,8 @@ cdef void _backward(const index_t* t_indptr, const index_t* t_rows, const index_
                       grad, n_batch)
 
 
-def matmul(index_t[::1] indptr, index_t[::1] indices, floating[::1] data,
-           floating[:, ::1] x_ib, Py_ssize_t n_cols, int num_threads=0):
+def matmul(const index_t[::1] indptr, const index_t[::1] indices, const floating[::1] data,
+           const floating[:, ::1] x_ib, Py_ssize_t n_cols, int num_threads=0):
     """Forward product ``y_ob = W @ x_ib`` for W in CSR of shape (len(indptr) - 1, len(x_ib)).
 
     Parameters
@@ -125,8 +125,8 @@ def matmul(index_t[::1] indptr, index_t[::1] indices, floating[::1] data,
     return y
 
 
-def matmul_t(index_t[::1] t_indptr, index_t[::1] t_rows, index_t[::1] t_perm,
-             floating[::1] data, floating[:, ::1] dy_ob, Py_ssize_t n_rows, int num_threads=0):
+def matmul_t(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index_t[::1] t_perm,
+             const floating[::1] data, const floating[:, ::1] dy_ob, Py_ssize_t n_rows, int num_threads=0):
     """Backward product to the inputs ``dx_ib = W.T @ dy_ob`` via W's transposed index.
 
     ``t_indptr, t_rows, t_perm`` come from :func:`transpose_index`: for input neuron i the
@@ -154,8 +154,8 @@ def matmul_t(index_t[::1] t_indptr, index_t[::1] t_rows, index_t[::1] t_perm,
     return dx
 
 
-def backward(index_t[::1] t_indptr, index_t[::1] t_rows, index_t[::1] t_perm,
-             floating[::1] data, floating[:, ::1] x_ib, floating[:, ::1] dy_ob,
+def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index_t[::1] t_perm,
+             const floating[::1] data, const floating[:, ::1] x_ib, const floating[:, ::1] dy_ob,
              Py_ssize_t n_rows, bint need_dx=True, int num_threads=0):
     """Fused backward pass: ``dx_ib = W.T @ dy_ob`` and the pattern gradient in one sweep.
 
@@ -194,7 +194,7 @@ def backward(index_t[::1] t_indptr, index_t[::1] t_rows, index_t[::1] t_perm,
     return dx, grad
 
 
-def transpose_index(index_t[::1] indptr, index_t[::1] indices, Py_ssize_t n_cols):
+def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ssize_t n_cols):
     """Column index of a CSR pattern, by counting sort in O(nnz + n_cols).
 
     Returns ``(t_indptr, t_rows, t_perm)``: for column i, ``t_rows[t_indptr[i]:t_indptr[i+1]]``

@@ -14,7 +14,7 @@ from ._types cimport floating, index_t
 from ._checks import check_pattern, check_threads
 
 
-def select(floating[::1] values, Py_ssize_t k, bint largest=True):
+def select(const floating[::1] values, Py_ssize_t k, bint largest=True):
     """Indices of the ``k`` largest (or smallest) values, in increasing index order.
 
     O(n) on average: ``std::nth_element`` (introselect) finds the k-th value, one pass collects
@@ -55,7 +55,8 @@ def select(floating[::1] values, Py_ssize_t k, bint largest=True):
     return out
 
 
-def contains(index_t[::1] indptr, index_t[::1] indices, int64_t[::1] rows, int64_t[::1] cols,
+def contains(const index_t[::1] indptr, const index_t[::1] indices,
+             const int64_t[::1] rows, const int64_t[::1] cols,
              int num_threads=0):
     """Boolean mask: is position ``(rows[j], cols[j])`` present in the CSR pattern?"""
     cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
@@ -85,8 +86,8 @@ def contains(index_t[::1] indptr, index_t[::1] indices, int64_t[::1] rows, int64
     return out.view(bool)
 
 
-def merge(index_t[::1] indptr, index_t[::1] indices, uint8_t[::1] keep,
-          int64_t[::1] new_rows, int64_t[::1] new_cols, Py_ssize_t n_cols,
+def merge(const index_t[::1] indptr, const index_t[::1] indices, const uint8_t[::1] keep,
+          const int64_t[::1] new_rows, const int64_t[::1] new_cols, Py_ssize_t n_cols,
           index_t[::1] out_indptr, index_t[::1] out_indices, int64_t[::1] src,
           int num_threads=0):
     """Merge the kept entries of a CSR pattern with new positions sorted by (row, col).
@@ -161,7 +162,7 @@ cdef Py_ssize_t _merge_row(const index_t[::1] indices, const uint8_t[::1] keep,
     return bad
 
 
-def gather(int64_t[::1] src, floating[::1] old, new_vals=None, int num_threads=0):
+def gather(const int64_t[::1] src, const floating[::1] old, new_vals=None, int num_threads=0):
     """``out[p] = old[src[p]]`` for kept slots, ``new_vals[-1 - src[p]]`` (or 0) for new ones."""
     cdef Py_ssize_t n = src.shape[0], p
     cdef int64_t s

@@ -155,8 +155,6 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-def cmd_evaluate(args) -> int:
-    from .checkpoint import load_checkpoint
 def _epoch_log(cfg):
     """``log=`` for train(): None, as train() puts its epoch lines on the "sparsekit" logger
     (which the CLI prints); a parallel run reports through ``log=``, so it gets the logger."""
@@ -167,6 +165,8 @@ def _epoch_log(cfg):
     return None
 
 
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_checkpoint
     from .datasets import load_dataset
 
     path = Path(args.run)

@@ -57,6 +57,7 @@ class Backend:
         return np.asarray(x)
 
     def check_array(self, name: str, x) -> None:
+        """Raise ``TypeError`` naming ``name`` unless ``x`` lives on this backend's device."""
         if array_module(x) is not self.xp:
             raise TypeError(
                 f"{name} is a {type(x).__module__} array but the {self.name} backend needs "
@@ -87,15 +88,19 @@ class Backend:
         return w._transpose
 
     def matmul(self, x_ib, w: CSR):
+        """Forward product ``y_ob = W @ x_ib`` (x_ib: n_in x batch)."""
         raise NotImplementedError
 
     def matmul_t(self, dy_ob, w: CSR):
+        """Backward product ``dx_ib = W.T @ dy_ob`` (dy_ob: n_out x batch)."""
         raise NotImplementedError
 
     def weight_grad(self, x_ib, dy_ob, w: CSR):
+        """Gradient on W's pattern, in CSR order: ``g[k] = sum_b dy_ob[row_k, b] * x_ib[col_k, b]``."""
         raise NotImplementedError
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
+        """The same dot products at arbitrary positions ``(rows[j], cols[j])``."""
         raise NotImplementedError
 
     def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):

@@ -66,14 +66,17 @@ class CSR:
 
     @property
     def nnz(self) -> int:
+        """Number of stored connections."""
         return int(self.indices.shape[0])
 
     @property
     def xp(self):
+        """The array module (NumPy or CuPy) that owns the arrays."""
         return array_module(self.data)
 
     @property
     def dtype(self) -> np.dtype:
+        """Value dtype (float32 or float64)."""
         return self.data.dtype
 
     def validate(self) -> None:
@@ -162,6 +165,7 @@ class CSR:
         return out
 
     def copy(self) -> CSR:
+        """Deep copy on the same device (the cached transpose is not copied)."""
         return CSR(self.indptr.copy(), self.indices.copy(), self.data.copy(), self.shape,
                    check=False)
 

@@ -19,6 +19,15 @@ class SparseLinear:
     subset of ``w``'s, the forward pass and the gradient to the inputs use it, while the weight
     gradient still covers every entry of ``w``.  Its owner keeps its values in step with ``w``;
     any topology change here (``set_topology``, ``compact``) clears it.
+
+    Parameters
+    ----------
+    w : CSR
+        Weights of shape ``(n_out, n_in)`` on the backend's device.
+    bias : array of shape (n_out,), optional
+        Zeros by default.
+    backend : str or Backend, optional
+        Where the layer lives; default as :func:`sparsekit.get_backend`.
     """
 
     def __init__(self, w: CSR, bias=None, backend: Backend | str | None = None) -> None:
@@ -45,14 +54,17 @@ class SparseLinear:
 
     @property
     def in_features(self) -> int:
+        """Number of inputs (columns of W)."""
         return self.w.shape[1]
 
     @property
     def out_features(self) -> int:
+        """Number of output neurons (rows of W)."""
         return self.w.shape[0]
 
     @property
     def nnz(self) -> int:
+        """Number of connections."""
         return self.w.nnz
 
     # Interop (sparsekit.interop does the work): W as (n_out, n_in), as torch.nn.Linear.weight.

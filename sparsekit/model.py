@@ -71,10 +71,12 @@ class SparseMLP:
     # --- shape ----------------------------------------------------------------------------
     @property
     def layer_sizes(self) -> list[int]:
+        """Current neurons per layer, inputs first (hidden layers shrink under pruning)."""
         return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
 
     @property
     def n_connections(self) -> list[int]:
+        """Connections per layer."""
         return [layer.nnz for layer in self.layers]
 
     def config(self) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class SparseMLP:
         return out
 
     def predict_proba(self, x, batch_size: int = 2048) -> np.ndarray:
+        """Class probabilities (n_samples x n_classes), computed in batches of ``batch_size``."""
         z = self.logits(x, batch_size)
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
@@ -150,6 +153,7 @@ class SparseMLP:
         return z
 
     def predict(self, x, batch_size: int = 2048) -> np.ndarray:
+        """Predicted class index of each row of ``x`` (n_samples x n_features)."""
         return self.logits(x, batch_size).argmax(axis=1)
 
     def evaluate(self, x, y, batch_size: int = 2048) -> tuple[float, float]:
@@ -168,6 +172,7 @@ class SparseMLP:
 
     @classmethod
     def load(cls, path, backend=None) -> SparseMLP:
+        """Load a model saved with :meth:`save` onto ``backend``."""
         from .checkpoint import load_checkpoint
 
         return load_checkpoint(path, backend=backend).model

@@ -36,6 +36,7 @@ class TrainResult:
     run_dir: Path | None = None
 
     def to_json(self) -> str:
+        """The history as a JSON document."""
         return json.dumps(self.history, indent=1)
 
 

@@ -44,6 +44,7 @@ def register_method(name: str, factory: Callable[..., GrowthMethod]) -> None:
 
 
 def available_methods() -> list[str]:
+    """Names accepted by :func:`get_method` and ``train(method=...)``."""
     return sorted(_METHODS)
 
 

@@ -10,6 +10,7 @@ from .csr import CSR
 from .growth import available_methods, get_method
 from .init import erdos_renyi
 from .layers import SparseLinear
+from .memory import estimate_memory
 from .model import SparseMLP
 from .training import TrainResult, train
 
@@ -17,7 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CSR", "Backend", "SparseLinear", "SparseMLP", "TrainResult", "available_backends",
-    "available_methods", "erdos_renyi", "get_backend", "get_method", "load_checkpoint",
+    "available_methods", "erdos_renyi", "estimate_memory", "get_backend", "get_method",
+    "load_checkpoint",
     "register_backend", "save_checkpoint", "train", "use_backend", "load_dataset",
     "SparseMLPClassifier", "SparseMLPRegressor",
 ]

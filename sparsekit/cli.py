@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="cpu", help="cpu, gpu or auto (default cpu)")
     t.add_argument("--gpu-memory-limit", default=None, metavar="SIZE",
                    help="cap GPU memory, e.g. 4GiB or 80%% (gpu backend; default: free memory)")
+    t.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="host memory the run may use, e.g. 16GiB or 80%%; a run estimated not "
+                        "to fit is refused before it starts (default: available memory)")
     t.add_argument("--epochs", type=int, default=None, help="default 100 (or the resumed run's)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.01)
@@ -143,7 +146,8 @@ def cmd_train(args) -> int:
     resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
     result = train(sizes, data, backend=backend, **cfg["train"], run_dir=run_dir,
                              resume=resume, progress=not args.no_progress,
-                             log=_epoch_log(cfg), gpu_memory_limit=args.gpu_memory_limit)
+                             log=_epoch_log(cfg), gpu_memory_limit=args.gpu_memory_limit,
+                             memory_limit=args.memory_limit)
     if not args.no_plot and result.history:
         from .plot import plot_history
 

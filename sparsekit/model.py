@@ -105,6 +105,17 @@ class SparseMLP:
         logits += out.b[:, None]
         return logits, acts, derivs
 
+    def forward_infer(self, x_ib):
+        """Logits (classes x batch) without dropout, keeping only the current layer's arrays,
+        so evaluation memory is that of the widest layer, not of the whole network."""
+        a = x_ib
+        for layer, act in zip(self.layers[:-1], self.activations):
+            # [0]: the derivative is dropped at once, not kept alive into the next layer
+            a = act.forward(self.backend, layer.forward(a), layer.b, 0.0, 0)[0]
+        logits = self.layers[-1].forward(a)
+        logits += self.layers[-1].b[:, None]
+        return logits
+
     def backward(self, acts, derivs, dlogits_cb) -> list[tuple[Any, Any]]:
         """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient.
 
@@ -116,7 +127,8 @@ class SparseMLP:
         for i in range(len(self.layers) - 1, -1, -1):
             dx, gw, gb = self.layers[i].backward(acts[i], dz, need_dx=i > 0)
             grads.append((gw, gb))
-            dzs.append(dz)
+            if self.keep_dz:  # otherwise each dz is freed as soon as the next one exists
+                dzs.append(dz)
             if i > 0:
                 dx *= derivs[i - 1]
                 dz = dx
@@ -140,7 +152,7 @@ class SparseMLP:
             part = x[start:start + batch_size]
             chunk = be.asarray(np.ascontiguousarray((part.toarray() if sparse else part).T),
                                dtype=self.dtype)
-            logits, _, _ = self.forward_train(chunk, [0] * len(self.activations), dropout=0.0)
+            logits = self.forward_infer(chunk)
             out[start:start + batch_size] = be.to_numpy(logits).T
         return out
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 DECAY_MODES = ("coupled", "decoupled")
 
 
@@ -41,6 +43,9 @@ class MomentumSGD:
         mu = param.dtype.type(self.momentum)
         wd = param.dtype.type(self.weight_decay if decay_param else 0.0)
         lr_t = param.dtype.type(lr)
+        if isinstance(param, np.ndarray) and param.ndim == 1 and param.shape[0] > CHUNK:
+            self._update_chunked(param, grad, velocity, lr_t, mu, wd)
+            return
         velocity *= mu
         if self.decay == "coupled":
             velocity -= lr_t * (grad + wd * param) if wd else lr_t * grad
@@ -51,6 +56,29 @@ class MomentumSGD:
                 param *= 1 - wd
             param += velocity
 
+    def _update_chunked(self, param, grad, velocity, lr_t, mu, wd) -> None:
+        """The same arithmetic, in the same order, on slices of :data:`CHUNK` values with one
+        reused scratch buffer: no temporaries the size of the layer, and the slices stay in
+        cache between the passes."""
+        scratch = np.empty(CHUNK, dtype=param.dtype)
+        for s in range(0, param.shape[0], CHUNK):
+            p, g, v = param[s:s + CHUNK], grad[s:s + CHUNK], velocity[s:s + CHUNK]
+            t = scratch[:p.shape[0]]
+            v *= mu
+            if self.decay == "coupled" and wd:
+                np.multiply(wd, p, out=t)
+                t += g
+                t *= lr_t
+            else:
+                np.multiply(lr_t, g, out=t)
+            v -= t
+            if self.decay != "coupled" and wd:
+                p *= 1 - wd
+            p += v
+
+
+#: Values per slice of the host optimizer's update (a 256 KiB float32 scratch buffer).
+CHUNK = 1 << 16
 
 SCHEDULES = ("constant", "step", "cosine", "linear")
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ._cuda.memory import check_training_memory
 from .activations import softmax_cross_entropy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import check_xy
+from .flops import FlopCounter
 from .growth import get_method
 from .importance import PruningSchedule, prune_neurons
+from .memory import check_memory
 from .model import SparseMLP
 from .optim import LRSchedule, MomentumSGD
 
@@ -67,7 +68,8 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
           run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
           progress: bool = False, log: Callable[[str], Any] | None = None,
           parallel: str | None = None, wasap_mode: str = "sync",
-          phase1_fraction: float = 0.7, gpu_memory_limit=None) -> TrainResult:
+          phase1_fraction: float = 0.7, gpu_memory_limit=None,
+          memory_limit=None) -> TrainResult:
     """Train a truly sparse MLP classifier.
 
     Parameters
@@ -121,6 +123,10 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
         GPU backend only: cap CuPy's memory pool (bytes, ``"4GiB"``, ``"80%"``).  With or
         without it, a run whose estimated peak does not fit is refused before anything is
         allocated (see :mod:`sparsekit._cuda.memory`).
+    memory_limit : int or str, optional
+        Host memory the run may use (bytes, ``"16GiB"``, ``"80%"`` of physical memory); default
+        the machine's available memory.  A run whose estimated peak
+        (:func:`sparsekit.estimate_memory`) does not fit is refused before the model is built.
 
     Returns
     -------
@@ -141,9 +147,11 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     history: list[dict] = []
     start_epoch, step = 0, 0
     rng = np.random.default_rng(train_seed)
-    check_training_memory(model, backend, gpu_memory_limit, epsilon=epsilon,
-                          batch_size=batch_size, eval_batch_size=eval_batch_size, dtype=dtype,
-                          evolve_output=evolve_output)
+    check_memory(model, backend, memory_limit, gpu_memory_limit=gpu_memory_limit,
+                 epsilon=epsilon, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                 method=method, dtype=dtype, evolve_output=evolve_output,
+                 evolve_every=evolve_every, gamma=(method_params or {}).get("gamma", 1.0),
+                 n_train=len(x_tr), n_test=0 if x_te is None else len(x_te))
     if resume:
         if run_dir is None:
             raise ValueError("resume=True needs run_dir")
@@ -180,6 +188,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     steps_per_epoch = n // batch_size
     growth.setup(model, steps_per_epoch, epochs, rng)  # the run's length; method state
     n_hidden = len(model.layers) - 1
+    flops = FlopCounter(batch_size)  # the energy proxy in every history record
     bar = None
     for epoch in range(start_epoch, epochs):
         perm = rng.permutation(n)
@@ -191,6 +200,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
             bar = tqdm.tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                             leave=False, disable=tqdm is None)
         grow_stats: dict = {}
+        flops.reset()
         for s in range(steps_per_epoch):
             idx = perm[s * batch_size:(s + 1) * batch_size]
             xb = be.asarray(np.ascontiguousarray(x_host[idx].T))
@@ -205,9 +215,13 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
                 opt.update(layer.b, gb, layer.vel_b, cur_lr)
             loss_sum += loss
             correct += (probs.argmax(axis=0) == yb).sum()
+            del grads  # free before a topology update, and before the next step's forward
+            flops.step(model)
             stats = growth.after_step(model, step, epoch, rng, (acts, derivs, dlogits))
+            del logits, acts, derivs, probs, dlogits
             if stats:
                 grow_stats = stats
+                flops.update(model, growth, stats)
             step += 1
             if bar is not None:
                 bar.update()
@@ -226,13 +240,15 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
         stats = growth.end_of_epoch(model, epoch, epochs, rng)
         if stats:
             grow_stats = stats
+            flops.update(model, growth, stats)
         be.synchronize()
         t_evolve = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "train_loss": loss_avg,
                   "train_acc": float(correct) / (steps_per_epoch * batch_size),
                   "lr": schedule(lr, epoch + 1), "time_train": t_train, "time_evolve": t_evolve,
                   "connections": model.n_connections, "neurons": model.layer_sizes,
-                  "pruned": pruned, **{f"growth_{k}": v for k, v in grow_stats.items()}}
+                  "pruned": pruned, **flops.record(),
+                  **{f"growth_{k}": v for k, v in grow_stats.items()}}
         t0 = time.perf_counter()
         if x_te is not None:
             record["test_loss"], record["test_acc"] = model.evaluate(x_te, y_te, eval_batch_size)

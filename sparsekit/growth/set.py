@@ -101,6 +101,8 @@ class SET(GrowthMethod):
             new_w, (vel,) = be.rebuild(w, keep, rows, cols, be.asarray(vals), layer.vel_w)
             layer.set_topology(new_w, vel)
             replaced.append(n_new)
+            # Free this layer's old arrays now, not while the next layer is rebuilt.
+            del w, keep, rows, cols, rows_h, counts, vals, new_w, vel
         return {"replaced": replaced}
 
 

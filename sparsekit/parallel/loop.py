@@ -21,6 +21,7 @@ import numpy as np
 
 from ..activations import softmax_cross_entropy
 from ..checkpoint import save_checkpoint
+from ..flops import FlopCounter, update_flops
 from ..importance import prune_neurons
 from ..model import SparseMLP
 from ..training import CHECKPOINT, format_record, write_history
@@ -32,7 +33,8 @@ TAG_RNG = 41
 WORKER_DIR = "wasap-workers"
 # Per-rank epoch statistics gathered on rank 0 (one float64 row per rank).
 STATS = ("worker", "samples", "steps", "loss_sum", "correct", "time_train", "time_comm", "bytes",
-         "test_loss", "test_acc", "time_evolve", "time_eval")
+         "test_loss", "test_acc", "time_evolve", "time_eval", "flops", "flops_dense",
+         "flops_topology")
 
 
 @dataclass
@@ -151,6 +153,7 @@ def train_epoch(run: Run, epoch: int, allreduce: bool) -> dict:
     bytes0, comm0, t0 = comm.bytes_sent, comm.time_comm, time.perf_counter()
     loss_sum, correct = 0.0, xp.zeros((), dtype=xp.int64)
     bar, grow_stats, buf = None, {}, None
+    flops = FlopCounter(bs)  # this rank's share of the energy proxy
     if run.progress and comm.rank == 0:
         from .._compat import tqdm
 
@@ -170,11 +173,13 @@ def train_epoch(run: Run, epoch: int, allreduce: bool) -> dict:
             grads = unpack(buf, model)
             lr *= run.lr_scale(frac)
         apply_update(run, grads, lr)
+        flops.step(model)
         loss_sum += loss
         correct += n_right
         stats = run.growth.after_step(model, run.step, epoch, run.rng, cache)
         if stats:
             grow_stats = stats
+            flops.update(model, run.growth, stats)
         run.step += 1
         if bar is not None:
             bar.update()
@@ -184,7 +189,7 @@ def train_epoch(run: Run, epoch: int, allreduce: bool) -> dict:
     return {"samples": steps * bs, "steps": steps, "loss_sum": float(loss_sum),
             "correct": float(correct), "time_train": time.perf_counter() - t0,
             "time_comm": comm.time_comm - comm0, "bytes": comm.bytes_sent - bytes0,
-            "grow": grow_stats}
+            "grow": grow_stats, **flops.record()}
 
 
 def evolve(run: Run, epoch: int, phase: int) -> dict:
@@ -195,10 +200,13 @@ def evolve(run: Run, epoch: int, phase: int) -> dict:
             and epoch < run.epochs - 1):
         pruned = prune_neurons(run.model, run.pruning.percentile, run.pruning.min_neurons)
     grown = run.growth.end_of_epoch(run.model, epoch, run.epochs, run.rng)
+    topology = 0
     if grown:
         stats = grown
+        topology = update_flops(run.model, run.growth, grown, run.batch_size)
     run.model.backend.synchronize()
-    return {"pruned": pruned, "grow": stats, "time_evolve": time.perf_counter() - t0}
+    return {"pruned": pruned, "grow": stats, "time_evolve": time.perf_counter() - t0,
+            "flops_topology": topology}
 
 
 def fingerprint(model: SparseMLP) -> tuple[int, int]:
@@ -258,7 +266,10 @@ def evaluate_shared(run: Run) -> tuple[float, float]:
 def stats_row(run: Run, train: dict, evo: dict, test: tuple[float, float], t_eval: float):
     return np.array([run.is_worker, train["samples"], train["steps"], train["loss_sum"],
                      train["correct"], train["time_train"], train["time_comm"], train["bytes"],
-                     test[0], test[1], evo["time_evolve"], t_eval], np.float64)
+                     test[0], test[1], evo["time_evolve"], t_eval,
+                     train.get("flops", 0) + evo.get("flops_topology", 0),
+                     train.get("flops_dense", 0),
+                     train.get("flops_topology", 0) + evo.get("flops_topology", 0)], np.float64)
 
 
 def make_record(run: Run, epoch: int, phase: int, table: np.ndarray, *, lr: float, evo: dict,
@@ -282,7 +293,10 @@ def make_record(run: Run, epoch: int, phase: int, table: np.ndarray, *, lr: floa
         "samples_per_s": [float(s / t) if t > 0 else 0.0 for s, t in zip(col["samples"], t_train)],
         "bytes_per_step": [float(b / s) if s else 0.0 for b, s in zip(col["bytes"], col["steps"])],
         "time_comm": [float(t) for t in col["time_comm"]],
-        "time_compute": [float(t - c) for t, c in zip(t_train, col["time_comm"])]})
+        "time_compute": [float(t - c) for t, c in zip(t_train, col["time_comm"])],
+        # Summed over ranks: the work the whole job did (float64 holds these exactly < 2**53).
+        "flops": int(col["flops"].sum()), "flops_dense": int(col["flops_dense"].sum()),
+        "flops_topology": int(col["flops_topology"].sum())})
     if extra:
         record.update(extra)
     return record

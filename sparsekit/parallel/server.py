@@ -31,8 +31,10 @@ import time
 import numpy as np
 
 from ..csr import CSR
+from ..flops import step_flops
 from .average import remap_values
 from .loop import (
+    STATS,
     Run,
     apply_update,
     batch_grads,
@@ -154,13 +156,18 @@ class _Server:
         t_eval = time.perf_counter() - t0
         delta = self.latest - self.last
         self.last = self.latest.copy()
-        table = np.zeros((comm.size, 12))
+        table = np.zeros((comm.size, len(STATS)))
+        # The server does not see the workers' counters: their flops are their step count times
+        # one step of the (shared) current topology.
+        step_sparse, step_dense = step_flops(model, run.batch_size)
         for r in range(1, comm.size):  # samples, time, comm, bytes, steps of each worker
             table[r] = [1, delta[r, 0], delta[r, 4], self.loss[r], self.correct[r], delta[r, 1],
-                        delta[r, 2], delta[r, 3], np.nan, np.nan, 0.0, 0.0]
+                        delta[r, 2], delta[r, 3], np.nan, np.nan, 0.0, 0.0,
+                        delta[r, 4] * step_sparse, delta[r, 4] * step_dense, 0.0]
         table[0] = [0, self.applied * run.batch_size, self.replies, 0, 0, t_train,
                     comm.time_comm - self.comm0, comm.bytes_sent - self.bytes0, np.nan, np.nan,
-                    evo["time_evolve"], t_eval]
+                    evo["time_evolve"], t_eval, evo["flops_topology"], 0.0,
+                    evo["flops_topology"]]
         stale = self.staleness or [0]
         extra = {"staleness_mean": float(np.mean(stale)), "staleness_max": int(max(stale)),
                  "dropped": self.dropped, "stale_pushes": self.stale,

@@ -302,6 +302,25 @@ def resident_memory() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def peak_resident_memory() -> int:
+    """This process's peak resident bytes since it started (``VmHWM``).
+
+    ``ru_maxrss`` is not used on Linux: after ``exec`` it still carries the peak of the image
+    that was replaced, so a child started by a large process (pytest after a huge-layer test)
+    would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _resident_model_bytes(model) -> int:
     """Bytes of a built model's arrays already in memory (momentum pages come at first use)."""
     return sum(layer.w.indptr.nbytes + layer.w.indices.nbytes + layer.w.data.nbytes

@@ -84,10 +84,10 @@ def test_parse_memory_limit():
 
 
 _MEASURE = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import numpy as np
     import sparsekit
-    from sparsekit.memory import estimate_memory, resident_memory
+    from sparsekit.memory import estimate_memory, peak_resident_memory, resident_memory
     width, steps = int(sys.argv[1]), int(sys.argv[2])
     sizes = [784, width, width, width, 10]
     rng = np.random.default_rng(0)
@@ -97,7 +97,7 @@ _MEASURE = textwrap.dedent("""
     base = resident_memory()  # interpreter, libraries and the data, already resident
     est = estimate_memory(sizes, n_test=256, baseline=base)
     sparsekit.train(sizes, (x, y, xt, yt), epochs=2, backend="cpu", seed=0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident_memory()
     print(json.dumps({"predicted": est.peak, "measured": peak}))
 """)
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import describe
 
 METHODS = ("static", "set", "gse", "topkast", "rigl", "dense")
 HIDDEN = [1000, 1000, 1000]
@@ -167,18 +168,9 @@ def child(args) -> None:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load_avg = (Path("/proc/loadavg").read_text().split()[:3]
-                if Path("/proc/loadavg").exists() else None)
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "loadavg_at_end": load_avg}
+    info = describe()
+    info["loadavg_at_end"] = info.pop("loadavg")
+    return info
 
 
 def _mean_std(values):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import describe
 
 SIZES = [784, 1000, 1000, 1000, 10]
 
@@ -103,17 +104,7 @@ def child(peer: str, epochs: int, threads: int) -> None:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]
-            if Path("/proc/loadavg").exists() else None}
+    return describe()
 
 
 def main() -> None:

@@ -1,0 +1,30 @@
+"""The machine description every benchmark writes next to its figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def load_average() -> list[str] | None:
+    """The 1/5/15-minute load averages (the machine may be shared: quote them with timings)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[:3] if path.exists() else None
+
+
+def describe() -> dict:
+    """CPU model, cores, Python version and current load average."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "loadavg": load_average()}

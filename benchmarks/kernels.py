@@ -62,8 +62,9 @@ def worker(job_file: Path) -> None:
 
     job = json.loads(job_file.read_text())
     threads, cfg, data_dir = job["threads"], job["cfg"], Path(job["data_dir"])
-    # Other jobs may use what this peer leaves free of the machine's cores, less a margin.
-    cfg["foreign_limit"] = max(0.3, len(os.sched_getaffinity(0)) - threads + 0.1)
+    # A busy neighbour core slows even a 1-thread peer here (measured up to 1.6x: shared
+    # caches, memory, or host SMT siblings), so every peer asks for the same quiet.
+    cfg["foreign_limit"] = 0.3
     try:
         from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -97,8 +98,20 @@ def worker(job_file: Path) -> None:
 
             out["versions"] = {"torch": torch.__version__}
     out["loadavg_end"] = peers.loadavg()
-    out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["maxrss_mib"] = peak_rss_mib()
+    out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     Path(job["out"]).write_text(json.dumps(out))
+
+
+def peak_rss_mib() -> float | None:
+    """VmHWM of this process (ru_maxrss would include the parent image a child forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 # --- orchestration -------------------------------------------------------------------------------
@@ -135,6 +148,9 @@ def run_peer(peer: str, threads: int, layers, cfg, tmp: Path, max_wait_s: float 
     env = dict(os.environ)
     for var in THREAD_ENV:
         env[var] = str(threads)
+    # One OpenMP wait policy for every peer: sparsekit's default (passive) unless the caller
+    # set one; libgomp in torch would otherwise spin while sparsekit sleeps.
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "passive")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     quiet = wait_quiet(max_wait_s)
     names = " ".join(spec["name"] for spec in layers) if peer != "prepare" else ""
@@ -266,7 +282,7 @@ def main(argv=None) -> int:
             if "error" in res:
                 for n in names:
                     slot["layers"][n] = {"error": res["error"]}
-            for key in ("versions", "threadpools", "peer", "threads"):
+            for key in ("versions", "threadpools", "peer", "threads", "omp_wait_policy"):
                 if key in res:
                     slot[key] = res[key]
             if res.get("machine"):

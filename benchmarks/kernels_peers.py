@@ -299,8 +299,27 @@ def sparsekit_peer(spec: dict, data_dir: Path, cfg: dict, threads: int) -> dict:
     k["sddmm"] = timeit(lambda: be.weight_grad(x_ib, dy_ob, w), cfg, prewarmed=True)
     k["fused"] = timeit(lambda: be.backward(x_ib, dy_ob, w), cfg, prewarmed=True)
     k["fused_nodx"] = timeit(lambda: be.backward(x_ib, dy_ob, w, need_dx=False), cfg)
+    # The operands above are where NumPy put them (np.load: usually 16 bytes past a 64-byte
+    # line).  The same products on 64-byte-aligned copies show what alignment is worth.
+    res["input_align"] = {"x_ib": x_ib.ctypes.data % 64, "dy_ob": dy_ob.ctypes.data % 64}
+    xa, dya = aligned64(x_ib), aligned64(dy_ob)
+    res["aligned64"] = {
+        "fwd": timeit(lambda: be.matmul(xa, w), cfg),
+        "bwd": timeit(lambda: be.matmul_t(dya, w), cfg),
+        "sddmm": timeit(lambda: be.weight_grad(xa, dya, w), cfg),
+        "fused": timeit(lambda: be.backward(xa, dya, w), cfg),
+    }
     res["set_step"] = set_step(be, w, cfg)
     return res
+
+
+def aligned64(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` that starts on a 64-byte boundary."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def set_step(be, w, cfg: dict, zeta: float = 0.3) -> dict:

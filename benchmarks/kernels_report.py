@@ -281,6 +281,8 @@ def render_markdown(results: dict, layers: list[dict], threads_list: list[int],
             versions.update(r.get("versions", {}))
             if r.get("peer") == "machine" and r.get("threads") == headline:
                 pools = r.get("threadpools", [])
+    wait_policy = next((r.get("omp_wait_policy") for by_t in peers.values()
+                        for r in by_t.values() if r.get("omp_wait_policy")), "unset")
     blas = ", ".join(f"{p['internal_api']} {p['version']} ({p.get('architecture')})"
                      for p in pools) or "unknown"
     L = [
@@ -313,15 +315,15 @@ def render_markdown(results: dict, layers: list[dict], threads_list: list[int],
         "",
         "Each peer (sparsekit, SciPy, torch, dense NumPy, the machine-limit probe) runs in its "
         "own process with `OMP_NUM_THREADS`, `MKL_NUM_THREADS`, `OPENBLAS_NUM_THREADS` (and "
-        "threadpoolctl / `torch.set_num_threads`) set to the thread count. Every kernel result "
+        "threadpoolctl / `torch.set_num_threads`) set to the thread count and "
+        f"`OMP_WAIT_POLICY={wait_policy}` for all (sparsekit's default). Every kernel result "
         "is checked against a float64 SciPy/NumPy oracle before it is timed (error relative to "
         "the sum of |terms| ≤ 1e-4; SDDMM checked on all entries, or 200 000 sampled ones on "
         "the large layers). Timings: warm-up, then ≥ "
         f"{results['cfg']['min_repeats']} calls (more for fast kernels, up to "
         f"{results['cfg']['budget_s']} s per kernel); median (and min) of single calls. "
         "Because the machine is shared, calls are timed in rounds of about 0.15 s and a round "
-        "only counts when the rest of the machine used at most 0.3 cores (2-thread peers) or "
-        "1.1 cores (1-thread peers) meanwhile (/proc/stat minus the peer's own CPU time); a "
+        "only counts when the rest of the machine used at most 0.3 cores meanwhile (/proc/stat minus the peer's own CPU time); a "
         f"kernel waits up to {results['cfg']['clean_wait_s']} s (a process "
         f"{results['cfg']['clean_wait_total_s']} s) for ≥ {results['cfg']['min_repeats']} clean "
         "calls and otherwise uses all calls, marked ‡. "
@@ -376,6 +378,23 @@ def render_markdown(results: dict, layers: list[dict], threads_list: list[int],
               + (" (headline)" if t == headline else "")]
         L += kernel_table(summary.get(str(t), {}), layers, with_peers=True)
         L += ["", CONTENDED]
+    L += ["", "## Input alignment", "",
+          "The tables above use the operands as NumPy allocated them (byte offset of x_ib / dy_ob "
+          "past a 64-byte boundary in the first column). The same sparsekit calls on copies "
+          "that start on a 64-byte boundary (every 512-byte batch row then fills whole cache "
+          "lines):", "",
+          "| layer | threads | offsets x / dy | fwd ms (aligned) | bwd ms (aligned) | "
+          "SDDMM ms (aligned) | fused ms (aligned) |", "|---|---|---|---|---|---|---|"]
+    for spec in layers:
+        for t in threads_list:
+            r = peers.get("sparsekit", {}).get(str(t), {}).get("layers", {}).get(spec["name"])
+            if not r or "aligned64" not in r:
+                continue
+            cells = " | ".join(
+                f"{r['kernels'][k]['median'] * 1e3:.3f} ({r['aligned64'][k]['median'] * 1e3:.3f})"
+                for k in KERNELS)
+            L.append(f"| {spec['title']} | {t} | {r['input_align']['x_ib']} / "
+                     f"{r['input_align']['dy_ob']} | {cells} |")
     L += ["", "## One SET step vs one forward `matmul` (same layer, batch 128)", "",
           "Prune 30 % of the positive and 30 % of the negative weights closest to zero "
           "(`select` on each sign), regrow as many uniformly (`sample_absent` + He-uniform "

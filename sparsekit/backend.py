@@ -64,6 +64,41 @@ class Backend:
                 f"{self.xp.__name__} arrays; call backend.asarray({name}) first"
             )
 
+    def _operand(self, name, x, dtype, n_rows=None):
+        """A 2-D activation on this device with W's dtype (and ``n_rows`` rows), C-contiguous."""
+        self.check_array(name, x)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (features x batch), got shape {x.shape}")
+        if x.dtype != dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the weights are {dtype}")
+        if n_rows is not None and x.shape[0] != n_rows:
+            raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
+        return self.xp.ascontiguousarray(x)
+
+    def _pair(self, x_ib, dy_ob, w: CSR):
+        """Checked ``(x_ib, dy_ob)`` for a product with W: matching rows and batch."""
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        return x, dy
+
+    def _sampled_operands(self, x_ib, dy_ob, rows, cols):
+        """Checked operands of :meth:`sampled_grad` and the index dtype to use."""
+        self.check_array("rows", rows)
+        self.check_array("cols", cols)
+        for name, arr in (("rows", rows), ("cols", cols)):
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
+        self.check_array("x_ib", x_ib)
+        if x_ib.dtype not in (np.float32, np.float64):
+            raise ValueError(f"x_ib must be float32 or float64, got {x_ib.dtype}")
+        x = self._operand("x_ib", x_ib, x_ib.dtype)
+        dy = self._operand("dy_ob", dy_ob, x.dtype)
+        # Any other integer type goes to int64, where an out-of-range value stays out of range.
+        idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
+        return x, dy, idt
+
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 

@@ -71,23 +71,6 @@ class GpuBackend(Backend):
         """Wait for the work queued on the current stream."""
         self.xp.cuda.get_current_stream().synchronize()
 
-    def _operand(self, name, x, dtype, n_rows=None):
-        self.check_array(name, x)
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (features x batch), got shape {x.shape}")
-        if x.dtype != dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the weights are {dtype}")
-        if n_rows is not None and x.shape[0] != n_rows:
-            raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
-        return self.xp.ascontiguousarray(x)
-
-    def _pair(self, x_ib, dy_ob, w: CSR):
-        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
-        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
-        if x.shape[1] != dy.shape[1]:
-            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
-        return x, dy
-
     # --- products -------------------------------------------------------------------------
     def transpose_index(self, w: CSR):
         """W's column index (cached on the CSR until its pattern changes)."""
@@ -125,23 +108,12 @@ class GpuBackend(Backend):
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
         xp = self.xp
-        self.check_array("rows", rows)
-        self.check_array("cols", cols)
-        for name, arr in (("rows", rows), ("cols", cols)):
-            if arr.dtype.kind not in "iu":
-                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
-        self.check_array("x_ib", x_ib)
-        if x_ib.dtype not in VALUE_DTYPES:
-            raise ValueError(f"x_ib must be float32 or float64, got {x_ib.dtype}")
-        x = self._operand("x_ib", x_ib, x_ib.dtype)
-        dy = self._operand("dy_ob", dy_ob, x.dtype)
+        x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)
         if rows.ndim != 1 or cols.shape != rows.shape:
             raise ValueError(f"rows and cols must be 1-D of one length, got {rows.shape} and "
                              f"{cols.shape}")
         if x.shape[1] != dy.shape[1]:
             raise ValueError(f"dy_ob has batch {dy.shape[1]} but x_ib has {x.shape[1]}")
-        # Any other integer type goes to int64, where an out-of-range value stays out of range.
-        idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
         r = xp.ascontiguousarray(rows.astype(idt, copy=False))
         c = xp.ascontiguousarray(cols.astype(idt, copy=False))
         if self.products == "cupy":

@@ -36,16 +36,6 @@ class CpuBackend(Backend):
                              f"{self.num_threads}")
         return self.num_threads if work >= self.min_parallel_work else 1
 
-    def _operand(self, name, x, dtype, n_rows=None):
-        self.check_array(name, x)
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (features x batch), got shape {x.shape}")
-        if x.dtype != dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the weights are {dtype}")
-        if n_rows is not None and x.shape[0] != n_rows:
-            raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
-        return np.ascontiguousarray(x)
-
     def transpose_index(self, w: CSR):
         """W's column index (cached on the CSR until its pattern changes)."""
         if w._transpose is None:
@@ -64,35 +54,18 @@ class CpuBackend(Backend):
                              self._threads(w.nnz * dy.shape[1]))
 
     def weight_grad(self, x_ib, dy_ob, w: CSR):
-        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
-        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
-        if x.shape[1] != dy.shape[1]:
-            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        x, dy = self._pair(x_ib, dy_ob, w)
         return sddmm.weight_grad(w.indptr, w.indices, x, dy, w.shape[1],
                                  self._threads(w.nnz * x.shape[1]))
 
     def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
-        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
-        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
-        if x.shape[1] != dy.shape[1]:
-            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        x, dy = self._pair(x_ib, dy_ob, w)
         t_indptr, t_rows, t_perm = self.transpose_index(w)
         return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], need_dx,
                              self._threads(2 * w.nnz * x.shape[1]))
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
-        self.check_array("rows", rows)
-        self.check_array("cols", cols)
-        for name, arr in (("rows", rows), ("cols", cols)):
-            if arr.dtype.kind not in "iu":
-                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
-        self.check_array("x_ib", x_ib)
-        if x_ib.dtype not in VALUE_DTYPES:
-            raise ValueError(f"x_ib must be float32 or float64, got {x_ib.dtype}")
-        x = self._operand("x_ib", x_ib, x_ib.dtype)
-        dy = self._operand("dy_ob", dy_ob, x.dtype)
-        # Any other integer type goes to int64, where an out-of-range value stays out of range.
-        idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
+        x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)
         return sddmm.sampled_grad(x, dy, np.ascontiguousarray(rows, dtype=idt),
                                   np.ascontiguousarray(cols, dtype=idt),
                                   self._threads(rows.shape[0] * x.shape[1]))

@@ -19,26 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ._align import feature_major_batch
 from .activations import softmax_cross_entropy
 from .growth import get_method
 from .model import SparseMLP
 from .optim import LRSchedule, MomentumSGD
 
 LOSSES = ("cross_entropy", "mse")
-
-
-def is_sparse(x: Any) -> bool:
-    """True for a ``scipy.sparse`` matrix or array (checked without importing SciPy)."""
-    return hasattr(x, "tocsr") and hasattr(x, "nnz")
-
-
-def feature_major_batch(x, idx, dtype) -> np.ndarray:
-    """Rows ``idx`` of ``x`` (dense or ``scipy.sparse`` CSR) as a C-contiguous (n_features, batch)
-    array; only these rows are ever densified."""
-    part = x[idx]
-    if is_sparse(part):
-        part = part.toarray()
-    return np.ascontiguousarray(part.T, dtype=dtype)
 
 
 def mse(xp, out_ob, target_ob, as_float: bool = True):

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ._align import feature_major_batch
 from .activations import hidden_activations, softmax_cross_entropy
 from .backend import get_backend
 from .layers import SparseLinear
@@ -149,9 +150,8 @@ class SparseMLP:
         be = self.backend
         out = np.empty((x.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
-            part = x[start:start + batch_size]
-            chunk = be.asarray(np.ascontiguousarray((part.toarray() if sparse else part).T),
-                               dtype=self.dtype)
+            chunk = be.asarray(feature_major_batch(x, slice(start, start + batch_size),
+                                                   self.dtype))
             logits = self.forward_infer(chunk)
             out[start:start + batch_size] = be.to_numpy(logits).T
         return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._align import feature_major_batch
 from .activations import softmax_cross_entropy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import check_xy
@@ -203,7 +204,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
         flops.reset()
         for s in range(steps_per_epoch):
             idx = perm[s * batch_size:(s + 1) * batch_size]
-            xb = be.asarray(np.ascontiguousarray(x_host[idx].T))
+            xb = be.asarray(feature_major_batch(x_host, idx, model.dtype))
             yb = be.asarray(y_tr[idx])
             seeds = rng.integers(0, 2**63, size=n_hidden)
             logits, acts, derivs = model.forward_train(xb, seeds)

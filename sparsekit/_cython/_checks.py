@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from .._align import aligned_empty  # noqa: F401  (the kernels' output allocator)
+
 
 def check_threads(num_threads: int) -> int:
     if num_threads < 0:
@@ -44,3 +46,4 @@ def check_batch_operand(name, arr, n_rows, n_batch) -> None:
 
 def as_dtype_name(arr) -> str:
     return np.asarray(arr).dtype.name
+

@@ -11,7 +11,7 @@ from libc.stdint cimport uint64_t
 import numpy as np
 
 from ._types cimport floating
-from ._checks import check_threads
+from ._checks import aligned_empty, check_threads
 
 
 cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
@@ -44,8 +44,8 @@ def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, doub
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
     cdef int nt = check_threads(num_threads)
     dtype = np.asarray(z_ob).dtype
-    a_np = np.empty((n_out, n_batch), dtype=dtype)
-    d_np = np.empty((n_out, n_batch), dtype=dtype)
+    a_np = aligned_empty((n_out, n_batch), dtype)
+    d_np = aligned_empty((n_out, n_batch), dtype)
     cdef floating[:, ::1] a = a_np
     cdef floating[:, ::1] d = d_np
     # Keep an element when its 24-bit uniform draw is >= rate * 2**24.

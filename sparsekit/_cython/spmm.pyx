@@ -11,7 +11,7 @@ from libc.string cimport memset
 import numpy as np
 
 from ._types cimport floating, index_t
-from ._checks import check_batch_operand, check_pattern, check_threads
+from ._checks import aligned_empty, check_batch_operand, check_pattern, check_threads
 
 
 cdef inline void _axpy_row(const index_t* idx, const floating* vals, const index_t* perm,
@@ -114,7 +114,7 @@ def matmul(const index_t[::1] indptr, const index_t[::1] indices, const floating
     cdef Py_ssize_t n_batch = x_ib.shape[1]
     check_batch_operand("x_ib", x_ib, n_cols, n_batch)
     cdef int nt = check_threads(num_threads)
-    y = np.empty((n_rows, n_batch), dtype=np.asarray(data).dtype)
+    y = aligned_empty((n_rows, n_batch), np.asarray(data).dtype)
     cdef floating[:, ::1] y_ob = y
     if n_rows == 0 or n_batch == 0:
         return y
@@ -140,7 +140,7 @@ def matmul_t(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
     check_batch_operand("dy_ob", dy_ob, n_rows, n_batch)
     check_pattern(t_indptr, t_rows, t_perm)
     cdef int nt = check_threads(num_threads)
-    dx = np.empty((n_cols, n_batch), dtype=np.asarray(data).dtype)
+    dx = aligned_empty((n_cols, n_batch), np.asarray(data).dtype)
     cdef floating[:, ::1] dx_ib = dx
     if n_cols == 0 or n_batch == 0:
         return dx
@@ -172,7 +172,7 @@ def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
     cdef int nt = check_threads(num_threads)
     dtype = np.asarray(data).dtype
     grad = np.zeros(data.shape[0], dtype=dtype)
-    dx = np.empty((n_cols, n_batch), dtype=dtype) if need_dx else None
+    dx = aligned_empty((n_cols, n_batch), dtype) if need_dx else None
     cdef floating[::1] g = grad
     cdef floating[:, ::1] dx_ib
     cdef floating* dx_ptr = NULL

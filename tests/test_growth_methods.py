@@ -12,10 +12,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import scipy.sparse as scipy_sparse
 
 from sparsekit import train
 from sparsekit.activations import softmax_cross_entropy
 from sparsekit.growth import GSE, TopKAST, UpdateSchedule, cosine_drop_fraction, get_method
+from sparsekit.growth.gse import distinct_ranks, sample_candidates
 from sparsekit.growth.rigl import RigL, dense_topk_absent
 from sparsekit.growth.schedule import output_grads
 from sparsekit.init import er_connections, erdos_renyi
@@ -185,6 +187,60 @@ def test_rigl_tiles_match_a_dense_oracle(backend):
         assert sorted(got.tolist()) == sorted(order.tolist())
         np.testing.assert_allclose(np.sort(backend.to_numpy(scores)),
                                    np.sort(dense.ravel()[order]))
+
+
+def test_distinct_ranks_is_a_uniform_subset():
+    rng = np.random.default_rng(0)
+    n, m, reps = 20, 7, 4000
+    counts = np.zeros(n)
+    pairs = np.zeros((n, n))
+    for _ in range(reps):
+        r = distinct_ranks(rng, n, m)
+        assert r.dtype == np.int64 and r.shape == (m,)
+        assert np.all(np.diff(r) > 0) and r[0] >= 0 and r[-1] < n  # sorted, distinct, in range
+        counts[r] += 1
+        pairs[np.ix_(r, r)] += 1
+    # each value with probability m/n, each pair with m(m-1)/(n(n-1)): a uniform m-subset
+    np.testing.assert_allclose(counts / reps, m / n, atol=0.035)
+    off = pairs[~np.eye(n, dtype=bool)] / reps
+    np.testing.assert_allclose(off, m * (m - 1) / (n * (n - 1)), atol=0.03)
+    assert distinct_ranks(rng, 10**12, 3).shape == (3,)
+    assert distinct_ranks(rng, 5, 0).shape == (0,)
+    with pytest.raises(ValueError):
+        distinct_ranks(rng, 3, 4)
+
+
+def test_gse_uniform_candidates_are_uniform_over_absent_positions(topo_backend):
+    """The rank-space sampler: m distinct absent positions, sorted, each equally likely."""
+    be = topo_backend
+    rng = np.random.default_rng(1)
+    w = erdos_renyi(9, 11, 2, rng=rng, backend=be)  # 40 of 99 positions stored
+    present = positions(be, w)
+    absent = [(r, c) for r in range(9) for c in range(11) if (r, c) not in present]
+    m, reps = 12, 3000
+    assert 2 * m < len(absent)
+    counts = dict.fromkeys(absent, 0)
+    for _ in range(reps):
+        rows, cols = sample_candidates(be, w, m, rng)
+        assert rows.dtype == w.indices.dtype and cols.dtype == w.indices.dtype
+        got = list(zip(be.to_numpy(rows).tolist(), be.to_numpy(cols).tolist()))
+        assert len(got) == m and got == sorted(set(got))  # distinct, (row, col)-sorted
+        for p in got:
+            counts[p] += 1  # KeyError if a stored position were returned
+    freq = np.array(list(counts.values())) / reps
+    np.testing.assert_allclose(freq, m / len(absent), atol=0.05)
+    # full rows are skipped: rows 0 and 2 of this 5 x 8 layer are full, 17 positions are free
+    dense = np.zeros((5, 8), dtype=np.float32)
+    dense[[0, 2]] = 1
+    dense[1, [0, 7]] = dense[3, 3] = dense[4, 4:] = 1
+    full_rows = SparseLinear.from_scipy(scipy_sparse.csr_matrix(dense), backend=be).w
+    seen = set()
+    for _ in range(200):
+        rows, cols = sample_candidates(be, full_rows, 6, rng)
+        got = list(zip(be.to_numpy(rows).tolist(), be.to_numpy(cols).tolist()))
+        assert len(got) == 6 and all(dense[p] == 0 for p in got)
+        seen.update(got)
+    assert len(seen) == int((dense == 0).sum())
 
 
 def test_kept_gradients_equal_recomputed_ones(backend):

@@ -1,9 +1,10 @@
 """GSE — Guided Stochastic Exploration (Heddes et al., 2024).
 
 RigL with the dense gradient replaced by the gradient of a random subset of the absent
-connections: each update samples ``⌈γ·nnz⌉`` absent positions, scores them with the sampled
-SDDMM (``backend.sampled_grad``), grows the top k by ``|gradient|`` and prunes the k smallest
-``|w|``.  Everything is O(nnz) per layer: nothing of size ``n_in x n_out`` is formed.
+connections: each update samples ``⌈γ·nnz⌉`` absent positions (see :func:`sample_candidates`),
+scores them with the sampled SDDMM (``backend.sampled_grad``), grows the top k by ``|gradient|``
+and prunes the k smallest ``|w|``.  Everything is O(nnz) per layer: nothing of size
+``n_in x n_out`` is formed.
 """
 
 from __future__ import annotations
@@ -56,17 +57,77 @@ def _floored(p: np.ndarray):
 
 def sample_candidates(be, w, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):
-    """``min(m, free)`` distinct absent positions of W, sorted by (row, col).
+    """``min(m, free)`` distinct absent positions of W, sorted by (row, col), in W's index dtype.
+
+    Uniform (no weights): a uniform ``m``-subset of the absent positions, drawn directly in
+    *rank space* — ``m`` distinct ranks among the ``free`` empty positions (see
+    :func:`distinct_ranks`), each mapped to its (row, col) through W's sorted keys with one
+    ``searchsorted``.  No draw lands on an existing connection, so there is no membership test
+    and no rejection round; the result has the distribution of ``backend.sample_absent``.
+    Weighted (GraBo, GraEst marginals): ``backend.sample_absent`` with the weights.
 
     When ``m`` reaches half the free positions every free position is returned instead (the
-    GSE reference does the same for layers at most 50 % sparse): sampling that many without
-    replacement would be no cheaper, and the result is then exact.
+    GSE reference does the same for layers at most 50 % sparse): the result is then exact.
+    Draws come from ``rng`` on the host, so a seed gives the same positions on every backend;
+    memory is O(nnz + m), nothing of size ``n_in x n_out``.
     """
+    xp = be.xp
     free = free_positions(w)
     m = min(int(m), free)
+    idt = w.indices.dtype
+    if m <= 0:
+        return xp.empty(0, dtype=idt), xp.empty(0, dtype=idt)
     if 2 * m >= free:
         return be.sample_absent(w, free, rng)
-    return be.sample_absent(w, m, rng, row_weights, col_weights)
+    if row_weights is not None or col_weights is not None:
+        return be.sample_absent(w, m, rng, row_weights, col_weights)
+    ranks = be.asarray(distinct_ranks(rng, free, m))
+    # gaps[i]: the empty positions before the i-th stored key (row-major, non-decreasing), so
+    # the empty position of rank u is u + #{i : gaps[i] <= u}.
+    gaps = w.row_ids().astype(xp.int64)
+    gaps *= w.shape[1]
+    gaps += w.indices
+    gaps -= xp.arange(w.nnz, dtype=xp.int64)
+    keys = xp.searchsorted(gaps, ranks, side="right")
+    del gaps
+    keys += ranks
+    del ranks
+    rows = keys // w.shape[1]
+    keys -= rows * w.shape[1]
+    return rows.astype(idt), keys.astype(idt)
+
+
+def distinct_ranks(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """``m`` distinct integers drawn uniformly from ``[0, n)`` (a uniform ``m``-subset), sorted,
+    as int64 on the host.  O(m) memory; meant for ``m <= n / 2``.
+
+    Draws with replacement, a few more than ``m`` distinct values are expected to need, and
+    keeps the distinct ones (sort, then drop repeats); a short round draws again and merges.
+    Given its size, the set of distinct values of i.i.d. uniform draws is a uniform subset, so
+    dropping a uniform random choice of the surplus leaves a uniform ``m``-subset.
+    """
+    m, n = int(m), int(n)
+    if not 0 <= m <= n:
+        raise ValueError(f"cannot draw {m} distinct values from {n}")
+    have = np.empty(0, dtype=np.int64)
+    while have.shape[0] < m:
+        need = m - have.shape[0]
+        # Draws that give `need` new values in expectation, plus 4 standard deviations.
+        left = n - have.shape[0]
+        draws = -left * math.log1p(-need / left) if need < left else 2.0 * need
+        draws = int(draws * n / left) + 4 * math.isqrt(need) + 16
+        keys = np.concatenate([have, rng.integers(0, n, size=draws, dtype=np.int64)])
+        keys.sort()
+        first = np.empty(keys.shape[0], dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        have = keys[first]
+    surplus = have.shape[0] - m
+    if surplus:
+        keep = np.ones(have.shape[0], dtype=bool)
+        keep[rng.choice(have.shape[0], size=surplus, replace=False)] = False
+        have = have[keep]
+    return have
 
 
 class GSE(GradientGrowth):

@@ -20,7 +20,9 @@ Deviations from the paper, and why:
 * **Exploration penalty as a proximal L1 step.**  The penalty ``|θ|`` on A and ``|θ| / D`` on
   B \\ A is applied after each optimizer step as a soft threshold
   ``θ <- sign(θ)·max(|θ| - λ·c, 0)`` (c = 1 on A, 1/D on B \\ A), so λ is a per-step amount,
-  independent of the learning rate, and weights it pushes to zero stay at zero.
+  independent of the learning rate, and weights it pushes to zero stay at zero.  It is computed
+  as ``θ - clip(θ, -λc, λc)`` (the same value, up to the sign of a zero) in three in-place
+  passes.
 * **Checkpoints during training hold B**; the forward set is recomputed from it (top-|A| of
   |θ|) on resume.  A is also refreshed after every epoch's last step, where checkpoints are
   taken, so a resumed run matches the uninterrupted one exactly.  After the last epoch the
@@ -58,7 +60,9 @@ class _LayerState:
     a_slots: Any = None    # positions of A's entries in b.data (increasing)
     a: CSR | None = None   # A itself (own values, synced from B); None when A = B
     in_a: Any = None       # bool mask over b.data: the entries in A
-    shrink: Any = None     # per-entry penalty step λ·c, aligned with b.data
+    shrink: Any = None     # per-entry penalty step λ·c, aligned with b.data (None: no penalty)
+    neg_shrink: Any = None  # -shrink
+    scratch: Any = None    # a buffer like b.data, reused by every step's penalty
 
 
 def sub_pattern(be, w: CSR, slots) -> CSR:
@@ -254,7 +258,7 @@ class TopKAST(GrowthMethod):
         xp = be.xp
         if st.a_size >= w.nnz:  # A = B: an ordinary layer
             st.a_slots, st.a, layer.w_forward = None, None, None
-            st.shrink = self._shrink(layer, xp.ones(w.nnz, dtype=bool), st.a_size)
+            self._set_shrink(layer, st, xp.ones(w.nnz, dtype=bool))
             return st
         slots = be.select(xp.abs(w.data), st.a_size, largest=True)
         if not force and st.a_slots is not None and bool(xp.all(slots == st.a_slots)):
@@ -262,28 +266,34 @@ class TopKAST(GrowthMethod):
         in_a = xp.zeros(w.nnz, dtype=bool)
         in_a[slots] = True
         st.in_a, st.a_slots, st.a = in_a, slots, sub_pattern(be, w, slots)
-        st.shrink = self._shrink(layer, in_a, st.a_size)
+        self._set_shrink(layer, st, in_a)
         layer.w_forward = st.a
         return st
 
-    def _shrink(self, layer, in_a, a_size: int):
-        """λ on A, λ/D on B \\ A (D = |A| / (n_in n_out)), in the weights' dtype."""
+    def _set_shrink(self, layer, st: _LayerState, in_a) -> None:
+        """Penalty steps: λ on A, λ/D on B \\ A (D = |A| / (n_in n_out)), in the weights' dtype."""
         if self.penalty == 0:
-            return None
+            st.shrink = st.neg_shrink = st.scratch = None
+            return
         xp = layer.backend.xp
         n_out, n_in = layer.w.shape
-        inv_d = n_out * n_in / max(a_size, 1)
-        return xp.where(in_a, self.penalty, self.penalty * inv_d).astype(layer.w.dtype)
+        inv_d = n_out * n_in / max(st.a_size, 1)
+        st.shrink = xp.where(in_a, self.penalty, self.penalty * inv_d).astype(layer.w.dtype)
+        st.neg_shrink = -st.shrink
+        if st.scratch is None or st.scratch.shape != st.shrink.shape:
+            st.scratch = xp.empty_like(st.shrink)
 
     def _penalize(self, layer, st: _LayerState) -> None:
+        """The soft threshold ``θ - clip(θ, -λc, λc)``: the value of ``sign(θ)·max(|θ| - λc, 0)``
+        (IEEE rounding is symmetric, so ``θ + λc = -(|θ| - λc)`` for θ < 0; a zeroed weight is
+        +0), in three passes over B without allocating."""
         if st.shrink is None:
             return
         xp = layer.backend.xp
-        data = layer.w.data
-        mag = xp.abs(data)
-        mag -= st.shrink
-        xp.maximum(mag, 0, out=mag)
-        xp.copysign(mag, data, out=data)
+        data, buf = layer.w.data, st.scratch
+        xp.minimum(data, st.shrink, out=buf)
+        xp.maximum(buf, st.neg_shrink, out=buf)
+        xp.subtract(data, buf, out=data)
 
     def _refill(self, layer, st: _LayerState, fraction: float, rng, x_ib, dz_ob) -> int:
         """Replace the fraction ``fraction`` of B \\ A: smallest |θ| out, best sampled in."""

@@ -35,7 +35,7 @@ COMPILER_DIRECTIVES = {
 # Reassociation lets GCC vectorise the float dot products of the SDDMM; the summation order is
 # fixed at compile time, so results still do not depend on the thread count.
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros",
-              "-fno-trapping-math", "-std=c++17"]
+              "-fno-trapping-math", "-ffp-contract=fast", "-std=c++17"]
 
 
 def _compiler_accepts(compiler, flags):

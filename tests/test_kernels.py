@@ -342,3 +342,83 @@ def test_cpu_batch_arrays_are_64_byte_aligned():
     for shape in [1, (3, 5), (1000, 128)]:
         assert aligned_empty(shape, np.float64).ctypes.data % 64 == 0
     assert not aligned_empty((7, 3), np.float32, zero=True).any()
+
+
+# --- register tiles and batch tiles of the CPU products ----------------------------------------
+# The CPU kernels hold up to 8 vectors of a batch row in registers (128 float32 / 64 float64 with
+# AVX-512), then 4, 2, 1 vectors and a scalar tail; layers whose gathered operand outgrows L2
+# walk the batch in tiles of 1, 2 or 4 vectors (forced here with spmm._tuning).
+WIDE_BATCHES = [1, 7, 16, 31, 64, 100, 128, 129, 200, 257]
+
+
+@pytest.fixture(params=["whole", "tiled1", "tiled2", "tiled4"])
+def cpu_tiling(request):
+    from sparsekit._cython import spmm
+
+    old = spmm._tuning()
+    if request.param != "whole":
+        spmm._tuning(tile_bytes=0, prefetch_bytes=0, tile_vecs=int(request.param[-1]),
+                     block_nnz=37, tile_fused=True, tile_t=True)
+    yield request.param
+    spmm._tuning(*old)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_products_on_wide_batches(cpu_tiling, dtype, index_dtype):
+    be = CpuBackend(num_threads=2)
+    rng = np.random.default_rng(15)
+    shapes = [(40, 70, 0.2), (5, 3, 1.0), (30, 20, 0.0), (90, 60, 0.05)]
+    for n_out, n_in, density in shapes:
+        w_sp = random_csr(rng, n_out, n_in, density, dtype=dtype)  # a quarter of rows empty
+        w = to_backend(be, w_sp, dtype, index_dtype)
+        for n_batch in WIDE_BATCHES:
+            what = f"{cpu_tiling} {w!r} batch {n_batch}"
+            x = rng.uniform(-1, 1, (n_in, n_batch)).astype(dtype)
+            dy = rng.uniform(-1, 1, (n_out, n_batch)).astype(dtype)
+            assert_close(be.matmul(x, w), ref.matmul(w_sp, x), ref.matmul(abs(w_sp), abs(x)),
+                         n_in, dtype, "matmul " + what)
+            want_dx = ref.matmul_t(w_sp, dy)
+            dx_scale = ref.matmul_t(abs(w_sp), abs(dy))
+            assert_close(be.matmul_t(dy, w), want_dx, dx_scale, n_out, dtype, "matmul_t " + what)
+            want_g = ref.weight_grad(w_sp, x, dy)
+            g_scale = ref.weight_grad(w_sp, abs(x), abs(dy))
+            assert_close(be.weight_grad(x, dy, w), want_g, g_scale, n_batch, dtype,
+                         "weight_grad " + what)
+            for need_dx in (True, False):
+                dx, g = be.backward(x, dy, w, need_dx=need_dx)
+                assert_close(g, want_g, g_scale, n_batch, dtype, "backward grad " + what)
+                if need_dx:
+                    assert_close(dx, want_dx, dx_scale, n_out, dtype, "backward dx " + what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_tiled_products_do_not_depend_on_thread_count(cpu_tiling, dtype):
+    one, two = CpuBackend(num_threads=1), CpuBackend(num_threads=2)
+    rng = np.random.default_rng(16)
+    for n_out, n_in, n_batch in [(300, 400, 200), (64, 900, 129), (500, 40, 128)]:
+        w_sp = random_csr(rng, n_out, n_in, 0.05, dtype=dtype)
+        w1, w2 = to_backend(one, w_sp), to_backend(two, w_sp)
+        x = rng.standard_normal((n_in, n_batch)).astype(dtype)
+        dy = rng.standard_normal((n_out, n_batch)).astype(dtype)
+        # The thresholds gate on work, so force the parallel path on both sizes.
+        one.min_parallel_work = two.min_parallel_work = 0
+        same_bits(one.matmul(x, w1), two.matmul(x, w2), "matmul")
+        same_bits(one.matmul_t(dy, w1), two.matmul_t(dy, w2), "matmul_t")
+        same_bits(one.weight_grad(x, dy, w1), two.weight_grad(x, dy, w2), "weight_grad")
+        for need_dx in (True, False):
+            (dx1, g1), (dx2, g2) = one.backward(x, dy, w1, need_dx), two.backward(x, dy, w2, need_dx)
+            same_bits(g1, g2, "backward grad")
+            if need_dx:
+                same_bits(dx1, dx2, "backward dx")
+
+
+def test_cpu_forward_is_independent_of_the_batch_position():
+    """Untiled, a sample's output does not depend on the batch it comes in (every element of
+    the full-width register tiles sums the non-zeros in CSR order)."""
+    be = CpuBackend(num_threads=1)
+    rng = np.random.default_rng(17)
+    w = to_backend(be, random_csr(rng, 50, 80, 0.2, dtype=np.float32))
+    x = rng.standard_normal((80, 256)).astype(np.float32)
+    full = be.matmul(x, w)
+    np.testing.assert_array_equal(be.matmul(np.ascontiguousarray(x[:, 128:]), w), full[:, 128:])

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._types cimport floating, index_t
 from ._checks import check_batch_operand, check_pattern, check_threads
+from .spmm import _pattern_grad
 
 
 cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
@@ -19,14 +20,6 @@ cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n) no
     for i in range(n):
         s = s + a[i] * b[i]
     return s
-
-
-cdef inline void _grad_row(const index_t* indices, Py_ssize_t start, Py_ssize_t end,
-                           const floating* dy_row, const floating* x_ib, floating* grad,
-                           Py_ssize_t n_batch) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(start, end):
-        grad[k] = _dot(dy_row, x_ib + <Py_ssize_t>indices[k] * n_batch, n_batch)
 
 
 def weight_grad(const index_t[::1] indptr, const index_t[::1] indices, const floating[:, ::1] x_ib,
@@ -55,15 +48,12 @@ def weight_grad(const index_t[::1] indptr, const index_t[::1] indices, const flo
     check_batch_operand("x_ib", x_ib, n_cols, n_batch)
     cdef int nt = check_threads(num_threads)
     cdef Py_ssize_t nnz = indices.shape[0]
-    out = np.zeros(nnz, dtype=np.asarray(x_ib).dtype)
-    cdef floating[::1] grad = out
-    cdef Py_ssize_t r
     if nnz == 0 or n_batch == 0:
-        return out
-    with nogil:
-        for r in prange(n_rows, schedule="guided", num_threads=nt):
-            _grad_row(&indices[0], indptr[r], indptr[r + 1], &dy_ob[0, 0] + r * n_batch,
-                      &x_ib[0, 0], &grad[0], n_batch)
+        return np.zeros(nnz, dtype=np.asarray(x_ib).dtype)
+    # Every entry is written: dy_ob's row held in registers, the rows of x_ib gathered past it
+    # (the register-tiled kernel shared with the fused backward in spmm).
+    out = np.empty(nnz, dtype=np.asarray(x_ib).dtype)
+    _pattern_grad(indptr, indices, x_ib, dy_ob, out, nt)
     return out
 
 

@@ -110,8 +110,10 @@ def run_torch_dense(seed: int, epochs: int, hidden, threads: int, n_train, n_tes
             "peer": f"torch {torch.__version__}"}
 
 
-def update_cost(method: str, hidden, threads: int, reps: int = 15) -> dict:
-    """Median seconds of one training step and of one topology update on the same batch."""
+def update_cost(method: str, hidden, threads: int, reps: int = 40, warmup: int = 5) -> dict:
+    """Median seconds of one training step and of one topology update on the same batch, and
+    the median over repetitions of each update / its own step (the two run back to back, so a
+    busy spell on the shared machine slows both and cancels in the ratio)."""
     import numpy as np
 
     from sparsekit._cython.backend import CpuBackend
@@ -128,7 +130,7 @@ def update_cost(method: str, hidden, threads: int, reps: int = 15) -> dict:
     m.setup(model, 10**6, 1, np.random.default_rng(0))  # every step due, α_t ≈ α
     opt, rng = MomentumSGD(RECIPE["lr"]), np.random.default_rng(0)
     step_s, update_s = [], []
-    for r in range(reps):
+    for r in range(warmup + reps):
         idx = rng.choice(x_tr.shape[0], RECIPE["batch_size"], replace=False)
         xb, yb = be.asarray(np.ascontiguousarray(x_tr[idx].T)), y_tr[idx]
         t0 = time.perf_counter()
@@ -145,8 +147,9 @@ def update_cost(method: str, hidden, threads: int, reps: int = 15) -> dict:
         else:
             m.after_step(model, r, 0, rng, (acts, derivs, dlogits))
         update_s.append(time.perf_counter() - t0)
-    step, update = float(np.median(step_s)), float(np.median(update_s))
-    return {"step_s": step, "update_s": update, "ratio": update / step}
+    step_s, update_s = np.array(step_s[warmup:]), np.array(update_s[warmup:])
+    return {"step_s": float(np.median(step_s)), "update_s": float(np.median(update_s)),
+            "ratio": float(np.median(update_s / step_s)), "reps": reps}
 
 
 def child(args) -> None:
@@ -190,27 +193,43 @@ def report(results: dict, cost: dict | None, cfg: dict, info: dict) -> str:
              f"average at the end {info['loadavg_at_end']}.", ""]
     if cfg["quick"]:
         lines += ["**Quick smoke run** (subset, small network): not a result.", ""]
-    lines += ["| method | test accuracy (%) | s / epoch incl. topology | of which topology (s) "
-              "| connections |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| method | test accuracy (%) | s / epoch incl. topology | vs SET "
+              "| of which topology (s) | connections |",
+              "| --- | --- | --- | --- | --- | --- |"]
     import numpy as np
 
+    def epoch_time(runs):
+        # Median epoch per run (the first epoch pays warm-up), then mean over seeds.
+        return _mean_std([np.median(r["epoch_s"]) for r in runs])
+
+    set_ok = [r for r in results.get("set", []) if "error" not in r]
+    set_epoch = epoch_time(set_ok)[0] if set_ok else None
+    carried = set()
     for method, runs in results.items():
         ok = [r for r in runs if "error" not in r]
         if not ok:
-            lines.append(f"| {method} | failed: {runs[0]['error']} | | | |")
+            lines.append(f"| {method} | failed: {runs[0]['error']} | | | | |")
             continue
         acc_m, acc_s = _mean_std([100 * r["test_acc"] for r in ok])
-        # Median epoch per run (the first epoch pays warm-up), then mean over seeds.
-        ep_m, ep_s = _mean_std([np.median(r["epoch_s"]) for r in ok])
+        ep_m, ep_s = epoch_time(ok)
+        vs_set = f"{100 * (ep_m / set_epoch - 1):+.0f} %" if set_epoch else ""
         evo = float(np.mean([np.mean(r["evolve_s"]) for r in ok]))
         name = method if method != "dense" else f"dense ceiling ({ok[0].get('peer', '')})"
+        if "carried_over" in ok[0]:
+            name += " *"
+            carried.add(ok[0]["carried_over"])
         lines.append(f"| {name} | {acc_m:.2f} ± {acc_s:.2f} | {ep_m:.2f} ± {ep_s:.2f} | "
-                     f"{evo:.2f} | {ok[0]['connections']} |")
+                     f"{vs_set} | {evo:.2f} | {ok[0]['connections']} |")
+    for command in sorted(carried):
+        lines += ["", f"\\* carried over from the earlier run `{command}` (not rerun)."]
     lines += ["", "GSE, Top-KAST and RigL update inside the training steps (every epoch's last "
               "step by default), so their topology time is part of the epoch time, not of the "
               "'topology' column; SET and static evolve after the epoch."]
     if cost:
+        reps = next(iter(cost.values())).get("reps", 15)
         lines += ["", "## One topology update vs one training step (same batch of 128)", "",
+                  f"Medians over {reps} repetitions (after warm-up); update / step is the median "
+                  "of each update's ratio to the step just before it.", "",
                   "| method | training step (ms) | topology update (ms) | update / step |",
                   "| --- | --- | --- | --- |"]
         for m, c in cost.items():
@@ -227,6 +246,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small net on a subset, 2 epochs")
     ap.add_argument("--no-cost", action="store_true", help="skip the update-cost table")
+    ap.add_argument("--keep-previous", action="store_true",
+                    help="copy the methods not run now (e.g. the slow dense ceiling) from the "
+                         "existing results file, marked as carried over")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -256,12 +278,20 @@ def main() -> None:
             return {"error": tail[-1]}
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    results: dict[str, list] = {}
-    for method in args.methods:
-        for seed in cfg["seeds"]:
+    # Seed-major order: every method runs once per seed before any runs again, so a busy spell
+    # on the shared machine spreads over the methods instead of landing on one of them.
+    results: dict[str, list] = {method: [] for method in args.methods}
+    for seed in cfg["seeds"]:
+        for method in args.methods:
             print(f"{method} seed {seed} ({cfg['epochs']} epochs)...", flush=True)
-            results.setdefault(method, []).append(call(["--child", method, "--seed", str(seed)]))
+            results[method].append(call(["--child", method, "--seed", str(seed)]))
             print("   ", results[method][-1], flush=True)
+    previous = Path(args.out) / ("methods-quick.json" if args.quick else "methods.json")
+    if args.keep_previous and previous.exists():
+        old = json.loads(previous.read_text())
+        for method, runs in old["results"].items():
+            if method not in results and old["config"]["epochs"] == cfg["epochs"]:
+                results[method] = [{**r, "carried_over": old["config"]["command"]} for r in runs]
     cost = None if args.no_cost else call(["--child", "cost"])
     if cost is not None and "error" in cost:
         print("update cost failed:", cost["error"])

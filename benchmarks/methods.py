@@ -186,6 +186,7 @@ def _mean_std(values):
 def report(results: dict, cost: dict | None, cfg: dict, info: dict) -> str:
     lines = ["# Growth methods on Fashion-MNIST", "",
              f"Command: `{cfg['command']}`  ",
+             *([f"{cfg['label']}  "] if cfg.get("label") else []),
              f"Network 784-{'-'.join(map(str, cfg['hidden']))}-10, ε = 20, {cfg['epochs']} "
              f"epochs, seeds {cfg['seeds']}, {cfg['threads']} threads, "
              f"{cfg['n_train'] or 60000} training / {cfg['n_test'] or 10000} test samples.  ",
@@ -246,6 +247,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small net on a subset, 2 epochs")
     ap.add_argument("--no-cost", action="store_true", help="skip the update-cost table")
+    ap.add_argument("--label", default="",
+                    help="a line for the report's header, e.g. the commit measured")
     ap.add_argument("--keep-previous", action="store_true",
                     help="copy the methods not run now (e.g. the slow dense ceiling) from the "
                          "existing results file, marked as carried over")
@@ -263,6 +266,7 @@ def main() -> None:
     cfg = {"epochs": args.epochs or q.get("epochs", 30), "seeds": args.seeds or
            q.get("seeds", [0, 1]), "hidden": q.get("hidden", HIDDEN), "threads": args.threads,
            "n_train": q.get("n_train"), "n_test": q.get("n_test"), "quick": args.quick,
+           "label": args.label,
            "command": "python benchmarks/methods.py " + " ".join(sys.argv[1:])}
     env = {**os.environ, **{k: str(args.threads) for k in (
         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}

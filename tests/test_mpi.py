@@ -200,7 +200,8 @@ def test_stuck_rank_times_out_instead_of_hanging():
     proc = mpirun(3, "--epochs", "50", "--fault", "stop", "--fault-rank", "2", "--fault-epoch",
                   "1", env=_env(SPARSEKIT_MPI_TIMEOUT="3"))
     assert proc.returncode != 0 and time.monotonic() - start < FAIL_BOUND
-    assert "did not complete within 3 s" in proc.stderr
+    assert "did not complete within 3 s" in proc.stderr, \
+        f"exit {proc.returncode}\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
 
 
 def test_huge_layer_job_stays_o_nnz(tmp_path):

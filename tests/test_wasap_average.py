@@ -200,3 +200,32 @@ def test_options_the_parallel_trainer_lacks_are_refused():
     x, y = np.zeros((64, 4), np.float32), np.zeros(64, int)
     with pytest.raises(ValueError, match="future_option is not supported"):
         train_parallel("wasap", [4, 8, 2], (x, y), future_option=3)
+
+
+@pytest.mark.parametrize("abort", ["returns", "raises", "blocks"])
+def test_failing_rank_ends_even_if_mpi_abort_does_not(abort):
+    """MPI_Abort was seen to come back under load; the rank must still end (non-zero, message
+    printed) instead of reaching MPI_Finalize and waiting there for peers that wait for it."""
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import time
+from sparsekit.parallel import comm as c
+c.ABORT_GRACE_SECONDS, c.ABORT_DEADLINE_SECONDS = 0, 2
+class FakeComm:
+    rank, size = 1, 3
+    def abort(self, code):
+        if "{abort}" == "raises":
+            raise RuntimeError("abort failed")
+        if "{abort}" == "blocks":
+            time.sleep(60)
+with c.guarded(FakeComm()):
+    raise ValueError("injected")
+"""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode != 0 and time.monotonic() - start < 20
+    assert "sparsekit[rank 1/3]: ValueError: injected; aborting all ranks" in proc.stderr

@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -39,6 +41,12 @@ DEFAULT_TIMEOUT = 300.0
 SPIN_SECONDS = 0.05
 MAX_SLEEP = 2e-4
 EXIT_FAILURE = 1
+# MPI_Abort makes the launcher kill every rank at once, and hydra may stop forwarding a rank's
+# stderr before it has read what the rank wrote just before; this pause lets the message out.
+ABORT_GRACE_SECONDS = 1.0
+# If MPI_Abort has not ended this process by then, it ends itself (a rank that ends abnormally
+# makes the launcher end the others): the job must never hang on its way down.
+ABORT_DEADLINE_SECONDS = 10
 
 
 class CommTimeout(RuntimeError):
@@ -245,8 +253,10 @@ def guarded(comm: Comm) -> Iterator[Comm]:
 
     On an exception (``KeyboardInterrupt`` and ``SystemExit`` included) with more than one
     rank, print ``sparsekit[rank r/N]: <Type>: <message>`` and the traceback to stderr, then
-    call ``MPI_Abort``: every rank exits non-zero.  With a single rank the exception propagates
-    normally (there is nobody to wait for it).
+    call ``MPI_Abort``: every rank exits non-zero.  Should ``MPI_Abort`` return, raise or block
+    (seen rarely on a loaded machine), the rank ends itself at once, or after
+    ``ABORT_DEADLINE_SECONDS``, and the launcher ends the others.  With a single rank the
+    exception propagates normally (there is nobody to wait for it).
     """
     try:
         yield comm
@@ -257,9 +267,29 @@ def guarded(comm: Comm) -> Iterator[Comm]:
         sys.stderr.write("".join(lines))
         sys.stderr.write(f"sparsekit[rank {comm.rank}/{comm.size}]: {type(exc).__name__}: "
                          f"{exc}; aborting all ranks\n")
+        sys.stdout.flush()
         sys.stderr.flush()
-        comm.abort(EXIT_FAILURE)  # pragma: no cover - MPI_Abort does not return
-        raise
+        time.sleep(ABORT_GRACE_SECONDS)
+        _exit_after(ABORT_DEADLINE_SECONDS)
+        try:  # pragma: no cover - ends the process
+            comm.abort(EXIT_FAILURE)
+        finally:
+            # MPI_Abort has been seen to return (or raise) under load; falling through to the
+            # interpreter's exit would then block in MPI_Finalize while the peers wait for us.
+            os._exit(EXIT_FAILURE)
+
+
+def _exit_after(seconds: int) -> None:
+    """End this process abnormally after ``seconds``, whatever it is doing then."""
+    if threading.current_thread() is threading.main_thread():
+        # SIGALRM's default action ends the process in the kernel: no Python code (and no GIL)
+        # is needed, so it works even if MPI_Abort blocks inside the MPI library.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(seconds)
+    else:
+        timer = threading.Timer(seconds, os._exit, (EXIT_FAILURE,))
+        timer.daemon = True
+        timer.start()
 
 
 def node_rank(comm: Comm) -> tuple[int, int]:

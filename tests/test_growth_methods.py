@@ -340,6 +340,22 @@ def test_topkast_penalty_is_a_soft_threshold(backend):
     np.testing.assert_allclose(backend.to_numpy(layer.w.data), expect)
 
 
+def test_topkast_penalty_reuses_its_buffer_and_zero_penalty_is_a_no_op(backend):
+    model = SparseMLP([10, 14, 3], epsilon=2, seed=2, backend=backend)
+    method = set_up(TopKAST(penalty=1e-3, refresh_every=1000), model)
+    scratch = method._states[0].scratch
+    assert scratch is not None and scratch.shape == model.layers[0].w.data.shape
+    for step in range(3):
+        method.after_step(model, step, 0, np.random.default_rng(0), None)
+    assert method._states[0].scratch is scratch  # one buffer per layer, not one per step
+    model = SparseMLP([10, 14, 3], epsilon=2, seed=2, backend=backend)
+    method = set_up(TopKAST(penalty=0.0, refresh_every=1000), model)
+    before = backend.to_numpy(model.layers[0].w.data).copy()
+    method.after_step(model, 0, 0, np.random.default_rng(0), None)
+    assert method._states[0].scratch is None
+    np.testing.assert_array_equal(backend.to_numpy(model.layers[0].w.data), before)
+
+
 def test_topkast_sizes_from_densities():
     model = SparseMLP([20, 30, 4], epsilon=2, seed=0)
     set_up(TopKAST(forward_density=0.1, backward_density=0.25), model)

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.01)
     t.add_argument("--lr-schedule", default="constant", help="constant, step, cosine, linear")
+    t.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="ramp the learning rate linearly from 0.1x to 1x over this many epochs")
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--weight-decay", type=float, default=2e-4)
     t.add_argument("--decay", default="coupled", help="coupled (L2, as PyTorch) or decoupled")
@@ -83,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_KEYS = ("method", "epochs", "batch_size", "lr", "lr_schedule", "momentum",
+TRAIN_KEYS = ("method", "epochs", "batch_size", "lr", "lr_schedule", "warmup_epochs", "momentum",
               "weight_decay", "decay", "dropout", "epsilon", "zeta", "alpha", "activation",
               "init", "fan_in", "evolve_every", "prune_start", "prune_every", "prune_percentile",
               "seed", "parallel", "wasap_mode", "phase1_fraction")

@@ -168,3 +168,15 @@ def test_train_logs_epoch_lines_to_the_sparsekit_logger(caplog):
         train([5, 8, 2], (x, y), epochs=2, batch_size=16, log=seen.append)
     lines = [r.getMessage() for r in caplog.records if r.name == "sparsekit"]
     assert len(lines) == 2 and lines == seen and lines[0].startswith("epoch   1")
+
+
+def test_warmup_epochs_reaches_the_schedule(tiny, tmp_path):
+    """--warmup-epochs ramps the learning rate from 0.1x to 1x of --lr over 2 epochs."""
+    from sparsekit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(tiny), "--hidden", "16", "--epochs", "2", "--lr",
+                 "0.02", "--warmup-epochs", "2", "--no-progress", "--no-plot", "--out", str(out)]) == 0
+    hist = json.loads((out / "history.json").read_text())
+    lrs = [h["lr"] for h in (hist["history"] if isinstance(hist, dict) else hist)]
+    assert lrs[0] < 0.6 * 0.02 and lrs[0] < lrs[1] <= 0.02  # no warm-up: both 0.02

@@ -7,11 +7,14 @@ per method (mean ± std over seeds): test accuracy after the last epoch, time pe
 topology updates (training + evolution, evaluation excluded), and connections at the end.  The
 dense ceiling is the same recipe with dense weights in PyTorch (or sparsekit at ε large when
 PyTorch is missing).  A second table times one topology update against one training step on the
-same batch (the issue's "≤ 2x a step" target for GSE).
+same batch (the issue's "≤ 2x a step" target for GSE); a third times one training step of every
+sparse method with the methods interleaved on the same batches (per-step overheads over SET, free
+of the machine-load swings that epoch times on a shared machine suffer).
 
     python benchmarks/methods.py                       # full: 30 epochs, seeds 0 1 (hours)
     python benchmarks/methods.py --epochs 10 --seeds 0 1 2
     python benchmarks/methods.py --quick               # minutes: subset, small net, 2 epochs
+    python benchmarks/methods.py --steps-only --threads 1   # add the lockstep table to a result
 
 Writes ``benchmarks/results/methods.md`` and ``methods.json`` (``methods-quick.*`` with --quick,
 so a smoke run never overwrites real results).
@@ -152,10 +155,64 @@ def update_cost(method: str, hidden, threads: int, reps: int = 40, warmup: int =
             "ratio": float(np.median(update_s / step_s)), "reps": reps}
 
 
+def step_cost(hidden, threads: int, n_train, steps: int = 300, warmup: int = 15,
+              methods=("static", "set", "gse", "topkast", "rigl")) -> dict:
+    """Median seconds of one training step per method — the trainer's loop body (batch copy,
+    forward, loss, backward, optimizer, the method's ``after_step``) — with the methods in
+    lockstep on the same batches and their order rotated every step, so that load on the shared
+    machine hits them alike.  No step is an update step (they happen once per epoch, timed in
+    the update table), so this is each method's per-step overhead: epoch time is about
+    steps_per_epoch x step + one update."""
+    import numpy as np
+
+    from sparsekit._align import feature_major_batch
+    from sparsekit._cython.backend import CpuBackend
+    from sparsekit.activations import softmax_cross_entropy
+    from sparsekit.growth import get_method
+    from sparsekit.model import SparseMLP
+    from sparsekit.optim import MomentumSGD
+
+    be = CpuBackend(threads)
+    x_tr, y_tr, _, _ = load(n_train, 1)
+    x_host = np.ascontiguousarray(x_tr, dtype=np.float32)
+    steps_per_epoch = x_tr.shape[0] // RECIPE["batch_size"]
+    runs = {}
+    for method in methods:
+        model = SparseMLP([784, *hidden, 10], epsilon=RECIPE["epsilon"], alpha=RECIPE["alpha"],
+                          dropout=RECIPE["dropout"], backend=be, seed=0)
+        m = get_method(method)
+        m.setup(model, steps_per_epoch, 10, np.random.default_rng(0))
+        runs[method] = (model, m, np.random.default_rng(1), [])
+    opt = MomentumSGD(RECIPE["lr"], RECIPE["momentum"], RECIPE["weight_decay"])
+    perm = np.random.default_rng(2).permutation(x_tr.shape[0])
+    bs = RECIPE["batch_size"]
+    for s in range(warmup + steps):
+        idx = perm[(s % steps_per_epoch) * bs:(s % steps_per_epoch + 1) * bs]
+        order = list(methods[s % len(methods):]) + list(methods[:s % len(methods)])
+        for method in order:
+            model, m, rng, times = runs[method]
+            t0 = time.perf_counter()
+            xb = be.asarray(feature_major_batch(x_host, idx, model.dtype))
+            logits, acts, derivs = model.forward_train(xb, rng.integers(0, 2**63, len(hidden)))
+            _, _, dlogits = softmax_cross_entropy(np, logits, y_tr[idx], as_float=False)
+            grads = model.backward(acts, derivs, dlogits)
+            for layer, (gw, gb) in zip(model.layers, grads):
+                opt.update(layer.w.data, gw, layer.vel_w, RECIPE["lr"])
+                opt.update(layer.b, gb, layer.vel_b, RECIPE["lr"])
+            del grads
+            # Step indices that never fall on an update (each epoch's last step).
+            m.after_step(model, s % (steps_per_epoch - 1), 0, rng, (acts, derivs, dlogits))
+            times.append(time.perf_counter() - t0)
+    return {method: {"step_s": float(np.median(times[warmup:])), "steps": steps}
+            for method, (_, _, _, times) in runs.items()}
+
+
 def child(args) -> None:
     hidden = args.hidden
     if args.child == "cost":
         out = {m: update_cost(m, hidden, args.threads) for m in ("set", "gse", "topkast", "rigl")}
+    elif args.child == "steps":
+        out = step_cost(hidden, args.threads, args.n_train)
     elif args.child == "dense":
         try:
             out = run_torch_dense(args.seed, args.epochs, hidden, args.threads, args.n_train,
@@ -168,6 +225,13 @@ def child(args) -> None:
         out = run_sparsekit(args.child, args.seed, args.epochs, hidden, args.threads,
                             args.n_train, args.n_test)
     print(json.dumps(out))
+
+
+def _checked(result: dict, what: str) -> dict | None:
+    if "error" in result:
+        print(f"{what} failed:", result["error"])
+        return None
+    return result
 
 
 def machine() -> dict:
@@ -183,7 +247,8 @@ def _mean_std(values):
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
-def report(results: dict, cost: dict | None, cfg: dict, info: dict) -> str:
+def report(results: dict, cost: dict | None, cfg: dict, info: dict,
+           steps: dict | None = None) -> str:
     lines = ["# Growth methods on Fashion-MNIST", "",
              f"Command: `{cfg['command']}`  ",
              *([f"{cfg['label']}  "] if cfg.get("label") else []),
@@ -236,6 +301,18 @@ def report(results: dict, cost: dict | None, cfg: dict, info: dict) -> str:
         for m, c in cost.items():
             lines.append(f"| {m} | {1e3 * c['step_s']:.1f} | {1e3 * c['update_s']:.1f} | "
                          f"{c['ratio']:.2f} |")
+    if steps:
+        n = next(iter(steps.values()))["steps"]
+        base = steps.get("set", {}).get("step_s")
+        lines += ["", "## Per-step cost, methods in lockstep", "",
+                  f"Median of {n} training steps (the trainer's loop body with the method's "
+                  "after_step hook; no update step) with the methods interleaved on the same "
+                  "batches, so machine load cancels out of the comparison; an epoch is about "
+                  "steps per epoch x step, plus one update from the table above.", "",
+                  "| method | step (ms) | vs SET |", "| --- | --- | --- |"]
+        for m, c in steps.items():
+            vs = f"{100 * (c['step_s'] / base - 1):+.1f} %" if base else ""
+            lines.append(f"| {m} | {1e3 * c['step_s']:.2f} | {vs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +324,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small net on a subset, 2 epochs")
     ap.add_argument("--no-cost", action="store_true", help="skip the update-cost table")
+    ap.add_argument("--no-steps", action="store_true", help="skip the lockstep step-cost table")
+    ap.add_argument("--steps-only", action="store_true",
+                    help="only (re)measure the lockstep step costs and rewrite the report of the "
+                         "existing results file with them")
     ap.add_argument("--label", default="",
                     help="a line for the report's header, e.g. the commit measured")
     ap.add_argument("--keep-previous", action="store_true",
@@ -282,6 +363,23 @@ def main() -> None:
             return {"error": tail[-1]}
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
+    out = Path(args.out)
+    stem = "methods-quick" if args.quick else "methods"
+    if args.steps_only:
+        saved = json.loads((out / f"{stem}.json").read_text())
+        if saved["config"]["hidden"] != cfg["hidden"] or saved["config"]["threads"] != args.threads:
+            raise SystemExit(f"{out / stem}.json was measured with hidden "
+                             f"{saved['config']['hidden']} and {saved['config']['threads']} "
+                             "threads; pass the same --threads (and --quick) to add steps to it")
+        steps = _checked(call(["--child", "steps"]), "step cost")
+        saved["step_cost"] = steps
+        (out / f"{stem}.json").write_text(json.dumps(saved, indent=1))
+        text = report(saved["results"], saved["update_cost"], saved["config"], saved["machine"],
+                      steps)
+        (out / f"{stem}.md").write_text(text)
+        print(text)
+        return
+
     # Seed-major order: every method runs once per seed before any runs again, so a busy spell
     # on the shared machine spreads over the methods instead of landing on one of them.
     results: dict[str, list] = {method: [] for method in args.methods}
@@ -296,17 +394,14 @@ def main() -> None:
         for method, runs in old["results"].items():
             if method not in results and old["config"]["epochs"] == cfg["epochs"]:
                 results[method] = [{**r, "carried_over": old["config"]["command"]} for r in runs]
-    cost = None if args.no_cost else call(["--child", "cost"])
-    if cost is not None and "error" in cost:
-        print("update cost failed:", cost["error"])
-        cost = None
+    cost = None if args.no_cost else _checked(call(["--child", "cost"]), "update cost")
+    steps = None if args.no_steps else _checked(call(["--child", "steps"]), "step cost")
     info = machine()
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "methods-quick" if args.quick else "methods"
     (out / f"{stem}.json").write_text(json.dumps(
-        {"config": cfg, "machine": info, "results": results, "update_cost": cost}, indent=1))
-    text = report(results, cost, cfg, info)
+        {"config": cfg, "machine": info, "results": results, "update_cost": cost,
+         "step_cost": steps}, indent=1))
+    text = report(results, cost, cfg, info, steps)
     (out / f"{stem}.md").write_text(text)
     print(text)
 

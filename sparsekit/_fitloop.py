@@ -87,7 +87,8 @@ class EpochRunner:
         self.model, self.loss, self.max_epochs = model, loss, int(max_epochs)
         params = dict(method_params or {})
         if method == "set":  # the same defaults train() gives SET
-            params = {"zeta": zeta, "init": model.init, "fan_in": model.fan_in, **params}
+            # Regrowth at the dense fan-in scale whatever the initial one (see training.train).
+            params = {"zeta": zeta, "init": model.init, "fan_in": "dense", **params}
         self.growth = get_method(method, **params)
         self.opt = MomentumSGD(lr, momentum, weight_decay, decay)
         self.schedule = LRSchedule(lr_schedule, epochs=self.max_epochs,

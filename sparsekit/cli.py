@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--alpha", type=float, default=0.6)
     t.add_argument("--activation", default="allrelu")
     t.add_argument("--init", default="he_uniform")
-    t.add_argument("--fan-in", default="dense", help="dense (paper) or actual")
+    t.add_argument("--fan-in", default="dense",
+                   help="scale of the initial weights: dense (paper) or each neuron's actual "
+                        "fan-in; regrown weights use the dense scale")
     t.add_argument("--evolve-every", type=int, default=None, help="steps between updates")
     # Growth-method parameters: passed on only when given (method_params of train()).
     t.add_argument("--drop-fraction", type=float, default=None,

@@ -236,7 +236,7 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
     init : {"he_uniform", "xavier_uniform", "normal"}, default "he_uniform"
         Distribution of initial and regrown weights.
     fan_in : {"dense", "actual"}, default "dense"
-        Fan-in used by the initialiser.
+        Fan-in that scales the initial weights; regrown weights use the dense fan-in.
     backend : {"cpu", "gpu", "auto"}, default "cpu"
         Kernel backend.
     dtype : {"float32", "float64"}, default "float32"
@@ -411,7 +411,7 @@ class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
     init : {"he_uniform", "xavier_uniform", "normal"}, default "he_uniform"
         Distribution of initial and regrown weights.
     fan_in : {"dense", "actual"}, default "dense"
-        Fan-in used by the initialiser.
+        Fan-in that scales the initial weights; regrown weights use the dense fan-in.
     backend : {"cpu", "gpu", "auto"}, default "cpu"
         Kernel backend.
     dtype : {"float32", "float64"}, default "float32"

@@ -176,8 +176,12 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     be, xp = model.backend, model.backend.xp
     params = dict(method_params or {})
     if method == "set":
+        # Regrown links take the initial distribution at the paper's dense fan-in scale even
+        # when the initial weights use the actual one: scaled by a neuron's ~epsilon inputs
+        # they are ~5x a trained weight, and replacing 30 % of the links with such values each
+        # epoch made training diverge (benchmarks/results/train-cpu.md).
         params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
-                  "init": init, "fan_in": fan_in, **params}
+                  "init": init, "fan_in": "dense", **params}
     elif method in ("gse", "topkast", "rigl"):  # the shared update schedule
         params = {"every_steps": evolve_every, "evolve_output": evolve_output, **params}
     growth = get_method(method, **params)

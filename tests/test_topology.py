@@ -292,3 +292,185 @@ def test_set_step_on_er_layer(topo_backend):
     assert np.count_nonzero(state == 0) == k
     # Kept entries keep their order, so their old slots (state - 1) increase.
     assert np.all(np.diff(state[state > 0]) > 0)
+
+
+# --- CPU kernels: per-row uniform sampler, radix select, fused SET prune, one-pass rebuild ------
+from sparsekit._cython import topology as cpu_topology  # noqa: E402
+from sparsekit._cython.backend import CpuBackend  # noqa: E402
+from sparsekit.backend import Backend  # noqa: E402
+
+
+def _sample(w_sp, idt, m, seed, threads):
+    return cpu_topology.sample_absent_uniform(w_sp.indptr.astype(idt), w_sp.indices.astype(idt),
+                                              w_sp.shape[1], m, np.random.default_rng(seed),
+                                              threads)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_uniform_sampler_kernel_properties(data):
+    """Count, distinct, absent, sorted, index dtype; the same answer for 1, 2 and 3 threads and
+    from run to run (full rows, empty rows and nnz = 0 come from ``layers``)."""
+    w_sp, idt = data.draw(layers())
+    free = w_sp.shape[0] * w_sp.shape[1] - w_sp.nnz
+    m = data.draw(st.integers(0, free))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rows, cols = _sample(w_sp, idt, m, seed, 1)
+    assert rows.dtype == idt and cols.dtype == idt
+    check_sample_absent(w_sp, rows, cols, m)
+    for threads in (2, 3, 1):
+        r2, c2 = _sample(w_sp, idt, m, seed, threads)
+        np.testing.assert_array_equal(r2, rows)
+        np.testing.assert_array_equal(c2, cols)
+    if m == free:
+        r_all, c_all = np.nonzero(free_grid(w_sp))
+        np.testing.assert_array_equal(rows, r_all)
+        np.testing.assert_array_equal(cols, c_all)
+
+
+def test_uniform_sampler_kernel_is_uniform_over_subsets():
+    """Every m-subset of the free positions equally likely (not only every position): a 2 x 3
+    layer with one connection has 5 free positions, so 10 pairs, counted over 20 000 draws.
+    The per-row draws and the duplicate rounds must not favour any split over rows."""
+    w_sp = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 0]], np.float32))
+    free_keys = np.flatnonzero(free_grid(w_sp).ravel())
+    pairs = {(int(a), int(b)): 0 for i, a in enumerate(free_keys) for b in free_keys[i + 1:]}
+    rng = np.random.default_rng(11)
+    for _ in range(20_000):
+        rows, cols = cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 3, 2, rng)
+        keys = rows.astype(np.int64) * 3 + cols
+        pairs[(int(keys[0]), int(keys[1]))] += 1
+    assert chi2_pvalue(np.array(list(pairs.values()))) > 1e-4
+
+
+@pytest.mark.parametrize("shape, density, m", [
+    ((12, 15), 0.5, 60),    # half full, m = 2/3 of the free positions: several rounds
+    ((40, 25), 0.05, 30),   # sparse: per-row draws, few duplicates
+])
+def test_uniform_sampler_kernel_is_uniform_over_positions(shape, density, m):
+    w_sp = random_csr(np.random.default_rng(2), *shape, density, empty_row_frac=0.2)
+    free_keys = np.flatnonzero(free_grid(w_sp).ravel())
+    counts = np.zeros(shape[0] * shape[1], np.int64)
+    rng = np.random.default_rng(3)
+    n_trials = 80_000 // m
+    for _ in range(n_trials):
+        rows, cols = cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, shape[1], m,
+                                                        rng, 2)
+        counts[rows.astype(np.int64) * shape[1] + cols] += 1
+    assert counts.sum() == n_trials * m
+    assert counts[np.setdiff1d(np.arange(counts.size), free_keys)].sum() == 0
+    assert chi2_pvalue(counts[free_keys]) > 1e-4
+
+
+def test_uniform_sampler_kernel_refuses_bad_input():
+    w_sp = random_csr(np.random.default_rng(0), 4, 5, 0.5)
+    free = 20 - w_sp.nnz
+    with pytest.raises(ValueError, match=f"m={free + 1} .*only {free} are free"):
+        cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 5, free + 1,
+                                           np.random.default_rng(0))
+    with pytest.raises(ValueError, match="m must be >= 0"):
+        cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 5, -1,
+                                           np.random.default_rng(0))
+    with pytest.raises(ValueError, match="row longer than n_cols"):
+        cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 1, 0,
+                                           np.random.default_rng(0))
+
+
+def test_cpu_sample_absent_does_not_depend_on_threads():
+    """A layer large enough for the backend to use several threads."""
+    w = erdos_renyi(300, 400, 20, rng=1, backend=CpuBackend())
+    m = int(0.3 * w.nnz)
+    got = [CpuBackend(num_threads=t).sample_absent(w, m, np.random.default_rng(7))
+           for t in (1, 2, 4)]
+    for rows, cols in got[1:]:
+        np.testing.assert_array_equal(rows, got[0][0])
+        np.testing.assert_array_equal(cols, got[0][1])
+    check_sample_absent(w.to_scipy(), got[0][0], got[0][1], m)
+
+
+def _values(draw, n):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    kind = draw(st.sampled_from(["normal", "ties", "signed_zeros", "tiny"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    v = rng.standard_normal(n)
+    if kind == "ties":
+        v = np.round(v * 2) / 2
+    elif kind == "signed_zeros":
+        v[rng.random(n) < 0.3] = -0.0
+        v[rng.random(n) < 0.2] = 0.0
+    elif kind == "tiny":
+        v = v * 1e-40 if dtype == np.float32 else v * 1e-310  # subnormals
+    return v.astype(dtype)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_radix_select_equals_the_generic_select(data):
+    n = data.draw(st.sampled_from([1, 2, 17, 300, 70_000]))
+    v = _values(data.draw, n)
+    k = data.draw(st.integers(0, n))
+    largest = data.draw(st.booleans())
+    want = Backend.select(Backend(), v, k, largest)
+    for threads in (1, 2, 3):
+        got = cpu_topology.select(v, k, largest, threads)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
+
+
+class _Generic(Backend):
+    """The generic xp code (no fused prune kernel)."""
+
+
+@PROPERTY
+@given(data=st.data())
+def test_sign_prune_keep_equals_the_two_selections(data):
+    from sparsekit.growth.set import magnitude_keep_mask
+
+    n = data.draw(st.sampled_from([0, 1, 5, 300, 70_000]))
+    v = _values(data.draw, n)
+    if n and data.draw(st.booleans()):
+        v[data.draw(st.integers(0, n - 1))] = np.nan  # never dropped, never counted
+    zeta = data.draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.99, 1.0]))
+    want = magnitude_keep_mask(_Generic(), v, zeta)
+    for threads in (1, 2, 3):
+        got = cpu_topology.sign_prune_keep(v, zeta, threads)
+        assert got.dtype == bool
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(magnitude_keep_mask(CpuBackend(), v, zeta), want)
+
+
+def test_sign_prune_keep_refuses_bad_zeta():
+    with pytest.raises(ValueError, match="zeta must lie"):
+        cpu_topology.sign_prune_keep(np.ones(3), 1.5)
+
+
+def test_cpu_rebuild_does_not_depend_on_threads():
+    w = erdos_renyi(300, 400, 20, rng=2, backend=CpuBackend())
+    keep = CpuBackend().sign_prune_keep(w.data, 0.3)
+    m = w.nnz - int(keep.sum())
+    rows, cols = CpuBackend().sample_absent(w, m, np.random.default_rng(1))
+    vals = np.linspace(-1, 1, m).astype(np.float32)
+    mom = np.arange(w.nnz, dtype=np.float32)
+    got = [CpuBackend(num_threads=t).rebuild(w, keep, rows, cols, vals, mom) for t in (1, 2, 3)]
+    want, want_states = ref.rebuild(w.to_scipy(), keep, rows, cols, vals, mom)
+    for new_w, (state,) in got:
+        csr_equal(new_w.to_scipy(), want)
+        np.testing.assert_array_equal(state, want_states[0])
+
+
+@PROPERTY
+@given(data=st.data())
+def test_uniform_sampler_numpy_twin_gives_the_same_positions(data):
+    """The shared host path (generic and GPU backends) draws the same positions as the Cython
+    kernel for a seed, including several row blocks and duplicate rounds."""
+    from sparsekit.backend import sample_uniform_rows
+
+    w_sp, idt = data.draw(layers(max_dim=80))
+    free = w_sp.shape[0] * w_sp.shape[1] - w_sp.nnz
+    m = data.draw(st.integers(0, free))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rows, cols = _sample(w_sp, idt, m, seed, 2)
+    r2, c2 = sample_uniform_rows(w_sp.indptr.astype(np.int64), w_sp.indices.astype(np.int64),
+                                 w_sp.shape[1], m, np.random.default_rng(seed))
+    np.testing.assert_array_equal(r2, rows)
+    np.testing.assert_array_equal(c2, cols)

@@ -88,7 +88,16 @@ class CpuBackend(Backend):
             raise ValueError(f"values must be 1-D, got shape {v.shape}")
         if v.shape[0] and not np.isfinite(v).all():
             raise ValueError("values contains NaN or infinite entries")
-        return topology.select(v, as_count("k", k), bool(largest))
+        return topology.select(v, as_count("k", k), bool(largest), self._threads(v.shape[0]))
+
+    def sign_prune_keep(self, values, zeta: float):
+        """SET's keep mask in one kernel (see :func:`sparsekit.growth.set.magnitude_keep_mask`)."""
+        self.check_array("values", values)
+        v = np.ascontiguousarray(values)
+        if v.ndim != 1 or v.dtype not in VALUE_DTYPES:
+            raise ValueError(f"values must be a 1-D float32/float64 array, got {v.dtype} "
+                             f"with shape {v.shape}")
+        return topology.sign_prune_keep(v, float(zeta), self._threads(v.shape[0]))
 
     def contains(self, w: CSR, rows, cols):
         return topology.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
@@ -97,6 +106,15 @@ class CpuBackend(Backend):
 
     def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):
+        m = as_count("m", m)
+        n_rows, n_cols = w.shape
+        total = n_rows * n_cols
+        if (row_weights is None and col_weights is None and 0 <= m <= total - w.nnz
+                and total > 4 * (w.nnz + m)):
+            # Uniform on a sparse layer: per-row sampling, already in CSR order.  (Weighted
+            # draws and nearly full layers take the shared host path.)
+            return topology.sample_absent_uniform(w.indptr, w.indices, n_cols, m, rng,
+                                                  self._threads(w.nnz + 16 * m))
         rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
                                         lambda r, c: self.contains(w, r, c))
         idt = w.indices.dtype
@@ -105,27 +123,27 @@ class CpuBackend(Backend):
     def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
         keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(
             self, w, keep_mask, new_rows, new_cols, new_vals, states)
-        new_rows = np.ascontiguousarray(new_rows, dtype=np.int64)
-        new_cols = np.ascontiguousarray(new_cols, dtype=np.int64)
         m = new_rows.shape[0]
-        if m > 1 and np.any((new_rows[1:] < new_rows[:-1])
-                            | ((new_rows[1:] == new_rows[:-1]) & (new_cols[1:] <= new_cols[:-1]))):
-            order = np.lexsort((new_cols, new_rows))
-            new_rows, new_cols, new_vals = new_rows[order], new_cols[order], new_vals[order]
         nnz = int(np.count_nonzero(keep_mask)) + m
         idt = index_dtype_for(nnz, w.shape)
         indptr, indices = w.indptr.astype(idt, copy=False), w.indices.astype(idt, copy=False)
-        out_indptr = np.empty(w.shape[0] + 1, dtype=idt)
-        out_indices = np.empty(nnz, dtype=idt)
-        src = np.empty(nnz, dtype=np.int64)
+        nr = np.ascontiguousarray(new_rows, dtype=idt)  # in bounds (checked), so exact
+        nc = np.ascontiguousarray(new_cols, dtype=idt)
+        vals = np.ascontiguousarray(new_vals)
         keep = np.ascontiguousarray(keep_mask).view(np.uint8)
-        bad = topology.merge(indptr, indices, keep, new_rows, new_cols,
-                             w.shape[1], out_indptr, out_indices, src,
-                             self._threads(nnz))
-        if bad:
-            raise ValueError("rebuild: a new position is already present or repeats")
-        data = topology.gather(src, w.data, new_vals, self._threads(nnz))
+        nt = self._threads(nnz)
+        # One pass merges the pattern and the values; new positions in (row, col) order (as
+        # sample_absent gives them) skip the sort.
+        got = topology.rebuild_csr(indptr, indices, keep, nr, nc, w.shape[1], w.data, vals,
+                                   bool(states), nt)
+        if got is None:
+            order = np.lexsort((nc, nr))
+            got = topology.rebuild_csr(indptr, indices, keep, nr[order], nc[order], w.shape[1],
+                                       w.data, vals[order], bool(states), nt)
+            if got is None:  # still not strictly increasing once sorted: a repeat
+                raise ValueError("rebuild: a new position is already present or repeats")
+        out_indptr, out_indices, data, src = got
         new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
         # The kernel gathers float states; any other dtype (a counter, a flag) takes NumPy's path.
-        return new_w, [topology.gather(src, np.ascontiguousarray(s), None, self._threads(nnz))
+        return new_w, [topology.gather(src, np.ascontiguousarray(s), None, nt)
                        if s.dtype in VALUE_DTYPES else _take(np, src, s, None) for s in states]

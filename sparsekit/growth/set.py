@@ -12,8 +12,12 @@ def magnitude_keep_mask(backend, data, zeta: float):
     """Keep mask that removes the fraction ``zeta`` of the negative and of the positive weights
     closest to zero (exact zeros are removed too), as SET does.
 
-    Uses the backend's O(n) selection on each sign separately.
+    Uses the backend's fused kernel when it has one (``sign_prune_keep``, CPU), else its O(n)
+    selection on each sign separately; both give the same mask.
     """
+    fused = getattr(backend, "sign_prune_keep", None)
+    if fused is not None:
+        return fused(data, zeta)
     xp = backend.xp
     keep = data != 0
     for sign_mask, largest in ((data < 0, True), (data > 0, False)):

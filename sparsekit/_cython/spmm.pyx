@@ -19,6 +19,7 @@ cdef extern from * nogil:
     """
     #include <stddef.h>
     #include <string.h>
+    #include <utility>
 
     /* Register-tiled kernels written with GCC/Clang vector extensions, which -march lowers to
        AVX-512, AVX2 or SSE.  A tile is U vectors of one batch-row segment held in registers while
@@ -36,6 +37,9 @@ cdef extern from * nogil:
     #define SK_TILE 4
     #endif
     #define SK_PD 4   /* non-zeros ahead whose gathered rows are prefetched */
+    #ifndef SK_HOLD_MAX
+    #define SK_HOLD_MAX 8  /* widest tile whose held row stays in registers alongside dx */
+    #endif
 
     static inline int sk_vbytes(void) { return SK_VBYTES; }
 
@@ -76,6 +80,40 @@ cdef extern from * nogil:
             if (P == 4) acc[0][u] = (acc[0][u] + acc[1 % P][u]) + (acc[2 % P][u] + acc[3 % P][u]);
             else if (P == 2) acc[0][u] = acc[0][u] + acc[1 % P][u];
         }
+    }
+
+    /* Transposing reduction: N dot-product vectors (N = lanes) to one vector of their N sums
+       in 2 shuffles and 1 add per pair, instead of a halving tree per vector.  sk_fold2<H> adds
+       the two halves of every 2H-lane group of a and of b, side by side. */
+    template <int NL, int H, bool HI> constexpr int sk_fidx(int i) {
+        return (i % (2 * H) < H) ? (i / (2 * H)) * 2 * H + (HI ? H : 0) + i % (2 * H)
+                                 : NL + (i / (2 * H)) * 2 * H + (HI ? H : 0) + i % (2 * H) - H;
+    }
+    template <typename V, int NL, int H, int... Ix>
+    static inline __attribute__((always_inline)) V sk_fold2_(V a, V b,
+                                                              std::integer_sequence<int, Ix...>) {
+        return __builtin_shufflevector(a, b, sk_fidx<NL, H, false>(Ix)...) +
+               __builtin_shufflevector(a, b, sk_fidx<NL, H, true>(Ix)...);
+    }
+    template <typename V, int NL, int H>
+    static inline __attribute__((always_inline)) V sk_fold2(V a, V b) {
+        return sk_fold2_<V, NL, H>(a, b, std::make_integer_sequence<int, NL>{});
+    }
+    constexpr int sk_log2(int n) { return n <= 1 ? 0 : 1 + sk_log2(n / 2); }
+    constexpr int sk_bitrev(int j, int bits) {
+        int r = 0;
+        for (int i = 0; i < bits; ++i) r |= ((j >> i) & 1) << (bits - 1 - i);
+        return r;
+    }
+    template <typename V, int NL>
+    static inline __attribute__((always_inline)) V sk_fold_level(int l, V a, V b) {
+        /* level l folds groups of NL >> l lanes to NL >> (l + 1); l is a constant once unrolled */
+        if constexpr (NL >= 2) { if (l == 0) return sk_fold2<V, NL, NL / 2>(a, b); }
+        if constexpr (NL >= 4) { if (l == 1) return sk_fold2<V, NL, NL / 4>(a, b); }
+        if constexpr (NL >= 8) { if (l == 2) return sk_fold2<V, NL, NL / 8>(a, b); }
+        if constexpr (NL >= 16) { if (l == 3) return sk_fold2<V, NL, NL / 16>(a, b); }
+        if constexpr (NL >= 32) { if (l == 4) return sk_fold2<V, NL, NL / 32>(a, b); }
+        return a + b;
     }
 
     /* ---- W @ src and W.T @ src: out[0:U*N] = sum_k val_k * src[idx[k], 0:U*N] --------------- */
@@ -217,6 +255,72 @@ cdef extern from * nogil:
             #pragma GCC unroll 16
             for (int u = 0; u < U; ++u) acc[p][u] = V{};
         ptrdiff_t k = k0;
+        if constexpr (P == 1 && N >= 2) {
+            /* Whole groups of N non-zeros: N dot vectors folded into one vector of N sums. */
+            const int LG = sk_log2(N);
+            #pragma GCC unroll 1
+            for (; k + N <= k1; k += N) {
+                /* A binary counter over the group: lvl[l] holds the pending partial of level l,
+                   folded with its right neighbour when that completes (the same tree as a
+                   recursive pairwise fold; full unrolling turns every index into a constant). */
+                V lvl[LG > 0 ? LG : 1];
+                V sums = V{};
+                #pragma GCC unroll 16
+                for (int j = 0; j < N; ++j) {
+                    const ptrdiff_t kk = k + sk_bitrev(j, LG);
+                    if (PF) {
+                        const ptrdiff_t kp = kk + SK_PD < k1 ? kk + SK_PD : k1 - 1;
+                        sk_prefetch<T, U>(src + (ptrdiff_t)idx[kp] * ld);
+                    }
+                    /* With dx too, the held row is re-read from L1 rather than kept in registers
+                       (32 vector registers do not hold it, dx and the tree): hiding the pointer
+                       from the optimiser stops it from hoisting the loads and spilling. */
+                    const T* hr = hrow;
+                    if (DX && U > SK_HOLD_MAX) __asm__("" : "+r"(hr));
+                    const T* d = src + (ptrdiff_t)idx[kk] * ld;
+                    V dv[U], hx[U];
+                    #pragma GCC unroll 16
+                    for (int u = 0; u < U; ++u) {
+                        dv[u] = sk_ld<V>(d + u * N);
+                        hx[u] = DX && U > SK_HOLD_MAX ? sk_ld<V>(hr + u * N) : hv[u];
+                    }
+                    V g0 = dv[0] * hx[0];
+                    V g1 = V{};
+                    #pragma GCC unroll 16
+                    for (int u = 1; u < U; ++u) {
+                        if (u & 1) g1 += dv[u] * hx[u]; else g0 += dv[u] * hx[u];
+                    }
+                    if (DX) {
+                        const T v = vals[perm[kk]];
+                        #pragma GCC unroll 16
+                        for (int u = 0; u < U; ++u) acc[0][u] += v * dv[u];
+                    }
+                    V cur = U > 1 ? g0 + g1 : g0;
+                    #pragma GCC unroll 8
+                    for (int l = 0; l < LG; ++l) {
+                        if (j & (1 << l)) {
+                            cur = sk_fold_level<V, N>(l, lvl[l], cur);
+                        } else {
+                            lvl[l] = cur;
+                            break;
+                        }
+                    }
+                    if (j == N - 1) sums = cur;
+                }
+                if (SCATTER) {
+                    T tmp[N];
+                    memcpy(tmp, &sums, sizeof sums);
+                    #pragma GCC unroll 16
+                    for (int j = 0; j < N; ++j) {
+                        if (FIRST) g_out[perm[k + j]] = tmp[j]; else g_out[perm[k + j]] += tmp[j];
+                    }
+                } else if (FIRST) {
+                    sk_st(g_out + k, sums);
+                } else {
+                    sk_st(g_out + k, sk_ld<V>(g_out + k) + sums);
+                }
+            }
+        }
         #pragma GCC unroll 1
         for (; k < k1; k += P) {
             #pragma GCC unroll 4

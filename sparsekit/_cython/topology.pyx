@@ -623,6 +623,26 @@ def _grow_rows(const index_t[::1] indptr, const index_t[::1] indices,
                 new_rows[j] = <index_t>r
 
 
+cdef enum:
+    # Rank -> column by counting when (ranks x row length) <= this x (ranks + row length):
+    # measured fastest at 1000^2 eps 20 and 10 000^2 at 1 % (64 vs 8..32 and the merge alone).
+    _MAP_RATIO = 64
+
+
+cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,
+                     Py_ssize_t u) noexcept nogil:
+    """ranks[i] += #{j : cols[j] - j <= ranks[i]} (sorted, distinct cols): rank -> column."""
+    cdef Py_ssize_t i, j
+    cdef int64_t q, cnt
+    cdef index_t qi, ci
+    for i in range(u):
+        qi = ranks[i]
+        ci = 0
+        for j in range(n):  # in the index type: 16 lanes of int32 per AVX-512 compare
+            ci = ci + (cols[j] - <index_t>j <= qi)
+        ranks[i] = qi + ci
+
+
 cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p0,
                           Py_ssize_t p1, const index_t[::1] old_cols, Py_ssize_t c0,
                           Py_ssize_t n_old, Py_ssize_t x, uint64_t key, Py_ssize_t n_cols,
@@ -647,7 +667,11 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
     if n_old == 0:
         # Rank q -> column q + #{pattern columns c_j with c_j - j <= q} (c_j - j free columns
         # lie before c_j), as a branch-free merge of the ranks with the values c_j - j.
-        if p1 > p0:
+        if p1 > p0 and u * (p1 - p0) <= _MAP_RATIO * (u + p1 - p0):
+            # Short rows: count the c_j - j <= q for each rank with a loop GCC vectorises
+            # (no dependency chain from one step to the next, unlike the merge below).
+            _count_map(&indices[p0], p1 - p0, &out[base], u)
+        elif p1 > p0:
             jp = p0
             j = 0
             while j < u:

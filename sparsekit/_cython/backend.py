@@ -132,18 +132,26 @@ class CpuBackend(Backend):
         vals = np.ascontiguousarray(new_vals)
         keep = np.ascontiguousarray(keep_mask).view(np.uint8)
         nt = self._threads(nnz)
+        # The first state of W's value dtype (momentum) rides along in the merge; any other
+        # takes the slot map ``src``.
+        fused = next((i for i, s in enumerate(states) if s.dtype == w.data.dtype), None)
+        want_src = len(states) > (fused is not None)
+        state = None if fused is None else np.ascontiguousarray(states[fused])
         # One pass merges the pattern and the values; new positions in (row, col) order (as
         # sample_absent gives them) skip the sort.
         got = topology.rebuild_csr(indptr, indices, keep, nr, nc, w.shape[1], w.data, vals,
-                                   bool(states), nt)
+                                   want_src, nt, state)
         if got is None:
             order = np.lexsort((nc, nr))
             got = topology.rebuild_csr(indptr, indices, keep, nr[order], nc[order], w.shape[1],
-                                       w.data, vals[order], bool(states), nt)
+                                       w.data, vals[order], want_src, nt, state)
             if got is None:  # still not strictly increasing once sorted: a repeat
                 raise ValueError("rebuild: a new position is already present or repeats")
-        out_indptr, out_indices, data, src = got
+        out_indptr, out_indices, data, src, fused_state = got
         new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
         # The kernel gathers float states; any other dtype (a counter, a flag) takes NumPy's path.
-        return new_w, [topology.gather(src, np.ascontiguousarray(s), None, nt)
-                       if s.dtype in VALUE_DTYPES else _take(np, src, s, None) for s in states]
+        out = [fused_state if i == fused else
+               topology.gather(src, np.ascontiguousarray(s), None, nt)
+               if s.dtype in VALUE_DTYPES else _take(np, src, s, None)
+               for i, s in enumerate(states)]
+        return new_w, out

@@ -716,10 +716,13 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
 def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uint8_t[::1] keep,
                 const index_t[::1] new_rows, const index_t[::1] new_cols, Py_ssize_t n_cols,
                 const floating[::1] data, const floating[::1] new_vals, bint want_src,
-                int num_threads=0):
+                int num_threads=0, state=None):
     """W after dropping ``keep == 0`` and inserting the new positions, values merged in the
-    same pass: ``(indptr, indices, data, src)`` or ``None`` when the new positions are not
-    sorted by (row, col) (the caller sorts them and calls again).
+    same pass: ``(indptr, indices, data, src, state)`` or ``None`` when the new positions are
+    not sorted by (row, col) (the caller sorts them and calls again).
+
+    ``state`` (optional, an array aligned with ``data`` of its dtype, e.g. momentum) is carried
+    along in the same pass, 0 at new slots.
 
     ``src`` (when ``want_src``) maps each output slot to its origin, as :func:`merge` does, for
     the state arrays.  Raises ``ValueError`` when a new position is kept already or repeats.
@@ -768,15 +771,29 @@ def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uin
     cdef index_t[::1] out_idx = out_idx_a
     cdef floating[::1] out_data = out_data_a
     cdef int64_t[::1] src = src_a
+    cdef bint has_state = state is not None
+    cdef const floating[::1] st_in
+    cdef floating[::1] st_out
+    if has_state:
+        st_in = state
+        if st_in.shape[0] != nnz:
+            raise ValueError(f"state has {st_in.shape[0]} entries, expected nnz={nnz}")
+        st_out_a = np.empty(total, dtype=np.asarray(data).dtype)
+    else:
+        st_in = data
+        st_out_a = np.empty(1, dtype=np.asarray(data).dtype)
+    st_out = st_out_a
     cdef Py_ssize_t bad = 0
     with nogil:
         for r in prange(n_rows, schedule="guided", num_threads=nt):
             bad += _merge_row_values(indices, keep, new_cols, data, new_vals, indptr[r],
                                      indptr[r + 1], new_ptr[r], new_ptr[r + 1], out_ptr[r],
-                                     out_ptr[r + 1], out_idx, out_data, src, want_src)
+                                     out_ptr[r + 1], out_idx, out_data, src, want_src,
+                                     st_in, st_out, has_state)
     if bad:
         raise ValueError("rebuild: a new position is already present or repeats")
-    return out_ptr_a, out_idx_a, out_data_a, (src_a if want_src else None)
+    return (out_ptr_a, out_idx_a, out_data_a, (src_a if want_src else None),
+            (st_out_a if has_state else None))
 
 
 cdef Py_ssize_t _merge_row_values(const index_t[::1] indices, const uint8_t[::1] keep,
@@ -785,7 +802,8 @@ cdef Py_ssize_t _merge_row_values(const index_t[::1] indices, const uint8_t[::1]
                                   Py_ssize_t b, Py_ssize_t b_end, Py_ssize_t p,
                                   Py_ssize_t p_end, index_t[::1] out_idx,
                                   floating[::1] out_data, int64_t[::1] src,
-                                  bint want_src) noexcept nogil:
+                                  bint want_src, const floating[::1] st_in,
+                                  floating[::1] st_out, bint has_state) noexcept nogil:
     """Merge one row: before each new entry, the run of old entries left of it is compacted
     branch-free (every entry is stored at slot p, p advances only for kept ones; the new entry
     still to come keeps p inside the row), so the branches mispredict about once per new entry,
@@ -799,6 +817,8 @@ cdef Py_ssize_t _merge_row_values(const index_t[::1] indices, const uint8_t[::1]
             out_data[p] = data[a]
             if want_src:
                 src[p] = a
+            if has_state:
+                st_out[p] = st_in[a]
             p = p + keep[a]
             a = a + 1
         if a < a_end and indices[a] == nb:
@@ -807,12 +827,16 @@ cdef Py_ssize_t _merge_row_values(const index_t[::1] indices, const uint8_t[::1]
         out_data[p] = new_vals[b]
         if want_src:
             src[p] = -1 - b
+        if has_state:
+            st_out[p] = 0
         p = p + 1
     while p < p_end:  # the tail: kept entries remain while the row has free slots
         out_idx[p] = indices[a]
         out_data[p] = data[a]
         if want_src:
             src[p] = a
+        if has_state:
+            st_out[p] = st_in[a]
         p = p + keep[a]
         a = a + 1
     return bad

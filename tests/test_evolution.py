@@ -96,3 +96,32 @@ def test_pruning_never_empties_a_layer():
     model = SparseMLP([5, 4, 3], epsilon=1, seed=0)
     prune_neurons(model, percentile=99.9)
     assert model.layer_sizes[1] >= 1
+
+
+def _evolved(backend, seed=3):
+    model = SparseMLP([300, 400, 50, 10], epsilon=20, seed=seed, backend=backend)
+    for layer in model.layers:
+        layer.vel_w[:] = layer.w.data * 10
+    SET(zeta=0.3).evolve(model, np.random.default_rng(seed))
+    return [(layer.w.indptr, layer.w.indices, layer.w.data, layer.vel_w)
+            for layer in model.layers]
+
+
+def test_set_step_is_the_same_for_every_thread_count_and_the_generic_code():
+    """A seed gives one topology: 1, 2 or 3 OpenMP threads, and the generic Backend methods
+    (the path the GPU backend shares) with the two-selection prune."""
+    from sparsekit._cython.backend import CpuBackend
+    from sparsekit.backend import Backend
+
+    class Generic(CpuBackend):  # products on the CPU, topology from the base class
+        select = Backend.select
+        contains = Backend.contains
+        sample_absent = Backend.sample_absent
+        rebuild = Backend.rebuild
+        sign_prune_keep = None
+
+    want = _evolved(CpuBackend(num_threads=1))
+    for backend in (CpuBackend(num_threads=2), CpuBackend(num_threads=3), Generic(1)):
+        for got_layer, want_layer in zip(_evolved(backend), want, strict=True):
+            for got, exp in zip(got_layer, want_layer, strict=True):
+                np.testing.assert_array_equal(got, exp)

@@ -53,6 +53,8 @@ cdef extern from *:
     }
     /* a if pick_b == 0 else b (pick_b is 0 or 1), on the bits: GCC turns a float select into a
        branch, which mispredicts when kept and new entries interleave at random. */
+    static inline uint64_t sk_bits32(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+    static inline uint64_t sk_bits64(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
     static inline float sk_pick_f(float a, float b, int64_t pick_b) {
         uint32_t ua, ub, m = (uint32_t)0 - (uint32_t)pick_b;
         float r;
@@ -75,6 +77,8 @@ cdef extern from *:
     uint64_t sk_mix64(uint64_t z) nogil
     uint64_t sk_below(uint64_t* s, uint64_t n) nogil
     float sk_pick_f(float a, float b, int64_t pick_b) nogil
+    uint64_t sk_bits32(float x) nogil
+    uint64_t sk_bits64(double x) nogil
     double sk_pick_d(double a, double b, int64_t pick_b) nogil
     const uint64_t SIGN32 "0x80000000ULL"
     const uint64_t MASK32 "0xFFFFFFFFULL"
@@ -99,9 +103,9 @@ cdef enum:
 # --- selection --------------------------------------------------------------------------------
 cdef inline uint64_t _bits(floating x) noexcept nogil:
     if floating is float:
-        return (<uint32_t*>&x)[0]
+        return sk_bits32(x)
     else:
-        return (<uint64_t*>&x)[0]
+        return sk_bits64(x)
 
 
 cdef inline uint64_t _key(floating x, int mode, int* cls, int* valid) noexcept nogil:
@@ -329,6 +333,30 @@ def select(const floating[::1] values, Py_ssize_t k, bint largest=True, int num_
     return buf[:k]
 
 
+cdef void _prune_mask32(const uint32_t* bits, uint8_t* keep, Py_ssize_t n, uint32_t t0,
+                        uint32_t t1) noexcept nogil:
+    """keep = not (0 < |x| < threshold of x's sign) and x != 0, on the float32 bits: no branch
+    and 32-bit lanes, so GCC vectorises it.  NaN (|x| bits above inf) is kept."""
+    cdef Py_ssize_t i
+    cdef uint32_t v, mag, tt
+    for i in range(n):
+        v = bits[i]
+        mag = v & 0x7FFFFFFF
+        tt = t0 ^ ((t0 ^ t1) & (0 - (v >> 31)))
+        keep[i] = (mag != 0) & (((mag - 1) >= 0x7F800000) | (mag >= tt))
+
+
+cdef void _prune_mask64(const uint64_t* bits, uint8_t* keep, Py_ssize_t n, uint64_t t0,
+                        uint64_t t1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint64_t v, mag, tt
+    for i in range(n):
+        v = bits[i]
+        mag = v & MAG64
+        tt = t0 ^ ((t0 ^ t1) & (0 - (v >> 63)))
+        keep[i] = (mag != 0) & (((mag - 1) >= INF64) | (mag >= tt))
+
+
 def sign_prune_keep(const floating[::1] data, double zeta, int num_threads=0):
     """SET's keep mask: drop the fraction ``zeta`` of the negative and of the positive values
     closest to zero (``int(zeta * count)`` of each) and every exact zero; NaN is kept.
@@ -349,19 +377,16 @@ def sign_prune_keep(const floating[::1] data, double zeta, int num_threads=0):
     cdef uint8_t[::1] keep = out
     cdef int n_chunks = nt if n >= 65536 else 1
     cdef Py_ssize_t ch, i, lo, hi
-    cdef uint64_t key
-    cdef int c, ok
-    cdef floating x
+    cdef int c
     with nogil:
         for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
             lo = n * ch // n_chunks
             hi = n * (ch + 1) // n_chunks
-            c = 0  # private to each thread (see _histograms)
-            ok = 0
-            for i in range(lo, hi):
-                key = _key(data[i], 2, &c, &ok)
-                # Drop below the class threshold, and exact zeros (key 0); NaN is never dropped.
-                keep[i] = not ((ok & (key < t[c])) | (key == 0))
+            if floating is float:
+                _prune_mask32(<const uint32_t*>&data[0] + lo, &keep[lo], hi - lo,
+                              <uint32_t>t[0], <uint32_t>t[1])
+            else:
+                _prune_mask64(<const uint64_t*>&data[0] + lo, &keep[lo], hi - lo, t[0], t[1])
     for c in range(2):
         out[res[c][2]] = 0
     return out.view(bool)
@@ -623,32 +648,54 @@ def _grow_rows(const index_t[::1] indptr, const index_t[::1] indices,
                 new_rows[j] = <index_t>r
 
 
-cdef enum:
-    # Rank -> column by counting when (ranks x row length) <= this x (ranks + row length):
-    # measured fastest at 1000^2 eps 20 and 10 000^2 at 1 % (64 vs 8..32 and the merge alone).
-    _MAP_RATIO = 64
-
-
 cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,
                      Py_ssize_t u) noexcept nogil:
-    """ranks[i] += #{j : cols[j] - j <= ranks[i]} (sorted, distinct cols): rank -> column."""
-    cdef Py_ssize_t i, j
-    cdef int64_t q, cnt
-    cdef index_t qi, ci
+    """ranks[i] += #{j : cols[j] - j <= ranks[i]}: rank among the free columns -> column.
+
+    ``cols`` sorted and distinct, so ``cols[j] - j`` (the free columns before cols[j]) does not
+    decrease and the j counted form a prefix; ranks sorted.  The prefix end is found 16 entries
+    at a time (one vector compare that GCC emits for the fixed-length loop), so a row costs
+    about n / 16 + u steps instead of the n + u dependent steps of a scalar merge."""
+    cdef Py_ssize_t i, t, jp = 0
+    cdef index_t q, cnt
     for i in range(u):
-        qi = ranks[i]
-        ci = 0
-        for j in range(n):  # in the index type: 16 lanes of int32 per AVX-512 compare
-            ci = ci + (cols[j] - <index_t>j <= qi)
-        ranks[i] = qi + ci
+        q = ranks[i]
+        while jp + 16 <= n:
+            cnt = 0
+            for t in range(16):
+                cnt = cnt + (cols[jp + t] - <index_t>(jp + t) <= q)
+            jp = jp + cnt
+            if cnt < 16:
+                break
+        else:
+            while jp < n and cols[jp] - <index_t>jp <= q:
+                jp = jp + 1
+        ranks[i] = q + <index_t>jp
+
+
+cdef void _small_sort(index_t* a, Py_ssize_t x) noexcept nogil:
+    """Sort at most 64 values by counting, for each, the values placed before it: O(x^2)
+    compares, but branch-free and vectorised, where a comparison sort of random draws
+    mispredicts about every other branch."""
+    cdef index_t tmp[64]
+    cdef index_t v
+    cdef Py_ssize_t i, j, r
+    for i in range(x):
+        tmp[i] = a[i]
+    for i in range(x):
+        v = tmp[i]
+        r = 0
+        for j in range(x):
+            r = r + ((tmp[j] < v) | ((tmp[j] == v) & (j < i)))
+        a[r] = v
 
 
 cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p0,
                           Py_ssize_t p1, const index_t[::1] old_cols, Py_ssize_t c0,
                           Py_ssize_t n_old, Py_ssize_t x, uint64_t key, Py_ssize_t n_cols,
                           Py_ssize_t base, index_t[::1] out) noexcept nogil:
-    cdef Py_ssize_t j, u, jp, jc, a, w, take
-    cdef int64_t col, q
+    cdef Py_ssize_t j, u, jp, jc, a, w
+    cdef int64_t col
     cdef uint64_t state, n_free
     if x == 0:
         for j in range(n_old):
@@ -659,28 +706,19 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
     # Ranks among the free columns: draw, sort, keep the distinct ones (front of the slice).
     for j in range(x):
         out[base + j] = <index_t>sk_below(&state, n_free)
-    sort(&out[base], &out[base] + x)
+    if x <= 64:
+        _small_sort(&out[base], x)
+    else:
+        sort(&out[base], &out[base] + x)
     u = 1
     for j in range(1, x):  # branch-free: store, then advance past a new value
         out[base + u] = out[base + j]
         u = u + (out[base + u] != out[base + u - 1])
     if n_old == 0:
         # Rank q -> column q + #{pattern columns c_j with c_j - j <= q} (c_j - j free columns
-        # lie before c_j), as a branch-free merge of the ranks with the values c_j - j.
-        if p1 > p0 and u * (p1 - p0) <= _MAP_RATIO * (u + p1 - p0):
-            # Short rows: count the c_j - j <= q for each rank with a loop GCC vectorises
-            # (no dependency chain from one step to the next, unlike the merge below).
+        # lie before c_j).
+        if p1 > p0:
             _count_map(&indices[p0], p1 - p0, &out[base], u)
-        elif p1 > p0:
-            jp = p0
-            j = 0
-            while j < u:
-                q = <int64_t>out[base + j]
-                jc = jp if jp < p1 else p1 - 1
-                take = (jp < p1) & (<int64_t>indices[jc] - (jp - p0) <= q)
-                out[base + j] = <index_t>(q if take else q + (jp - p0))
-                j = j + 1 - take
-                jp = jp + take
         return u
     # Rank -> column: skip the pattern's columns and the chosen ones (both sorted, disjoint).
     jp = p0

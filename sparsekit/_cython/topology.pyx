@@ -776,25 +776,30 @@ def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uin
     out_ptr_a = np.empty(n_rows + 1, dtype=np.asarray(indices).dtype)
     cdef int64_t[::1] new_ptr = new_ptr_a
     cdef index_t[::1] out_ptr = out_ptr_a
-    cdef Py_ssize_t j, r, k, status = 0
-    cdef int64_t kept
+    cdef Py_ssize_t j, r, k
+    cdef int64_t kept, rj, cj, rp = -1, cp = -1
+    cdef int out_of_bounds = 0, unsorted = 0
     with nogil:
-        for j in range(m):  # bounds, order (strict: a repeat sorts and then fails) and counts
-            if (new_rows[j] < 0 or new_rows[j] >= n_rows or new_cols[j] < 0
-                    or new_cols[j] >= n_cols):
-                status = 2
-                break
-            if j and (new_rows[j] < new_rows[j - 1] or (new_rows[j] == new_rows[j - 1]
-                                                         and new_cols[j] <= new_cols[j - 1])):
-                status = 1
-            new_ptr[new_rows[j] + 1] += 1
-    if status == 2:
+        # Bounds and strict (row, col) order, branch-free (a repeat is unsorted here: the
+        # caller sorts and then reports it).
+        for j in range(m):
+            rj = new_rows[j]
+            cj = new_cols[j]
+            out_of_bounds |= (rj < 0) | (rj >= n_rows) | (cj < 0) | (cj >= n_cols)
+            unsorted |= (rj < rp) | ((rj == rp) & (cj <= cp))
+            rp = rj
+            cp = cj
+    if out_of_bounds:
         raise ValueError(f"new positions must lie in [0, {n_rows}) x [0, {n_cols})")
-    if status == 1:
+    if unsorted:
         return None
     with nogil:
+        # Sorted rows: the last slot of row r is where new_ptr[r + 1] points (independent
+        # stores, no counter chain), then rows without new entries take their predecessor's.
+        for j in range(m):
+            new_ptr[new_rows[j] + 1] = j + 1
         for r in range(n_rows):
-            new_ptr[r + 1] += new_ptr[r]
+            new_ptr[r + 1] = new_ptr[r + 1] if new_ptr[r + 1] > new_ptr[r] else new_ptr[r]
         out_ptr[0] = 0
         # kept per row, then the offsets (serial prefix; the sums above are branch-free)
         for r in range(n_rows):

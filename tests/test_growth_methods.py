@@ -17,7 +17,7 @@ import scipy.sparse as scipy_sparse
 from sparsekit import train
 from sparsekit.activations import softmax_cross_entropy
 from sparsekit.growth import GSE, TopKAST, UpdateSchedule, cosine_drop_fraction, get_method
-from sparsekit.growth.gse import distinct_ranks, sample_candidates
+from sparsekit.growth.gse import absent_by_rank, distinct_ranks, sample_candidates
 from sparsekit.growth.rigl import RigL, dense_topk_absent
 from sparsekit.growth.schedule import output_grads
 from sparsekit.init import er_connections, erdos_renyi
@@ -210,8 +210,10 @@ def test_distinct_ranks_is_a_uniform_subset():
         distinct_ranks(rng, 3, 4)
 
 
-def test_gse_uniform_candidates_are_uniform_over_absent_positions(topo_backend):
-    """The rank-space sampler: m distinct absent positions, sorted, each equally likely."""
+@pytest.mark.parametrize("sample", [sample_candidates, absent_by_rank])
+def test_gse_uniform_candidates_are_uniform_over_absent_positions(topo_backend, sample):
+    """GSE's candidates (the backend's sampler, or the rank-space one where it has none) and the
+    rank-space sampler itself: m distinct absent positions, sorted, each equally likely."""
     be = topo_backend
     rng = np.random.default_rng(1)
     w = erdos_renyi(9, 11, 2, rng=rng, backend=be)  # 40 of 99 positions stored
@@ -221,7 +223,7 @@ def test_gse_uniform_candidates_are_uniform_over_absent_positions(topo_backend):
     assert 2 * m < len(absent)
     counts = dict.fromkeys(absent, 0)
     for _ in range(reps):
-        rows, cols = sample_candidates(be, w, m, rng)
+        rows, cols = sample(be, w, m, rng)
         assert rows.dtype == w.indices.dtype and cols.dtype == w.indices.dtype
         got = list(zip(be.to_numpy(rows).tolist(), be.to_numpy(cols).tolist()))
         assert len(got) == m and got == sorted(set(got))  # distinct, (row, col)-sorted
@@ -236,7 +238,7 @@ def test_gse_uniform_candidates_are_uniform_over_absent_positions(topo_backend):
     full_rows = SparseLinear.from_scipy(scipy_sparse.csr_matrix(dense), backend=be).w
     seen = set()
     for _ in range(200):
-        rows, cols = sample_candidates(be, full_rows, 6, rng)
+        rows, cols = sample(be, full_rows, 6, rng)
         got = list(zip(be.to_numpy(rows).tolist(), be.to_numpy(cols).tolist()))
         assert len(got) == 6 and all(dense[p] == 0 for p in got)
         seen.update(got)

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..backend import Backend
 from .base import register_method
 from .schedule import GradientGrowth, free_positions
 
@@ -57,31 +58,43 @@ def _floored(p: np.ndarray):
 
 def sample_candidates(be, w, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):
-    """``min(m, free)`` distinct absent positions of W, sorted by (row, col), in W's index dtype.
+    """``min(m, free)`` distinct absent positions of W, sorted by (row, col), in W's index dtype:
+    a uniform ``m``-subset of the absent positions (or drawn from the GraBo/GraEst marginals).
 
-    Uniform (no weights): a uniform ``m``-subset of the absent positions, drawn directly in
-    *rank space* — ``m`` distinct ranks among the ``free`` empty positions (see
-    :func:`distinct_ranks`), each mapped to its (row, col) through W's sorted keys with one
-    ``searchsorted``.  No draw lands on an existing connection, so there is no membership test
-    and no rejection round; the result has the distribution of ``backend.sample_absent``.
-    Weighted (GraBo, GraEst marginals): ``backend.sample_absent`` with the weights.
+    A backend with its own ``sample_absent`` kernel (the CPU's per-row sampler) draws them;
+    otherwise uniform draws use :func:`absent_by_rank`, which needs no rejection rounds and no
+    membership tests, and weighted ones the generic ``Backend.sample_absent``.
 
     When ``m`` reaches half the free positions every free position is returned instead (the
     GSE reference does the same for layers at most 50 % sparse): the result is then exact.
-    Draws come from ``rng`` on the host, so a seed gives the same positions on every backend;
-    memory is O(nnz + m), nothing of size ``n_in x n_out``.
+    Draws come from ``rng`` on the host; memory is O(nnz + m), nothing of size ``n_in x n_out``.
     """
     xp = be.xp
     free = free_positions(w)
     m = min(int(m), free)
-    idt = w.indices.dtype
     if m <= 0:
+        idt = w.indices.dtype
         return xp.empty(0, dtype=idt), xp.empty(0, dtype=idt)
     if 2 * m >= free:
         return be.sample_absent(w, free, rng)
-    if row_weights is not None or col_weights is not None:
+    native = getattr(type(be), "sample_absent", None) is not Backend.sample_absent
+    if native or row_weights is not None or col_weights is not None:
         return be.sample_absent(w, m, rng, row_weights, col_weights)
-    ranks = be.asarray(distinct_ranks(rng, free, m))
+    return absent_by_rank(be, w, m, rng)
+
+
+def absent_by_rank(be, w, m: int, rng: np.random.Generator):
+    """A uniform ``m``-subset of W's absent positions (``m`` at most the free count), sorted by
+    (row, col), in W's index dtype, with the backend's array module only.
+
+    Drawn in *rank space*: ``m`` distinct ranks among the ``free`` empty positions (see
+    :func:`distinct_ranks`), each mapped to its (row, col) through W's sorted keys with one
+    ``searchsorted``.  No draw lands on an existing connection, so there is no membership test
+    and no rejection round (the generic ``Backend.sample_absent`` needs both).  O(nnz + m).
+    """
+    xp = be.xp
+    idt = w.indices.dtype
+    ranks = be.asarray(distinct_ranks(rng, free_positions(w), m))
     # gaps[i]: the empty positions before the i-th stored key (row-major, non-decreasing), so
     # the empty position of rank u is u + #{i : gaps[i] <= u}.
     gaps = w.row_ids().astype(xp.int64)

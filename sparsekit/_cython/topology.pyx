@@ -776,6 +776,7 @@ def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uin
     out_ptr_a = np.empty(n_rows + 1, dtype=np.asarray(indices).dtype)
     cdef int64_t[::1] new_ptr = new_ptr_a
     cdef index_t[::1] out_ptr = out_ptr_a
+    cdef int64_t[::1] row_kept = np.empty(n_rows, dtype=np.int64)
     cdef Py_ssize_t j, r, k
     cdef int64_t kept, rj, cj, rp = -1, cp = -1
     cdef int out_of_bounds = 0, unsorted = 0
@@ -800,13 +801,15 @@ def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uin
             new_ptr[new_rows[j] + 1] = j + 1
         for r in range(n_rows):
             new_ptr[r + 1] = new_ptr[r + 1] if new_ptr[r + 1] > new_ptr[r] else new_ptr[r]
-        out_ptr[0] = 0
-        # kept per row, then the offsets (serial prefix; the sums above are branch-free)
-        for r in range(n_rows):
+        # kept per row (in parallel), then the offsets (a serial prefix over rows)
+        for r in prange(n_rows, schedule="static", num_threads=nt if nnz >= 65536 else 1):
             kept = 0
             for k in range(indptr[r], indptr[r + 1]):
                 kept = kept + keep[k]
-            out_ptr[r + 1] = <index_t>(out_ptr[r] + kept + new_ptr[r + 1] - new_ptr[r])
+            row_kept[r] = kept
+        out_ptr[0] = 0
+        for r in range(n_rows):
+            out_ptr[r + 1] = <index_t>(out_ptr[r] + row_kept[r] + new_ptr[r + 1] - new_ptr[r])
     cdef Py_ssize_t total = out_ptr[n_rows]
     out_idx_a = np.empty(total, dtype=np.asarray(indices).dtype)
     out_data_a = np.empty(total, dtype=np.asarray(data).dtype)

@@ -4,9 +4,17 @@ Activations are feature-major: ``x_ib`` has one contiguous row of ``n_batch`` va
 neuron, so every non-zero of W does one contiguous, vectorisable axpy or dot of length n_batch.
 Each OpenMP thread owns the output rows it writes; nothing is accumulated with atomics, so a
 result does not depend on the thread count.
+
+The kernels (C++ below, on GCC/Clang vector extensions) hold a register tile of up to 8 vectors
+of one batch row (128 float32 with AVX-512) while a row's non-zeros stream past: the output is
+stored once and every non-zero costs one load and one FMA per vector.  The pattern gradient
+(fused backward, SDDMM) holds the other operand's row instead and folds the dots of 16 non-zeros
+at a time with a transposing shuffle tree.  When the gathered operand outgrows L2 (TILE_BYTES)
+the forward and the SDDMM walk the batch in 4-vector tiles over blocks of rows, and gathered
+rows are prefetched a few non-zeros ahead; a misaligned gathered operand is realigned by one
+copy.  Summation orders depend on the shapes only.
 """
 from cython.parallel cimport prange
-from libc.string cimport memset
 
 import numpy as np
 

@@ -1,8 +1,9 @@
 """Kernels for topology changes: selection, membership, sampling of absent positions, CSR rebuild.
 
 A rebuild merges the kept entries of W with a row-sorted list of new positions, row by row (each
-thread owns its rows), and records for every output slot where its value comes from, so the
-values and every aligned state array (momentum, ...) are permuted by one shared map.
+thread owns its rows).  ``rebuild_csr`` (used by the CPU backend) carries the values and one
+state array (momentum) in the same pass and records, only when more states need it, for every
+output slot where its value comes from; ``merge`` + ``gather`` are the two-step form.
 
 Selections (``select``, ``sign_prune_keep``) find their threshold by a radix step on the float
 bits: one pass builds a 4096-bin histogram of the top bits of each key, a second pass copies

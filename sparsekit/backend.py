@@ -206,6 +206,25 @@ class Backend:
         mask[xp.flatnonzero(keys == t)[:n_tie]] = True
         return xp.flatnonzero(mask).astype(xp.int64)
 
+    def sign_prune_keep(self, values, zeta: float):
+        """SET's keep mask: drop the fraction ``zeta`` of the negative and of the positive
+        ``values`` closest to zero (exact zeros too), by one selection per sign.
+
+        Ties go to the lowest indices (:meth:`select`), so every backend gives the same mask.
+        """
+        xp = self.xp
+        self.check_array("values", values)
+        if not 0 <= zeta <= 1:
+            raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
+        keep = values != 0
+        for sign_mask, largest in ((values < 0, True), (values > 0, False)):
+            idx = xp.flatnonzero(sign_mask)
+            k = int(zeta * idx.shape[0])
+            if k:
+                # Negatives closest to zero are the largest ones, positives the smallest.
+                keep[idx[self.select(values[idx], k, largest=largest)]] = False
+        return keep
+
     def contains(self, w: CSR, rows, cols):
         """Boolean mask: is ``(rows[j], cols[j])`` a stored position of W?"""
         xp = self.xp

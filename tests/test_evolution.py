@@ -118,7 +118,7 @@ def test_set_step_is_the_same_for_every_thread_count_and_the_generic_code():
         contains = Backend.contains
         sample_absent = Backend.sample_absent
         rebuild = Backend.rebuild
-        sign_prune_keep = None
+        sign_prune_keep = Backend.sign_prune_keep
 
     want = _evolved(CpuBackend(num_threads=1))
     for backend in (CpuBackend(num_threads=2), CpuBackend(num_threads=3), Generic(1)):

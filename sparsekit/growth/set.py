@@ -10,23 +10,9 @@ from .base import GrowthMethod, register_method
 
 def magnitude_keep_mask(backend, data, zeta: float):
     """Keep mask that removes the fraction ``zeta`` of the negative and of the positive weights
-    closest to zero (exact zeros are removed too), as SET does.
-
-    Uses the backend's fused kernel when it has one (``sign_prune_keep``, CPU), else its O(n)
-    selection on each sign separately; both give the same mask.
-    """
-    fused = getattr(backend, "sign_prune_keep", None)
-    if fused is not None:
-        return fused(data, zeta)
-    xp = backend.xp
-    keep = data != 0
-    for sign_mask, largest in ((data < 0, True), (data > 0, False)):
-        idx = xp.flatnonzero(sign_mask)
-        k = int(zeta * idx.shape[0])
-        if k:
-            # Negatives closest to zero are the largest ones, positives the smallest.
-            keep[idx[backend.select(data[idx], k, largest=largest)]] = False
-    return keep
+    closest to zero (exact zeros are removed too), as SET does: the backend's
+    :meth:`~sparsekit.backend.Backend.sign_prune_keep` (one fused kernel on the CPU)."""
+    return backend.sign_prune_keep(data, zeta)
 
 
 class SET(GrowthMethod):

@@ -173,7 +173,11 @@ cdef extern from * nogil:
         for (int b = 0; b < n; ++b) out[b] = acc[b];
     }
 
-    /* One output row over the batch segment [0, n) (src rows and out are ld apart). */
+    /* One output row over the batch segment [0, n) (src rows and out are ld apart).  Every tile
+       width, like the scalar tail, sums the non-zeros one after another into one accumulator per
+       vector (P = 1), so a sample's output has the same bits whatever its position in the batch
+       and the batch size (predictions must not depend on sample order or subsets).  Partial sums
+       would hide FMA latency in the narrow tiles but tie the rounding to the position. */
     template <typename T, typename I, bool PERM, bool PF>
     static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
                                    ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t n, T* out) {
@@ -187,11 +191,11 @@ cdef extern from * nogil:
             b += 4 * N;
         }
         if (r & 2) {
-            sk_axpy_tile<T, I, PERM, PF, 2, 2>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+            sk_axpy_tile<T, I, PERM, PF, 2, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
             b += 2 * N;
         }
         if (r & 1) {
-            sk_axpy_tile<T, I, PERM, PF, 1, 4>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+            sk_axpy_tile<T, I, PERM, PF, 1, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
             b += N;
         }
         if (b < n)
@@ -215,12 +219,12 @@ cdef extern from * nogil:
         } else if (tv == 2) {
             for (; b + 2 * N <= n_batch; b += 2 * N)
                 for (r = r0; r < r1; ++r)
-                    sk_axpy_tile<T, I, PERM, PF, 2, 2>(idx, vals, perm, indptr[r], indptr[r + 1],
+                    sk_axpy_tile<T, I, PERM, PF, 2, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
                                                        src + b, n_batch, out + r * n_batch + b);
         } else if (tv == 1) {
             for (; b + N <= n_batch; b += N)
                 for (r = r0; r < r1; ++r)
-                    sk_axpy_tile<T, I, PERM, PF, 1, 4>(idx, vals, perm, indptr[r], indptr[r + 1],
+                    sk_axpy_tile<T, I, PERM, PF, 1, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
                                                        src + b, n_batch, out + r * n_batch + b);
         }
         if (b < n_batch)

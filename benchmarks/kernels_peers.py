@@ -324,19 +324,13 @@ def aligned64(a: np.ndarray) -> np.ndarray:
 
 def set_step(be, w, cfg: dict, zeta: float = 0.3) -> dict:
     """One SET step, timed per phase: prune, regrow, rebuild (+ the transpose index apart)."""
+    from sparsekit.growth.set import magnitude_keep_mask
     from sparsekit.init import init_values
 
     momentum = np.random.default_rng(2).standard_normal(w.nnz, dtype=np.float32)
 
-    def prune():
-        vals = w.data
-        keep = np.ones(w.nnz, dtype=bool)
-        pos = np.flatnonzero(vals > 0)
-        neg = np.flatnonzero(vals < 0)
-        # zeta of the positive and of the negative weights, those closest to zero
-        keep[pos[be.select(vals[pos], int(zeta * pos.shape[0]), largest=False)]] = False
-        keep[neg[be.select(vals[neg], int(zeta * neg.shape[0]), largest=True)]] = False
-        return keep
+    def prune():  # what SET calls: the backend's fused sign-wise selection on the CPU
+        return magnitude_keep_mask(be, w.data, zeta)
 
     def regrow(m, seed):
         rng = np.random.default_rng(seed)

@@ -397,7 +397,7 @@ def render_markdown(results: dict, layers: list[dict], threads_list: list[int],
                      f"{r['input_align']['dy_ob']} | {cells} |")
     L += ["", "## One SET step vs one forward `matmul` (same layer, batch 128)", "",
           "Prune 30 % of the positive and 30 % of the negative weights closest to zero "
-          "(`select` on each sign), regrow as many uniformly (`sample_absent` + He-uniform "
+          "(`magnitude_keep_mask`: one fused sign-wise selection on the CPU), regrow as many uniformly (`sample_absent` + He-uniform "
           "values), `rebuild` with one aligned state array (momentum). The transposed index "
           "that `matmul_t`/`backward` need afterwards is rebuilt once per topology change and "
           "is shown apart. The step is verified (pattern = kept ∪ new, values and state "

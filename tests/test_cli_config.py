@@ -147,7 +147,10 @@ def test_interrupt_exits_130(tiny, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sparsekit", "train", "--dataset", str(tiny),
                              "--hidden", "16", "--epochs", "100000", "--batch-size", "8",
                              "--no-plot", "--no-progress", "--out", str(tmp_path / "r")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A job started in the background inherits SIGINT ignored, and
+                            # Python then keeps ignoring it: give the child Ctrl-C's default.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # wait until training is under way
             if line.startswith("epoch"):

@@ -456,10 +456,12 @@ def _stream_starts(key: np.uint64, ids: np.ndarray) -> np.ndarray:
     return _splitmix(np, key ^ _splitmix(np, ids.astype(np.uint64) + np.uint64(1)))
 
 
-def _row_counts_host(avail: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
-    """Twin of ``topology._row_counts``: rows of ``need`` i.i.d. draws, by blocks of rows."""
+def row_blocks(avail: np.ndarray, need: int, rng: np.random.Generator):
+    """The block split of ``need`` draws over rows with ``avail`` free positions each, shared by
+    ``topology._row_counts`` and its host twin: ``(bounds, per_block, top)`` = at most 64 row
+    blocks fixed by the sizes, the draws per block (one multinomial on the free mass) and each
+    block's largest ``avail``."""
     n_rows = avail.shape[0]
-    counts = np.zeros(n_rows, np.int64)
     n_blocks = min(n_rows, 64, max(1, need // 1024))
     bounds = (np.arange(n_blocks + 1, dtype=np.int64) * n_rows) // n_blocks
     if n_blocks > 1:
@@ -469,6 +471,15 @@ def _row_counts_host(avail: np.ndarray, need: int, rng: np.random.Generator) -> 
     else:
         per_block = np.array([need], np.int64)
         top = np.array([avail.max()], np.int64)
+    return bounds, per_block, top
+
+
+def _row_counts_host(avail: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
+    """Twin of ``topology._row_counts``: rows of ``need`` i.i.d. draws, by blocks of rows."""
+    n_rows = avail.shape[0]
+    counts = np.zeros(n_rows, np.int64)
+    bounds, per_block, top = row_blocks(avail, need, rng)
+    n_blocks = per_block.shape[0]
     key = np.uint64(rng.integers(0, 1 << 63, dtype=np.uint64))
     starts = _stream_starts(key, np.arange(n_blocks))
     for b in np.flatnonzero(per_block):

@@ -8,8 +8,6 @@ import os
 
 import numpy as np
 
-from .._align import aligned_empty  # noqa: F401  (the kernels' output allocator)
-
 
 def check_threads(num_threads: int) -> int:
     if num_threads < 0:

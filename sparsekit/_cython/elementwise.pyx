@@ -11,7 +11,8 @@ from libc.stdint cimport uint64_t
 import numpy as np
 
 from ._types cimport floating
-from ._checks import aligned_empty, check_threads
+from .._align import aligned_empty
+from ._checks import check_threads
 
 
 cdef inline uint64_t _mix(uint64_t z) noexcept nogil:

@@ -19,7 +19,8 @@ from cython.parallel cimport prange
 import numpy as np
 
 from ._types cimport floating, index_t
-from ._checks import aligned_empty, check_batch_operand, check_pattern, check_threads
+from .._align import aligned_empty
+from ._checks import check_batch_operand, check_pattern, check_threads
 
 
 

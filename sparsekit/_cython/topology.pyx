@@ -23,6 +23,7 @@ from libcpp.algorithm cimport nth_element, sort
 import numpy as np
 
 from ._types cimport floating, index_t
+from ..backend import row_blocks
 from ._checks import check_pattern, check_threads
 
 cdef extern from *:
@@ -56,24 +57,17 @@ cdef extern from *:
        branch, which mispredicts when kept and new entries interleave at random. */
     static inline uint64_t sk_bits32(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
     static inline uint64_t sk_bits64(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
-    static inline float sk_pick_f(float a, float b, int64_t pick_b) {
-        uint32_t ua, ub, m = (uint32_t)0 - (uint32_t)pick_b;
-        float r;
-        memcpy(&ua, &a, 4);
-        memcpy(&ub, &b, 4);
+    template <typename F, typename U> static inline F sk_pick(F a, F b, int64_t pick_b) {
+        U ua, ub, m = (U)0 - (U)pick_b;
+        F r;
+        memcpy(&ua, &a, sizeof(F));
+        memcpy(&ub, &b, sizeof(F));
         ua = (ua & ~m) | (ub & m);
-        memcpy(&r, &ua, 4);
+        memcpy(&r, &ua, sizeof(F));
         return r;
     }
-    static inline double sk_pick_d(double a, double b, int64_t pick_b) {
-        uint64_t ua, ub, m = (uint64_t)0 - (uint64_t)pick_b;
-        double r;
-        memcpy(&ua, &a, 8);
-        memcpy(&ub, &b, 8);
-        ua = (ua & ~m) | (ub & m);
-        memcpy(&r, &ua, 8);
-        return r;
-    }
+    static inline float sk_pick_f(float a, float b, int64_t p) { return sk_pick<float, uint32_t>(a, b, p); }
+    static inline double sk_pick_d(double a, double b, int64_t p) { return sk_pick<double, uint64_t>(a, b, p); }
     """
     uint64_t sk_mix64(uint64_t z) nogil
     uint64_t sk_below(uint64_t* s, uint64_t n) nogil
@@ -599,16 +593,8 @@ def _row_counts(const int64_t[::1] avail, Py_ssize_t need, rng, int nt):
     counts_a = np.zeros(n_rows, dtype=np.int64)
     if need == 0 or n_rows == 0:
         return counts_a
-    avail_np = np.asarray(avail)
-    cdef Py_ssize_t n_blocks = min(n_rows, 64, max(1, need // 1024))
-    bounds_a = (np.arange(n_blocks + 1, dtype=np.int64) * n_rows) // n_blocks
-    if n_blocks > 1:
-        mass = np.add.reduceat(avail_np, bounds_a[:n_blocks])
-        per_block_a = rng.multinomial(need, mass / mass.sum()).astype(np.int64)
-        top_a = np.maximum.reduceat(avail_np, bounds_a[:n_blocks]).astype(np.int64)
-    else:
-        per_block_a = np.array([need], dtype=np.int64)
-        top_a = np.array([avail_np.max()], dtype=np.int64)
+    bounds_a, per_block_a, top_a = row_blocks(np.asarray(avail), need, rng)
+    cdef Py_ssize_t n_blocks = per_block_a.shape[0]
     cdef const int64_t[::1] bounds = bounds_a
     cdef const int64_t[::1] per_block = per_block_a
     cdef const int64_t[::1] top = top_a

@@ -130,7 +130,7 @@ def loadavg() -> str:
 def prepare(layers: list[dict], data_dir: Path, batch: int, seed: int = 0) -> list[dict]:
     """Build every layer with sparsekit's ER init and write W, x_ib, dy_ob to ``data_dir``."""
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.init import erdos_renyi
+    from sparsekit.nn.init import erdos_renyi
 
     be = CpuBackend(num_threads=int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = []
@@ -271,7 +271,7 @@ def machine(cfg: dict, threads: int) -> dict:
 # --- sparsekit -----------------------------------------------------------------------------------
 def sparsekit_peer(spec: dict, data_dir: Path, cfg: dict, threads: int) -> dict:
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.csr import CSR
+    from sparsekit.nn.csr import CSR
 
     be = CpuBackend(num_threads=threads)
     w_sp, x_ib, dy_ob = load(data_dir, spec)
@@ -325,7 +325,7 @@ def aligned64(a: np.ndarray) -> np.ndarray:
 def set_step(be, w, cfg: dict, zeta: float = 0.3) -> dict:
     """One SET step, timed per phase: prune, regrow, rebuild (+ the transpose index apart)."""
     from sparsekit.growth.set import magnitude_keep_mask
-    from sparsekit.init import init_values
+    from sparsekit.nn.init import init_values
 
     momentum = np.random.default_rng(2).standard_normal(w.nnz, dtype=np.float32)
 

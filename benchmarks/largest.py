@@ -2,7 +2,7 @@
 
 Trains ``sparsekit.train`` (CPU backend, SET with one topology update in the middle of the
 epoch, All-ReLU, dropout 0.3, momentum SGD) for one epoch on a Fashion-MNIST-shaped synthetic
-task (784 features, 10 classes, Madelon-like clusters from ``sparsekit.datasets.make_synthetic``)
+task (784 features, 10 classes, Madelon-like clusters from ``sparsekit.io.datasets.make_synthetic``)
 and reports neurons, connections, the peak RSS of the process, the time of the epoch, the FLOPs
 of the epoch beside a dense network's, and :func:`sparsekit.estimate_memory`'s prediction of the
 peak before anything was allocated.  ``memory_limit`` is passed to ``train()``, so a
@@ -39,7 +39,7 @@ class RssSampler(threading.Thread):
         self.t0 = time.perf_counter()
 
     def run(self) -> None:
-        from sparsekit.memory import resident_memory
+        from sparsekit.training.memory import resident_memory
 
         while not self._halt.wait(self.period):
             self.samples.append((time.perf_counter() - self.t0, resident_memory()))
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
 
     import sparsekit
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.datasets import make_synthetic
-    from sparsekit.memory import estimate_memory, resident_memory
+    from sparsekit.io.datasets import make_synthetic
+    from sparsekit.training.memory import estimate_memory, resident_memory
 
     n_total = args.samples + args.test_samples
     data = make_synthetic(n_samples=n_total, n_features=784, n_informative=10, n_classes=10,

@@ -120,10 +120,10 @@ def update_cost(method: str, hidden, threads: int, reps: int = 40, warmup: int =
     import numpy as np
 
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.activations import softmax_cross_entropy
     from sparsekit.growth import get_method
-    from sparsekit.model import SparseMLP
-    from sparsekit.optim import MomentumSGD
+    from sparsekit.nn.activations import softmax_cross_entropy
+    from sparsekit.nn.model import SparseMLP
+    from sparsekit.training.optim import MomentumSGD
 
     be = CpuBackend(threads)
     x_tr, y_tr, _, _ = load(2048, 1)
@@ -167,10 +167,10 @@ def step_cost(hidden, threads: int, n_train, steps: int = 300, warmup: int = 15,
 
     from sparsekit._align import feature_major_batch
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.activations import softmax_cross_entropy
     from sparsekit.growth import get_method
-    from sparsekit.model import SparseMLP
-    from sparsekit.optim import MomentumSGD
+    from sparsekit.nn.activations import softmax_cross_entropy
+    from sparsekit.nn.model import SparseMLP
+    from sparsekit.training.optim import MomentumSGD
 
     be = CpuBackend(threads)
     x_tr, y_tr, _, _ = load(n_train, 1)

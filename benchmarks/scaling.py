@@ -77,7 +77,7 @@ def precheck(peer: str, width: int, steps: int, cap: int) -> str | None:
 
 def memory_need(peer: str, width: int, steps: int) -> int:
     """Bytes a case needs, from sparsekit's estimator or the peer's own formula."""
-    from sparsekit.memory import estimate_memory
+    from sparsekit.training.memory import estimate_memory
 
     sizes = sizes_for(width)
     if peer == "sparsekit":
@@ -215,7 +215,7 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
              "", f"`{command}` on {meta['machine']}, {meta['date']} (load average at the end "
              f"{meta['loadavg_end'][0]:.1f}). MLP 784-w-w-w-10, ε = 20, batch 128, synthetic "
              "Fashion-MNIST-shaped data; every case in its own process (threads as listed, "
-             "address-space and time caps). FLOPs per step from `sparsekit.flops` "
+             "address-space and time caps). FLOPs per step from `sparsekit.training.flops` "
              "(forward, backward, weight gradient, update); the dense column is a dense "
              "network of the same shape. Raw data: `scaling.json`; plot: `scaling.png`.", "",
              "## Headline figures", "", "| target | measured |", "|---|---|",
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from sparsekit.memory import parse_bytes
+    from sparsekit.training.memory import parse_bytes
 
     cap = int(parse_bytes(args.mem_cap, "--mem-cap"))
     if args.worker:

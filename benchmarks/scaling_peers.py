@@ -1,7 +1,7 @@
 """The three peers of ``benchmarks/scaling.py``; each trains 784-w-w-w-10 for a few steps in
 the calling process and returns timings, connection and FLOP counts as a dict.
 
-Every peer draws the same Erdős–Rényi pattern (``sparsekit.init.uniform_pattern``), uses
+Every peer draws the same Erdős–Rényi pattern (``sparsekit.nn.init.uniform_pattern``), uses
 All-ReLU (slopes -0.6, +0.6, -0.6), dropout 0.3, softmax cross-entropy and SGD with momentum 0.9
 and weight decay 2e-4 at lr 0.01 on standard-normal inputs with random labels.
 """
@@ -22,17 +22,17 @@ def _data(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 def _patterns(sizes, epsilon, rng):
     """CSR (indptr, indices) of W (n_out x n_in) per layer, the same for every peer."""
-    from sparsekit.init import er_connections, uniform_pattern
+    from sparsekit.nn.init import er_connections, uniform_pattern
 
     return [uniform_pattern(n_out, n_in, er_connections(n_out, n_in, epsilon), rng)
             for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 
 
 def _flops(sizes, nnz, batch):
-    """Sparse and dense operations of one step (the table of ``sparsekit.flops``)."""
+    """Sparse and dense operations of one step (the table of ``sparsekit.training.flops``)."""
     from types import SimpleNamespace
 
-    from sparsekit.flops import step_flops
+    from sparsekit.training.flops import step_flops
 
     layers = [SimpleNamespace(w=SimpleNamespace(shape=(n_out, n_in), nnz=k), w_forward=None)
               for n_in, n_out, k in zip(sizes[:-1], sizes[1:], nnz)]
@@ -52,7 +52,7 @@ def _result(sizes, nnz, batch, times, init_s, **extra) -> dict:
 def run_sparsekit(sizes, steps, threads, batch, epsilon, n_test) -> dict:
     import sparsekit
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.memory import estimate_memory, resident_memory
+    from sparsekit.training.memory import estimate_memory, resident_memory
 
     rng = np.random.default_rng(0)
     x, y = _data(steps * batch, rng)
@@ -128,7 +128,7 @@ def run_torch(sizes, steps, threads, batch, epsilon, n_test) -> dict:
 # --- the SciPy approach of the public reference code -----------------------------------------
 def scipy_bytes(sizes, epsilon, batch) -> int:
     """CSR weights and momentum, COO copies and the new matrices of the update (~60 B each)."""
-    from sparsekit.init import er_connections
+    from sparsekit.nn.init import er_connections
 
     nnz = sum(er_connections(b, a, epsilon) for a, b in zip(sizes[:-1], sizes[1:]))
     return 60 * nnz + 24 * batch * sum(sizes) + 2**30

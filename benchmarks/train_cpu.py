@@ -24,7 +24,7 @@ SIZES = [784, 1000, 1000, 1000, 10]
 
 
 def peak_rss_mib() -> float:
-    from sparsekit.memory import peak_resident_memory
+    from sparsekit.training.memory import peak_resident_memory
 
     return peak_resident_memory() / 2**20
 

@@ -37,7 +37,7 @@ MACHINES = (1, 2, 4, 8, 16, 32, 64)
 def load(args):
     import numpy as np
 
-    from sparsekit.datasets import load_dataset
+    from sparsekit.io.datasets import load_dataset
 
     try:
         data = load_dataset("fashion-mnist")

@@ -16,7 +16,7 @@ import numpy as np
 from _common import parser, unavailable
 
 import sparsekit
-from sparsekit.datasets import Dataset
+from sparsekit.io.datasets import Dataset
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     print(f"test accuracy {100 * last['test_acc']:.2f}% with {nnz} connections "
           f"({100 * nnz / dense:.1f}% of the dense {dense})")
     if args.out:
-        from sparsekit.plot import plot_history
+        from sparsekit.cli.plot import plot_history
 
         plot_history(result.history, f"{args.out}/plot.png", result.model, data.image_shape)
     assert np.isfinite(last["test_loss"])

@@ -14,7 +14,7 @@ import inspect
 from _common import parser, unavailable
 
 import sparsekit
-from sparsekit.datasets import make_synthetic
+from sparsekit.io.datasets import make_synthetic
 
 
 def main() -> None:

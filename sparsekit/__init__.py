@@ -4,20 +4,20 @@ Weights live as CSR matrices from initialisation to checkpoint, so memory and ti
 the number of connections, not with layer width squared.
 """
 
-from .backend import Backend, available_backends, get_backend, register_backend, use_backend
-from .checkpoint import load_checkpoint, save_checkpoint
-from .csr import CSR
+from .backends import Backend, available_backends, get_backend, register_backend, use_backend
 from .growth import available_methods, get_method
-from .init import erdos_renyi
-from .layers import SparseLinear
-from .memory import estimate_memory
-from .model import SparseMLP
-from .training import TrainResult, train
+from .io.checkpoint import load_checkpoint, save_checkpoint
+from .nn.csr import CSR
+from .nn.init import erdos_renyi
+from .nn.layers import SparseLayer
+from .nn.model import SparseMLP
+from .training.loop import TrainResult, train
+from .training.memory import estimate_memory
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CSR", "Backend", "SparseLinear", "SparseMLP", "TrainResult", "available_backends",
+    "CSR", "Backend", "SparseLayer", "SparseMLP", "TrainResult", "available_backends",
     "available_methods", "erdos_renyi", "estimate_memory", "get_backend", "get_method",
     "load_checkpoint",
     "register_backend", "save_checkpoint", "train", "use_backend", "load_dataset",
@@ -33,7 +33,7 @@ def __getattr__(name):
     if name in ("load_dataset", "datasets"):
         import importlib
 
-        datasets = importlib.import_module(".datasets", __name__)
+        datasets = importlib.import_module(".io.datasets", __name__)
         return datasets.load_dataset if name == "load_dataset" else datasets
     if name in _SKLEARN:
         import importlib

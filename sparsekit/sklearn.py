@@ -5,7 +5,7 @@ state ends in ``_``; input is validated with :func:`sklearn.utils.validation.val
 they work in ``Pipeline``, ``GridSearchCV`` and ``cross_val_score`` and pass
 :func:`sklearn.utils.estimator_checks.check_estimator`.  Under the hood each trains a
 :class:`~sparsekit.SparseMLP` — truly sparse from the first step, SET (or another growth
-method) evolving its topology — with the loop of :mod:`sparsekit._fitloop`.
+method) evolving its topology — with the loop of :mod:`sparsekit.training.runner`.
 
 ``fit`` and ``predict`` accept ``scipy.sparse`` matrices without densifying them: a sparse ``X``
 is kept in CSR and only one mini-batch (``batch_size x n_features``) at a time is made dense for
@@ -26,8 +26,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._fitloop import EpochRunner
-from .model import SparseMLP
+from .nn.model import SparseMLP
+from .training.runner import EpochRunner
 
 __all__ = ["SparseMLPClassifier", "SparseMLPRegressor"]
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from . import interop
 from . import layers as _layers
-from .backend import Backend, get_backend
-from .csr import CSR
+from .backends import Backend, get_backend
+from .nn.csr import CSR
 
 __all__ = ["SparseLinear"]
 
@@ -119,7 +119,7 @@ class SparseLinear(nn.Module):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         be = self._cpu_backend(backend)
-        layer = _layers.SparseLinear.random(int(in_features), int(out_features), epsilon,
+        layer = _layers.SparseLayer.random(int(in_features), int(out_features), epsilon,
                                             rng=np.random.default_rng(seed), backend=be,
                                             dtype=_DTYPES[dtype], init=init, fan_in=fan_in)
         self._install(layer.w, layer.b if bias else None, be)
@@ -143,7 +143,7 @@ class SparseLinear(nn.Module):
 
     # --- construction from / export to other formats -----------------------------------------
     @classmethod
-    def from_layer(cls, layer: _layers.SparseLinear, bias: bool = True,
+    def from_layer(cls, layer: _layers.SparseLayer, bias: bool = True,
                    backend="cpu") -> SparseLinear:
         """A module with the pattern, values and (if ``bias``) bias of a sparsekit layer.
 
@@ -202,8 +202,8 @@ class SparseLinear(nn.Module):
         """W as a ``scipy.sparse.csr_matrix`` copy."""
         return self.pattern().with_data(self.values.detach().numpy().copy()).to_scipy()
 
-    def to_layer(self, backend=None) -> _layers.SparseLinear:
-        """A sparsekit :class:`~sparsekit.layers.SparseLinear` with these weights and bias.
+    def to_layer(self, backend=None) -> _layers.SparseLayer:
+        """A sparsekit :class:`~sparsekit.nn.layers.SparseLinear` with these weights and bias.
 
         Parameters
         ----------

@@ -2,7 +2,7 @@
 
 ``backend`` runs a test on each kernel backend ("cpu", and "gpu" where CuPy sees a GPU).
 ``topo_backend`` adds a "vanilla" twin of each, whose topology and elementwise methods are the
-generic ``xp`` code of :class:`sparsekit.backend.Backend`, so the fallback every new backend
+generic ``xp`` code of :class:`sparsekit.backends.Backend`, so the fallback every new backend
 starts from is checked against the same oracle.
 
 GPU tests skip without CuPy/GPU, and fail instead when ``SPARSEKIT_REQUIRE_GPU=1``, so a GPU run
@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import reference` in any import mode
 
-from sparsekit.backend import Backend, get_backend  # noqa: E402
+from sparsekit.backends import Backend, get_backend  # noqa: E402
 
 # Topology/elementwise methods a backend may override; the vanilla twin uses Backend's own.
 GENERIC_METHODS = ("select", "contains", "sample_absent", "rebuild", "bias_act_dropout")

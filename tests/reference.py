@@ -1,7 +1,7 @@
 """Plain SciPy/NumPy oracles for the backend protocol, and random test matrices.
 
 Every oracle works on the host in float64 with the most obvious code that computes the contract
-of :mod:`sparsekit.backend`; none of it shares code with sparsekit beyond the CSR container.
+of :mod:`sparsekit.backends`; none of it shares code with sparsekit beyond the CSR container.
 W has shape ``(n_out, n_in)`` (rows are output neurons) and activations are feature-major.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from sparsekit.csr import CSR
+from sparsekit.nn.csr import CSR
 
 U64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import require_gpu
 
-import sparsekit.backend as backend_mod
+import sparsekit.backends.registry as backend_mod
 from sparsekit import _compat
 from sparsekit._cython.backend import CpuBackend
-from sparsekit.backend import (
+from sparsekit.backends import (
     Backend,
     available_backends,
     get_backend,

@@ -15,7 +15,7 @@ from reference import to_backend
 
 from sparsekit._cython import elementwise, sddmm, spmm, topology
 from sparsekit._cython.backend import CpuBackend
-from sparsekit.csr import CSR
+from sparsekit.nn.csr import CSR
 
 I32, I64, F32, F64 = np.int32, np.int64, np.float32, np.float64
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from sparsekit import train
-from sparsekit._cli_support import (
+from sparsekit.cli.main import _parser
+from sparsekit.cli.options import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -20,7 +21,6 @@ from sparsekit._cli_support import (
     parse_args,
     subparsers,
 )
-from sparsekit.cli import _parser
 
 
 @pytest.fixture(scope="module")

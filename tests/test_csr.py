@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 from reference import EDGE_SHAPES, host, random_csr, to_backend
 
-from sparsekit.csr import CSR, index_dtype_for
+from sparsekit.nn.csr import CSR, index_dtype_for
 
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])

@@ -15,7 +15,7 @@ from cuda_emu import EmulatedGpuBackend
 import sparsekit
 from sparsekit._cuda import memory
 from sparsekit._cuda.backend import GpuBackend
-from sparsekit.model import SparseMLP
+from sparsekit.nn.model import SparseMLP
 
 GIB = 2**30
 
@@ -91,7 +91,7 @@ def capacity(monkeypatch):
 
 def test_train_refuses_a_model_that_cannot_fit_before_allocating(capacity, monkeypatch):
     built = []
-    monkeypatch.setattr(sparsekit.training, "SparseMLP",
+    monkeypatch.setattr(sparsekit.training.loop, "SparseMLP",
                         lambda *a, **k: built.append(1) or SparseMLP(*a, **k))
     rng = np.random.default_rng(0)
     data = (rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256))

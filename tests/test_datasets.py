@@ -1,4 +1,4 @@
-"""Tests for sparsekit.datasets: IDX parsing, look-up order, preprocessing, loaders, validation."""
+"""Tests for sparsekit.io.datasets: IDX parsing, look-up order, preprocessing, loaders, validation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sparsekit.datasets as ds
+import sparsekit.io.datasets as ds
 from sparsekit._compat import has_sklearn
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsekit.growth import SET, get_method, magnitude_keep_mask
-from sparsekit.importance import neuron_importance, prune_neurons
-from sparsekit.model import SparseMLP
+from sparsekit.nn.model import SparseMLP
+from sparsekit.training.pruning import neuron_importance, prune_neurons
 
 
 def _positions(w):
@@ -111,7 +111,7 @@ def test_set_step_is_the_same_for_every_thread_count_and_the_generic_code():
     """A seed gives one topology: 1, 2 or 3 OpenMP threads, and the generic Backend methods
     (the path the GPU backend shares) with the two-selection prune."""
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.backend import Backend
+    from sparsekit.backends import Backend
 
     class Generic(CpuBackend):  # products on the CPU, topology from the base class
         select = Backend.select

@@ -17,7 +17,7 @@ EXIT_UNAVAILABLE = 3  # examples/_common.py
 
 
 def fashion_mnist_missing() -> str:
-    from sparsekit.datasets import _find_fashion_mnist
+    from sparsekit.io.datasets import _find_fashion_mnist
 
     try:
         _find_fashion_mnist(None)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import sparsekit
-from sparsekit.flops import OPT_OPS, FlopCounter, step_flops, update_flops
 from sparsekit.growth import get_method
+from sparsekit.training.flops import OPT_OPS, FlopCounter, step_flops, update_flops
 
 
 def _hand_count(shapes, b, dense):
-    """The table of sparsekit.flops written out term by term."""
+    """The table of sparsekit.training.flops written out term by term."""
     total = 0
     last = len(shapes) - 1
     for k, (n_in, n_out, nnz) in enumerate(shapes):

@@ -18,7 +18,7 @@ from reference import host, random_csr, to_backend
 import sparsekit
 from sparsekit import SparseMLP, load_checkpoint, train
 from sparsekit._cython.backend import CpuBackend
-from sparsekit.backend import get_backend
+from sparsekit.backends import get_backend
 
 pytestmark = pytest.mark.gpu
 GIB = 2**30

@@ -15,14 +15,14 @@ import pytest
 import scipy.sparse as scipy_sparse
 
 from sparsekit import train
-from sparsekit.activations import softmax_cross_entropy
 from sparsekit.growth import GSE, TopKAST, UpdateSchedule, cosine_drop_fraction, get_method
 from sparsekit.growth.gse import absent_by_rank, distinct_ranks, sample_candidates
 from sparsekit.growth.rigl import RigL, dense_topk_absent
 from sparsekit.growth.schedule import output_grads
-from sparsekit.init import er_connections, erdos_renyi
-from sparsekit.layers import SparseLinear
-from sparsekit.model import SparseMLP
+from sparsekit.nn.activations import softmax_cross_entropy
+from sparsekit.nn.init import er_connections, erdos_renyi
+from sparsekit.nn.layers import SparseLayer
+from sparsekit.nn.model import SparseMLP
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_gse_with_huge_gamma_picks_what_rigl_picks(backend):
 
 
 def _copy_layer(layer):
-    out = SparseLinear(layer.w.copy(), layer.b.copy(), backend=layer.backend)
+    out = SparseLayer(layer.w.copy(), layer.b.copy(), backend=layer.backend)
     out.vel_w = layer.vel_w.copy()
     return out
 
@@ -235,7 +235,7 @@ def test_gse_uniform_candidates_are_uniform_over_absent_positions(topo_backend, 
     dense = np.zeros((5, 8), dtype=np.float32)
     dense[[0, 2]] = 1
     dense[1, [0, 7]] = dense[3, 3] = dense[4, 4:] = 1
-    full_rows = SparseLinear.from_scipy(scipy_sparse.csr_matrix(dense), backend=be).w
+    full_rows = SparseLayer.from_scipy(scipy_sparse.csr_matrix(dense), backend=be).w
     seen = set()
     for _ in range(200):
         rows, cols = sample(be, full_rows, 6, rng)
@@ -463,7 +463,7 @@ def test_bad_layers_and_oversized_rigl_are_refused():
 # --- the one rule -------------------------------------------------------------------------------
 def _one_layer_model(be, n, rng):
     w = erdos_renyi(n, n, 20, rng=rng, backend=be)
-    return SparseMLP([n, n], backend=be, dropout=0.0, _layers=[SparseLinear(w, backend=be)])
+    return SparseMLP([n, n], backend=be, dropout=0.0, _layers=[SparseLayer(w, backend=be)])
 
 
 @pytest.mark.parametrize("n", [50_000, pytest.param(200_000, marks=pytest.mark.slow)])
@@ -471,7 +471,7 @@ def _one_layer_model(be, n, rng):
 def test_huge_layer_update_in_onnz_memory(n, method):
     """One topology update of an n x n layer at ε = 20 (dense: n² x 4 bytes, 160 GB at 200 000)
     stays in O(nnz) memory, measured with tracemalloc."""
-    from sparsekit.backend import get_backend
+    from sparsekit.backends import get_backend
 
     be = get_backend("cpu")
     nnz = er_connections(n, n, 20)

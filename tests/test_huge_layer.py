@@ -15,8 +15,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from sparsekit.backend import get_backend
-from sparsekit.init import er_connections, erdos_renyi
+from sparsekit.backends import get_backend
+from sparsekit.nn.init import er_connections, erdos_renyi
 
 MAX_BYTES_PER_CONNECTION = 150
 MAX_PEAK_BYTES = 2 * 1024**3

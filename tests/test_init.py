@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from reference import host
 
-from sparsekit.init import er_connections, erdos_renyi, init_values
+from sparsekit.nn.init import er_connections, erdos_renyi, init_values
 
 
 def test_er_connections():

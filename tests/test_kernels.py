@@ -13,8 +13,8 @@ import reference as ref
 from reference import assert_close, host, random_csr, shape_sweep, to_backend
 
 from sparsekit._cython.backend import CpuBackend
-from sparsekit.backend import Backend
-from sparsekit.init import erdos_renyi
+from sparsekit.backends import Backend
+from sparsekit.nn.init import erdos_renyi
 
 DTYPES = [np.float32, np.float64]
 INDEX_DTYPES = [np.int32, np.int64]

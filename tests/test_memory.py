@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sparsekit
-from sparsekit import memory
+from sparsekit.training import memory
 from sparsekit._cuda import memory as cuda_memory
 
 SIZES = [50, 400, 300, 7]
@@ -87,7 +87,7 @@ _MEASURE = textwrap.dedent("""
     import json, sys
     import numpy as np
     import sparsekit
-    from sparsekit.memory import estimate_memory, peak_resident_memory, resident_memory
+    from sparsekit.training.memory import estimate_memory, peak_resident_memory, resident_memory
     width, steps = int(sys.argv[1]), int(sys.argv[2])
     sizes = [784, width, width, width, 10]
     rng = np.random.default_rng(0)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from sparsekit.activations import hidden_activations, softmax_cross_entropy
-from sparsekit.model import SparseMLP
-from sparsekit.optim import LRSchedule, MomentumSGD
+from sparsekit.nn.activations import hidden_activations, softmax_cross_entropy
+from sparsekit.nn.model import SparseMLP
+from sparsekit.training.optim import LRSchedule, MomentumSGD
 
 
 def dense_forward(model, x_bf, seeds, rate):

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from reference import check_sample_absent, csr_equal, host, random_csr, to_backend
 from scipy import stats
 
-from sparsekit.csr import CSR
-from sparsekit.init import erdos_renyi
+from sparsekit.nn.csr import CSR
+from sparsekit.nn.init import erdos_renyi
 
 PROPERTY = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -297,7 +297,7 @@ def test_set_step_on_er_layer(topo_backend):
 # --- CPU kernels: per-row uniform sampler, radix select, fused SET prune, one-pass rebuild ------
 from sparsekit._cython import topology as cpu_topology  # noqa: E402
 from sparsekit._cython.backend import CpuBackend  # noqa: E402
-from sparsekit.backend import Backend  # noqa: E402
+from sparsekit.backends import Backend  # noqa: E402
 
 
 def _sample(w_sp, idt, m, seed, threads):
@@ -463,7 +463,7 @@ def test_cpu_rebuild_does_not_depend_on_threads():
 def test_uniform_sampler_numpy_twin_gives_the_same_positions(data):
     """The shared host path (generic and GPU backends) draws the same positions as the Cython
     kernel for a seed, including several row blocks and duplicate rounds."""
-    from sparsekit.backend import sample_uniform_rows
+    from sparsekit.backends.host import sample_uniform_rows
 
     w_sp, idt = data.draw(layers(max_dim=80))
     free = w_sp.shape[0] * w_sp.shape[1] - w_sp.nnz

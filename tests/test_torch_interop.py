@@ -5,8 +5,8 @@ import pytest
 import scipy.sparse as sp
 
 from sparsekit import SparseMLP
-from sparsekit.interop import from_scipy, from_torch, set_layer, to_scipy, to_torch
-from sparsekit.layers import SparseLinear
+from sparsekit.io.interop import from_scipy, from_torch, set_layer, to_scipy, to_torch
+from sparsekit.nn.layers import SparseLayer
 
 torch = pytest.importorskip("torch")
 skt = pytest.importorskip("sparsekit.torch")
@@ -14,7 +14,7 @@ skt = pytest.importorskip("sparsekit.torch")
 
 def random_layer(n_out=7, n_in=11, density=0.3, seed=0, dtype=np.float32):
     m = sp.random(n_out, n_in, density=density, format="csr", dtype=dtype, random_state=seed)
-    return m, SparseLinear.from_scipy(m, bias=np.arange(n_out, dtype=dtype))
+    return m, SparseLayer.from_scipy(m, bias=np.arange(n_out, dtype=dtype))
 
 
 def test_scipy_round_trip_keeps_pattern_values_and_bias():
@@ -48,7 +48,7 @@ def test_torch_round_trip_and_coo_import():
     np.testing.assert_array_equal(back.b, np.ones(7))
     coo = torch.sparse_coo_tensor(torch.tensor([[0, 2], [1, 3]]), torch.tensor([4.0, 5.0]),
                                   (3, 4), check_invariants=True)
-    assert SparseLinear.from_torch(coo).to_scipy().toarray()[2, 3] == 5.0
+    assert SparseLayer.from_torch(coo).to_scipy().toarray()[2, 3] == 5.0
 
 
 def test_bad_tensors_are_refused_clearly():
@@ -56,7 +56,7 @@ def test_bad_tensors_are_refused_clearly():
         from_torch(torch.ones(3, 4))
     with pytest.raises(TypeError, match="torch.Tensor"):
         from_torch(np.ones((3, 4)))
-    with pytest.raises(TypeError, match="SparseLinear or a CSR"):
+    with pytest.raises(TypeError, match="SparseLayer or a CSR"):
         to_scipy(np.ones((2, 2)))
 
 

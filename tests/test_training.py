@@ -13,7 +13,7 @@ import pytest
 import sparsekit
 from sparsekit import SparseMLP, load_checkpoint, save_checkpoint, train
 from sparsekit._cython.backend import CpuBackend
-from sparsekit.datasets import load_dataset
+from sparsekit.io.datasets import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_resume_matches_uninterrupted(tmp_path):
 KILL_SCRIPT = """
 import sys, time, numpy as np
 from sparsekit import train
-from sparsekit.model import SparseMLP
+from sparsekit.nn.model import SparseMLP
 # Slow every step down (the arithmetic is untouched) so a kill lands inside an epoch.
 _backward = SparseMLP.backward
 SparseMLP.backward = lambda self, *a: (time.sleep(0.004), _backward(self, *a))[1]
@@ -253,7 +253,7 @@ def test_huge_hidden_layer_trains_evolves_and_checkpoints_in_onnz(tmp_path):
 
 
 def test_public_api_surface():
-    for name in ("train", "SparseMLP", "SparseLinear", "CSR", "get_backend", "use_backend",
+    for name in ("train", "SparseMLP", "SparseLayer", "CSR", "get_backend", "use_backend",
                  "load_dataset", "erdos_renyi", "save_checkpoint", "load_checkpoint"):
         assert hasattr(sparsekit, name), name
 

@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 from sparsekit import SparseMLP, train
-from sparsekit.backend import get_backend
-from sparsekit.csr import CSR
-from sparsekit.init import erdos_renyi
+from sparsekit.backends import get_backend
+from sparsekit.nn.csr import CSR
+from sparsekit.nn.init import erdos_renyi
 from sparsekit.parallel import (
     average_models,
     budget_keep_mask,

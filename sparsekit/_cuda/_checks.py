@@ -2,7 +2,7 @@
 
 They read only host-side metadata (shape, dtype, flags), never device memory, so they cost no
 synchronisation: the contents of a pattern are validated once, when a
-:class:`sparsekit.csr.CSR` is built, exactly as on the CPU.  A wrapper given arrays that passed
+:class:`sparsekit.nn.csr.CSR` is built, exactly as on the CPU.  A wrapper given arrays that passed
 these checks cannot make a kernel read or write outside them, provided the CSR contents are
 valid.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..csr import array_module
+from ..nn.csr import array_module
 
 
 def check_vector(name: str, arr, dtypes=None, length: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The GPU backend: the protocol of :mod:`sparsekit.backend` on CuPy and the kernels of kernels/.
+"""The GPU backend: the protocol of :mod:`sparsekit.backends` on CuPy and the kernels of kernels/.
 
 Mirror of :mod:`sparsekit._cython.backend`: every method checks its arguments (device, shape,
 dtype) the same way and calls the function of the same name in ``spmm``, ``sddmm``,
@@ -13,8 +13,8 @@ import os
 import numpy as np
 
 from .. import _compat
-from ..backend import Backend, _check_rebuild_args, as_count
-from ..csr import CSR, VALUE_DTYPES, index_dtype_for
+from ..backends.base import Backend, _check_rebuild_args, as_count
+from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, fallback, sddmm, spmm, topology
 
 PRODUCTS = ("kernels", "cusparse", "cupy")

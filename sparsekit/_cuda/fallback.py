@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 
-from ..csr import CSR
+from ..nn.csr import CSR
 
 # The cupyx matrix built for a CSR, and the value array it shares.  Built once per pattern (its
 # constructor synchronises); the optimizer updates ``w.data`` in place, which the shared array
@@ -68,7 +68,7 @@ def sampled_grad(x_ib, dy_ob, rows, cols, chunk_elements: int = 1 << 24):
     Each chunk materialises two (chunk, B) blocks, so memory stays bounded by
     ``chunk_elements`` values whatever the number of positions.
     """
-    from ..csr import array_module
+    from ..nn.csr import array_module
 
     xp = array_module(x_ib)
     m, n_batch = rows.shape[0], x_ib.shape[1]

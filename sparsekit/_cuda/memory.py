@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..memory import MemoryEstimate, _size, estimate_memory
-from ..memory import parse_bytes as _parse_bytes
+from ..training.memory import MemoryEstimate, _size, estimate_memory
+from ..training.memory import parse_bytes as _parse_bytes
 
 HEADROOM = 1.15  # pool block rounding and fragmentation on top of the live arrays
 
 
 def parse_bytes(value) -> int | float:
     """Bytes from ``4294967296``, ``"4GiB"``, ``"4 GB"``, ``"512M"``, or a fraction ``"80%"``
-    (see :func:`sparsekit.memory.parse_bytes`)."""
+    (see :func:`sparsekit.training.memory.parse_bytes`)."""
     return _parse_bytes(value, "gpu_memory_limit")
 
 
@@ -61,7 +61,7 @@ def estimate_training_memory(model_or_sizes, *, epsilon: float = 20.0, batch_siz
                              evolve_output: bool = False) -> MemoryEstimate:
     """Device bytes needed to train ``model_or_sizes`` (a SparseMLP or layer sizes).
 
-    :func:`sparsekit.memory.estimate_memory` with ``device="gpu"``: one estimator serves the
+    :func:`sparsekit.training.memory.estimate_memory` with ``device="gpu"``: one estimator serves the
     host and the device.
     """
     return estimate_memory(model_or_sizes, epsilon=epsilon, batch_size=batch_size,
@@ -79,7 +79,7 @@ def check_training_memory(model_or_sizes, backend, limit=None, *, epsilon: float
     limit (when ``limit`` is given), estimates the run's peak and raises ValueError when
     ``peak * HEADROOM`` exceeds the limit, or the device's free memory without one.
     """
-    from ..backend import get_backend
+    from ..backends import get_backend
     from .backend import GpuBackend
 
     be = getattr(model_or_sizes, "backend", None) or get_backend(backend)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..csr import array_module
+from ..nn.csr import array_module
 from . import _module as km
 from ._checks import check_batch_operand, check_pattern, check_vector
 

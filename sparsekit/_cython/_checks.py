@@ -1,7 +1,7 @@
 """Argument checks run by every kernel wrapper before it releases the GIL.
 
 They are O(1) or O(rows): index contents are validated once, when a
-:class:`sparsekit.csr.CSR` is built, not on every product.
+:class:`sparsekit.nn.csr.CSR` is built, not on every product.
 """
 
 import os

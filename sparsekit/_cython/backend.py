@@ -1,11 +1,12 @@
-"""The CPU backend: the protocol of :mod:`sparsekit.backend` on the Cython + OpenMP kernels."""
+"""The CPU backend: the protocol of :mod:`sparsekit.backends` on the Cython + OpenMP kernels."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Backend, _check_rebuild_args, _take, as_count, sample_absent_host
-from ..csr import CSR, VALUE_DTYPES, index_dtype_for
+from ..backends.base import Backend, _check_rebuild_args, _take, as_count
+from ..backends.host import sample_absent_host
+from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, sddmm, spmm, topology
 from ._checks import default_threads
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..backend import Backend
+from ..backends import Backend
 from .base import register_method
 from .schedule import GradientGrowth, free_positions
 

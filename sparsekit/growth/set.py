@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..init import init_values
+from ..nn.init import init_values
 from .base import GrowthMethod, register_method
 
 
 def magnitude_keep_mask(backend, data, zeta: float):
     """Keep mask that removes the fraction ``zeta`` of the negative and of the positive weights
     closest to zero (exact zeros are removed too), as SET does: the backend's
-    :meth:`~sparsekit.backend.Backend.sign_prune_keep` (one fused kernel on the CPU)."""
+    :meth:`~sparsekit.backends.Backend.sign_prune_keep` (one fused kernel on the CPU)."""
     return backend.sign_prune_keep(data, zeta)
 
 
@@ -33,7 +33,7 @@ class SET(GrowthMethod):
     last_epoch : bool, default False
         Also evolve after the final epoch (the reference does not).
     init, fan_in : str
-        Distribution of regrown values (see :func:`sparsekit.init.init_values`).
+        Distribution of regrown values (see :func:`sparsekit.nn.init.init_values`).
 
     Notes
     -----

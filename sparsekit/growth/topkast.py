@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ..csr import CSR
-from ..init import er_connections
+from ..nn.csr import CSR
+from ..nn.init import er_connections
 from .base import GrowthMethod, register_method
 from .gse import sample_candidates
 from .schedule import (

@@ -27,7 +27,7 @@ def train_parallel(parallel: str, model, data, **options):
     """
     if parallel not in PARALLEL:
         raise ValueError(f"parallel must be None or one of {PARALLEL}, got {parallel!r}")
-    from ..training import train
+    from ..training.loop import train
 
     mode = options.pop("wasap_mode", "sync")
     fraction = options.pop("phase1_fraction", 0.7)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..backend import Backend
-from ..csr import CSR, array_module, index_dtype_for
-from ..layers import SparseLinear
-from ..model import SparseMLP
+from ..backends import Backend
+from ..nn.csr import CSR, array_module, index_dtype_for
+from ..nn.layers import SparseLayer
+from ..nn.model import SparseMLP
 
 
 def support_keys(w: CSR):
@@ -139,7 +139,7 @@ def average_models(models: Sequence[SparseMLP], budgets: Sequence[int]) -> Spars
         w, (vel,) = union_average([p.w for p in parts], [[p.vel_w] for p in parts])
         w, (vel,) = prune_to_budget(be, w, int(budget), vel)
 
-        layer = SparseLinear(w, _mean(xp, [p.b for p in parts]), backend=be)
+        layer = SparseLayer(w, _mean(xp, [p.b for p in parts]), backend=be)
         layer.vel_w, layer.vel_b = vel, _mean(xp, [p.vel_b for p in parts])
         layers.append(layer)
     cfg = dict(models[0].config())

@@ -1,6 +1,6 @@
 """One rank's share of WASAP-SGD: its state, its epochs, and the per-epoch bookkeeping.
 
-The step is the single-process trainer's step (:func:`sparsekit.training.train`) with, in
+The step is the single-process trainer's step (:func:`sparsekit.training.loop.train`) with, in
 synchronous phase 1, one ``Allreduce`` of the gradient values between backward and update.  The
 gradient buffer holds, layer after layer, the weight-gradient values (aligned with the CSR
 ``data``, so no index is ever sent) and the bias gradient: exactly ``connections + biases``
@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..activations import softmax_cross_entropy
-from ..checkpoint import save_checkpoint
-from ..flops import FlopCounter, update_flops
-from ..importance import prune_neurons
-from ..model import SparseMLP
-from ..training import CHECKPOINT, format_record, write_history
+from ..io.checkpoint import save_checkpoint
+from ..nn.activations import softmax_cross_entropy
+from ..nn.model import SparseMLP
+from ..training.flops import FlopCounter, update_flops
+from ..training.loop import CHECKPOINT, format_record, write_history
+from ..training.pruning import prune_neurons
 from .comm import Comm
 from .transfer import recv_model, rng_to_json, send_model
 

@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from ..csr import CSR
-from ..flops import step_flops
+from ..nn.csr import CSR
+from ..training.flops import step_flops
 from .average import remap_values
 from .loop import (
     STATS,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..csr import CSR, index_dtype_for
-from ..layers import SparseLinear
-from ..model import SparseMLP
+from ..nn.csr import CSR, index_dtype_for
+from ..nn.layers import SparseLayer
+from ..nn.model import SparseMLP
 from .comm import Comm
 
 TAG_MODEL_META, TAG_MODEL_INDEX, TAG_MODEL_VALUES = 31, 32, 33
@@ -61,7 +61,7 @@ def unpack_model(meta: dict, index, values, backend) -> SparseMLP:
             vo += k
         w = CSR(be.xp.ascontiguousarray(indptr), be.xp.ascontiguousarray(indices), chunks[0],
                 (n_out, n_in), check=False)
-        layer = SparseLinear(w, chunks[1], backend=be)
+        layer = SparseLayer(w, chunks[1], backend=be)
         if with_state:
             layer.vel_w, layer.vel_b = chunks[2], chunks[3]
         layers.append(layer)

@@ -42,13 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..datasets import check_xy
 from ..growth import SET, Static, get_method
-from ..importance import PruningSchedule
-from ..model import SparseMLP
-from ..optim import LRSchedule, MomentumSGD
-from ..training import CHECKPOINT, TrainResult, write_history
+from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..io.datasets import check_xy
+from ..nn.model import SparseMLP
+from ..training.loop import CHECKPOINT, TrainResult, write_history
+from ..training.optim import LRSchedule, MomentumSGD
+from ..training.pruning import PruningSchedule
 from .average import average_models
 from .comm import Comm, guarded, rank_map, select_gpu, share_cores
 from .loop import TAG_RNG, WORKER_DIR, Run, evolve, finish_epoch, train_epoch, wasap_state
@@ -204,13 +204,13 @@ def _worker_rng(seed: int, rank: int, epoch: int) -> np.random.Generator:
 def _prepare(comm: Comm, mode, model, data, build, backend, seed, run_dir, resume,
              phase1_fraction, epochs, batch_size) -> Run:
     """Build or resume the model on rank 0 and give every rank its share (typed messages)."""
-    from ..training import _split_data
+    from ..training.loop import _split_data
 
     x_tr, y_tr, x_te, y_te = _split_data(data)
     run_dir = Path(run_dir) if run_dir is not None else None
     init_seed, train_seed, shard_seed = np.random.SeedSequence(seed).spawn(3)
     be = model.backend if isinstance(model, SparseMLP) else None
-    from ..backend import get_backend
+    from ..backends import get_backend
 
     be = be or get_backend(backend)
     checkpointing = bool(comm.bcast(np.array([run_dir is not None], np.int64), 0,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Backend, get_backend
+from ..backends import Backend, get_backend
 from .csr import CSR
 from .init import erdos_renyi
 
 
-class SparseLinear:
-    """``z_ob = W @ x_ib + b`` with W a :class:`~sparsekit.csr.CSR` of shape (n_out, n_in).
+class SparseLayer:
+    """``z_ob = W @ x_ib + b`` with W a :class:`~sparsekit.nn.csr.CSR` of shape (n_out, n_in).
 
     The momentum buffers ``vel_w`` (aligned with ``w.data``) and ``vel_b`` live with the layer so
     that every topology change can carry them along.
@@ -45,8 +45,8 @@ class SparseLinear:
 
     @classmethod
     def random(cls, n_in: int, n_out: int, epsilon: float = 20.0, *, rng=None, backend=None,
-               dtype=np.float32, init: str = "he_uniform", fan_in: str = "dense") -> SparseLinear:
-        """An Erdős–Rényi layer (see :func:`sparsekit.init.erdos_renyi`) with zero bias."""
+               dtype=np.float32, init: str = "he_uniform", fan_in: str = "dense") -> SparseLayer:
+        """An Erdős–Rényi layer (see :func:`sparsekit.nn.init.erdos_renyi`) with zero bias."""
         be = get_backend(backend)
         w = erdos_renyi(n_out, n_in, epsilon, rng=rng, backend=be, dtype=dtype, init=init,
                         fan_in=fan_in)
@@ -67,30 +67,30 @@ class SparseLinear:
         """Number of connections."""
         return self.w.nnz
 
-    # Interop (sparsekit.interop does the work): W as (n_out, n_in), as torch.nn.Linear.weight.
+    # Interop (sparsekit.io.interop does the work): W as (n_out, n_in), as torch.nn.Linear.weight.
     def to_scipy(self):
-        """W as a ``scipy.sparse.csr_matrix`` host copy (see :func:`sparsekit.interop.to_scipy`)."""
-        from .interop import to_scipy
+        """W as a ``scipy.sparse.csr_matrix`` host copy (see :func:`sparsekit.io.interop.to_scipy`)."""
+        from ..io.interop import to_scipy
 
         return to_scipy(self)
 
     def to_torch(self):
-        """W as a ``torch.sparse_csr_tensor`` copy (see :func:`sparsekit.interop.to_torch`)."""
-        from .interop import to_torch
+        """W as a ``torch.sparse_csr_tensor`` copy (see :func:`sparsekit.io.interop.to_torch`)."""
+        from ..io.interop import to_torch
 
         return to_torch(self)
 
     @classmethod
-    def from_scipy(cls, matrix, bias=None, *, backend=None, dtype=None) -> SparseLinear:
-        """A layer from a ``scipy.sparse`` W (see :func:`sparsekit.interop.from_scipy`)."""
-        from .interop import from_scipy
+    def from_scipy(cls, matrix, bias=None, *, backend=None, dtype=None) -> SparseLayer:
+        """A layer from a ``scipy.sparse`` W (see :func:`sparsekit.io.interop.from_scipy`)."""
+        from ..io.interop import from_scipy
 
         return from_scipy(matrix, bias, backend=backend, dtype=dtype)
 
     @classmethod
-    def from_torch(cls, tensor, bias=None, *, backend=None, dtype=None) -> SparseLinear:
-        """A layer from a sparse torch W (see :func:`sparsekit.interop.from_torch`)."""
-        from .interop import from_torch
+    def from_torch(cls, tensor, bias=None, *, backend=None, dtype=None) -> SparseLayer:
+        """A layer from a sparse torch W (see :func:`sparsekit.io.interop.from_torch`)."""
+        from ..io.interop import from_torch
 
         return from_torch(tensor, bias, backend=backend, dtype=dtype)
 
@@ -133,4 +133,4 @@ class SparseLinear:
         self.w_forward = None
 
     def __repr__(self) -> str:
-        return f"SparseLinear({self.in_features} -> {self.out_features}, nnz={self.nnz})"
+        return f"SparseLayer({self.in_features} -> {self.out_features}, nnz={self.nnz})"

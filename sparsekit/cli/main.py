@@ -99,7 +99,7 @@ def _rank(parallel) -> int:
     """MPI rank of this process for a parallel run, else 0."""
     if not parallel:
         return 0
-    from .parallel import world_rank
+    from ..parallel import world_rank
 
     return world_rank()
 
@@ -108,15 +108,15 @@ def _start_time(parallel) -> float:
     """Now, as rank 0 sees it in a parallel run, so all ranks pick one run folder."""
     if not parallel:
         return time.time()
-    from .parallel import agreed_time
+    from ..parallel import agreed_time
 
     return agreed_time()
 
 
 def cmd_train(args) -> int:
-    from .backend import get_backend
-    from .datasets import load_dataset
-    from .training import CHECKPOINT, train
+    from ..backends import get_backend
+    from ..io.datasets import load_dataset
+    from ..training.loop import CHECKPOINT, train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -167,15 +167,15 @@ def _epoch_log(cfg):
     """``log=`` for train(): None, as train() puts its epoch lines on the "sparsekit" logger
     (which the CLI prints); a parallel run reports through ``log=``, so it gets the logger."""
     if cfg["train"].get("parallel"):
-        from ._cli_support import logger
+        from .options import logger
 
         return logger.info
     return None
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .datasets import load_dataset
+    from ..io.checkpoint import load_checkpoint
+    from ..io.datasets import load_dataset
 
     path = Path(args.run)
     ckpt_path = path / "checkpoint.npz" if path.is_dir() else path
@@ -191,8 +191,8 @@ def cmd_evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Run a sub-command; the exit codes are documented in :mod:`sparsekit._cli_support`."""
-    from ._cli_support import EXIT_INTERRUPTED, logger, parse_args, quiet_stdout, setup_logging
+    """Run a sub-command; the exit codes are documented in :mod:`sparsekit.cli.options`."""
+    from .options import EXIT_INTERRUPTED, logger, parse_args, quiet_stdout, setup_logging
 
     args = parse_args(_parser(), argv)  # adds --quiet/--verbose and train's --config; exits 2
     setup_logging(args.quiet, args.verbose)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._compat import import_matplotlib
+from .._compat import import_matplotlib
 
 
 def input_connection_map(model, image_shape=None) -> np.ndarray:

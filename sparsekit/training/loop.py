@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from ._align import feature_major_batch
-from .activations import softmax_cross_entropy
-from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import check_xy
+from .._align import feature_major_batch
+from ..growth import get_method
+from ..io.checkpoint import load_checkpoint, save_checkpoint
+from ..io.datasets import check_xy
+from ..nn.activations import softmax_cross_entropy
+from ..nn.model import SparseMLP
 from .flops import FlopCounter
-from .growth import get_method
-from .importance import PruningSchedule, prune_neurons
 from .memory import check_memory
-from .model import SparseMLP
 from .optim import LRSchedule, MomentumSGD
+from .pruning import PruningSchedule, prune_neurons
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -45,7 +45,7 @@ class TrainResult:
 def _split_data(data):
     """``(x_train, y_train, x_test, y_test)`` from a Dataset, a tuple, or a dataset name."""
     if isinstance(data, str):
-        from .datasets import load_dataset
+        from ..io.datasets import load_dataset
 
         data = load_dataset(data)
     if hasattr(data, "x_train"):
@@ -80,7 +80,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
         ``epsilon, activation, alpha, dropout, init, fan_in, dtype`` and ``seed``.
     data : Dataset, str, (x, y) or (x_train, y_train, x_test, y_test)
         Batch-major float features and integer labels; a name is passed to
-        :func:`sparsekit.datasets.load_dataset`.
+        :func:`sparsekit.io.datasets.load_dataset`.
     backend : {"cpu", "gpu", "auto"} or Backend, optional
     method : str or GrowthMethod, default "set"
         Topology evolution: ``"set"``, ``"static"``, ``"gse"``, ``"topkast"``, ``"rigl"`` (see
@@ -135,7 +135,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
     """
     if parallel is not None:
         options = dict(locals())  # exactly the arguments of this call
-        from .parallel import train_parallel
+        from ..parallel import train_parallel
 
         return train_parallel(options.pop("parallel"), options.pop("model"),
                               options.pop("data"), **options)
@@ -200,7 +200,7 @@ def train(model: SparseMLP | Sequence[int], data, *, backend=None, method="set",
         t0 = time.perf_counter()
         loss_sum, correct = 0.0, xp.zeros((), dtype=xp.int64)
         if progress:
-            from ._compat import tqdm
+            from .._compat import tqdm
 
             bar = tqdm.tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                             leave=False, disable=tqdm is None)

@@ -1,9 +1,9 @@
 """Exchange layer weights with SciPy and PyTorch sparse matrices.
 
-A :class:`~sparsekit.layers.SparseLinear` stores W with shape ``(n_out, n_in)`` (rows are output
+A :class:`~sparsekit.nn.layers.SparseLayer` stores W with shape ``(n_out, n_in)`` (rows are output
 neurons), the layout of ``torch.nn.Linear.weight`` and of a ``scipy.sparse`` matrix ``W`` used as
 ``y = x @ W.T``.  Export copies the CSR arrays to the host; import goes through
-:meth:`sparsekit.csr.CSR.from_scipy`, which sums duplicates, sorts indices and validates, so any
+:meth:`sparsekit.nn.csr.CSR.from_scipy`, which sums duplicates, sorts indices and validates, so any
 well-formed CSR or COO matrix is accepted.  Nothing here densifies a matrix.
 
 PyTorch is optional and imported only by the ``*_torch`` functions.
@@ -15,27 +15,27 @@ from typing import Any
 
 import numpy as np
 
-from .backend import get_backend
-from .csr import CSR
-from .layers import SparseLinear
+from ..backends import get_backend
+from ..nn.csr import CSR
+from ..nn.layers import SparseLayer
 
 __all__ = ["from_scipy", "from_torch", "set_layer", "to_scipy", "to_torch", "torch_to_scipy"]
 
 
-def _csr_of(layer: SparseLinear | CSR) -> CSR:
-    if isinstance(layer, SparseLinear):
+def _csr_of(layer: SparseLayer | CSR) -> CSR:
+    if isinstance(layer, SparseLayer):
         return layer.w
     if isinstance(layer, CSR):
         return layer
-    raise TypeError(f"layer must be a SparseLinear or a CSR, got {type(layer).__name__}")
+    raise TypeError(f"layer must be a SparseLayer or a CSR, got {type(layer).__name__}")
 
 
-def to_scipy(layer: SparseLinear | CSR):
+def to_scipy(layer: SparseLayer | CSR):
     """The weights as a ``scipy.sparse.csr_matrix`` of shape ``(n_out, n_in)`` (a host copy).
 
     Parameters
     ----------
-    layer : SparseLinear or CSR
+    layer : SparseLayer or CSR
         A layer (``model.layers[i]``) or its weight matrix.
 
     Returns
@@ -46,8 +46,8 @@ def to_scipy(layer: SparseLinear | CSR):
     return _csr_of(layer).to_scipy()
 
 
-def from_scipy(matrix, bias=None, *, backend=None, dtype=None) -> SparseLinear:
-    """A new :class:`~sparsekit.layers.SparseLinear` with the pattern and values of ``matrix``.
+def from_scipy(matrix, bias=None, *, backend=None, dtype=None) -> SparseLayer:
+    """A new :class:`~sparsekit.nn.layers.SparseLayer` with the pattern and values of ``matrix``.
 
     Parameters
     ----------
@@ -63,7 +63,7 @@ def from_scipy(matrix, bias=None, *, backend=None, dtype=None) -> SparseLinear:
 
     Returns
     -------
-    SparseLinear
+    SparseLayer
         With zero optimizer state.
     """
     be = get_backend(backend)
@@ -72,7 +72,7 @@ def from_scipy(matrix, bias=None, *, backend=None, dtype=None) -> SparseLinear:
         w = CSR(be.asarray(w.indptr), be.asarray(w.indices), be.asarray(w.data), w.shape)
     if bias is not None:
         bias = np.asarray(bias, dtype=w.dtype)
-    return SparseLinear(w, bias, backend=be)
+    return SparseLayer(w, bias, backend=be)
 
 
 def _torch():
@@ -83,12 +83,12 @@ def _torch():
     return torch
 
 
-def to_torch(layer: SparseLinear | CSR):
+def to_torch(layer: SparseLayer | CSR):
     """The weights as a ``torch.sparse_csr_tensor`` of shape ``(n_out, n_in)`` (a CPU copy).
 
     Parameters
     ----------
-    layer : SparseLinear or CSR
+    layer : SparseLayer or CSR
         A layer or its weight matrix.
 
     Returns
@@ -136,8 +136,8 @@ def torch_to_scipy(tensor):
                           tensor.crow_indices().numpy().copy()), shape=tuple(tensor.shape))
 
 
-def from_torch(tensor, bias=None, *, backend=None, dtype=None) -> SparseLinear:
-    """A new :class:`~sparsekit.layers.SparseLinear` from a sparse CSR (or COO) torch tensor.
+def from_torch(tensor, bias=None, *, backend=None, dtype=None) -> SparseLayer:
+    """A new :class:`~sparsekit.nn.layers.SparseLayer` from a sparse CSR (or COO) torch tensor.
 
     Parameters
     ----------
@@ -152,14 +152,14 @@ def from_torch(tensor, bias=None, *, backend=None, dtype=None) -> SparseLinear:
 
     Returns
     -------
-    SparseLinear
+    SparseLayer
     """
     if bias is not None and hasattr(bias, "detach"):
         bias = bias.detach().cpu().numpy()
     return from_scipy(torch_to_scipy(tensor), bias, backend=backend, dtype=dtype)
 
 
-def set_layer(model: Any, index: int, weights, bias=None) -> SparseLinear:
+def set_layer(model: Any, index: int, weights, bias=None) -> SparseLayer:
     """Replace layer ``index`` of a :class:`~sparsekit.SparseMLP` with imported weights.
 
     Parameters
@@ -168,18 +168,18 @@ def set_layer(model: Any, index: int, weights, bias=None) -> SparseLinear:
         The model to change; its backend and dtype are kept.
     index : int
         Which layer (negative counts from the end).
-    weights : scipy.sparse matrix, sparse torch.Tensor or SparseLinear
+    weights : scipy.sparse matrix, sparse torch.Tensor or SparseLayer
         Shape ``(n_out, n_in)`` equal to the replaced layer's, so the network stays connected.
     bias : array_like of shape (n_out,), optional
-        Zeros when omitted (a SparseLinear brings its own).
+        Zeros when omitted (a SparseLayer brings its own).
 
     Returns
     -------
-    SparseLinear
+    SparseLayer
         The installed layer (fresh, zero optimizer state).
     """
     old = model.layers[index]
-    if isinstance(weights, SparseLinear):
+    if isinstance(weights, SparseLayer):
         bias = weights.backend.to_numpy(weights.b) if bias is None else bias
         weights = weights.w.to_scipy()
     elif hasattr(weights, "layout"):  # a torch tensor

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .csr import index_dtype_for
-from .init import er_connections
+from ..nn.csr import index_dtype_for
+from ..nn.init import er_connections
 
 #: Resident bytes of a Python process that imported NumPy and sparsekit (measured: ~40 MiB).
 BASELINE = 48 * 2**20
@@ -343,14 +343,14 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
     the machine's available memory.  Returns the host estimate (None for a resumed run, whose
     model is not known yet).
     """
-    from ._cuda.memory import check_training_memory
+    from .._cuda.memory import check_training_memory
 
     check_training_memory(model_or_sizes, backend, gpu_memory_limit, epsilon=epsilon,
                           batch_size=batch_size, eval_batch_size=eval_batch_size, dtype=dtype,
                           evolve_output=evolve_output)
     if model_or_sizes is None:
         return None
-    from .backend import get_backend
+    from ..backends import get_backend
 
     be = getattr(model_or_sizes, "backend", None) or get_backend(backend)
     on_cpu = be.name == "cpu"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .csr import CSR
+from ..nn.csr import CSR
 
 FORMAT = "sparsekit-checkpoint"
 VERSION = 1
@@ -90,8 +90,8 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     Raises ``ValueError`` with the file name for a truncated, corrupt or modified file, and
     ``FileNotFoundError`` when it does not exist.
     """
-    from .layers import SparseLinear
-    from .model import SparseMLP
+    from ..nn.layers import SparseLayer
+    from ..nn.model import SparseMLP
 
     path = Path(path)
     if not path.exists() and path.with_suffix(".npz").exists():
@@ -129,7 +129,7 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
         try:
             w = CSR(be.asarray(a["indptr"]), be.asarray(a["indices"]), be.asarray(a["data"]),
                     tuple(shape))
-            layer = SparseLinear(w, a["bias"], backend=be)
+            layer = SparseLayer(w, a["bias"], backend=be)
         except ValueError as exc:
             raise ValueError(f"checkpoint {path}, layer {i}: {exc}") from None
         if a["vel_w"].shape != a["data"].shape or a["vel_b"].shape != a["bias"].shape:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import Backend, get_backend
+from ..backends import Backend, get_backend
 from .csr import CSR, index_dtype_for
 
 INITS = ("he_uniform", "xavier_uniform", "normal")

@@ -28,7 +28,7 @@ def array_module(arr: Any):
     """NumPy or CuPy, whichever owns ``arr``."""
     mod = type(arr).__module__
     if mod.startswith("cupy"):
-        from ._compat import cupy
+        from .._compat import cupy
 
         return cupy
     return np

@@ -4,7 +4,7 @@
 The estimators need something smaller that it does not offer: state that survives between
 ``partial_fit`` calls, mini-batches cut from a ``scipy.sparse`` matrix, and a regression head.
 :class:`EpochRunner` is that loop.  It reuses the same pieces as ``train()`` — the model's
-``forward_train``/``backward`` passes, :class:`~sparsekit.optim.MomentumSGD`, the learning-rate
+``forward_train``/``backward`` passes, :class:`~sparsekit.training.optim.MomentumSGD`, the learning-rate
 schedule and the growth methods' hooks — and differs only in the loss at the output.
 
 Sparse inputs are densified **one mini-batch at a time** (``batch_size x n_features``), never as
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ._align import feature_major_batch
-from .activations import softmax_cross_entropy
-from .growth import get_method
-from .model import SparseMLP
+from .._align import feature_major_batch
+from ..growth import get_method
+from ..nn.activations import softmax_cross_entropy
+from ..nn.model import SparseMLP
 from .optim import LRSchedule, MomentumSGD
 
 LOSSES = ("cross_entropy", "mse")

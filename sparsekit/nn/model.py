@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ._align import feature_major_batch
+from .._align import feature_major_batch
+from ..backends import get_backend
 from .activations import hidden_activations, softmax_cross_entropy
-from .backend import get_backend
-from .layers import SparseLinear
+from .layers import SparseLayer
 
 
 class SparseMLP:
@@ -25,7 +25,7 @@ class SparseMLP:
         Erdős–Rényi sparsity: a layer gets ``min(n_in * n_out, epsilon * (n_in + n_out))``
         connections.
     activation : str, default "allrelu"
-        See :func:`sparsekit.activations.hidden_activations`.
+        See :func:`sparsekit.nn.activations.hidden_activations`.
     alpha : float, default 0.6
         All-ReLU slope magnitude.
     dropout : float, default 0.3
@@ -48,7 +48,7 @@ class SparseMLP:
     def __init__(self, layer_sizes: Sequence[int], *, epsilon: float = 20.0,
                  activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.3,
                  init: str = "he_uniform", fan_in: str = "dense", backend=None,
-                 dtype="float32", seed=None, _layers: list[SparseLinear] | None = None) -> None:
+                 dtype="float32", seed=None, _layers: list[SparseLayer] | None = None) -> None:
         sizes = [int(s) for s in layer_sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {list(layer_sizes)}")
@@ -65,7 +65,7 @@ class SparseMLP:
             self.layers = _layers
         else:
             rng = np.random.default_rng(seed)
-            self.layers = [SparseLinear.random(n_in, n_out, epsilon, rng=rng, backend=self.backend,
+            self.layers = [SparseLayer.random(n_in, n_out, epsilon, rng=rng, backend=self.backend,
                                                dtype=self.dtype, init=init, fan_in=fan_in)
                            for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 
@@ -177,15 +177,15 @@ class SparseMLP:
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write a pickle-free checkpoint (see :mod:`sparsekit.checkpoint`)."""
-        from .checkpoint import save_checkpoint
+        """Write a pickle-free checkpoint (see :mod:`sparsekit.io.checkpoint`)."""
+        from ..io.checkpoint import save_checkpoint
 
         save_checkpoint(path, self)
 
     @classmethod
     def load(cls, path, backend=None) -> SparseMLP:
         """Load a model saved with :meth:`save` onto ``backend``."""
-        from .checkpoint import load_checkpoint
+        from ..io.checkpoint import load_checkpoint
 
         return load_checkpoint(path, backend=backend).model
 

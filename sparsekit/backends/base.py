@@ -1,0 +1,297 @@
+"""The backend protocol: :class:`Backend`, with a generic ``xp`` version of every method.
+
+Shared code (layers, growth methods, the training step) talks only to a backend: its ``xp``
+array module and the methods of :class:`Backend`.  Activations are feature-major (``x_ib``:
+inputs x batch, ``y_ob``: outputs x batch) and W is a CSR of shape ``(n_out, n_in)``.  The
+generic versions here make a new backend correct before it is fast; the CPU and GPU backends
+override the hot paths and fall back to ``super()`` for the rest.  Arrays never cross devices
+silently: :meth:`Backend.asarray` and :meth:`Backend.to_numpy` are the only ways across.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..nn.csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
+from .host import _GOLDEN, _splitmix, as_count, sample_absent_host
+
+
+class Backend:
+    """Base class of the kernel backends. See the module docstring for the contract."""
+
+    name: str = "base"
+    xp: Any = np
+
+    # --- moving data ----------------------------------------------------------------------
+    def asarray(self, x, dtype=None):
+        """``x`` as a C-contiguous array on this backend's device (copies only if needed)."""
+        if array_module(x) is not self.xp and array_module(x) is not np:
+            raise TypeError(
+                f"{self.name} backend got an array from another device "
+                f"({type(x).__module__}); move it with to_numpy() first"
+            )
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x) -> np.ndarray:
+        """Copy (or view) ``x`` on the host as a NumPy array."""
+        return np.asarray(x)
+
+    def check_array(self, name: str, x) -> None:
+        """Raise ``TypeError`` naming ``name`` unless ``x`` lives on this backend's device."""
+        if array_module(x) is not self.xp:
+            raise TypeError(
+                f"{name} is a {type(x).__module__} array but the {self.name} backend needs "
+                f"{self.xp.__name__} arrays; call backend.asarray({name}) first"
+            )
+
+    def _operand(self, name, x, dtype, n_rows=None):
+        """A 2-D activation on this device with W's dtype (and ``n_rows`` rows), C-contiguous."""
+        self.check_array(name, x)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (features x batch), got shape {x.shape}")
+        if x.dtype != dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but the weights are {dtype}")
+        if n_rows is not None and x.shape[0] != n_rows:
+            raise ValueError(f"{name} has {x.shape[0]} rows, expected {n_rows}")
+        return self.xp.ascontiguousarray(x)
+
+    def _pair(self, x_ib, dy_ob, w: CSR):
+        """Checked ``(x_ib, dy_ob)`` for a product with W: matching rows and batch."""
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"x_ib has batch {x.shape[1]} but dy_ob has {dy.shape[1]}")
+        return x, dy
+
+    def _sampled_operands(self, x_ib, dy_ob, rows, cols):
+        """Checked operands of :meth:`sampled_grad` and the index dtype to use."""
+        self.check_array("rows", rows)
+        self.check_array("cols", cols)
+        for name, arr in (("rows", rows), ("cols", cols)):
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
+        self.check_array("x_ib", x_ib)
+        if x_ib.dtype not in (np.float32, np.float64):
+            raise ValueError(f"x_ib must be float32 or float64, got {x_ib.dtype}")
+        x = self._operand("x_ib", x_ib, x_ib.dtype)
+        dy = self._operand("dy_ob", dy_ob, x.dtype)
+        # Any other integer type goes to int64, where an out-of-range value stays out of range.
+        idt = np.int32 if (rows.dtype == np.int32 and cols.dtype == np.int32) else np.int64
+        return x, dy, idt
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    # --- products -------------------------------------------------------------------------
+    def transpose_index(self, w: CSR):
+        """W's column index ``(t_indptr, t_rows, t_perm)``, cached on the CSR.
+
+        For input neuron i, ``t_rows[t_indptr[i]:t_indptr[i + 1]]`` are the output rows that
+        read it, increasing, and ``t_perm`` their slots in ``w.data``.  The cache lives until the
+        pattern changes (``rebuild`` returns a new CSR; ``with_data`` keeps it).
+        """
+        if w._transpose is None:
+            xp = self.xp
+            n_rows, n_cols = w.shape
+            idt = w.indices.dtype
+            # Column-major keys are unique, so the order does not depend on sort stability.
+            keys = w.indices.astype(xp.int64) * max(n_rows, 1) + w.row_ids()
+            perm = xp.argsort(keys)
+            t_indptr = xp.zeros(n_cols + 1, dtype=idt)
+            t_indptr[1:] = xp.cumsum(xp.bincount(w.indices, minlength=n_cols)).astype(idt)
+            w._transpose = (t_indptr, w.row_ids()[perm].astype(idt), perm.astype(idt))
+        return w._transpose
+
+    def matmul(self, x_ib, w: CSR):
+        """Forward product ``y_ob = W @ x_ib`` (x_ib: n_in x batch)."""
+        raise NotImplementedError
+
+    def matmul_t(self, dy_ob, w: CSR):
+        """Backward product ``dx_ib = W.T @ dy_ob`` (dy_ob: n_out x batch)."""
+        raise NotImplementedError
+
+    def weight_grad(self, x_ib, dy_ob, w: CSR):
+        """Gradient on W's pattern, in CSR order: ``g[k] = sum_b dy_ob[row_k, b] * x_ib[col_k, b]``."""
+        raise NotImplementedError
+
+    def sampled_grad(self, x_ib, dy_ob, rows, cols):
+        """The same dot products at arbitrary positions ``(rows[j], cols[j])``."""
+        raise NotImplementedError
+
+    def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
+        """``(dx_ib or None, grad)``; backends may fuse the two passes."""
+        dx = self.matmul_t(dy_ob, w) if need_dx else None
+        return dx, self.weight_grad(x_ib, dy_ob, w)
+
+    # --- elementwise ------------------------------------------------------------------------
+    def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
+        """Add bias, apply ``x if x > 0 else slope * x`` and inverted dropout.
+
+        Returns ``(a_ob, d_ob)``: activations and their derivative with respect to z.  The
+        dropout mask is a counter-based hash of ``seed`` and the element index, identical on
+        every backend and thread count.
+        """
+        xp = self.xp
+        self.check_array("z_ob", z_ob)
+        self.check_array("bias", bias)
+        if z_ob.ndim != 2 or z_ob.dtype not in VALUE_DTYPES:
+            raise ValueError(f"z_ob must be a 2-D float32 or float64 array, got {z_ob.dtype} "
+                             f"of shape {z_ob.shape}")
+        if bias.shape != (z_ob.shape[0],):
+            raise ValueError(f"bias has shape {bias.shape}, expected ({z_ob.shape[0]},)")
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF  # the same key the CPU kernel takes
+        z = z_ob + bias.astype(z_ob.dtype, copy=False)[:, None]
+        d = xp.where(z > 0, z.dtype.type(1), z.dtype.type(slope)).astype(z.dtype)
+        a = d * z
+        if rate > 0:
+            n_out, n_batch = z.shape
+            o = xp.arange(n_out, dtype=xp.uint64)[:, None]
+            j = xp.arange(n_batch, dtype=xp.uint64)[None, :]
+            key = xp.uint64(seed) + o * xp.uint64(n_batch) * _GOLDEN
+            draw = _splitmix(xp, key + j * _GOLDEN) >> xp.uint64(40)
+            keep = draw >= xp.uint64(int(rate * 16777216.0))
+            scale = z.dtype.type(1.0 / (1.0 - rate))
+            d = xp.where(keep, d * scale, 0).astype(z.dtype)
+            a = xp.where(keep, a * scale, 0).astype(z.dtype)
+        return a, d
+
+    # --- topology -------------------------------------------------------------------------
+    def select(self, values, k: int, largest: bool = True):
+        """Indices (int64, increasing) of the ``k`` largest or smallest values.
+
+        Ties at the threshold go to the lowest indices, so the result is deterministic.
+        """
+        xp = self.xp
+        self.check_array("values", values)
+        if values.ndim != 1:
+            raise ValueError(f"values must be 1-D, got shape {values.shape}")
+        n = values.shape[0]
+        k = as_count("k", k)
+        if not 0 <= k <= n:
+            raise ValueError(f"k must lie in [0, {n}], got {k}")
+        if values.dtype not in VALUE_DTYPES:
+            values = values.astype(xp.float64)
+        if n and not bool(xp.all(xp.isfinite(values))):
+            raise ValueError("values contains NaN or infinite entries")
+        if k == 0:
+            return xp.empty(0, dtype=xp.int64)
+        if k == n:
+            return xp.arange(n, dtype=xp.int64)
+        keys = -values if largest else values
+        t = xp.partition(keys, k - 1)[k - 1]
+        mask = keys < t
+        n_tie = k - int(xp.count_nonzero(mask))
+        mask[xp.flatnonzero(keys == t)[:n_tie]] = True
+        return xp.flatnonzero(mask).astype(xp.int64)
+
+    def sign_prune_keep(self, values, zeta: float):
+        """SET's keep mask: drop the fraction ``zeta`` of the negative and of the positive
+        ``values`` closest to zero (exact zeros too), by one selection per sign.
+
+        Ties go to the lowest indices (:meth:`select`), so every backend gives the same mask.
+        """
+        xp = self.xp
+        self.check_array("values", values)
+        if not 0 <= zeta <= 1:
+            raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
+        keep = values != 0
+        for sign_mask, largest in ((values < 0, True), (values > 0, False)):
+            idx = xp.flatnonzero(sign_mask)
+            k = int(zeta * idx.shape[0])
+            if k:
+                # Negatives closest to zero are the largest ones, positives the smallest.
+                keep[idx[self.select(values[idx], k, largest=largest)]] = False
+        return keep
+
+    def contains(self, w: CSR, rows, cols):
+        """Boolean mask: is ``(rows[j], cols[j])`` a stored position of W?"""
+        xp = self.xp
+        keys = w.row_ids().astype(xp.int64) * w.shape[1] + w.indices
+        q = xp.asarray(rows, dtype=xp.int64) * w.shape[1] + xp.asarray(cols, dtype=xp.int64)
+        pos = xp.searchsorted(keys, q)
+        pos = xp.minimum(pos, max(keys.shape[0] - 1, 0))
+        return (keys[pos] == q) if keys.shape[0] else xp.zeros(q.shape[0], dtype=bool)
+
+    def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
+                      col_weights=None):
+        """``m`` distinct positions not stored in W, sorted by (row, col).
+
+        Uniform over all absent positions, or, with ``row_weights``/``col_weights``, drawn from
+        the product of those (non-negative) marginals.  Costs O(nnz + m) memory: candidates are
+        drawn in rounds and filtered, never by materialising the n_out x n_in grid.  Draws come
+        from ``rng`` on the host, so a seed gives the same positions on every backend.
+        """
+        rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
+                                        lambda r, c: self.to_numpy(self.contains(
+                                            w, self.asarray(r), self.asarray(c))))
+        idt = w.indices.dtype
+        return self.asarray(rows.astype(idt)), self.asarray(cols.astype(idt))
+
+    def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
+        """W with the entries where ``keep_mask`` is false dropped and new ones inserted.
+
+        Returns ``(w_new, [state_new, ...])``: every state array (aligned with ``w.data``) is
+        permuted like the values, with 0 at inserted positions.  Raises ``ValueError`` when an
+        inserted position is already kept or repeats.
+        """
+        xp = self.xp
+        n_rows, n_cols = w.shape
+        keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(
+            self, w, keep_mask, new_rows, new_cols, new_vals, states)
+        old_keys = (w.row_ids().astype(xp.int64) * n_cols + w.indices)[keep_mask]
+        new_keys = new_rows.astype(xp.int64) * n_cols + new_cols.astype(xp.int64)
+        keys = xp.concatenate([old_keys, new_keys])
+        src = xp.concatenate([xp.flatnonzero(keep_mask).astype(xp.int64),
+                              -1 - xp.arange(new_keys.shape[0], dtype=xp.int64)])
+        order = xp.argsort(keys, kind="stable")
+        keys, src = keys[order], src[order]
+        if keys.shape[0] > 1 and bool(xp.any(keys[1:] == keys[:-1])):
+            raise ValueError("rebuild: a new position is already present or repeats")
+        nnz = keys.shape[0]
+        idt = index_dtype_for(nnz, w.shape)
+        rows = keys // n_cols
+        indptr = xp.zeros(n_rows + 1, dtype=idt)
+        indptr[1:] = xp.cumsum(xp.bincount(rows, minlength=n_rows)).astype(idt)
+        indices = (keys % n_cols).astype(idt)
+        new_w = CSR(indptr, indices, _take(xp, src, w.data, new_vals), w.shape, check=False)
+        return new_w, [_take(xp, src, s, None) for s in states]
+
+
+def _take(xp, src, old, new_vals):
+    out = xp.zeros(src.shape[0], dtype=old.dtype)
+    kept = src >= 0
+    out[kept] = old[src[kept]]
+    if new_vals is not None:
+        out[~kept] = new_vals[-1 - src[~kept]]
+    return out
+
+
+def _check_rebuild_args(backend, w, keep_mask, new_rows, new_cols, new_vals, states):
+    xp = backend.xp
+    for name, arr in (("keep_mask", keep_mask), ("new_rows", new_rows),
+                      ("new_cols", new_cols), ("new_vals", new_vals)):
+        backend.check_array(name, arr)
+    if keep_mask.dtype != bool or keep_mask.shape != (w.nnz,):
+        raise ValueError(f"keep_mask must be a bool array of length nnz={w.nnz}")
+    for name, arr in (("new_rows", new_rows), ("new_cols", new_cols)):
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
+    m = new_rows.shape[0]
+    if new_cols.shape != (m,) or new_vals.shape != (m,):
+        raise ValueError("new_rows, new_cols and new_vals must have the same length")
+    for i, s in enumerate(states):
+        backend.check_array(f"states[{i}]", s)
+        if s.shape != (w.nnz,):
+            raise ValueError(f"states[{i}] has shape {s.shape}, expected ({w.nnz},)")
+    if m:
+        if int(new_rows.min()) < 0 or int(new_rows.max()) >= w.shape[0]:
+            raise ValueError(f"new_rows must lie in [0, {w.shape[0]})")
+        if int(new_cols.min()) < 0 or int(new_cols.max()) >= w.shape[1]:
+            raise ValueError(f"new_cols must lie in [0, {w.shape[1]})")
+        if not bool(xp.all(xp.isfinite(new_vals))):
+            raise ValueError("new_vals contains NaN or infinite values")
+    return keep_mask, new_rows, new_cols, new_vals.astype(w.data.dtype, copy=False)

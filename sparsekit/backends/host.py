@@ -1,0 +1,284 @@
+"""Host (NumPy) helpers shared by the backends: absent-position sampling and the per-row
+uniform sampler that is the NumPy twin of the CPU kernel ``sample_absent_uniform``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..nn.csr import CSR
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def as_count(name: str, value) -> int:
+    """``value`` as an int; refuses non-numbers and fractions rather than truncating them."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if count != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return count
+
+
+def _splitmix(xp, z):
+    z = (z ^ (z >> xp.uint64(30))) * xp.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> xp.uint64(27))) * xp.uint64(0x94D049BB133111EB)
+    return z ^ (z >> xp.uint64(31))
+
+
+def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, col_weights,
+                       contains: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side sampler shared by the backends; ``contains(rows, cols)`` tests membership."""
+    n_rows, n_cols = w.shape
+    m = as_count("m", m)
+    total = n_rows * n_cols
+    absent = total - w.nnz
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    if m > absent:
+        raise ValueError(f"cannot sample m={m} absent positions: only {absent} are free")
+    if m == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    p_row = _marginal("row_weights", row_weights, n_rows)
+    p_col = _marginal("col_weights", col_weights, n_cols)
+    weighted = p_row is not None or p_col is not None
+    if weighted:
+        _check_weighted_room(w, m, p_row, p_col)
+    if not weighted and total > 4 * (w.nnz + m):
+        host = w.to_scipy()
+        return sample_uniform_rows(np.asarray(host.indptr, np.int64),
+                                   np.asarray(host.indices, np.int64), n_cols, m, rng)
+    if total <= 4 * (w.nnz + m):
+        # Nearly full layer: rejection would stall, and the grid is at most 4 x (nnz + m)
+        # positions, so listing the free ones keeps the O(nnz + m) bound.
+        host = w.to_scipy()
+        grid = np.ones(total, dtype=bool)
+        rows_h = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(host.indptr))
+        grid[rows_h * n_cols + host.indices] = False
+        free = np.flatnonzero(grid)
+        if weighted:
+            # Successive draws proportional to the product weight: the distribution the
+            # rejection loop below samples, without its stall when little mass is free.
+            p = np.ones(free.shape[0])
+            if p_row is not None:
+                p *= p_row[free // n_cols]
+            if p_col is not None:
+                p *= p_col[free % n_cols]
+            pick = np.sort(rng.choice(free.shape[0], size=m, replace=False, p=p / p.sum()))
+        else:
+            pick = np.sort(rng.choice(free.shape[0], size=m, replace=False))
+        keys = free[pick]
+        return keys // n_cols, keys % n_cols
+    accepted = np.empty(0, np.int64)
+    for _ in range(200):
+        need = m - accepted.shape[0]
+        draw = int(need * 1.25 * total / max(absent, 1)) + 64
+        r = (rng.integers(0, n_rows, draw) if p_row is None
+             else rng.choice(n_rows, size=draw, p=p_row))
+        c = (rng.integers(0, n_cols, draw) if p_col is None
+             else rng.choice(n_cols, size=draw, p=p_col))
+        fresh = ~np.asarray(contains(r, c), dtype=bool)
+        keys = np.concatenate([accepted, r[fresh] * n_cols + c[fresh]])
+        # Keep first occurrences in draw order: the first m distinct draws are a uniform
+        # sample without replacement.
+        accepted = keys[_first_occurrences(keys)][:m]
+        if accepted.shape[0] == m:
+            keys = np.sort(accepted)
+            return keys // n_cols, keys % n_cols
+    raise ValueError(
+        f"could not find {m} absent positions after 200 rounds: the sampling weights put "
+        "almost all their mass on existing connections"
+    )
+
+
+# --- uniform sampling per row: the NumPy twin of topology.sample_absent_uniform (Cython) ---------
+# Both draw from the same counter-based streams (splitmix64, Lemire's exact bounded integers),
+# so a seed gives the same positions on every backend; see the Cython kernel for the method.
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def sample_uniform_rows(indptr: np.ndarray, indices: np.ndarray, n_cols: int, m: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` distinct absent positions, uniform, sorted by (row, col) (int64, host arrays).
+
+    Rounds of i.i.d. draws among the positions still free, deduplicated; the duplicates are
+    drawn again.  O(n_rows + nnz + m) memory.
+    """
+    n_rows = indptr.shape[0] - 1
+    free = n_cols - np.diff(indptr)
+    pat_keys = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr)) * n_cols + indices
+    chosen = np.empty(0, np.int64)  # sorted keys row * n_cols + col
+    lens = np.zeros(n_rows, np.int64)
+    need = m
+    with np.errstate(over="ignore"):
+        while need > 0:
+            counts = _row_counts_host(free - lens, need, rng)
+            key = np.uint64(rng.integers(0, 1 << 63, dtype=np.uint64))
+            chosen = _grow_rows_host(pat_keys, chosen, free - lens, counts, key, n_cols, n_rows)
+            lens = np.bincount(chosen // n_cols, minlength=n_rows)
+            need = m - chosen.shape[0]
+    return chosen // n_cols, chosen % n_cols
+
+
+def _mulhi_lo(x: np.ndarray, n) -> tuple[np.ndarray, np.ndarray]:
+    """High and low 64 bits of the 128-bit products ``x * n`` (uint64)."""
+    n = np.asarray(n, dtype=np.uint64)
+    xh, xl, nh, nl = x >> np.uint64(32), x & _M32, n >> np.uint64(32), n & _M32
+    lh, hl = xl * nh, xh * nl
+    mid = ((xl * nl) >> np.uint64(32)) + (lh & _M32) + (hl & _M32)
+    return xh * nh + (lh >> np.uint64(32)) + (hl >> np.uint64(32)) + (mid >> np.uint64(32)), x * n
+
+
+def _below(state0: np.ndarray, j: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``j`` (1-based) of each stream, bounded: ``(value, rejected)``.  A rejected draw
+    (Lemire's test, probability < bound / 2**64) shifts its stream: the caller redoes it."""
+    hi, lo = _mulhi_lo(_splitmix(np, state0 + j.astype(np.uint64) * _GOLDEN), bound)
+    return hi, lo < (np.uint64(0) - bound) % bound
+
+
+def _below_seq(state: int, bound: int) -> tuple[int, int]:
+    """One bounded draw of a stream, sequentially (the rare fallback): ``(value, new state)``."""
+    while True:
+        state = (state + int(_GOLDEN)) & 0xFFFFFFFFFFFFFFFF
+        z = int(_splitmix(np, np.array([state], np.uint64))[0])
+        p = z * bound
+        if (p & 0xFFFFFFFFFFFFFFFF) >= (-bound) % bound:
+            return p >> 64, state
+
+
+def _stream_starts(key: np.uint64, ids: np.ndarray) -> np.ndarray:
+    return _splitmix(np, key ^ _splitmix(np, ids.astype(np.uint64) + np.uint64(1)))
+
+
+def row_blocks(avail: np.ndarray, need: int, rng: np.random.Generator):
+    """The block split of ``need`` draws over rows with ``avail`` free positions each, shared by
+    ``topology._row_counts`` and its host twin: ``(bounds, per_block, top)`` = at most 64 row
+    blocks fixed by the sizes, the draws per block (one multinomial on the free mass) and each
+    block's largest ``avail``."""
+    n_rows = avail.shape[0]
+    n_blocks = min(n_rows, 64, max(1, need // 1024))
+    bounds = (np.arange(n_blocks + 1, dtype=np.int64) * n_rows) // n_blocks
+    if n_blocks > 1:
+        mass = np.add.reduceat(avail, bounds[:n_blocks])
+        per_block = rng.multinomial(need, mass / mass.sum()).astype(np.int64)
+        top = np.maximum.reduceat(avail, bounds[:n_blocks]).astype(np.int64)
+    else:
+        per_block = np.array([need], np.int64)
+        top = np.array([avail.max()], np.int64)
+    return bounds, per_block, top
+
+
+def _row_counts_host(avail: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
+    """Twin of ``topology._row_counts``: rows of ``need`` i.i.d. draws, by blocks of rows."""
+    n_rows = avail.shape[0]
+    counts = np.zeros(n_rows, np.int64)
+    bounds, per_block, top = row_blocks(avail, need, rng)
+    n_blocks = per_block.shape[0]
+    key = np.uint64(rng.integers(0, 1 << 63, dtype=np.uint64))
+    starts = _stream_starts(key, np.arange(n_blocks))
+    for b in np.flatnonzero(per_block):
+        r0, n_b, top_b, left = int(bounds[b]), int(bounds[b + 1] - bounds[b]), int(top[b]), \
+            int(per_block[b])
+        mean = max(float(avail[r0:r0 + n_b].mean()), 1e-9)
+        j0, got = 0, []
+        bnd = np.array([n_b, top_b], np.uint64)
+        while left > 0:
+            pairs = int(left * top_b / mean * 1.1) + 16
+            j = np.arange(j0 + 1, j0 + 2 * pairs + 1)
+            vals, rejected = _below(starts[b], j, np.tile(bnd, pairs))
+            if rejected.any():  # pragma: no cover - probability below 2**-40 per draw
+                return _row_counts_seq(avail, bounds, per_block, top, starts)
+            rows = r0 + vals[0::2].astype(np.int64)
+            ok = np.flatnonzero(vals[1::2].astype(np.int64) < avail[rows])[:left]
+            got.append(rows[ok])
+            left -= ok.shape[0]
+            j0 += 2 * pairs
+        counts += np.bincount(np.concatenate(got), minlength=n_rows)
+    return counts
+
+
+def _row_counts_seq(avail, bounds, per_block, top, starts):  # pragma: no cover - see caller
+    counts = np.zeros(avail.shape[0], np.int64)
+    for b in range(per_block.shape[0]):
+        state, left = int(starts[b]), int(per_block[b])
+        r0, n_b = int(bounds[b]), int(bounds[b + 1] - bounds[b])
+        while left > 0:
+            r, state = _below_seq(state, n_b)
+            a, state = _below_seq(state, int(top[b]))
+            if a < avail[r0 + r]:
+                counts[r0 + r] += 1
+                left -= 1
+    return counts
+
+
+def _grow_rows_host(pat_keys, chosen, avail, counts, key, n_cols: int, n_rows: int):
+    """Twin of ``topology._grow_rows``: per row, ``counts[r]`` draws among its free columns
+    (ranks, deduplicated, mapped past the pattern and the chosen columns); new sorted keys."""
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    j = np.arange(rows.shape[0], dtype=np.int64) - first[rows] + 1
+    starts = _stream_starts(key, np.arange(n_rows))
+    ranks, rejected = _below(starts[rows], j, avail[rows].astype(np.uint64))
+    ranks = ranks.astype(np.int64)
+    for r in np.unique(rows[rejected]):  # pragma: no cover - probability below 2**-40
+        state, out = int(starts[r]), []
+        for _ in range(int(counts[r])):
+            v, state = _below_seq(state, int(avail[r]))
+            out.append(v)
+        ranks[first[r]:first[r] + counts[r]] = out
+    keys = rows * n_cols + ranks  # (row, rank) order = sorted ranks per row
+    keys = np.unique(keys)
+    rows, ranks = keys // n_cols, keys % n_cols
+    # Rank q -> column q + #{excluded c_j with c_j - j <= q}, j the rank of c_j in its row.
+    excl = np.sort(np.concatenate([pat_keys, chosen]))
+    ex_rows = excl // n_cols
+    ex_start = np.cumsum(np.bincount(ex_rows, minlength=n_rows)) - np.bincount(ex_rows,
+                                                                               minlength=n_rows)
+    adj = excl % n_cols - (np.arange(excl.shape[0]) - ex_start[ex_rows])
+    stride = n_cols + 1
+    pos = np.searchsorted(ex_rows * stride + adj, rows * stride + ranks, side="right")
+    cols = ranks + pos - ex_start[rows]
+    return np.sort(np.concatenate([chosen, rows * n_cols + cols]))
+
+
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Increasing indices of the first occurrence of each distinct key.
+
+    The same answer as ``np.sort(np.unique(keys, return_index=True)[1])``, about 4x faster: an
+    unstable sort, then the smallest index within each run of equal keys.
+    """
+    if keys.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.argsort(keys)
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    return np.sort(np.minimum.reduceat(order, starts))
+
+
+def _marginal(name, weights, n):
+    if weights is None:
+        return None
+    p = np.asarray(weights, dtype=np.float64).ravel()
+    if p.shape != (n,):
+        raise ValueError(f"{name} must have length {n}, got {p.shape[0]}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+        raise ValueError(f"{name} must be finite, non-negative and not all zero")
+    return p / p.sum()
+
+
+def _check_weighted_room(w, m, p_row, p_col):
+    """Refuse when fewer than m free positions have non-zero probability."""
+    n_rows, n_cols = w.shape
+    r_ok = np.ones(n_rows, bool) if p_row is None else p_row > 0
+    c_ok = np.ones(n_cols, bool) if p_col is None else p_col > 0
+    host = w.to_scipy()
+    rows = np.repeat(np.arange(n_rows), np.diff(host.indptr))
+    taken = int(np.count_nonzero(r_ok[rows] & c_ok[host.indices]))
+    room = int(r_ok.sum()) * int(c_ok.sum()) - taken
+    if room < m:
+        raise ValueError(
+            f"only {room} free positions have non-zero sampling weight, {m} requested"
+        )

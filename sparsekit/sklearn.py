@@ -21,10 +21,17 @@ import logging
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._compat import missing_extra
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.utils import check_random_state
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as exc:  # missing, or older than validate_data (1.6)
+    raise missing_extra("scikit-learn >= 1.6", "sklearn",
+                        "sparsekit's scikit-learn estimators") from exc
 
 from .nn.model import SparseMLP
 from .training.runner import EpochRunner

@@ -13,12 +13,18 @@ imports it.  CPU tensors only.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
-from . import interop
-from . import layers as _layers
+from ._compat import missing_extra
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:
+    raise missing_extra("PyTorch", "torch", "sparsekit.torch") from exc
+
 from .backends import Backend, get_backend
+from .io import interop
+from .nn import layers as _layers
 from .nn.csr import CSR
 
 __all__ = ["SparseLinear"]

@@ -12,7 +12,7 @@ from .nn.init import erdos_renyi
 from .nn.layers import SparseLayer
 from .nn.model import SparseMLP
 from .training.loop import TrainResult, train
-from .training.memory import estimate_memory
+from .training.memory_estimate import estimate_memory
 
 __version__ = "0.1.0"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from sparsekit._cuda import _module as km
-from sparsekit._cuda import memory
 from sparsekit._cuda.backend import GpuBackend
+from sparsekit.training import memory
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
@@ -140,10 +140,10 @@ def emulated_kernels(kernels: dict[str, EmulatedKernel]):
         calls.append(fn.expr)
         fn((GRID,), (BLOCK,), args)
 
-    saved = km.get_kernel, km.launch, memory.available_bytes
+    saved = km.get_kernel, km.launch, memory.gpu_available_memory
     km.get_kernel, km.launch = get_kernel, launch
-    memory.available_bytes = lambda: (2**40, "the emulated device's memory")
+    memory.gpu_available_memory = lambda: (2**40, "the emulated device's memory")
     try:
         yield calls
     finally:
-        km.get_kernel, km.launch, memory.available_bytes = saved
+        km.get_kernel, km.launch, memory.gpu_available_memory = saved

@@ -13,11 +13,16 @@ import pytest
 from cuda_emu import EmulatedGpuBackend
 
 import sparsekit
-from sparsekit._cuda import memory
 from sparsekit._cuda.backend import GpuBackend
 from sparsekit.nn.model import SparseMLP
+from sparsekit.training import memory
+from sparsekit.training.memory_estimate import estimate_memory
 
 GIB = 2**30
+
+
+def gpu_estimate(model_or_sizes, **kwargs):
+    return estimate_memory(model_or_sizes, device="gpu", **kwargs)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -26,14 +31,14 @@ GIB = 2**30
     ("80%", 0.8), ("100%", 1.0),
 ])
 def test_parse_bytes(text, expected):
-    assert memory.parse_bytes(text) == expected
+    assert memory.parse_bytes(text, "gpu_memory_limit") == expected
 
 
 @pytest.mark.parametrize("bad", ["4 apples", "GiB", "-1GiB", "0", 0, -5, "150%", "0%", True,
                                  "4iB", ""])
 def test_parse_bytes_refuses(bad):
     with pytest.raises(ValueError, match="gpu_memory_limit"):
-        memory.parse_bytes(bad)
+        memory.parse_bytes(bad, "gpu_memory_limit")
 
 
 def test_persistent_estimate_matches_a_built_model():
@@ -48,34 +53,33 @@ def test_persistent_estimate_matches_a_built_model():
         if k:
             parts += list(be.transpose_index(layer.w))
         actual += sum(p.nbytes for p in parts)
-    est = memory.estimate_training_memory(model, batch_size=16, eval_batch_size=32)
+    est = gpu_estimate(model, batch_size=16, eval_batch_size=32)
     assert est.persistent == actual
     assert est.connections == sum(model.n_connections)
-    from_sizes = memory.estimate_training_memory([50, 40, 30, 5], epsilon=3, batch_size=16,
-                                                 eval_batch_size=32)
+    from_sizes = gpu_estimate([50, 40, 30, 5], epsilon=3, batch_size=16, eval_batch_size=32)
     assert from_sizes == est  # ER counts from the sizes equal the built model's
 
 
 def test_estimate_grows_with_batch_and_width():
-    small = memory.estimate_training_memory([784, 1000, 10], batch_size=64)
-    assert memory.estimate_training_memory([784, 1000, 10], batch_size=128).step > small.step
-    assert memory.estimate_training_memory([784, 2000, 10], batch_size=64).peak > small.peak
-    assert memory.estimate_training_memory([784, 1000, 10], batch_size=64,
-                                           eval_batch_size=8192).evaluate > small.evaluate
-    f64 = memory.estimate_training_memory([784, 1000, 10], batch_size=64, dtype="float64")
+    small = gpu_estimate([784, 1000, 10], batch_size=64)
+    assert gpu_estimate([784, 1000, 10], batch_size=128).step > small.step
+    assert gpu_estimate([784, 2000, 10], batch_size=64).peak > small.peak
+    assert gpu_estimate([784, 1000, 10], batch_size=64,
+                        eval_batch_size=8192).evaluate > small.evaluate
+    f64 = gpu_estimate([784, 1000, 10], batch_size=64, dtype="float64")
     assert f64.persistent > small.persistent
 
 
 def test_the_issue_configurations_fit_in_4_gib():
     """The default Fashion-MNIST network and 1 000 000 hidden neurons at ε = 20, with the
     evaluation chunk the 4 GiB runs use, are estimated to fit with headroom."""
-    default = memory.estimate_training_memory([784, 1000, 1000, 1000, 10])
-    assert default.peak * memory.HEADROOM < 0.1 * 4 * GIB
-    million = memory.estimate_training_memory([784, 1_000_000, 10], eval_batch_size=128)
+    default = gpu_estimate([784, 1000, 1000, 1000, 10])
+    assert default.peak * memory.GPU_HEADROOM < 0.1 * 4 * GIB
+    million = gpu_estimate([784, 1_000_000, 10], eval_batch_size=128)
     assert million.connections == 20 * (784 + 1_000_000) + 10 * 1_000_000
-    assert million.peak * memory.HEADROOM < 4 * GIB
+    assert million.peak * memory.GPU_HEADROOM < 4 * GIB
     # ... and the default evaluation chunk of 4096 would not: the refusal names the remedy.
-    assert memory.estimate_training_memory([784, 1_000_000, 10]).peak > 4 * GIB
+    assert gpu_estimate([784, 1_000_000, 10]).peak > 4 * GIB
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def capacity(monkeypatch):
     class Capacity:
         bytes = 4 * GIB
 
-    monkeypatch.setattr(memory, "available_bytes",
+    monkeypatch.setattr(memory, "gpu_available_memory",
                         lambda: (Capacity.bytes, "gpu_memory_limit"))
     return Capacity
 
@@ -105,7 +109,7 @@ def test_train_refuses_a_model_that_cannot_fit_before_allocating(capacity, monke
 
 def test_cpu_runs_ignore_the_gpu_limit(capacity):
     capacity.bytes = 1
-    assert memory.check_training_memory([784, 1000, 10], "cpu", "4GiB") is None
+    assert memory.check_gpu_memory([784, 1000, 10], "cpu", "4GiB") is None
 
 
 def test_gpu_backend_module_imports_without_cupy():

@@ -14,7 +14,7 @@ import pytest
 
 import sparsekit
 from sparsekit.training import memory
-from sparsekit._cuda import memory as cuda_memory
+from sparsekit.training.memory_estimate import estimate_memory
 
 SIZES = [50, 400, 300, 7]
 
@@ -32,40 +32,37 @@ def _model_bytes(model) -> int:
 
 def test_persistent_part_is_the_models_arrays():
     model = sparsekit.SparseMLP(SIZES, epsilon=5, seed=0, backend="cpu")
-    est = memory.estimate_memory(model, batch_size=16)
+    est = estimate_memory(model, batch_size=16)
     assert est.persistent == _model_bytes(model)
     assert est.connections == sum(model.n_connections)
     # From sizes the Erdős–Rényi counts give the same figure.
-    assert memory.estimate_memory(SIZES, epsilon=5, batch_size=16).persistent == est.persistent
+    assert estimate_memory(SIZES, epsilon=5, batch_size=16).persistent == est.persistent
     # 20 bytes per connection at float32 / int32 (value, index, momentum, transposed index).
-    wide = memory.estimate_memory([784, 100_000, 10])
+    wide = estimate_memory([784, 100_000, 10])
     assert 20 <= wide.persistent / wide.connections < 21
 
 
 def test_parts_move_with_their_knobs():
-    base = memory.estimate_memory([784, 5000, 5000, 10], n_test=10_000)
-    assert memory.estimate_memory([784, 5000, 5000, 10], batch_size=256,
-                                  n_test=10_000).step > base.step
-    assert memory.estimate_memory([784, 5000, 5000, 10], eval_batch_size=512,
-                                  n_test=10_000).evaluate < base.evaluate
-    assert memory.estimate_memory([784, 5000, 5000, 10], n_test=0).evaluate == 0
-    assert memory.estimate_memory([784, 5000, 5000, 10], method="static").evolve == 0
-    assert memory.estimate_memory([784, 5000, 5000, 10], epsilon=40).persistent > base.persistent
-    f64 = memory.estimate_memory([784, 5000, 5000, 10], dtype="float64", n_test=10_000)
+    base = estimate_memory([784, 5000, 5000, 10], n_test=10_000)
+    assert estimate_memory([784, 5000, 5000, 10], batch_size=256,
+                           n_test=10_000).step > base.step
+    assert estimate_memory([784, 5000, 5000, 10], eval_batch_size=512,
+                           n_test=10_000).evaluate < base.evaluate
+    assert estimate_memory([784, 5000, 5000, 10], n_test=0).evaluate == 0
+    assert estimate_memory([784, 5000, 5000, 10], method="static").evolve == 0
+    assert estimate_memory([784, 5000, 5000, 10], epsilon=40).persistent > base.persistent
+    f64 = estimate_memory([784, 5000, 5000, 10], dtype="float64", n_test=10_000)
     assert f64.persistent > base.persistent and f64.step > base.step
-    gse = memory.estimate_memory([784, 5000, 5000, 10], method="gse", n_test=10_000)
+    gse = estimate_memory([784, 5000, 5000, 10], method="gse", n_test=10_000)
     assert gse.step > base.step and gse.evolve > base.evolve  # kept output gradients
-    with_data = memory.estimate_memory([784, 5000, 5000, 10], n_train=60_000, n_test=10_000)
+    with_data = estimate_memory([784, 5000, 5000, 10], n_train=60_000, n_test=10_000)
     assert with_data.data >= 70_000 * 784 * 4 and with_data.peak > base.peak
     assert base.peak == sum(v for k, v in base.parts().items()
                             if k in ("baseline", "data", "heap", "persistent")) + base.transient
 
 
-def test_one_estimator_serves_the_gpu_module():
-    sizes = [784, 3000, 3000, 10]
-    assert (cuda_memory.estimate_training_memory(sizes, batch_size=64)
-            == memory.estimate_memory(sizes, batch_size=64, device="gpu"))
-    gpu = memory.estimate_memory(sizes, device="gpu")
+def test_the_gpu_estimate_leaves_out_the_host():
+    gpu = estimate_memory([784, 3000, 3000, 10], device="gpu", n_train=60_000, n_test=10_000)
     assert gpu.baseline == gpu.data == gpu.heap == 0
 
 
@@ -73,7 +70,7 @@ def test_one_estimator_serves_the_gpu_module():
                                  dict(n_train=-1)])
 def test_bad_arguments(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        memory.estimate_memory([784, 100, 10], **bad)
+        estimate_memory([784, 100, 10], **bad)
 
 
 def test_parse_memory_limit():
@@ -87,7 +84,8 @@ _MEASURE = textwrap.dedent("""
     import json, sys
     import numpy as np
     import sparsekit
-    from sparsekit.training.memory import estimate_memory, peak_resident_memory, resident_memory
+    from sparsekit.training.memory import peak_resident_memory, resident_memory
+    from sparsekit.training.memory_estimate import estimate_memory
     width, steps = int(sys.argv[1]), int(sys.argv[2])
     sizes = [784, width, width, width, 10]
     rng = np.random.default_rng(0)

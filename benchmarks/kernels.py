@@ -1,7 +1,7 @@
 """CPU kernel benchmark: sparsekit side by side with SciPy, torch and dense NumPy.
 
 Run ``python benchmarks/kernels.py`` (full, about 10 minutes on 2 cores) or ``--quick`` (under a
-minute, no 100 000² layer, 2 threads only), or ``python -m sparsekit.bench kernels``.
+minute, no 100 000² layer, 2 threads only); ``nox -s bench`` runs it in a fresh environment.
 
 Each peer runs in its own subprocess with OMP/MKL/OpenBLAS thread counts and
 ``torch.set_num_threads`` set explicitly (OpenMP, OpenBLAS and MKL pools spin after a parallel

@@ -6,8 +6,6 @@ They are O(1) or O(rows): index contents are validated once, when a
 
 import os
 
-import numpy as np
-
 
 def check_threads(num_threads: int) -> int:
     if num_threads < 0:
@@ -40,8 +38,3 @@ def check_batch_operand(name, arr, n_rows, n_batch) -> None:
         raise ValueError(f"{name} has {arr.shape[0]} rows, expected {n_rows}")
     if arr.shape[1] != n_batch:
         raise ValueError(f"{name} has batch size {arr.shape[1]}, expected {n_batch}")
-
-
-def as_dtype_name(arr) -> str:
-    return np.asarray(arr).dtype.name
-

@@ -2,7 +2,7 @@
 
 Trains ``sparsekit.train`` (CPU backend, SET with one topology update in the middle of the
 epoch, All-ReLU, dropout 0.3, momentum SGD) for one epoch on a Fashion-MNIST-shaped synthetic
-task (784 features, 10 classes, Madelon-like clusters from ``sparsekit.io.datasets.make_synthetic``)
+task (784 features, 10 classes, Madelon-like clusters from ``sparsekit.io.synthetic.make_synthetic``)
 and reports neurons, connections, the peak RSS of the process, the time of the epoch, the FLOPs
 of the epoch beside a dense network's, and :func:`sparsekit.estimate_memory`'s prediction of the
 peak before anything was allocated.  ``memory_limit`` is passed to ``train()``, so a
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     import sparsekit
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.io.datasets import make_synthetic
+    from sparsekit.io.synthetic import make_synthetic
     from sparsekit.training.memory import estimate_memory, resident_memory
 
     n_total = args.samples + args.test_samples

@@ -16,7 +16,7 @@ import numpy as np
 from _common import parser, unavailable
 
 import sparsekit
-from sparsekit.io.datasets import Dataset
+from sparsekit.io.dataset import Dataset
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import time
 from _common import parser, unavailable
 
 import sparsekit
-from sparsekit.io.datasets import make_synthetic
+from sparsekit.io.synthetic import make_synthetic
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler
 
 from sparsekit import SparseMLPClassifier
-from sparsekit.io.datasets import make_synthetic
+from sparsekit.io.synthetic import make_synthetic
 
 
 def main() -> None:

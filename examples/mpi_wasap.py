@@ -14,7 +14,7 @@ import inspect
 from _common import parser, unavailable
 
 import sparsekit
-from sparsekit.io.datasets import make_synthetic
+from sparsekit.io.synthetic import make_synthetic
 
 
 def main() -> None:

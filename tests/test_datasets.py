@@ -1,4 +1,5 @@
-"""Tests for sparsekit.io.datasets: IDX parsing, look-up order, preprocessing, loaders, validation."""
+"""Tests for sparsekit.io (datasets, dataset, idx, synthetic): IDX parsing, look-up order,
+preprocessing, loaders, validation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pytest
 
 import sparsekit.io.datasets as ds
 from sparsekit._compat import has_sklearn
+from sparsekit.io.dataset import Dataset, check_xy, from_arrays
+from sparsekit.io.idx import read_idx
+from sparsekit.io.synthetic import make_synthetic
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -52,7 +56,7 @@ def test_idx_round_trip(tmp_path, suffix, code, dtype):
     arr = (np.arange(2 * 3 * 5) * 7 - 20).reshape(2, 3, 5)
     arr = (arr % 256 if dtype == np.uint8 else arr).astype(dtype)
     write_idx(tmp_path / ("a.idx" + suffix), arr, code)
-    out = ds.read_idx(tmp_path / ("a.idx" + suffix))
+    out = read_idx(tmp_path / ("a.idx" + suffix))
     assert out.dtype == dtype and out.dtype.isnative and out.flags.writeable
     np.testing.assert_array_equal(out, arr)
 
@@ -70,21 +74,21 @@ def test_idx_truncated_and_corrupt(tmp_path, gz):
         p = tmp_path / f"{what}.idx"
         p.write_bytes(data)
         with pytest.raises(ValueError, match=str(p)):
-            ds.read_idx(p)
+            read_idx(p)
     if gz:  # a cut gzip stream (not just a cut payload)
         p = tmp_path / "cut.gz"
         p.write_bytes(gzip.compress(raw)[:-20])
         with pytest.raises(ValueError, match="cut.gz"):
-            ds.read_idx(p)
+            read_idx(p)
     with pytest.raises(FileNotFoundError):
-        ds.read_idx(tmp_path / "absent")
+        read_idx(tmp_path / "absent")
 
 
 def test_idx_huge_header_does_not_allocate(tmp_path):
     p = tmp_path / "huge.gz"
     p.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + np.array([60000, 60000, 60000], ">u4").tobytes()))
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        ds.read_idx(p)
+        read_idx(p)
 
 
 # ---------------------------------------------------------------------------- Fashion-MNIST
@@ -214,7 +218,7 @@ def test_synthetic_shapes_balance_determinism():
 
 
 def test_synthetic_structure():
-    d = ds.make_synthetic(n_samples=2000, n_features=30, n_informative=3, n_redundant=6,
+    d = make_synthetic(n_samples=2000, n_features=30, n_informative=3, n_redundant=6,
                           flip_y=0.0, standardize=False, n_clusters_per_class=1)
     x = np.r_[d.x_train, d.x_test].astype(np.float64)
     # 3 informative + 6 redundant columns span only 3 dimensions; the other 21 are independent
@@ -228,16 +232,16 @@ def test_synthetic_flip_y_and_madelon_defaults():
     m = ds.load_dataset("madelon")
     assert m.name == "madelon-like" and m.n_features == 500 and m.n_classes == 2
     assert m.x_train.shape[0] + m.x_test.shape[0] == 4400
-    clean = ds.make_synthetic(n_samples=4000, n_features=10, n_informative=3, n_clusters_per_class=2,
+    clean = make_synthetic(n_samples=4000, n_features=10, n_informative=3, n_clusters_per_class=2,
                                flip_y=0.0, seed=1)
-    noisy = ds.make_synthetic(n_samples=4000, n_features=10, n_informative=3, n_clusters_per_class=2,
+    noisy = make_synthetic(n_samples=4000, n_features=10, n_informative=3, n_clusters_per_class=2,
                                flip_y=0.5, seed=1)
     changed = np.mean(clean.y_train != noisy.y_train)
     assert 0.15 < changed < 0.35  # half the labels redrawn, half of those land on the other class
 
 
 def test_synthetic_linear_model_separates_easy_data():
-    d = ds.make_synthetic(n_samples=3000, n_features=40, n_informative=5, n_classes=3,
+    d = make_synthetic(n_samples=3000, n_features=40, n_informative=5, n_classes=3,
                           n_clusters_per_class=1, class_sep=2.0, flip_y=0.0, seed=0)
     xb = np.c_[d.x_train, np.ones(len(d.x_train))]
     w = np.linalg.lstsq(xb, np.eye(3)[d.y_train], rcond=None)[0]
@@ -246,7 +250,7 @@ def test_synthetic_linear_model_separates_easy_data():
 
 
 def test_synthetic_large_informative_space():
-    d = ds.make_synthetic(n_samples=200, n_features=100, n_informative=70, n_redundant=0,
+    d = make_synthetic(n_samples=200, n_features=100, n_informative=70, n_redundant=0,
                           n_classes=4, n_clusters_per_class=3)
     assert d.x_train.shape[1] == 100
 
@@ -308,24 +312,24 @@ def test_npz_refuses_pickles_and_garbage(tmp_path):
 def test_from_arrays_label_mapping():
     x = np.arange(24, dtype=np.float64).reshape(12, 2)
     y = np.array(["cat", "dog", "ant"] * 4)
-    d = ds.from_arrays(x[:8], y[:8], x[8:], np.array(["dog", "dog", "cat", "emu"]))
+    d = from_arrays(x[:8], y[:8], x[8:], np.array(["dog", "dog", "cat", "emu"]))
     assert list(d.classes) == ["ant", "cat", "dog", "emu"] and d.n_classes == 4
     np.testing.assert_array_equal(d.classes[d.y_train], y[:8])
     np.testing.assert_array_equal(d.y_test, [2, 2, 1, 3])
     np.testing.assert_array_equal(d.x_train, x[:8])  # not standardized by default
-    ints = ds.from_arrays(x, np.array([10, 20, 30] * 4), test_fraction=0.25, seed=3)
+    ints = from_arrays(x, np.array([10, 20, 30] * 4), test_fraction=0.25, seed=3)
     assert list(ints.classes) == [10, 20, 30] and len(ints.y_test) == 3
     np.testing.assert_array_equal(np.bincount(ints.y_test), [1, 1, 1])
-    mixed = ds.from_arrays(x, np.array([1, "a", (2, 3)] * 4, dtype=object), test_fraction=0)
+    mixed = from_arrays(x, np.array([1, "a", (2, 3)] * 4, dtype=object), test_fraction=0)
     assert mixed.n_classes == 3 and mixed.x_test.shape == (0, 2)
-    kept = ds.from_arrays(x, np.arange(12) % 3, n_classes=5, test_fraction=0)
+    kept = from_arrays(x, np.arange(12) % 3, n_classes=5, test_fraction=0)
     assert kept.n_classes == 5 and kept.classes is None
     with pytest.raises(ValueError, match="y_train has label 3 outside 0..2"):
-        ds.from_arrays(x, np.arange(12) % 4, n_classes=3)
+        from_arrays(x, np.arange(12) % 4, n_classes=3)
     with pytest.raises(ValueError, match="together"):
-        ds.from_arrays(x, y, x_test=x)
+        from_arrays(x, y, x_test=x)
     with pytest.raises(ValueError, match="x_test has 3 features"):
-        ds.from_arrays(x, y, np.zeros((2, 3)), ["cat", "dog"])
+        from_arrays(x, y, np.zeros((2, 3)), ["cat", "dog"])
 
 
 def test_z_score_uses_train_statistics_only():
@@ -333,7 +337,7 @@ def test_z_score_uses_train_statistics_only():
     xtr = rng.normal(5.0, 3.0, (500, 4))
     xtr[:, 3] = 7.0  # a constant feature must not divide by zero
     xte = rng.normal(-50.0, 10.0, (100, 4))
-    d = ds.from_arrays(xtr, np.arange(500) % 2, xte, np.arange(100) % 2, standardize=True)
+    d = from_arrays(xtr, np.arange(500) % 2, xte, np.arange(100) % 2, standardize=True)
     mean, std = xtr.mean(0), xtr.std(0)
     std[3] = 1.0
     np.testing.assert_allclose(d.x_train, (xtr - mean) / std, atol=1e-4)
@@ -342,7 +346,7 @@ def test_z_score_uses_train_statistics_only():
     assert d.x_test.mean() < -5  # the test set's own statistics were not used
     x32 = np.ascontiguousarray(xtr, dtype=np.float32)
     keep = x32.copy()
-    ds.from_arrays(x32, np.arange(500) % 2, x32[:10], np.arange(10) % 2, standardize=True)
+    from_arrays(x32, np.arange(500) % 2, x32[:10], np.arange(10) % 2, standardize=True)
     np.testing.assert_array_equal(x32, keep)  # the caller's arrays are never modified
 
 
@@ -365,32 +369,32 @@ def test_z_score_uses_train_statistics_only():
 ])
 def test_check_xy_errors(x, y, kw, match):
     with pytest.raises(ValueError, match=match) as err:
-        ds.check_xy(x, y, **kw)
+        check_xy(x, y, **kw)
     assert "\n" not in str(err.value)
 
 
 def test_check_xy_passes_and_converts():
-    x, y = ds.check_xy(np.ones((3, 2), np.uint8), np.array([0.0, 1.0, 2.0]), n_classes=3)
+    x, y = check_xy(np.ones((3, 2), np.uint8), np.array([0.0, 1.0, 2.0]), n_classes=3)
     assert x.dtype == np.float32 and y.dtype == np.int64
-    x64, _ = ds.check_xy(np.ones((3, 2)), None)
+    x64, _ = check_xy(np.ones((3, 2)), None)
     assert x64.dtype == np.float64
     x = np.ones((20000, 3), np.float32)
     x[15000, 2] = np.nan  # beyond the first block
     with pytest.raises(ValueError, match="row 15000, column 2"):
-        ds.check_xy(x, names=("x_train", "y_train"))
+        check_xy(x, names=("x_train", "y_train"))
 
 
 def test_dataset_validates_on_construction():
     x, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match="x_test has 2 features"):
-        ds.Dataset(x, y, np.zeros((2, 2)), np.array([0, 1]), 2, "t")
+        Dataset(x, y, np.zeros((2, 2)), np.array([0, 1]), 2, "t")
     with pytest.raises(ValueError, match="y_test has label 2"):
-        ds.Dataset(x, y, np.zeros((2, 3)), np.array([0, 2]), 2, "t")
+        Dataset(x, y, np.zeros((2, 3)), np.array([0, 2]), 2, "t")
     with pytest.raises(ValueError, match="n_classes"):
-        ds.Dataset(x, y, x, y, 1, "t")
+        Dataset(x, y, x, y, 1, "t")
     with pytest.raises(ValueError, match="image_shape"):
-        ds.Dataset(x, y, x, y, 2, "t", image_shape=(2, 2))
-    d = ds.Dataset(np.asfortranarray(x), y.astype(np.int32), x, y, 2, "t")
+        Dataset(x, y, x, y, 2, "t", image_shape=(2, 2))
+    d = Dataset(np.asfortranarray(x), y.astype(np.int32), x, y, 2, "t")
     assert d.x_train.flags.c_contiguous and d.x_train.dtype == np.float32
     assert d.y_train.dtype == np.int64 and "train=(4, 3)" in repr(d)
     with pytest.raises(AttributeError):

@@ -213,8 +213,8 @@ def machine_description() -> dict:
         info["sparsekit_commit"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"],
                                                   capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(git + ["status", "--porcelain", "--", "sparsekit/_cython",
-                                      "sparsekit/backend.py", "sparsekit/csr.py",
-                                      "sparsekit/init.py", "setup.py"],
+                                      "sparsekit/backends", "sparsekit/nn/csr.py",
+                                      "sparsekit/nn/init.py", "setup.py"],
                                capture_output=True, text=True).stdout.strip()
         info["sparsekit_tree_dirty"] = bool(dirty)
     except OSError:

@@ -155,7 +155,7 @@ class SparseLinear(nn.Module):
 
         Parameters
         ----------
-        layer : sparsekit.SparseLinear
+        layer : sparsekit.SparseLayer
             For example ``model.layers[i]`` of a trained :class:`~sparsekit.SparseMLP`.
         bias : bool, default True
             Keep the layer's bias as a parameter.
@@ -209,7 +209,7 @@ class SparseLinear(nn.Module):
         return self.pattern().with_data(self.values.detach().numpy().copy()).to_scipy()
 
     def to_layer(self, backend=None) -> _layers.SparseLayer:
-        """A sparsekit :class:`~sparsekit.nn.layers.SparseLinear` with these weights and bias.
+        """A sparsekit :class:`~sparsekit.nn.layers.SparseLayer` with these weights and bias.
 
         Parameters
         ----------
@@ -218,7 +218,7 @@ class SparseLinear(nn.Module):
 
         Returns
         -------
-        sparsekit.SparseLinear
+        sparsekit.SparseLayer
         """
         bias = None if self.bias is None else self.bias.detach().numpy()
         return interop.from_scipy(self.to_scipy(), bias, backend=backend)

@@ -17,6 +17,7 @@ from sparsekit._cuda.backend import GpuBackend
 from sparsekit.nn.model import SparseMLP
 from sparsekit.training import memory
 from sparsekit.training.memory_estimate import estimate_memory
+from sparsekit.training.optim import MomentumSGD
 
 GIB = 2**30
 
@@ -45,11 +46,12 @@ def test_persistent_estimate_matches_a_built_model():
     """Per layer: CSR arrays, momentum, bias and its momentum, and (but for the first layer)
     the transposed index, exactly as many bytes as the arrays of a real model."""
     model = SparseMLP([50, 40, 30, 5], epsilon=3, backend="cpu", seed=0)
+    MomentumSGD().attach(model)  # the default optimizer's state, as train() attaches it
     be = model.backend
     actual = 0
     for k, layer in enumerate(model.layers):
-        parts = [layer.w.indptr, layer.w.indices, layer.w.data, layer.vel_w, layer.b,
-                 layer.vel_b]
+        parts = [layer.w.indptr, layer.w.indices, layer.w.data, layer.b,
+                 *layer.state_w.values(), *layer.state_b.values()]
         if k:
             parts += list(be.transpose_index(layer.w))
         actual += sum(p.nbytes for p in parts)

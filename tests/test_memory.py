@@ -15,16 +15,20 @@ import pytest
 import sparsekit
 from sparsekit.training import memory
 from sparsekit.training.memory_estimate import estimate_memory
+from sparsekit.training.optim import MomentumSGD
 
 SIZES = [50, 400, 300, 7]
 
 
 def _model_bytes(model) -> int:
-    """Bytes of every persistent array of a trained model, transposed indices included."""
+    """Bytes of every persistent array of a model with the momentum SGD optimizer's state
+    (what train() attaches by default), transposed indices included."""
+    MomentumSGD().attach(model)
     total = 0
     for layer in model.layers:
         w = layer.w
-        arrays = [w.indptr, w.indices, w.data, layer.vel_w, layer.b, layer.vel_b]
+        arrays = [w.indptr, w.indices, w.data, layer.b, *layer.state_w.values(),
+                  *layer.state_b.values()]
         arrays += list(model.backend.transpose_index(w))
         total += sum(a.nbytes for a in arrays)
     return total

@@ -23,7 +23,7 @@ from libcpp.algorithm cimport nth_element, sort
 import numpy as np
 
 from ._types cimport floating, index_t
-from ..backends.host import row_blocks
+from .._streams import row_blocks
 from ._checks import check_pattern, check_threads
 
 cdef extern from *:

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .._streams import GOLDEN, splitmix
 from ..nn.csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
-from .host import _GOLDEN, _splitmix, as_count, sample_absent_host
+from .host import as_count, sample_absent_host
 
 
 class Backend:
@@ -151,8 +152,8 @@ class Backend:
             n_out, n_batch = z.shape
             o = xp.arange(n_out, dtype=xp.uint64)[:, None]
             j = xp.arange(n_batch, dtype=xp.uint64)[None, :]
-            key = xp.uint64(seed) + o * xp.uint64(n_batch) * _GOLDEN
-            draw = _splitmix(xp, key + j * _GOLDEN) >> xp.uint64(40)
+            key = xp.uint64(seed) + o * xp.uint64(n_batch) * GOLDEN
+            draw = splitmix(xp, key + j * GOLDEN) >> xp.uint64(40)
             keep = draw >= xp.uint64(int(rate * 16777216.0))
             scale = z.dtype.type(1.0 / (1.0 - rate))
             d = xp.where(keep, d * scale, 0).astype(z.dtype)

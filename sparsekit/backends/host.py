@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .._streams import below, below_seq, row_blocks, stream_starts
 from ..nn.csr import CSR
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def as_count(name: str, value) -> int:
@@ -21,12 +20,6 @@ def as_count(name: str, value) -> int:
     if count != value:
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return count
-
-
-def _splitmix(xp, z):
-    z = (z ^ (z >> xp.uint64(30))) * xp.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> xp.uint64(27))) * xp.uint64(0x94D049BB133111EB)
-    return z ^ (z >> xp.uint64(31))
 
 
 def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, col_weights,
@@ -94,10 +87,9 @@ def sample_absent_host(w: CSR, m: int, rng: np.random.Generator, row_weights, co
     )
 
 
-# --- uniform sampling per row: the NumPy twin of topology.sample_absent_uniform (Cython) ---------
-# Both draw from the same counter-based streams (splitmix64, Lemire's exact bounded integers),
-# so a seed gives the same positions on every backend; see the Cython kernel for the method.
-_M32 = np.uint64(0xFFFFFFFF)
+# --- uniform sampling per row: the NumPy twin of sampling.sample_absent_uniform (Cython) ---------
+# Both draw from the same counter-based streams (sparsekit._streams), so a seed gives the same
+# positions on every backend; see the Cython kernel for the method.
 
 
 def sample_uniform_rows(indptr: np.ndarray, indices: np.ndarray, n_cols: int, m: int,
@@ -123,62 +115,14 @@ def sample_uniform_rows(indptr: np.ndarray, indices: np.ndarray, n_cols: int, m:
     return chosen // n_cols, chosen % n_cols
 
 
-def _mulhi_lo(x: np.ndarray, n) -> tuple[np.ndarray, np.ndarray]:
-    """High and low 64 bits of the 128-bit products ``x * n`` (uint64)."""
-    n = np.asarray(n, dtype=np.uint64)
-    xh, xl, nh, nl = x >> np.uint64(32), x & _M32, n >> np.uint64(32), n & _M32
-    lh, hl = xl * nh, xh * nl
-    mid = ((xl * nl) >> np.uint64(32)) + (lh & _M32) + (hl & _M32)
-    return xh * nh + (lh >> np.uint64(32)) + (hl >> np.uint64(32)) + (mid >> np.uint64(32)), x * n
-
-
-def _below(state0: np.ndarray, j: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``j`` (1-based) of each stream, bounded: ``(value, rejected)``.  A rejected draw
-    (Lemire's test, probability < bound / 2**64) shifts its stream: the caller redoes it."""
-    hi, lo = _mulhi_lo(_splitmix(np, state0 + j.astype(np.uint64) * _GOLDEN), bound)
-    return hi, lo < (np.uint64(0) - bound) % bound
-
-
-def _below_seq(state: int, bound: int) -> tuple[int, int]:
-    """One bounded draw of a stream, sequentially (the rare fallback): ``(value, new state)``."""
-    while True:
-        state = (state + int(_GOLDEN)) & 0xFFFFFFFFFFFFFFFF
-        z = int(_splitmix(np, np.array([state], np.uint64))[0])
-        p = z * bound
-        if (p & 0xFFFFFFFFFFFFFFFF) >= (-bound) % bound:
-            return p >> 64, state
-
-
-def _stream_starts(key: np.uint64, ids: np.ndarray) -> np.ndarray:
-    return _splitmix(np, key ^ _splitmix(np, ids.astype(np.uint64) + np.uint64(1)))
-
-
-def row_blocks(avail: np.ndarray, need: int, rng: np.random.Generator):
-    """The block split of ``need`` draws over rows with ``avail`` free positions each, shared by
-    ``topology._row_counts`` and its host twin: ``(bounds, per_block, top)`` = at most 64 row
-    blocks fixed by the sizes, the draws per block (one multinomial on the free mass) and each
-    block's largest ``avail``."""
-    n_rows = avail.shape[0]
-    n_blocks = min(n_rows, 64, max(1, need // 1024))
-    bounds = (np.arange(n_blocks + 1, dtype=np.int64) * n_rows) // n_blocks
-    if n_blocks > 1:
-        mass = np.add.reduceat(avail, bounds[:n_blocks])
-        per_block = rng.multinomial(need, mass / mass.sum()).astype(np.int64)
-        top = np.maximum.reduceat(avail, bounds[:n_blocks]).astype(np.int64)
-    else:
-        per_block = np.array([need], np.int64)
-        top = np.array([avail.max()], np.int64)
-    return bounds, per_block, top
-
-
 def _row_counts_host(avail: np.ndarray, need: int, rng: np.random.Generator) -> np.ndarray:
-    """Twin of ``topology._row_counts``: rows of ``need`` i.i.d. draws, by blocks of rows."""
+    """Twin of ``sampling._row_counts``: rows of ``need`` i.i.d. draws, by blocks of rows."""
     n_rows = avail.shape[0]
     counts = np.zeros(n_rows, np.int64)
     bounds, per_block, top = row_blocks(avail, need, rng)
     n_blocks = per_block.shape[0]
     key = np.uint64(rng.integers(0, 1 << 63, dtype=np.uint64))
-    starts = _stream_starts(key, np.arange(n_blocks))
+    starts = stream_starts(key, np.arange(n_blocks))
     for b in np.flatnonzero(per_block):
         r0, n_b, top_b, left = int(bounds[b]), int(bounds[b + 1] - bounds[b]), int(top[b]), \
             int(per_block[b])
@@ -188,7 +132,7 @@ def _row_counts_host(avail: np.ndarray, need: int, rng: np.random.Generator) -> 
         while left > 0:
             pairs = int(left * top_b / mean * 1.1) + 16
             j = np.arange(j0 + 1, j0 + 2 * pairs + 1)
-            vals, rejected = _below(starts[b], j, np.tile(bnd, pairs))
+            vals, rejected = below(starts[b], j, np.tile(bnd, pairs))
             if rejected.any():  # pragma: no cover - probability below 2**-40 per draw
                 return _row_counts_seq(avail, bounds, per_block, top, starts)
             rows = r0 + vals[0::2].astype(np.int64)
@@ -206,8 +150,8 @@ def _row_counts_seq(avail, bounds, per_block, top, starts):  # pragma: no cover 
         state, left = int(starts[b]), int(per_block[b])
         r0, n_b = int(bounds[b]), int(bounds[b + 1] - bounds[b])
         while left > 0:
-            r, state = _below_seq(state, n_b)
-            a, state = _below_seq(state, int(top[b]))
+            r, state = below_seq(state, n_b)
+            a, state = below_seq(state, int(top[b]))
             if a < avail[r0 + r]:
                 counts[r0 + r] += 1
                 left -= 1
@@ -215,18 +159,18 @@ def _row_counts_seq(avail, bounds, per_block, top, starts):  # pragma: no cover 
 
 
 def _grow_rows_host(pat_keys, chosen, avail, counts, key, n_cols: int, n_rows: int):
-    """Twin of ``topology._grow_rows``: per row, ``counts[r]`` draws among its free columns
+    """Twin of ``sampling._grow_rows``: per row, ``counts[r]`` draws among its free columns
     (ranks, deduplicated, mapped past the pattern and the chosen columns); new sorted keys."""
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts
     j = np.arange(rows.shape[0], dtype=np.int64) - first[rows] + 1
-    starts = _stream_starts(key, np.arange(n_rows))
-    ranks, rejected = _below(starts[rows], j, avail[rows].astype(np.uint64))
+    starts = stream_starts(key, np.arange(n_rows))
+    ranks, rejected = below(starts[rows], j, avail[rows].astype(np.uint64))
     ranks = ranks.astype(np.int64)
     for r in np.unique(rows[rejected]):  # pragma: no cover - probability below 2**-40
         state, out = int(starts[r]), []
         for _ in range(int(counts[r])):
-            v, state = _below_seq(state, int(avail[r]))
+            v, state = below_seq(state, int(avail[r]))
             out.append(v)
         ranks[first[r]:first[r] + counts[r]] = out
     keys = rows * n_cols + ranks  # (row, rank) order = sorted ranks per row

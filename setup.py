@@ -1,8 +1,10 @@
 """Build the Cython CPU kernels.
 
 Compiler directives are set once here rather than in file headers, so every kernel module is
-compiled the same way.  OpenMP is used when the compiler accepts ``-fopenmp``; otherwise the
-kernels still build, serially, and the build says so loudly.
+compiled the same way.  The C++ the kernels call lives in ``sparsekit/_cython/*.hh``, found on
+the include path and listed as dependencies, so editing a header rebuilds the modules.  OpenMP
+is used when the compiler accepts ``-fopenmp``; otherwise the kernels still build, serially,
+and the build says so loudly.
 """
 
 import os
@@ -21,6 +23,8 @@ MOD_NAMES = [
     "sparsekit._cython.topology",
     "sparsekit._cython.elementwise",
 ]
+KERNEL_DIR = Path("sparsekit", "_cython")
+HEADERS = sorted(str(p) for p in KERNEL_DIR.glob("*.hh"))
 
 COMPILER_DIRECTIVES = {
     "language_level": 3,
@@ -85,7 +89,8 @@ def make_extensions():
             Extension(
                 name,
                 [str(path)],
-                include_dirs=[numpy.get_include(), str(path.parent)],
+                include_dirs=[numpy.get_include(), str(KERNEL_DIR)],
+                depends=HEADERS,
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 language="c++",
             )

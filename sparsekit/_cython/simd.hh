@@ -1,0 +1,98 @@
+/* Vector helpers of the CPU products (spmm.hh) on GCC/Clang vector extensions, which -march
+   (set by setup.py) lowers to AVX-512, AVX2 or SSE: the vector width, unaligned loads and
+   stores, prefetches, and the fixed reduction trees that keep every sum in an order set by the
+   shapes alone. */
+#ifndef SPARSEKIT_SIMD_HH
+#define SPARSEKIT_SIMD_HH
+
+#include <string.h>
+#include <utility>
+
+/* Vector bytes, and the widest tile (in vectors) of a batch-row segment held in registers. */
+#if defined(__AVX512F__)
+#define SK_VBYTES 64
+#define SK_TILE 8
+#elif defined(__AVX__)
+#define SK_VBYTES 32
+#define SK_TILE 4
+#else
+#define SK_VBYTES 16
+#define SK_TILE 4
+#endif
+
+static inline int sk_vbytes(void) { return SK_VBYTES; }
+
+template <typename T> struct SkVec {
+    typedef T V __attribute__((vector_size(SK_VBYTES)));
+    enum { N = SK_VBYTES / (int)sizeof(T) };
+};
+template <typename T, int B> struct SkPart { typedef T V __attribute__((vector_size(B))); };
+
+template <typename V, typename T> static inline V sk_ld(const T* p) {
+    V v; memcpy(&v, p, sizeof v); return v;
+}
+template <typename V, typename T> static inline void sk_st(T* p, const V& v) {
+    memcpy(p, &v, sizeof v);
+}
+/* Horizontal sum by halving: a fixed tree, so a fixed rounding order. */
+template <typename T, int B> static inline T sk_hsum(const typename SkPart<T, B>::V& v) {
+    if constexpr (B == 2 * (int)sizeof(T)) {
+        return v[0] + v[1];
+    } else {
+        typename SkPart<T, B / 2>::V lo, hi;
+        memcpy(&lo, &v, B / 2);
+        memcpy(&hi, (const char*)&v + B / 2, B / 2);
+        return sk_hsum<T, B / 2>(lo + hi);
+    }
+}
+/* Prefetch the U vectors (one or more cache lines) of a gathered row segment. */
+template <typename T, int U> static inline void sk_prefetch(const T* q) {
+    typedef typename SkVec<T>::V V;
+    const int step = 64 / (int)sizeof(V) > 0 ? 64 / (int)sizeof(V) : 1;
+    #pragma GCC unroll 16
+    for (int u = 0; u < U; u += step) __builtin_prefetch(q + u * SkVec<T>::N);
+}
+/* Sum of P partial accumulators in a fixed tree. */
+template <typename V, int P, int U> static inline void sk_fold(V (&acc)[P][U]) {
+    #pragma GCC unroll 16
+    for (int u = 0; u < U; ++u) {
+        if (P == 4) acc[0][u] = (acc[0][u] + acc[1 % P][u]) + (acc[2 % P][u] + acc[3 % P][u]);
+        else if (P == 2) acc[0][u] = acc[0][u] + acc[1 % P][u];
+    }
+}
+
+/* Transposing reduction: N dot-product vectors (N = lanes) to one vector of their N sums
+   in 2 shuffles and 1 add per pair, instead of a halving tree per vector.  sk_fold2<H> adds
+   the two halves of every 2H-lane group of a and of b, side by side. */
+template <int NL, int H, bool HI> constexpr int sk_fidx(int i) {
+    return (i % (2 * H) < H) ? (i / (2 * H)) * 2 * H + (HI ? H : 0) + i % (2 * H)
+                             : NL + (i / (2 * H)) * 2 * H + (HI ? H : 0) + i % (2 * H) - H;
+}
+template <typename V, int NL, int H, int... Ix>
+static inline __attribute__((always_inline)) V sk_fold2_(V a, V b,
+                                                          std::integer_sequence<int, Ix...>) {
+    return __builtin_shufflevector(a, b, sk_fidx<NL, H, false>(Ix)...) +
+           __builtin_shufflevector(a, b, sk_fidx<NL, H, true>(Ix)...);
+}
+template <typename V, int NL, int H>
+static inline __attribute__((always_inline)) V sk_fold2(V a, V b) {
+    return sk_fold2_<V, NL, H>(a, b, std::make_integer_sequence<int, NL>{});
+}
+constexpr int sk_log2(int n) { return n <= 1 ? 0 : 1 + sk_log2(n / 2); }
+constexpr int sk_bitrev(int j, int bits) {
+    int r = 0;
+    for (int i = 0; i < bits; ++i) r |= ((j >> i) & 1) << (bits - 1 - i);
+    return r;
+}
+template <typename V, int NL>
+static inline __attribute__((always_inline)) V sk_fold_level(int l, V a, V b) {
+    /* level l folds groups of NL >> l lanes to NL >> (l + 1); l is a constant once unrolled */
+    if constexpr (NL >= 2) { if (l == 0) return sk_fold2<V, NL, NL / 2>(a, b); }
+    if constexpr (NL >= 4) { if (l == 1) return sk_fold2<V, NL, NL / 4>(a, b); }
+    if constexpr (NL >= 8) { if (l == 2) return sk_fold2<V, NL, NL / 8>(a, b); }
+    if constexpr (NL >= 16) { if (l == 3) return sk_fold2<V, NL, NL / 16>(a, b); }
+    if constexpr (NL >= 32) { if (l == 4) return sk_fold2<V, NL, NL / 32>(a, b); }
+    return a + b;
+}
+
+#endif  /* SPARSEKIT_SIMD_HH */

@@ -1,0 +1,390 @@
+/* Sparse x dense kernels on a CSR pattern, the bodies of sparsekit/_cython/spmm.pyx (which
+   splits the rows over OpenMP threads and picks the walk of each call): the forward and
+   input-gradient products (sk_spmm_rows) and the fused backward / SDDMM (sk_dot_rows).
+
+   Register-tiled: a tile is U vectors of one batch-row segment held in registers while the
+   non-zeros of a row stream past: each output element is loaded and stored once, and every
+   non-zero costs U gathered loads and U fused multiply-adds.  Every output element is summed in
+   an order fixed by the shapes alone, never by the thread count. */
+#ifndef SPARSEKIT_SPMM_HH
+#define SPARSEKIT_SPMM_HH
+
+#include <stddef.h>
+#include <string.h>
+
+#include "simd.hh"
+
+#define SK_PD 4   /* non-zeros ahead whose gathered rows are prefetched */
+#ifndef SK_HOLD_MAX
+#define SK_HOLD_MAX 8  /* widest tile whose held row stays in registers alongside dx */
+#endif
+
+/* ---- W @ src and W.T @ src: out[0:U*N] = sum_k val_k * src[idx[k], 0:U*N] --------------- */
+template <typename T, typename I, bool PERM, bool PF, int U, int P>
+static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
+                                ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out) {
+    typedef typename SkVec<T>::V V;
+    const int N = SkVec<T>::N;
+    V acc[P][U];
+    #pragma GCC unroll 16
+    for (int p = 0; p < P; ++p)
+        #pragma GCC unroll 16
+        for (int u = 0; u < U; ++u) acc[p][u] = V{};
+    ptrdiff_t k = k0;
+    for (; k + P <= k1; k += P) {
+        #pragma GCC unroll 4
+        for (int p = 0; p < P; ++p) {
+            if (PF) {
+                const ptrdiff_t kp = k + p + SK_PD < k1 ? k + p + SK_PD : k1 - 1;
+                sk_prefetch<T, U>(src + (ptrdiff_t)idx[kp] * ld);
+            }
+            const T v = PERM ? vals[perm[k + p]] : vals[k + p];
+            const T* s = src + (ptrdiff_t)idx[k + p] * ld;
+            #pragma GCC unroll 16
+            for (int u = 0; u < U; ++u) acc[p][u] += v * sk_ld<V>(s + u * N);
+        }
+    }
+    for (; k < k1; ++k) {
+        const T v = PERM ? vals[perm[k]] : vals[k];
+        const T* s = src + (ptrdiff_t)idx[k] * ld;
+        #pragma GCC unroll 16
+        for (int u = 0; u < U; ++u) acc[0][u] += v * sk_ld<V>(s + u * N);
+    }
+    sk_fold<V, P, U>(acc);
+    #pragma GCC unroll 16
+    for (int u = 0; u < U; ++u) sk_st(out + u * N, acc[0][u]);
+}
+
+template <typename T, typename I, bool PERM>
+static inline void sk_axpy_tail(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
+                                ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out, int n) {
+    T acc[SkVec<T>::N];
+    for (int b = 0; b < n; ++b) acc[b] = 0;
+    for (ptrdiff_t k = k0; k < k1; ++k) {
+        const T v = PERM ? vals[perm[k]] : vals[k];
+        const T* s = src + (ptrdiff_t)idx[k] * ld;
+        for (int b = 0; b < n; ++b) acc[b] += v * s[b];
+    }
+    for (int b = 0; b < n; ++b) out[b] = acc[b];
+}
+
+/* One output row over the batch segment [0, n) (src rows and out are ld apart).  Every tile
+   width, like the scalar tail, sums the non-zeros one after another into one accumulator per
+   vector (P = 1), so a sample's output has the same bits whatever its position in the batch
+   and the batch size (predictions must not depend on sample order or subsets).  Partial sums
+   would hide FMA latency in the narrow tiles but tie the rounding to the position. */
+template <typename T, typename I, bool PERM, bool PF>
+static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
+                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t n, T* out) {
+    const int N = SkVec<T>::N;
+    ptrdiff_t b = 0;
+    for (; b + SK_TILE * N <= n; b += SK_TILE * N)
+        sk_axpy_tile<T, I, PERM, PF, SK_TILE, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+    const ptrdiff_t r = (n - b) / N;
+    if (SK_TILE > 4 && (r & 4)) {
+        sk_axpy_tile<T, I, PERM, PF, 4, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+        b += 4 * N;
+    }
+    if (r & 2) {
+        sk_axpy_tile<T, I, PERM, PF, 2, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+        b += 2 * N;
+    }
+    if (r & 1) {
+        sk_axpy_tile<T, I, PERM, PF, 1, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+        b += N;
+    }
+    if (b < n)
+        sk_axpy_tail<T, I, PERM>(idx, vals, perm, k0, k1, src + b, ld, out + b, (int)(n - b));
+}
+
+/* Rows [r0, r1).  tv = 0: row by row over the whole batch.  tv = 1, 2 or 4: batch tiles of tv
+   vectors in the outer loop, so only a tv-vector slice of every gathered row is live (it stays in
+   L2 when the whole rows would not); the rest of the batch row by row. */
+template <typename T, typename I, bool PERM, bool PF>
+static void sk_spmm_rows_t(const I* indptr, const I* idx, const T* vals, const I* perm,
+                           ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch, T* out,
+                           int tv) {
+    const int N = SkVec<T>::N;
+    ptrdiff_t b = 0, r;
+    if (tv == 4) {
+        for (; b + 4 * N <= n_batch; b += 4 * N)
+            for (r = r0; r < r1; ++r)
+                sk_axpy_tile<T, I, PERM, PF, 4, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
+                                                   src + b, n_batch, out + r * n_batch + b);
+    } else if (tv == 2) {
+        for (; b + 2 * N <= n_batch; b += 2 * N)
+            for (r = r0; r < r1; ++r)
+                sk_axpy_tile<T, I, PERM, PF, 2, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
+                                                   src + b, n_batch, out + r * n_batch + b);
+    } else if (tv == 1) {
+        for (; b + N <= n_batch; b += N)
+            for (r = r0; r < r1; ++r)
+                sk_axpy_tile<T, I, PERM, PF, 1, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
+                                                   src + b, n_batch, out + r * n_batch + b);
+    }
+    if (b < n_batch)
+        for (r = r0; r < r1; ++r)
+            sk_axpy_seg<T, I, PERM, PF>(idx, vals, perm, indptr[r], indptr[r + 1], src + b,
+                                        n_batch, n_batch - b, out + r * n_batch + b);
+}
+
+template <typename T, typename I>
+static void sk_spmm_rows(const I* indptr, const I* idx, const T* vals, const I* perm,
+                         ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch, T* out,
+                         int tv, int pf) {
+    if (perm == NULL) {
+        if (pf) sk_spmm_rows_t<T, I, false, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
+        else sk_spmm_rows_t<T, I, false, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
+    } else {
+        if (pf) sk_spmm_rows_t<T, I, true, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
+        else sk_spmm_rows_t<T, I, true, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
+    }
+}
+
+/* ---- fused backward and SDDMM ------------------------------------------------------------
+   For one held row h (x[i, :] of input neuron i, or dy[o, :] of output neuron o) and the
+   gathered rows g_k = src[idx[k], :] over the segment [0, U*N):
+     g_out[k] (+)= dot(g_k, h)                          (the pattern gradient)
+     acc[:]    = sum_k vals[perm[k]] * g_k               (dx, when DX)
+   SCATTER: the gradient goes to g_out[perm[k]] (W's CSR order), else to g_out[k] (the order of
+   idx).  FIRST: first segment of the row, so the gradient is written, not accumulated. */
+template <typename T, typename I, bool DX, bool SCATTER, bool FIRST, bool PF, int U, int P>
+static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
+                               ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow,
+                               T* dxrow, T* g_out) {
+    typedef typename SkVec<T>::V V;
+    const int N = SkVec<T>::N;
+    V hv[U], acc[P][U];
+    #pragma GCC unroll 16
+    for (int u = 0; u < U; ++u) hv[u] = sk_ld<V>(hrow + u * N);
+    #pragma GCC unroll 16
+    for (int p = 0; p < P; ++p)
+        #pragma GCC unroll 16
+        for (int u = 0; u < U; ++u) acc[p][u] = V{};
+    ptrdiff_t k = k0;
+    if constexpr (P == 1 && N >= 2) {
+        /* Whole groups of N non-zeros: N dot vectors folded into one vector of N sums. */
+        const int LG = sk_log2(N);
+        #pragma GCC unroll 1
+        for (; k + N <= k1; k += N) {
+            /* A binary counter over the group: lvl[l] holds the pending partial of level l,
+               folded with its right neighbour when that completes (the same tree as a
+               recursive pairwise fold; full unrolling turns every index into a constant). */
+            V lvl[LG > 0 ? LG : 1];
+            V sums = V{};
+            #pragma GCC unroll 16
+            for (int j = 0; j < N; ++j) {
+                const ptrdiff_t kk = k + sk_bitrev(j, LG);
+                if (PF) {
+                    const ptrdiff_t kp = kk + SK_PD < k1 ? kk + SK_PD : k1 - 1;
+                    sk_prefetch<T, U>(src + (ptrdiff_t)idx[kp] * ld);
+                }
+                /* With dx too, the held row is re-read from L1 rather than kept in registers
+                   (32 vector registers do not hold it, dx and the tree): hiding the pointer
+                   from the optimiser stops it from hoisting the loads and spilling. */
+                const T* hr = hrow;
+                if (DX && U > SK_HOLD_MAX) __asm__("" : "+r"(hr));
+                const T* d = src + (ptrdiff_t)idx[kk] * ld;
+                V dv[U], hx[U];
+                #pragma GCC unroll 16
+                for (int u = 0; u < U; ++u) {
+                    dv[u] = sk_ld<V>(d + u * N);
+                    hx[u] = DX && U > SK_HOLD_MAX ? sk_ld<V>(hr + u * N) : hv[u];
+                }
+                V g0 = dv[0] * hx[0];
+                V g1 = V{};
+                #pragma GCC unroll 16
+                for (int u = 1; u < U; ++u) {
+                    if (u & 1) g1 += dv[u] * hx[u]; else g0 += dv[u] * hx[u];
+                }
+                if (DX) {
+                    const T v = vals[perm[kk]];
+                    #pragma GCC unroll 16
+                    for (int u = 0; u < U; ++u) acc[0][u] += v * dv[u];
+                }
+                V cur = U > 1 ? g0 + g1 : g0;
+                #pragma GCC unroll 8
+                for (int l = 0; l < LG; ++l) {
+                    if (j & (1 << l)) {
+                        cur = sk_fold_level<V, N>(l, lvl[l], cur);
+                    } else {
+                        lvl[l] = cur;
+                        break;
+                    }
+                }
+                if (j == N - 1) sums = cur;
+            }
+            if (SCATTER) {
+                T tmp[N];
+                memcpy(tmp, &sums, sizeof sums);
+                #pragma GCC unroll 16
+                for (int j = 0; j < N; ++j) {
+                    if (FIRST) g_out[perm[k + j]] = tmp[j]; else g_out[perm[k + j]] += tmp[j];
+                }
+            } else if (FIRST) {
+                sk_st(g_out + k, sums);
+            } else {
+                sk_st(g_out + k, sk_ld<V>(g_out + k) + sums);
+            }
+        }
+    }
+    #pragma GCC unroll 1
+    for (; k < k1; k += P) {
+        #pragma GCC unroll 4
+        for (int p = 0; p < P; ++p) {
+            const ptrdiff_t kk = k + p;
+            if (P > 1 && kk >= k1) break;
+            if (PF) {
+                const ptrdiff_t kp = kk + SK_PD < k1 ? kk + SK_PD : k1 - 1;
+                sk_prefetch<T, U>(src + (ptrdiff_t)idx[kp] * ld);
+            }
+            const T* d = src + (ptrdiff_t)idx[kk] * ld;
+            V dv[U];
+            #pragma GCC unroll 16
+            for (int u = 0; u < U; ++u) dv[u] = sk_ld<V>(d + u * N);
+            V g0 = dv[0] * hv[0];
+            V g1 = V{};
+            #pragma GCC unroll 16
+            for (int u = 1; u < U; ++u) {
+                if (u & 1) g1 += dv[u] * hv[u]; else g0 += dv[u] * hv[u];
+            }
+            const T s = sk_hsum<T, SK_VBYTES>(U > 1 ? g0 + g1 : g0);
+            const ptrdiff_t q = SCATTER ? (ptrdiff_t)perm[kk] : kk;
+            if (FIRST) g_out[q] = s; else g_out[q] += s;
+            if (DX) {
+                const T v = vals[perm[kk]];
+                #pragma GCC unroll 16
+                for (int u = 0; u < U; ++u) acc[p][u] += v * dv[u];
+            }
+        }
+    }
+    if (DX) {
+        sk_fold<V, P, U>(acc);
+        #pragma GCC unroll 16
+        for (int u = 0; u < U; ++u) sk_st(dxrow + u * N, acc[0][u]);
+    }
+}
+
+template <typename T, typename I, bool DX, bool SCATTER, bool FIRST>
+static inline void sk_dot_tail(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
+                               ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow,
+                               T* dxrow, T* g_out, int n) {
+    T acc[SkVec<T>::N];
+    for (int b = 0; b < n; ++b) acc[b] = 0;
+    for (ptrdiff_t k = k0; k < k1; ++k) {
+        const T* d = src + (ptrdiff_t)idx[k] * ld;
+        T s = 0;
+        for (int b = 0; b < n; ++b) s += d[b] * hrow[b];
+        const ptrdiff_t q = SCATTER ? (ptrdiff_t)perm[k] : k;
+        if (FIRST) g_out[q] = s; else g_out[q] += s;
+        if (DX) {
+            const T v = vals[perm[k]];
+            for (int b = 0; b < n; ++b) acc[b] += v * d[b];
+        }
+    }
+    if (DX) for (int b = 0; b < n; ++b) dxrow[b] = acc[b];
+}
+
+template <typename T, typename I, bool DX, bool SCATTER, bool PF, int U, int P>
+static inline void sk_dot_seg(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
+                              ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow, T* dxrow,
+                              T* g_out, bool first) {
+    if (first)
+        sk_dot_tile<T, I, DX, SCATTER, true, PF, U, P>(idx, perm, vals, k0, k1, src, ld, hrow,
+                                                       dxrow, g_out);
+    else
+        sk_dot_tile<T, I, DX, SCATTER, false, PF, U, P>(idx, perm, vals, k0, k1, src, ld, hrow,
+                                                        dxrow, g_out);
+}
+
+/* One held row over the batch segment [b0, n_batch); b0 > 0 means earlier segments wrote. */
+template <typename T, typename I, bool DX, bool SCATTER, bool PF>
+static inline void sk_dot_rest(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
+                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t b,
+                               const T* hrow, T* dxrow, T* g_out) {
+    const int N = SkVec<T>::N;
+    const ptrdiff_t n = ld;
+    for (; b + SK_TILE * N <= n; b += SK_TILE * N)
+        sk_dot_seg<T, I, DX, SCATTER, PF, SK_TILE, 1>(idx, perm, vals, k0, k1, src + b, ld,
+                                                      hrow + b, dxrow + b, g_out, b == 0);
+    const ptrdiff_t r = (n - b) / N;
+    if (SK_TILE > 4 && (r & 4)) {
+        sk_dot_seg<T, I, DX, SCATTER, PF, 4, 1>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
+                                                dxrow + b, g_out, b == 0);
+        b += 4 * N;
+    }
+    if (r & 2) {
+        sk_dot_seg<T, I, DX, SCATTER, PF, 2, 2>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
+                                                dxrow + b, g_out, b == 0);
+        b += 2 * N;
+    }
+    if (r & 1) {
+        sk_dot_seg<T, I, DX, SCATTER, PF, 1, 4>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
+                                                dxrow + b, g_out, b == 0);
+        b += N;
+    }
+    if (b < n) {
+        if (b == 0)
+            sk_dot_tail<T, I, DX, SCATTER, true>(idx, perm, vals, k0, k1, src, ld, hrow, dxrow,
+                                                 g_out, (int)n);
+        else
+            sk_dot_tail<T, I, DX, SCATTER, false>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
+                                                  dxrow + b, g_out, (int)(n - b));
+    }
+}
+
+/* Held rows [r0, r1) (hold = x_ib for the backward, dy_ob for the SDDMM), gathered rows from
+   src.  tv as in sk_spmm_rows_t; with tv > 0 the gradient is accumulated per segment in the
+   order of idx (g_lin) and, when SCATTER, moved to W's order at the end of the block. */
+template <typename T, typename I, bool DX, bool SCATTER, bool PF>
+static void sk_dot_rows_t(const I* indptr, const I* idx, const I* perm, const T* vals,
+                          ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
+                          ptrdiff_t n_batch, T* dx, T* grad, T* g_lin, int tv) {
+    const int N = SkVec<T>::N;
+    ptrdiff_t r;
+    if (tv == 0) {
+        for (r = r0; r < r1; ++r)
+            sk_dot_rest<T, I, DX, SCATTER, PF>(idx, perm, vals, indptr[r], indptr[r + 1], src,
+                                               n_batch, 0, hold + r * n_batch,
+                                               DX ? dx + r * n_batch : NULL, grad);
+        return;
+    }
+    T* g = SCATTER ? g_lin : grad;
+    ptrdiff_t b = 0;
+    #define SK_DOT_TILED(U, P) \
+        for (; b + U * N <= n_batch; b += U * N) \
+            for (r = r0; r < r1; ++r) \
+                sk_dot_seg<T, I, DX, false, PF, U, P>(idx, perm, vals, indptr[r], indptr[r + 1], \
+                    src + b, n_batch, hold + r * n_batch + b, DX ? dx + r * n_batch + b : NULL, \
+                    g, b == 0);
+    if (tv == 4) { SK_DOT_TILED(4, 1) }
+    else if (tv == 2) { SK_DOT_TILED(2, 2) }
+    else { SK_DOT_TILED(1, 4) }
+    #undef SK_DOT_TILED
+    if (b < n_batch)
+        for (r = r0; r < r1; ++r)
+            sk_dot_rest<T, I, DX, false, PF>(idx, perm, vals, indptr[r], indptr[r + 1], src,
+                                             n_batch, b, hold + r * n_batch,
+                                             DX ? dx + r * n_batch : NULL, g);
+    if (SCATTER)
+        for (ptrdiff_t k = indptr[r0]; k < indptr[r1]; ++k) grad[perm[k]] = g_lin[k];
+}
+
+template <typename T, typename I>
+static void sk_dot_rows(const I* indptr, const I* idx, const I* perm, const T* vals,
+                        ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
+                        ptrdiff_t n_batch, T* dx, T* grad, T* g_lin, int tv, int pf) {
+    /* perm == NULL: SDDMM on W's own rows (gradient in idx order, no dx). */
+    if (perm == NULL) {
+        if (pf) sk_dot_rows_t<T, I, false, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, false, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+    } else if (dx != NULL) {
+        if (pf) sk_dot_rows_t<T, I, true, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, true, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+    } else {
+        if (pf) sk_dot_rows_t<T, I, false, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, false, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+    }
+}
+
+#endif  /* SPARSEKIT_SPMM_HH */

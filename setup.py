@@ -20,7 +20,9 @@ from setuptools.command.build_ext import build_ext
 MOD_NAMES = [
     "sparsekit._cython.spmm",
     "sparsekit._cython.sddmm",
-    "sparsekit._cython.topology",
+    "sparsekit._cython.select",
+    "sparsekit._cython.sampling",
+    "sparsekit._cython.rebuild",
     "sparsekit._cython.elementwise",
 ]
 KERNEL_DIR = Path("sparsekit", "_cython")

@@ -295,15 +295,14 @@ def test_set_step_on_er_layer(topo_backend):
 
 
 # --- CPU kernels: per-row uniform sampler, radix select, fused SET prune, one-pass rebuild ------
-from sparsekit._cython import topology as cpu_topology  # noqa: E402
+from sparsekit._cython import sampling, select  # noqa: E402
 from sparsekit._cython.backend import CpuBackend  # noqa: E402
 from sparsekit.backends import Backend  # noqa: E402
 
 
 def _sample(w_sp, idt, m, seed, threads):
-    return cpu_topology.sample_absent_uniform(w_sp.indptr.astype(idt), w_sp.indices.astype(idt),
-                                              w_sp.shape[1], m, np.random.default_rng(seed),
-                                              threads)
+    return sampling.sample_absent_uniform(w_sp.indptr.astype(idt), w_sp.indices.astype(idt),
+                                          w_sp.shape[1], m, np.random.default_rng(seed), threads)
 
 
 @PROPERTY
@@ -337,7 +336,7 @@ def test_uniform_sampler_kernel_is_uniform_over_subsets():
     pairs = {(int(a), int(b)): 0 for i, a in enumerate(free_keys) for b in free_keys[i + 1:]}
     rng = np.random.default_rng(11)
     for _ in range(20_000):
-        rows, cols = cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 3, 2, rng)
+        rows, cols = sampling.sample_absent_uniform(w_sp.indptr, w_sp.indices, 3, 2, rng)
         keys = rows.astype(np.int64) * 3 + cols
         pairs[(int(keys[0]), int(keys[1]))] += 1
     assert chi2_pvalue(np.array(list(pairs.values()))) > 1e-4
@@ -354,8 +353,8 @@ def test_uniform_sampler_kernel_is_uniform_over_positions(shape, density, m):
     rng = np.random.default_rng(3)
     n_trials = 80_000 // m
     for _ in range(n_trials):
-        rows, cols = cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, shape[1], m,
-                                                        rng, 2)
+        rows, cols = sampling.sample_absent_uniform(w_sp.indptr, w_sp.indices, shape[1], m,
+                                                    rng, 2)
         counts[rows.astype(np.int64) * shape[1] + cols] += 1
     assert counts.sum() == n_trials * m
     assert counts[np.setdiff1d(np.arange(counts.size), free_keys)].sum() == 0
@@ -366,14 +365,14 @@ def test_uniform_sampler_kernel_refuses_bad_input():
     w_sp = random_csr(np.random.default_rng(0), 4, 5, 0.5)
     free = 20 - w_sp.nnz
     with pytest.raises(ValueError, match=f"m={free + 1} .*only {free} are free"):
-        cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 5, free + 1,
-                                           np.random.default_rng(0))
+        sampling.sample_absent_uniform(w_sp.indptr, w_sp.indices, 5, free + 1,
+                                       np.random.default_rng(0))
     with pytest.raises(ValueError, match="m must be >= 0"):
-        cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 5, -1,
-                                           np.random.default_rng(0))
+        sampling.sample_absent_uniform(w_sp.indptr, w_sp.indices, 5, -1,
+                                       np.random.default_rng(0))
     with pytest.raises(ValueError, match="row longer than n_cols"):
-        cpu_topology.sample_absent_uniform(w_sp.indptr, w_sp.indices, 1, 0,
-                                           np.random.default_rng(0))
+        sampling.sample_absent_uniform(w_sp.indptr, w_sp.indices, 1, 0,
+                                       np.random.default_rng(0))
 
 
 def test_cpu_sample_absent_does_not_depend_on_threads():
@@ -412,7 +411,7 @@ def test_radix_select_equals_the_generic_select(data):
     largest = data.draw(st.booleans())
     want = Backend.select(Backend(), v, k, largest)
     for threads in (1, 2, 3):
-        got = cpu_topology.select(v, k, largest, threads)
+        got = select.select(v, k, largest, threads)
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, want)
 
@@ -433,7 +432,7 @@ def test_sign_prune_keep_equals_the_two_selections(data):
     zeta = data.draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.99, 1.0]))
     want = magnitude_keep_mask(_Generic(), v, zeta)
     for threads in (1, 2, 3):
-        got = cpu_topology.sign_prune_keep(v, zeta, threads)
+        got = select.sign_prune_keep(v, zeta, threads)
         assert got.dtype == bool
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(magnitude_keep_mask(CpuBackend(), v, zeta), want)
@@ -441,7 +440,7 @@ def test_sign_prune_keep_equals_the_two_selections(data):
 
 def test_sign_prune_keep_refuses_bad_zeta():
     with pytest.raises(ValueError, match="zeta must lie"):
-        cpu_topology.sign_prune_keep(np.ones(3), 1.5)
+        select.sign_prune_keep(np.ones(3), 1.5)
 
 
 def test_cpu_rebuild_does_not_depend_on_threads():

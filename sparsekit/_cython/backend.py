@@ -7,7 +7,7 @@ import numpy as np
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
 from ..backends.host import sample_absent_host
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
-from . import elementwise, sddmm, spmm, topology
+from . import elementwise, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
 
 
@@ -89,7 +89,7 @@ class CpuBackend(Backend):
             raise ValueError(f"values must be 1-D, got shape {v.shape}")
         if v.shape[0] and not np.isfinite(v).all():
             raise ValueError("values contains NaN or infinite entries")
-        return topology.select(v, as_count("k", k), bool(largest), self._threads(v.shape[0]))
+        return select.select(v, as_count("k", k), bool(largest), self._threads(v.shape[0]))
 
     def sign_prune_keep(self, values, zeta: float):
         """SET's keep mask in one kernel (see :func:`sparsekit.growth.set.magnitude_keep_mask`)."""
@@ -98,10 +98,10 @@ class CpuBackend(Backend):
         if v.ndim != 1 or v.dtype not in VALUE_DTYPES:
             raise ValueError(f"values must be a 1-D float32/float64 array, got {v.dtype} "
                              f"with shape {v.shape}")
-        return topology.sign_prune_keep(v, float(zeta), self._threads(v.shape[0]))
+        return select.sign_prune_keep(v, float(zeta), self._threads(v.shape[0]))
 
     def contains(self, w: CSR, rows, cols):
-        return topology.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
+        return sampling.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
                                  np.ascontiguousarray(cols, np.int64),
                                  self._threads(len(rows) * 16))
 
@@ -114,7 +114,7 @@ class CpuBackend(Backend):
                 and total > 4 * (w.nnz + m)):
             # Uniform on a sparse layer: per-row sampling, already in CSR order.  (Weighted
             # draws and nearly full layers take the shared host path.)
-            return topology.sample_absent_uniform(w.indptr, w.indices, n_cols, m, rng,
+            return sampling.sample_absent_uniform(w.indptr, w.indices, n_cols, m, rng,
                                                   self._threads(w.nnz + 16 * m))
         rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
                                         lambda r, c: self.contains(w, r, c))
@@ -140,19 +140,19 @@ class CpuBackend(Backend):
         state = None if fused is None else np.ascontiguousarray(states[fused])
         # One pass merges the pattern and the values; new positions in (row, col) order (as
         # sample_absent gives them) skip the sort.
-        got = topology.rebuild_csr(indptr, indices, keep, nr, nc, w.shape[1], w.data, vals,
-                                   want_src, nt, state)
+        got = rebuild.rebuild_csr(indptr, indices, keep, nr, nc, w.shape[1], w.data, vals,
+                                  want_src, nt, state)
         if got is None:
             order = np.lexsort((nc, nr))
-            got = topology.rebuild_csr(indptr, indices, keep, nr[order], nc[order], w.shape[1],
-                                       w.data, vals[order], want_src, nt, state)
+            got = rebuild.rebuild_csr(indptr, indices, keep, nr[order], nc[order], w.shape[1],
+                                      w.data, vals[order], want_src, nt, state)
             if got is None:  # still not strictly increasing once sorted: a repeat
                 raise ValueError("rebuild: a new position is already present or repeats")
         out_indptr, out_indices, data, src, fused_state = got
         new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
         # The kernel gathers float states; any other dtype (a counter, a flag) takes NumPy's path.
         out = [fused_state if i == fused else
-               topology.gather(src, np.ascontiguousarray(s), None, nt)
+               rebuild.gather(src, np.ascontiguousarray(s), None, nt)
                if s.dtype in VALUE_DTYPES else _take(np, src, s, None)
                for i, s in enumerate(states)]
         return new_w, out

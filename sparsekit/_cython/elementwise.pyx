@@ -14,12 +14,9 @@ from ._types cimport floating
 from .._align import aligned_empty
 from ._checks import check_threads
 
-
-cdef inline uint64_t _mix(uint64_t z) noexcept nogil:
+cdef extern from "streams.hh":
     # splitmix64 finaliser: a bijective, well-mixed hash of a 64-bit counter.
-    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
-    return z ^ (z >> 31)
+    uint64_t sk_mix64(uint64_t z) nogil
 
 
 def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
@@ -75,7 +72,7 @@ cdef inline void _row(const floating* z, floating b, floating* a, floating* d,
     if threshold == 0:
         return
     for j in range(n):
-        if (_mix(key + <uint64_t>j * <uint64_t>0x9E3779B97F4A7C15) >> 40) < threshold:
+        if (sk_mix64(key + <uint64_t>j * <uint64_t>0x9E3779B97F4A7C15) >> 40) < threshold:
             d[j] = 0
             a[j] = 0
         else:

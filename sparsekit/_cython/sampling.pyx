@@ -1,0 +1,256 @@
+"""Positions absent from a CSR pattern: membership (``contains``) and uniform sampling without
+replacement (``sample_absent_uniform``).
+
+Sampling draws per row with counter-based random streams (one per row or row block, keyed from
+the caller's NumPy generator; C side in streams.hh, NumPy side in ``sparsekit._streams``), so a
+seed gives the same positions whatever the thread count, and the same as the host twin
+``sparsekit.backends.host.sample_uniform_rows``.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libcpp.algorithm cimport sort
+
+import numpy as np
+
+from ._types cimport index_t
+from .._streams import row_blocks
+from ._checks import check_pattern, check_threads
+
+cdef extern from "streams.hh":
+    uint64_t sk_mix64(uint64_t z) nogil
+    uint64_t sk_below(uint64_t* s, uint64_t n) nogil
+
+
+def contains(const index_t[::1] indptr, const index_t[::1] indices,
+             const int64_t[::1] rows, const int64_t[::1] cols,
+             int num_threads=0):
+    """Boolean mask: is position ``(rows[j], cols[j])`` present in the CSR pattern?"""
+    cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
+    cdef Py_ssize_t m = rows.shape[0], j, lo, hi, mid
+    if cols.shape[0] != m:
+        raise ValueError(f"rows has {m} entries but cols has {cols.shape[0]}")
+    if m and (np.asarray(rows).min() < 0 or np.asarray(rows).max() >= n_rows):
+        raise ValueError(f"rows must lie in [0, {n_rows})")
+    cdef int nt = check_threads(num_threads)
+    out = np.zeros(m, dtype=np.uint8)
+    cdef uint8_t[::1] found = out
+    cdef int64_t c
+    if m == 0 or indices.shape[0] == 0:
+        return out.view(bool)
+    with nogil:
+        for j in prange(m, schedule="static", num_threads=nt):
+            lo = indptr[rows[j]]
+            hi = indptr[rows[j] + 1]
+            c = cols[j]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if indices[mid] < c:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            found[j] = lo < indptr[rows[j] + 1] and indices[lo] == c
+    return out.view(bool)
+
+
+def sample_absent_uniform(const index_t[::1] indptr, const index_t[::1] indices,
+                          Py_ssize_t n_cols, Py_ssize_t m, rng, int num_threads=0):
+    """``m`` distinct positions absent from the CSR pattern, uniform, sorted by (row, col).
+
+    Returns ``(rows, cols)`` of the index dtype.  Exactly uniform without replacement: each
+    round draws the missing count as i.i.d. uniform positions among those still free (how many
+    fall in each row by a fixed partition of the rows into blocks, then per row), and keeps the
+    distinct ones; duplicates are drawn again in the next round.  The procedure commutes with
+    every permutation of the free positions, so the m-subset it returns is uniform.  Per row
+    the draws are sorted and mapped to columns by one merge with the row's indices, so a round
+    costs O(n_rows + nnz + m) and writes the result already in CSR order.
+    """
+    cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
+    cdef int nt = check_threads(num_threads)
+    idt = np.asarray(indices).dtype
+    if m < 0:
+        raise ValueError(f"m must be >= 0, got {m}")
+    free_a = n_cols - np.diff(np.asarray(indptr)).astype(np.int64)
+    if n_rows and free_a.min() < 0:
+        raise ValueError("indptr gives a row longer than n_cols")
+    total_free = int(free_a.sum())
+    if m > total_free:
+        raise ValueError(f"cannot sample m={m} absent positions: only {total_free} are free")
+    lens_a = np.zeros(n_rows, dtype=np.int64)
+    ptr_a = np.zeros(n_rows + 1, dtype=np.int64)
+    cols_a = np.empty(0, dtype=idt)
+    rows_a = np.empty(0, dtype=idt)
+    cdef Py_ssize_t need = m, rounds = 0
+    while need > 0:
+        rounds += 1
+        if rounds > 10_000:  # pragma: no cover - each round keeps a positive share on average
+            raise RuntimeError("sample_absent_uniform did not converge")
+        avail_a = free_a - lens_a
+        counts_a = _row_counts(avail_a, need, rng, nt)
+        new_ptr_a = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(lens_a + counts_a, out=new_ptr_a[1:])
+        new_cols_a = np.empty(m, dtype=idt)
+        new_rows_a = np.empty(m, dtype=idt)
+        new_lens_a = np.empty(n_rows, dtype=np.int64)
+        _grow_rows(indptr, indices, ptr_a, lens_a, cols_a, counts_a,
+                   int(rng.integers(0, 1 << 63, dtype=np.uint64)), n_cols, new_ptr_a,
+                   new_lens_a, new_cols_a, new_rows_a, nt)
+        ptr_a, lens_a, cols_a, rows_a = new_ptr_a, new_lens_a, new_cols_a, new_rows_a
+        need = m - int(lens_a.sum())
+    return rows_a, cols_a
+
+
+def _row_counts(const int64_t[::1] avail, Py_ssize_t need, rng, int nt):
+    """How many of ``need`` i.i.d. draws over the free positions fall in each row.
+
+    The rows are cut into at most 64 blocks (a partition fixed by the sizes alone), the draws
+    are split over blocks by one multinomial, and each block places its draws on its rows with
+    its own random stream, so the result does not depend on the thread count.  Within a block a
+    row is drawn by rejection: a uniform row, kept with probability avail / (block's max avail),
+    which on a layer at most a quarter full keeps at least 3 draws in 4 and costs O(1).
+    """
+    cdef Py_ssize_t n_rows = avail.shape[0]
+    counts_a = np.zeros(n_rows, dtype=np.int64)
+    if need == 0 or n_rows == 0:
+        return counts_a
+    bounds_a, per_block_a, top_a = row_blocks(np.asarray(avail), need, rng)
+    cdef Py_ssize_t n_blocks = per_block_a.shape[0]
+    cdef const int64_t[::1] bounds = bounds_a
+    cdef const int64_t[::1] per_block = per_block_a
+    cdef const int64_t[::1] top = top_a
+    cdef int64_t[::1] counts = counts_a
+    cdef uint64_t key = int(rng.integers(0, 1 << 63, dtype=np.uint64))
+    cdef Py_ssize_t b, j, r0, r
+    cdef uint64_t state, n_b, top_b
+    cdef int64_t left
+    with nogil:
+        for b in prange(n_blocks, schedule="dynamic", chunksize=1, num_threads=nt):
+            r0 = bounds[b]
+            n_b = <uint64_t>(bounds[b + 1] - r0)
+            top_b = <uint64_t>top[b]
+            state = sk_mix64(key ^ sk_mix64(<uint64_t>b + 1))
+            left = per_block[b]
+            while left > 0:
+                r = r0 + <Py_ssize_t>sk_below(&state, n_b)
+                if <int64_t>sk_below(&state, top_b) < avail[r]:
+                    counts[r] += 1
+                    left = left - 1
+    return counts_a
+
+
+def _grow_rows(const index_t[::1] indptr, const index_t[::1] indices,
+               const int64_t[::1] old_ptr, const int64_t[::1] old_len, const index_t[::1] old_cols,
+               const int64_t[::1] extra, uint64_t key, Py_ssize_t n_cols,
+               const int64_t[::1] new_ptr, int64_t[::1] new_len, index_t[::1] new_cols,
+               index_t[::1] new_rows, int nt):
+    """One round per row: ``extra[r]`` i.i.d. draws among the row's free columns (neither in
+    the pattern nor already chosen), deduplicated and merged with the chosen ones into the
+    slice ``new_ptr[r]:new_ptr[r + 1]`` (length old + extra; ``new_len[r]`` of it used)."""
+    cdef Py_ssize_t n_rows = indptr.shape[0] - 1, r
+    with nogil:
+        for r in prange(n_rows, schedule="guided", num_threads=nt):
+            new_len[r] = _grow_row(r, indices, indptr[r], indptr[r + 1], old_cols, old_ptr[r],
+                                   old_len[r], extra[r], key, n_cols, new_ptr[r], new_cols)
+            for j in range(new_ptr[r], new_ptr[r + 1]):
+                new_rows[j] = <index_t>r
+
+
+cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,
+                     Py_ssize_t u) noexcept nogil:
+    """ranks[i] += #{j : cols[j] - j <= ranks[i]}: rank among the free columns -> column.
+
+    ``cols`` sorted and distinct, so ``cols[j] - j`` (the free columns before cols[j]) does not
+    decrease and the j counted form a prefix; ranks sorted.  The prefix end is found 16 entries
+    at a time (one vector compare that GCC emits for the fixed-length loop), so a row costs
+    about n / 16 + u steps instead of the n + u dependent steps of a scalar merge."""
+    cdef Py_ssize_t i, t, jp = 0
+    cdef index_t q, cnt
+    for i in range(u):
+        q = ranks[i]
+        while jp + 16 <= n:
+            cnt = 0
+            for t in range(16):
+                cnt = cnt + (cols[jp + t] - <index_t>(jp + t) <= q)
+            jp = jp + cnt
+            if cnt < 16:
+                break
+        else:
+            while jp < n and cols[jp] - <index_t>jp <= q:
+                jp = jp + 1
+        ranks[i] = q + <index_t>jp
+
+
+cdef void _small_sort(index_t* a, Py_ssize_t x) noexcept nogil:
+    """Sort at most 64 values by counting, for each, the values placed before it: O(x^2)
+    compares, but branch-free and vectorised, where a comparison sort of random draws
+    mispredicts about every other branch."""
+    cdef index_t tmp[64]
+    cdef index_t v
+    cdef Py_ssize_t i, j, r
+    for i in range(x):
+        tmp[i] = a[i]
+    for i in range(x):
+        v = tmp[i]
+        r = 0
+        for j in range(x):
+            r = r + ((tmp[j] < v) | ((tmp[j] == v) & (j < i)))
+        a[r] = v
+
+
+cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p0,
+                          Py_ssize_t p1, const index_t[::1] old_cols, Py_ssize_t c0,
+                          Py_ssize_t n_old, Py_ssize_t x, uint64_t key, Py_ssize_t n_cols,
+                          Py_ssize_t base, index_t[::1] out) noexcept nogil:
+    cdef Py_ssize_t j, u, jp, jc, a, w
+    cdef int64_t col
+    cdef uint64_t state, n_free
+    if x == 0:
+        for j in range(n_old):
+            out[base + j] = old_cols[c0 + j]
+        return n_old
+    n_free = <uint64_t>(n_cols - (p1 - p0) - n_old)
+    state = sk_mix64(key ^ sk_mix64(<uint64_t>r + 1))
+    # Ranks among the free columns: draw, sort, keep the distinct ones (front of the slice).
+    for j in range(x):
+        out[base + j] = <index_t>sk_below(&state, n_free)
+    if x <= 64:
+        _small_sort(&out[base], x)
+    else:
+        sort(&out[base], &out[base] + x)
+    u = 1
+    for j in range(1, x):  # branch-free: store, then advance past a new value
+        out[base + u] = out[base + j]
+        u = u + (out[base + u] != out[base + u - 1])
+    if n_old == 0:
+        # Rank q -> column q + #{pattern columns c_j with c_j - j <= q} (c_j - j free columns
+        # lie before c_j).
+        if p1 > p0:
+            _count_map(&indices[p0], p1 - p0, &out[base], u)
+        return u
+    # Rank -> column: skip the pattern's columns and the chosen ones (both sorted, disjoint).
+    jp = p0
+    jc = c0
+    for j in range(u):
+        col = <int64_t>out[base + j] + (jp - p0) + (jc - c0)
+        while True:
+            if jp < p1 and indices[jp] <= col:
+                jp = jp + 1
+                col = col + 1
+            elif jc < c0 + n_old and old_cols[jc] <= col:
+                jc = jc + 1
+                col = col + 1
+            else:
+                break
+        out[base + j] = <index_t>col
+    # Merge with the chosen columns from the back (the new ones sit at the front).
+    a = u - 1
+    jc = n_old - 1
+    w = u + n_old - 1
+    while jc >= 0:
+        if a >= 0 and out[base + a] > old_cols[c0 + jc]:
+            out[base + w] = out[base + a]
+            a = a - 1
+        else:
+            out[base + w] = old_cols[c0 + jc]
+            jc = jc - 1
+        w = w - 1
+    return u + n_old

@@ -1,0 +1,324 @@
+"""Selections on float values: the indices of the k largest or smallest (``select``) and SET's
+sign-wise prune mask (``sign_prune_keep``).
+
+The threshold is found by a radix step on the float bits: one pass builds a 4096-bin histogram of
+the top bits of each key, a second pass copies the keys of the one bin that holds the k-th
+value, and ``nth_element`` finishes on that copy (typically well under 1 % of the values).
+Every pass is split in fixed chunks; a result never depends on the chunking, so it does not
+depend on the thread count.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from libcpp.algorithm cimport nth_element
+
+import numpy as np
+
+from ._types cimport floating
+from ._checks import check_threads
+
+cdef extern from "bits.hh":
+    uint64_t sk_bits32(float x) nogil
+    uint64_t sk_bits64(double x) nogil
+    const uint64_t SIGN32 "0x80000000ULL"
+    const uint64_t MASK32 "0xFFFFFFFFULL"
+    const uint64_t SIGN64 "0x8000000000000000ULL"
+    const uint64_t MAG32 "0x7FFFFFFFULL"
+    const uint64_t INF32 "0x7F800000ULL"
+    const uint64_t MAG64 "0x7FFFFFFFFFFFFFFFULL"
+    const uint64_t INF64 "0x7FF0000000000000ULL"
+
+
+cdef enum:
+    NBINS = 4096  # radix bins of the first selection pass (12 bits)
+
+
+cdef inline uint64_t _bits(floating x) noexcept nogil:
+    if floating is float:
+        return sk_bits32(x)
+    else:
+        return sk_bits64(x)
+
+
+cdef inline uint64_t _key(floating x, int mode, int* cls, int* valid) noexcept nogil:
+    """Unsigned key of ``x``, its class (0 or 1) and whether it may be selected, branch-free
+    (random signs would mispredict every branch).
+
+    mode 0/1: one class, keys in increasing/decreasing order of value (-0.0 ties with 0.0);
+    mode 2: class 0 holds the positive and class 1 the negative values, key = bits of |x|, so
+    the smallest keys are the values closest to zero; zeros and NaN are not selectable.
+    """
+    cdef uint64_t b = _bits(x), mag, mask
+    if floating is float:
+        mag = b & MAG32
+        if mode == 2:
+            cls[0] = <int>(b >> 31)
+            valid[0] = (mag - 1) < INF32  # 0 < |x| <= inf
+            return mag
+        b = b if mag else 0  # bits, not floats: the build ignores signed zeros
+        mask = ((0 - (b >> 31)) & MASK32) | SIGN32
+        b = b ^ mask
+        cls[0] = 0
+        valid[0] = 1
+        return (b ^ MASK32) if mode == 1 else b
+    else:
+        mag = b & MAG64
+        if mode == 2:
+            cls[0] = <int>(b >> 63)
+            valid[0] = (mag - 1) < INF64
+            return mag
+        b = b if mag else 0
+        mask = (0 - (b >> 63)) | SIGN64
+        b = b ^ mask
+        cls[0] = 0
+        valid[0] = 1
+        return (~b) if mode == 1 else b
+
+
+cdef void _histograms(const floating[::1] v, int mode, int shift, int n_chunks,
+                      int64_t[:, :, ::1] hist, int nt) noexcept nogil:
+    """``hist[chunk, class, bin]``: counts of the top key bits, chunk by chunk."""
+    cdef Py_ssize_t n = v.shape[0], ch, i, lo, hi
+    cdef uint64_t key
+    cdef int c, ok
+    cdef int64_t* h
+    for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+        lo = n * ch // n_chunks
+        hi = n * (ch + 1) // n_chunks
+        c = 0  # assigned here so that OpenMP makes c and ok private (_key sets them)
+        ok = 0
+        h = &hist[ch, 0, 0]
+        for i in range(lo, hi):
+            key = _key(v[i], mode, &c, &ok)
+            h[c * NBINS + <Py_ssize_t>(key >> shift)] += ok
+
+
+cdef void _collect(const floating[::1] v, int mode, int shift, int n_chunks,
+                   const int64_t[::1] bins, const int64_t[:, ::1] offsets,
+                   uint64_t[:, ::1] keys, int64_t[:, ::1] idx, int nt) noexcept nogil:
+    """Copy the keys (and indices) of each class's threshold bin, in index order."""
+    cdef Py_ssize_t n = v.shape[0], ch, i, lo, hi
+    cdef int64_t p0, p1
+    cdef uint64_t key
+    cdef int c, ok
+    for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+        lo = n * ch // n_chunks
+        hi = n * (ch + 1) // n_chunks
+        c = 0  # assigned here so that OpenMP makes c and ok private (_key sets them)
+        ok = 0
+        p0 = offsets[ch, 0]  # (scalars: a C array would be shared between the threads)
+        p1 = offsets[ch, 1]
+        for i in range(lo, hi):
+            key = _key(v[i], mode, &c, &ok)
+            if ok and <int64_t>(key >> shift) == bins[c]:
+                if c == 0:
+                    keys[0, p0] = key
+                    idx[0, p0] = i
+                    p0 = p0 + 1
+                else:
+                    keys[1, p1] = key
+                    idx[1, p1] = i
+                    p1 = p1 + 1
+
+
+cdef uint64_t _finish(uint64_t* keys, int64_t* idx, uint64_t* tmp, int64_t n_bin,
+                      int64_t k_in_bin, int64_t* n_tie) noexcept nogil:
+    """Threshold key of a bin (the k_in_bin-th smallest, 1-based); moves the indices of the
+    lowest-indexed ties that are selected to the front of ``idx`` and counts them."""
+    cdef int64_t j, below = 0, ties = 0
+    cdef uint64_t t
+    memcpy(tmp, keys, n_bin * sizeof(uint64_t))
+    nth_element(tmp, tmp + (k_in_bin - 1), tmp + n_bin)
+    t = tmp[k_in_bin - 1]
+    for j in range(n_bin):
+        below += keys[j] < t
+    n_tie[0] = k_in_bin - below
+    for j in range(n_bin):
+        if ties < n_tie[0] and keys[j] == t:
+            idx[ties] = idx[j]
+            ties = ties + 1
+    return t
+
+
+cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, Py_ssize_t k,
+                       int nt):
+    """Per class: (k, threshold key, increasing indices of the selected ties); the selection is
+    every key below the threshold plus those ties.  k per class is ``k``, or with ``zeta >= 0``
+    ``int(zeta * class size)``."""
+    cdef Py_ssize_t n = v.shape[0]
+    cdef int n_chunks = nt if n >= 65536 else 1
+    cdef int shift, c
+    if floating is float:
+        shift = 20 - (mode == 2)
+    else:
+        shift = 52 - (mode == 2)
+    hist_a = np.zeros((n_chunks, 2, NBINS), dtype=np.int64)
+    cdef int64_t[:, :, ::1] hist = hist_a
+    with nogil:
+        _histograms(v, mode, shift, n_chunks, hist, nt)
+    total = hist_a.sum(axis=0) if n_chunks > 1 else hist_a[0]
+    ks = ([int(zeta * int(size_c)) for size_c in total.sum(axis=1)] if zeta >= 0 else [k, 0])
+    bins_a = np.full(2, -1, dtype=np.int64)
+    befores = [0, 0]
+    sizes = [0, 0]
+    for c in range(n_cls):
+        if ks[c] > 0:
+            cum = np.cumsum(total[c])
+            b = int(np.searchsorted(cum, ks[c]))  # first bin whose cumulative count reaches k
+            bins_a[c] = b
+            befores[c] = int(cum[b] - total[c, b])
+            sizes[c] = int(total[c, b])
+    offsets_a = np.zeros((n_chunks, 2), dtype=np.int64)
+    if n_chunks > 1:
+        for c in range(n_cls):
+            if ks[c] > 0:
+                offsets_a[1:, c] = np.cumsum(hist_a[:, c, bins_a[c]])[:n_chunks - 1]
+    width = max(sizes[0], sizes[1], 1)
+    keys_a = np.empty((2, width), dtype=np.uint64)
+    idx_a = np.empty((2, width), dtype=np.int64)
+    tmp_a = np.empty(width, dtype=np.uint64)
+    cdef uint64_t[:, ::1] keys = keys_a
+    cdef int64_t[:, ::1] idx = idx_a
+    cdef uint64_t[::1] tmp = tmp_a
+    cdef int64_t[::1] bins = bins_a
+    cdef int64_t[:, ::1] offsets = offsets_a
+    cdef int64_t n_tie = 0, size, k_in
+    cdef uint64_t t
+    with nogil:
+        _collect(v, mode, shift, n_chunks, bins, offsets, keys, idx, nt)
+    out = []
+    for c in range(n_cls):
+        if ks[c] <= 0:
+            out.append((0, 0, idx_a[c, :0]))
+            continue
+        size = sizes[c]
+        k_in = ks[c] - befores[c]
+        with nogil:
+            t = _finish(&keys[c, 0], &idx[c, 0], &tmp[0], size, k_in, &n_tie)
+        out.append((ks[c], t, idx_a[c, :n_tie]))
+    return out
+
+
+def select(const floating[::1] values, Py_ssize_t k, bint largest=True, int num_threads=0):
+    """Indices of the ``k`` largest (or smallest) values, in increasing index order.
+
+    O(n): a radix step on the float bits finds the k-th value (see the module docstring), then
+    the indices are written chunk by chunk.  Ties at the threshold go to the lowest indices, so
+    the result is deterministic.
+    """
+    cdef Py_ssize_t n = values.shape[0]
+    if k < 0 or k > n:
+        raise ValueError(f"k must lie in [0, {n}], got {k}")
+    cdef int nt = check_threads(num_threads)
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    cdef int mode = 1 if largest else 0
+    ((_, t_py, ties_a),) = _radix_thresholds(values, mode, 1, -1.0, k, nt)
+    cdef uint64_t t = t_py
+    cdef int n_chunks = nt if n >= 65536 else 1
+    below_a = np.zeros(n_chunks + 1, dtype=np.int64)
+    cdef int64_t[::1] below = below_a
+    cdef const int64_t[::1] ties = ties_a
+    cdef Py_ssize_t ch, i, lo, hi, p, q, q_end
+    cdef int64_t cnt
+    cdef uint64_t key
+    cdef int c, ok, take
+    with nogil:
+        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+            lo = n * ch // n_chunks
+            hi = n * (ch + 1) // n_chunks
+            c = 0  # private to each thread (see _histograms)
+            ok = 0
+            cnt = 0
+            for i in range(lo, hi):
+                cnt = cnt + (_key(values[i], mode, &c, &ok) < t)
+            below[ch + 1] = cnt
+    # Each chunk's output offset: selected values below the threshold and ties before it.
+    bounds = (np.arange(n_chunks + 1, dtype=np.int64) * n) // n_chunks
+    tie_pos_a = np.searchsorted(ties_a, bounds)
+    starts_a = np.cumsum(below_a) + tie_pos_a
+    buf = np.empty(k + 1, dtype=np.int64)  # one spare slot: every index is stored, then kept
+    cdef int64_t[::1] res = buf
+    cdef const int64_t[::1] starts = starts_a
+    cdef const int64_t[::1] tie_pos = tie_pos_a
+    with nogil:
+        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+            lo = n * ch // n_chunks
+            hi = n * (ch + 1) // n_chunks
+            c = 0  # private to each thread (see _histograms)
+            ok = 0
+            p = starts[ch]
+            q = tie_pos[ch]
+            q_end = tie_pos[ch + 1]
+            for i in range(lo, hi):
+                key = _key(values[i], mode, &c, &ok)
+                take = key < t
+                if q < q_end and ties[q] == i:
+                    take = 1
+                    q = q + 1
+                # The slot after this chunk's last selection is the next chunk's first, which
+                # that chunk writes; a stray write there could race, so clamp to a spare slot.
+                res[p if p < starts[ch + 1] else k] = i
+                p = p + take
+    return buf[:k]
+
+
+cdef void _prune_mask32(const uint32_t* bits, uint8_t* keep, Py_ssize_t n, uint32_t t0,
+                        uint32_t t1) noexcept nogil:
+    """keep = not (0 < |x| < threshold of x's sign) and x != 0, on the float32 bits: no branch
+    and 32-bit lanes, so GCC vectorises it.  NaN (|x| bits above inf) is kept."""
+    cdef Py_ssize_t i
+    cdef uint32_t v, mag, tt
+    for i in range(n):
+        v = bits[i]
+        mag = v & 0x7FFFFFFF
+        tt = t0 ^ ((t0 ^ t1) & (0 - (v >> 31)))
+        keep[i] = (mag != 0) & (((mag - 1) >= 0x7F800000) | (mag >= tt))
+
+
+cdef void _prune_mask64(const uint64_t* bits, uint8_t* keep, Py_ssize_t n, uint64_t t0,
+                        uint64_t t1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint64_t v, mag, tt
+    for i in range(n):
+        v = bits[i]
+        mag = v & MAG64
+        tt = t0 ^ ((t0 ^ t1) & (0 - (v >> 63)))
+        keep[i] = (mag != 0) & (((mag - 1) >= INF64) | (mag >= tt))
+
+
+def sign_prune_keep(const floating[::1] data, double zeta, int num_threads=0):
+    """SET's keep mask: drop the fraction ``zeta`` of the negative and of the positive values
+    closest to zero (``int(zeta * count)`` of each) and every exact zero; NaN is kept.
+
+    Ties at a threshold drop the lowest indices first, as :func:`select` does.
+    """
+    if not 0 <= zeta <= 1:
+        raise ValueError(f"zeta must lie in [0, 1], got {zeta}")
+    cdef int nt = check_threads(num_threads)
+    cdef Py_ssize_t n = data.shape[0]
+    out = np.empty(n, dtype=np.uint8)
+    if n == 0:
+        return out.view(bool)
+    res = _radix_thresholds(data, 2, 2, zeta, 0, nt)
+    cdef uint64_t t[2]
+    t[0] = res[0][1]
+    t[1] = res[1][1]
+    cdef uint8_t[::1] keep = out
+    cdef int n_chunks = nt if n >= 65536 else 1
+    cdef Py_ssize_t ch, i, lo, hi
+    cdef int c
+    with nogil:
+        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+            lo = n * ch // n_chunks
+            hi = n * (ch + 1) // n_chunks
+            if floating is float:
+                _prune_mask32(<const uint32_t*>&data[0] + lo, &keep[lo], hi - lo,
+                              <uint32_t>t[0], <uint32_t>t[1])
+            else:
+                _prune_mask64(<const uint64_t*>&data[0] + lo, &keep[lo], hi - lo, t[0], t[1])
+    for c in range(2):
+        out[res[c][2]] = 0
+    return out.view(bool)

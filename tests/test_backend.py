@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,30 @@ def test_every_product_is_implemented(cls):
     """The base class leaves only the products abstract; each backend must fill them in."""
     for name in ("matmul", "matmul_t", "weight_grad", "sampled_grad"):
         assert getattr(cls, name) is not getattr(Backend, name), f"{cls.__name__}.{name}"
+
+
+# --- the two kernel packages mirror each other -------------------------------------------------
+KERNEL_MODULES = sorted(p.stem for p in
+                        (Path(inspect.getfile(CpuBackend)).parent).glob("*.pyx"))
+
+
+def module_functions(module) -> dict[str, object]:
+    return {name: f for name, f in vars(module).items()
+            if not name.startswith("_") and callable(f) and not inspect.isclass(f)
+            and getattr(f, "__module__", None) == module.__name__}
+
+
+@pytest.mark.parametrize("name", KERNEL_MODULES)
+def test_cuda_kernel_modules_mirror_the_cython_ones(name):
+    """Each Cython kernel module has a CUDA twin of the same name (importable without CuPy),
+    and a function both define takes the same arguments in the same order (the CPU's last one,
+    ``num_threads``, aside)."""
+    import importlib
+
+    cpu = module_functions(importlib.import_module(f"sparsekit._cython.{name}"))
+    gpu = module_functions(importlib.import_module(f"sparsekit._cuda.{name}"))
+    shared = sorted(set(cpu) & set(gpu))
+    assert shared, name
+    for fn in shared:
+        want = [p for p in inspect.signature(cpu[fn]).parameters if p != "num_threads"]
+        assert list(inspect.signature(gpu[fn]).parameters) == want, f"{name}.{fn}"

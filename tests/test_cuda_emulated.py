@@ -20,7 +20,7 @@ from cuda_emu import EmulatedGpuBackend, build, compiler, emulated_kernels
 from reference import host, random_csr, to_backend
 
 from sparsekit._cuda import _module as km
-from sparsekit._cuda import topology
+from sparsekit._cuda import rebuild
 from sparsekit._cython.backend import CpuBackend
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler for the emulation")
@@ -63,8 +63,8 @@ def test_every_instance_is_built_and_launched_with_matching_types(emu):
             out_indptr = np.empty(31, idt)
             out_indices = np.empty(w.nnz + 2, idt)
             src = np.empty(w.nnz + 2, np.int64)
-            assert topology.merge(w.indptr, w.indices, keep, free[:3, 0], free[:3, 1], 20,
-                                  out_indptr, out_indices, src) == 0
+            assert rebuild.merge(w.indptr, w.indices, keep, free[:3, 0], free[:3, 1], 20,
+                                 out_indptr, out_indices, src) == 0
         emu.bias_act_dropout(np.ones((3, 4), dtype), np.zeros(3, dtype), 0.5, 0.5, 1)
     launched = set(emu.calls)
     expected = {e for f in km.kernel_files() for e in km.instances(f)}

@@ -1,12 +1,13 @@
 """CUDA kernels and the GPU backend built on them (CuPy).
 
-Layout (the mirror image of :mod:`sparsekit._cython`): ``spmm``, ``sddmm``, ``topology`` and
-``elementwise`` have the functions of the CPU modules of the same names, with the same argument
-order, and launch the kernels of ``kernels/*.cu`` (compiled at first use by NVRTC through
-``cupy.RawModule``, one template instance per value and index type, cached per device);
-``fallback`` holds the cuSPARSE / plain-CuPy products used for A/B comparisons; ``memory`` the
-pool limit and the up-front memory estimate; ``backend`` the :class:`GpuBackend`.  Importing this
-package does not import CuPy, and nothing here is compiled at build time.
+Layout (the mirror image of :mod:`sparsekit._cython`): ``spmm``, ``sddmm``, ``select``,
+``sampling``, ``rebuild`` and ``elementwise`` have the functions of the CPU modules of the same
+names that exist on both sides, with the same argument order (less ``num_threads``), and launch
+the kernels of ``kernels/*.cu`` (compiled at first use by NVRTC through ``cupy.RawModule``, one
+template instance per value and index type, cached per device); ``fallback`` holds the cuSPARSE
+products used for A/B comparisons; ``memory`` the pool limit and the up-front memory estimate;
+``backend`` the :class:`GpuBackend`.  Importing this package does not import CuPy, and nothing
+here is compiled at build time.
 
 Verification status
 -------------------

@@ -36,8 +36,9 @@ TEMPLATES: dict[str, dict[str, tuple[dict, ...]]] = {
                 "sk_backward": (VALUE_TYPES, INDEX_TYPES)},
     "sddmm.cu": {"sk_weight_grad": (VALUE_TYPES, INDEX_TYPES),
                  "sk_sampled_grad": (VALUE_TYPES, INDEX_TYPES)},
-    "topology.cu": {"sk_contains": (INDEX_TYPES,), "sk_place_old": (INDEX_TYPES,),
-                    "sk_place_new": (INDEX_TYPES,), "sk_gather": (GATHER_TYPES,)},
+    "sampling.cu": {"sk_contains": (INDEX_TYPES,)},
+    "rebuild.cu": {"sk_place_old": (INDEX_TYPES,), "sk_place_new": (INDEX_TYPES,),
+                   "sk_gather": (GATHER_TYPES,)},
     "elementwise.cu": {"sk_bias_act_dropout": (VALUE_TYPES,)},
 }
 

@@ -1,9 +1,10 @@
 """The GPU backend: the protocol of :mod:`sparsekit.backends` on CuPy and the kernels of kernels/.
 
 Mirror of :mod:`sparsekit._cython.backend`: every method checks its arguments (device, shape,
-dtype) the same way and calls the function of the same name in ``spmm``, ``sddmm``,
-``topology`` or ``elementwise``.  Arrays never cross the host/device boundary implicitly: a NumPy
-array handed to a method is refused with a TypeError that says to call ``backend.asarray``.
+dtype) the same way and calls the function of the same name in ``spmm``, ``sddmm``, ``select``,
+``sampling``, ``rebuild`` or ``elementwise``.  Arrays never cross the host/device boundary
+implicitly: a NumPy array handed to a method is refused with a TypeError that says to call
+``backend.asarray``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from .. import _compat
 from ..backends.base import Backend, _check_rebuild_args, as_count
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
-from . import elementwise, fallback, sddmm, spmm, topology
+from . import elementwise, fallback, rebuild, sampling, sddmm, select, spmm
 
 PRODUCTS = ("kernels", "cusparse", "cupy")
 
@@ -148,7 +149,7 @@ class GpuBackend(Backend):
         v = xp.ascontiguousarray(v)
         if v.shape[0] and not bool(xp.all(xp.isfinite(v))):
             raise ValueError("values contains NaN or infinite entries")
-        return topology.select(v, as_count("k", k), bool(largest))
+        return select.select(v, as_count("k", k), bool(largest))
 
     def contains(self, w: CSR, rows, cols):
         if self.products == "cupy":
@@ -156,7 +157,7 @@ class GpuBackend(Backend):
         xp = self.xp
         self.check_array("rows", rows)
         self.check_array("cols", cols)
-        return topology.contains(w.indptr, w.indices,
+        return sampling.contains(w.indptr, w.indices,
                                  xp.ascontiguousarray(rows.astype(xp.int64, copy=False)),
                                  xp.ascontiguousarray(cols.astype(xp.int64, copy=False)))
 
@@ -180,10 +181,10 @@ class GpuBackend(Backend):
         out_indptr = xp.empty(w.shape[0] + 1, dtype=idt)
         out_indices = xp.empty(nnz, dtype=idt)
         src = xp.empty(nnz, dtype=xp.int64)
-        bad = topology.merge(indptr, indices, xp.ascontiguousarray(keep_mask), new_rows,
-                             new_cols, w.shape[1], out_indptr, out_indices, src)
+        bad = rebuild.merge(indptr, indices, xp.ascontiguousarray(keep_mask), new_rows,
+                            new_cols, w.shape[1], out_indptr, out_indices, src)
         if bad:
             raise ValueError("rebuild: a new position is already present or repeats")
-        data = topology.gather(src, w.data, new_vals)
+        data = rebuild.gather(src, w.data, new_vals)
         new_w = CSR(out_indptr, out_indices, data, w.shape, check=False)
-        return new_w, [topology.gather(src, xp.ascontiguousarray(s), None) for s in states]
+        return new_w, [rebuild.gather(src, xp.ascontiguousarray(s), None) for s in states]

@@ -47,4 +47,20 @@ __device__ __forceinline__ T sk_warp_sum(T v) {
     return v;
 }
 
+// First position in the sorted range a[lo, hi) whose value is >= key (hi when there is none):
+// a column within a CSR row (membership, the merge of a rebuild).
+template <typename A>
+__device__ __forceinline__ long long sk_lower_bound(const A* a, long long lo, long long hi,
+                                                    long long key) {
+    while (lo < hi) {
+        const long long mid = lo + ((hi - lo) >> 1);
+        if ((long long)a[mid] < key) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
 #endif  // SPARSEKIT_COMMON_CU

@@ -1,10 +1,11 @@
-"""Kernels for topology changes on the GPU: selection, membership, CSR rebuild.
+"""CSR rebuild after a topology change, on the GPU.
 
-The twin of :mod:`sparsekit._cython.topology`.  A rebuild merges the kept entries of W with a
-list of new positions sorted by (row, col) and records for every output slot where its value
-comes from (``src``), so the values and every aligned state array are permuted by one shared
-map.  Unlike the CPU's row-per-thread merge, each entry computes its own output slot from ranks
-(see ``kernels/topology.cu``), so a dense row of 10^6 entries costs no more than many short ones.
+The twin of :mod:`sparsekit._cython.rebuild`, launching ``kernels/rebuild.cu``.  :func:`merge`
+merges the kept entries of W with a list of new positions sorted by (row, col) and records for
+every output slot where its value comes from (``src``); :func:`gather` then permutes the values
+and every aligned state array by that one map.  Unlike the CPU's row-per-thread merge, each
+entry computes its own output slot from ranks, so a dense row of 10^6 entries costs no more
+than many short ones.
 """
 
 from __future__ import annotations
@@ -14,56 +15,6 @@ import numpy as np
 from ..nn.csr import array_module
 from . import _module as km
 from ._checks import check_pattern, check_vector, to_host
-
-
-def select(values, k: int, largest: bool = True):
-    """Indices of the ``k`` largest (or smallest) values, in increasing index order.
-
-    The k-th value comes from one radix sort of the keys (CuPy's sort, O(n) passes); one pass
-    then collects the indices.  Ties at the threshold go to the lowest indices, so the result is
-    the CPU backend's, bit for bit.
-    """
-    check_vector("values", values, (np.float32, np.float64))
-    xp = array_module(values)
-    n = values.shape[0]
-    if k < 0 or k > n:
-        raise ValueError(f"k must lie in [0, {n}], got {k}")
-    if k == 0:
-        return xp.empty(0, dtype=xp.int64)
-    if k == n:
-        return xp.arange(n, dtype=xp.int64)
-    keys = -values if largest else values
-    t = xp.sort(keys)[k - 1]
-    mask = keys < t
-    n_tie = k - int(xp.count_nonzero(mask))
-    mask[xp.flatnonzero(keys == t)[:n_tie]] = True
-    return xp.flatnonzero(mask).astype(xp.int64)
-
-
-def contains(indptr, indices, rows, cols):
-    """Boolean mask: is position ``(rows[j], cols[j])`` present in the CSR pattern?
-
-    ``rows`` and ``cols`` are int64; rows are bounds-checked (one synchronisation), columns need
-    not be (an out-of-range column is simply absent).
-    """
-    n_rows = check_pattern(indptr, indices, None)
-    check_vector("rows", rows, (np.int64,))
-    check_vector("cols", cols, (np.int64,))
-    m = rows.shape[0]
-    if cols.shape[0] != m:
-        raise ValueError(f"rows has {m} entries but cols has {cols.shape[0]}")
-    xp = array_module(indices)
-    if m:
-        lo, hi = (int(v) for v in to_host(xp.stack([rows.min(), rows.max()])))
-        if lo < 0 or hi >= n_rows:
-            raise ValueError(f"rows must lie in [0, {n_rows})")
-    found = xp.zeros(m, dtype=bool)
-    if m == 0 or indices.shape[0] == 0:
-        return found
-    fn = km.get_kernel("topology.cu", "sk_contains",
-                       km.c_type(km.INDEX_TYPES, indices.dtype, "indices"))
-    km.launch(fn, m, km.BLOCK, (indptr, indices, rows, cols, found, np.int64(m)))
-    return found
 
 
 def merge(indptr, indices, keep, new_rows, new_cols, n_cols: int, out_indptr, out_indices, src):
@@ -115,11 +66,11 @@ def merge(indptr, indices, keep, new_rows, new_cols, n_cols: int, out_indptr, ou
     bad = xp.zeros(1, dtype=xp.int32)
     index_t = km.c_type(km.INDEX_TYPES, indices.dtype, "indices")
     if nnz and n_kept:
-        km.launch(km.get_kernel("topology.cu", "sk_place_old", index_t), nnz, km.BLOCK,
+        km.launch(km.get_kernel("rebuild.cu", "sk_place_old", index_t), nnz, km.BLOCK,
                   (indptr, indices, keep, ckeep, new_ptr, new_cols, out_indptr, out_indices, src,
                    bad, np.int64(n_rows), np.int64(nnz)))
     if m:
-        km.launch(km.get_kernel("topology.cu", "sk_place_new", index_t), m, km.BLOCK,
+        km.launch(km.get_kernel("rebuild.cu", "sk_place_new", index_t), m, km.BLOCK,
                   (indptr, indices, keep, ckeep, new_ptr, new_rows, new_cols, out_indptr,
                    out_indices, src, bad, np.int64(m)))
     return int(to_host(bad)[0])
@@ -149,7 +100,7 @@ def gather(src, old, new_vals=None):
         if has_new:
             out[~kept] = new_vals[-1 - src[~kept]]
         return out
-    fn = km.get_kernel("topology.cu", "sk_gather", km.GATHER_TYPES[np.dtype(old.dtype)])
+    fn = km.get_kernel("rebuild.cu", "sk_gather", km.GATHER_TYPES[np.dtype(old.dtype)])
     km.launch(fn, n, km.BLOCK,
               (src, old, new_vals if has_new else old, np.int32(has_new), out, np.int64(n)))
     return out

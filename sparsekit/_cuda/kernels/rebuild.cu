@@ -1,5 +1,6 @@
-// Kernels for topology changes: membership, CSR rebuild (merge), gather of aligned arrays.
-// GPU twin of sparsekit/_cython/topology.pyx (selection uses CuPy's radix sort instead).
+// CSR rebuild after a topology change: the merge of kept and new entries, and the gather of
+// values and aligned arrays through the merge's slot map.
+// GPU twin of sparsekit/_cython/rebuild.pyx (which merges the values in the same pass instead).
 //
 // The CPU merges row by row, one thread per row.  Here every entry finds its own output slot,
 // so long rows (a dense output layer has 10^5-10^6 entries per row) do not serialise:
@@ -12,21 +13,6 @@
 // or a repeated new position, raises *bad; slots stay inside row r's range even then.
 // ckeep is the exclusive prefix sum of keep (length nnz + 1), new_ptr the row pointer of the new
 // entries (length n_rows + 1).
-
-// First position in the sorted range a[lo, hi) whose value is >= key (hi when there is none).
-template <typename A>
-__device__ __forceinline__ long long sk_lower_bound(const A* a, long long lo, long long hi,
-                                                    long long key) {
-    while (lo < hi) {
-        const long long mid = lo + ((hi - lo) >> 1);
-        if ((long long)a[mid] < key) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return lo;
-}
 
 // Row of CSR slot `slot`: the largest r in [0, n_rows) with indptr[r] <= slot (empty rows share
 // their indptr value with the next row, and the largest such r is the one that holds `slot`).
@@ -43,21 +29,6 @@ __device__ __forceinline__ long long sk_row_of(const I* indptr, long long n_rows
         }
     }
     return lo;
-}
-
-// found[j] = (rows[j], cols[j]) is stored in the pattern; rows must be in [0, n_rows).
-template <typename I>
-__global__ void sk_contains(const I* __restrict__ indptr, const I* __restrict__ indices,
-                            const long long* __restrict__ rows,
-                            const long long* __restrict__ cols, bool* __restrict__ found,
-                            long long m) {
-    for (long long j = sk_thread_id(); j < m; j += sk_thread_count()) {
-        const long long r = rows[j];
-        const long long c = cols[j];
-        const long long end = (long long)indptr[r + 1];
-        const long long pos = sk_lower_bound(indices, (long long)indptr[r], end, c);
-        found[j] = pos < end && (long long)indices[pos] == c;
-    }
 }
 
 template <typename I>

@@ -170,7 +170,8 @@ def test_every_backend_method_is_in_the_protocol(cls):
 
 @pytest.mark.parametrize("cls", concrete_backends(), ids=lambda c: c.__name__)
 def test_every_product_is_implemented(cls):
-    """The base class leaves only the products abstract; each backend must fill them in."""
+    """The base class's products are the generic xp reference (gathers and scatters, slow);
+    each kernel backend must put its own in their place."""
     for name in ("matmul", "matmul_t", "weight_grad", "sampled_grad"):
         assert getattr(cls, name) is not getattr(Backend, name), f"{cls.__name__}.{name}"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference as ref
 import test_bad_input as tb
 import test_kernels as tk
 import test_topology as tt
@@ -258,21 +257,3 @@ def test_training_end_to_end_matches_the_cpu(emu, tmp_path):
     back = load_checkpoint(tmp_path / "m.npz", backend="cpu").model
     np.testing.assert_allclose(back.logits(data[2]), gpu.model.logits(data[2]), rtol=1e-5,
                                atol=1e-5)
-
-
-def test_fallback_sddmm_is_the_oracle_in_any_chunking():
-    """The plain-array SDDMM of ``products="cupy"`` (array-module generic, so NumPy runs it
-    here), with chunks smaller than, equal to and larger than the list."""
-    from sparsekit._cuda import fallback
-
-    rng = np.random.default_rng(7)
-    w_sp = random_csr(rng, 37, 23, 0.3)
-    w = to_backend(CpuBackend(), w_sp)
-    x = rng.uniform(-1, 1, (23, 9))
-    dy = rng.uniform(-1, 1, (37, 9))
-    want = ref.weight_grad(w_sp, x, dy)
-    for chunk in (9, 50, 10**6):
-        np.testing.assert_allclose(fallback.weight_grad(w, x, dy) if chunk == 10**6 else
-                                   fallback.sampled_grad(x, dy, *ref.pattern(w_sp), chunk),
-                                   want, rtol=1e-12, atol=1e-12)
-    assert fallback.sampled_grad(x[:, :0], dy[:, :0], np.array([1]), np.array([2])).tolist() == [0]

@@ -470,3 +470,58 @@ def test_cpu_products_on_misaligned_operands(dtype):
                  "misaligned matmul")
     assert_close(results[0][2], ref.weight_grad(w_sp, x, dy),
                  ref.weight_grad(w_sp, abs(x), abs(dy)), n_batch, dtype, "misaligned SDDMM")
+
+
+# --- the generic xp products of Backend: where a new backend starts, and products="cupy" --------
+class GenericProducts(Backend):
+    """Nothing but the base class's code."""
+
+    name = "generic"
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("test", [test_matmul, test_matmul_t, test_weight_grad, test_sampled_grad],
+                         ids=lambda f: f.__name__)
+def test_generic_products(test, dtype, index_dtype):
+    test(GenericProducts(), dtype, index_dtype)
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_generic_backward(need_dx):
+    test_backward(GenericProducts(), np.float64, np.int32, need_dx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_generic_products_edge_cases(dtype):
+    test_products_with_empty_batch(GenericProducts(), dtype)
+    test_non_contiguous_operands_are_read_correctly(GenericProducts())
+
+
+def test_generic_products_in_any_chunking():
+    """The gathered dots and the scattered products bound their memory by chunks of the list:
+    chunks smaller than, equal to and larger than it give the oracle's result."""
+    from sparsekit.backends.base import _gathered_dots, _scatter_products
+
+    rng = np.random.default_rng(7)
+    w_sp = random_csr(rng, 37, 23, 0.3)
+    rows, cols = ref.pattern(w_sp)
+    x = rng.uniform(-1, 1, (23, 9))
+    dy = rng.uniform(-1, 1, (37, 9))
+    for chunk in (9, 50, 9 * w_sp.nnz, 10**6):
+        np.testing.assert_allclose(_gathered_dots(x, dy, rows, cols, chunk),
+                                   ref.weight_grad(w_sp, x, dy), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_scatter_products(np, rows, cols, w_sp.data, x, 37, chunk),
+                                   ref.matmul(w_sp, x), rtol=1e-12, atol=1e-12)
+    assert _gathered_dots(x[:, :0], dy[:, :0], np.array([1]), np.array([2])).tolist() == [0]
+
+
+def test_generic_sampled_grad_refuses_bad_candidates():
+    be = GenericProducts()
+    x, dy = np.ones((4, 3)), np.ones((5, 3))
+    for rows, cols, message in [([0, 5], [0, 0], "rows must lie"), ([0, -1], [0, 0], "rows"),
+                                ([0, 0], [4, 0], "cols must lie"), ([0], [0, 1], "1-D of one")]:
+        with pytest.raises(ValueError, match=message):
+            be.sampled_grad(x, dy, np.array(rows), np.array(cols))
+    with pytest.raises(ValueError, match="batch"):
+        be.sampled_grad(x, np.ones((5, 2)), np.array([0]), np.array([0]))

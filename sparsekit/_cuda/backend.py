@@ -2,9 +2,10 @@
 
 Mirror of :mod:`sparsekit._cython.backend`: every method checks its arguments (device, shape,
 dtype) the same way and calls the function of the same name in ``spmm``, ``sddmm``, ``select``,
-``sampling``, ``rebuild`` or ``elementwise``.  Arrays never cross the host/device boundary
-implicitly: a NumPy array handed to a method is refused with a TypeError that says to call
-``backend.asarray``.
+``sampling``, ``rebuild`` or ``elementwise``; what a GPU has no kernel for, and the
+``products="cupy"`` reference mode, take the generic ``xp`` code of the base class.  Arrays
+never cross the host/device boundary implicitly: a NumPy array handed to a method is refused
+with a TypeError that says to call ``backend.asarray``.
 """
 
 from __future__ import annotations
@@ -93,39 +94,31 @@ class GpuBackend(Backend):
         return spmm.matmul_t(t_indptr, t_rows, t_perm, w.data, dy, w.shape[0])
 
     def weight_grad(self, x_ib, dy_ob, w: CSR):
-        x, dy = self._pair(x_ib, dy_ob, w)
         if self.products == "cupy":
-            return fallback.weight_grad(w, x, dy)
+            return super().weight_grad(x_ib, dy_ob, w)
+        x, dy = self._pair(x_ib, dy_ob, w)
         return sddmm.weight_grad(w.indptr, w.indices, x, dy, w.shape[1])
 
     def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
+        if self.products != "kernels" or not need_dx:
+            # matmul_t then weight_grad; without dx (the first layer) the row-wise SDDMM needs
+            # no transposed index.
+            return super().backward(x_ib, dy_ob, w, need_dx)
         x, dy = self._pair(x_ib, dy_ob, w)
-        if self.products == "kernels" and need_dx:
-            t_indptr, t_rows, t_perm = self.transpose_index(w)
-            return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], True)
-        # Without dx (the first layer) the row-wise SDDMM needs no transposed index.
-        dx = self.matmul_t(dy, w) if need_dx else None
-        return dx, self.weight_grad(x, dy, w)
+        t_indptr, t_rows, t_perm = self.transpose_index(w)
+        return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], True)
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
-        xp = self.xp
-        x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)
-        if rows.ndim != 1 or cols.shape != rows.shape:
-            raise ValueError(f"rows and cols must be 1-D of one length, got {rows.shape} and "
-                             f"{cols.shape}")
-        if x.shape[1] != dy.shape[1]:
-            raise ValueError(f"dy_ob has batch {dy.shape[1]} but x_ib has {x.shape[1]}")
-        r = xp.ascontiguousarray(rows.astype(idt, copy=False))
-        c = xp.ascontiguousarray(cols.astype(idt, copy=False))
         if self.products == "cupy":
-            sddmm.check_candidates(x, dy, r, c)
-            return fallback.sampled_grad(x, dy, r, c)
+            return super().sampled_grad(x_ib, dy_ob, rows, cols)
+        x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)
+        r, c = self._candidates(x, dy, rows, cols, idt)
         return sddmm.sampled_grad(x, dy, r, c)
 
     # --- elementwise ------------------------------------------------------------------------
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         if self.products == "cupy":
-            return Backend.bias_act_dropout(self, z_ob, bias, slope, rate, seed)
+            return super().bias_act_dropout(z_ob, bias, slope, rate, seed)
         self.check_array("z_ob", z_ob)
         self.check_array("bias", bias)
         if z_ob.dtype not in VALUE_DTYPES:
@@ -140,7 +133,7 @@ class GpuBackend(Backend):
     # --- topology -------------------------------------------------------------------------
     def select(self, values, k: int, largest: bool = True):
         if self.products == "cupy":
-            return Backend.select(self, values, k, largest)
+            return super().select(values, k, largest)
         xp = self.xp
         self.check_array("values", values)
         if values.ndim != 1:
@@ -153,7 +146,7 @@ class GpuBackend(Backend):
 
     def contains(self, w: CSR, rows, cols):
         if self.products == "cupy":
-            return Backend.contains(self, w, rows, cols)
+            return super().contains(w, rows, cols)
         xp = self.xp
         self.check_array("rows", rows)
         self.check_array("cols", cols)
@@ -163,7 +156,7 @@ class GpuBackend(Backend):
 
     def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
         if self.products == "cupy":
-            return Backend.rebuild(self, w, keep_mask, new_rows, new_cols, new_vals, *states)
+            return super().rebuild(w, keep_mask, new_rows, new_cols, new_vals, *states)
         xp = self.xp
         keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(
             self, w, keep_mask, new_rows, new_cols, new_vals, states)

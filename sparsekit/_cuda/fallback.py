@@ -1,11 +1,11 @@
-"""Products through CuPy's own routines: cuSPARSE SpMM and a gathered dot product.
+"""Products through cuSPARSE: the forward and input-gradient SpMM of CuPy's ``cupyx``.
 
 ``GpuBackend(products="cusparse")`` runs the forward and input-gradient products through
 ``cupyx.cusparse.spmm`` (the weight gradient stays on the custom SDDMM kernel);
-``products="cupy"`` also replaces the SDDMM by a chunked gather-and-dot in plain CuPy, so no
-custom kernel runs at all.  Both exist so the custom kernels can be A/B-tested against the
-vendor library on the same arrays (issue #5), and as a fallback should a kernel misbehave on
-some device.
+``products="cupy"`` also replaces the SDDMM by the generic gathered dot product of
+:class:`~sparsekit.backends.base.Backend`, so no custom kernel runs at all.  Both exist so the
+custom kernels can be A/B-tested against the vendor library on the same arrays (issue #5), and
+as a fallback should a kernel misbehave on some device.
 
 Layout: cuSPARSE's generic SpMM (as wrapped by CuPy) takes and returns column-major dense
 matrices.  A feature-major, C-ordered ``x_ib`` of shape (n_in, B) is exactly the transpose of a
@@ -60,30 +60,3 @@ def matmul_t(w: CSR, dy_ob):
         return xp.zeros((n_in, dy_ob.shape[1]), dtype=w.dtype)
     dx = cupyx.cusparse.spmm(cusparse_matrix(w), dy_ob.T, transa=True, transb=True)
     return xp.ascontiguousarray(dx)
-
-
-def sampled_grad(x_ib, dy_ob, rows, cols, chunk_elements: int = 1 << 24):
-    """``g[j] = sum_b dy_ob[rows[j], b] x_ib[cols[j], b]`` by gathering rows in chunks.
-
-    Each chunk materialises two (chunk, B) blocks, so memory stays bounded by
-    ``chunk_elements`` values whatever the number of positions.
-    """
-    from ..nn.csr import array_module
-
-    xp = array_module(x_ib)
-    m, n_batch = rows.shape[0], x_ib.shape[1]
-    out = xp.zeros(m, dtype=x_ib.dtype)
-    if n_batch == 0:
-        return out
-    step = max(1, chunk_elements // n_batch)
-    for s in range(0, m, step):
-        e = min(m, s + step)
-        out[s:e] = (dy_ob[rows[s:e]] * x_ib[cols[s:e]]).sum(axis=1)
-    return out
-
-
-def weight_grad(w: CSR, x_ib, dy_ob):
-    """The SDDMM on W's pattern via :func:`sampled_grad` (row of every slot from ``indptr``)."""
-    xp = w.xp
-    rows = xp.searchsorted(w.indptr[1:], xp.arange(w.nnz, dtype=w.indices.dtype), side="right")
-    return sampled_grad(x_ib, dy_ob, rows, w.indices)

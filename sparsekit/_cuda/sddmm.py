@@ -67,7 +67,7 @@ def sampled_grad(x_ib, dy_ob, rows, cols):
     m = rows.shape[0]
     if cols.shape[0] != m:
         raise ValueError(f"rows has {m} entries but cols has {cols.shape[0]}")
-    check_candidates(x_ib, dy_ob, rows, cols)
+    _check_candidates(x_ib, dy_ob, rows, cols)
     xp = array_module(x_ib)
     if m == 0 or n_batch == 0:
         return xp.zeros(m, dtype=x_ib.dtype)
@@ -78,7 +78,7 @@ def sampled_grad(x_ib, dy_ob, rows, cols):
     return grad
 
 
-def check_candidates(x_ib, dy_ob, rows, cols) -> None:
+def _check_candidates(x_ib, dy_ob, rows, cols) -> None:
     """Raise ValueError unless every row indexes ``dy_ob`` and every col ``x_ib`` (one sync)."""
     if rows.shape[0] == 0:
         return

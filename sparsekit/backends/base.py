@@ -107,24 +107,49 @@ class Backend:
 
     def matmul(self, x_ib, w: CSR):
         """Forward product ``y_ob = W @ x_ib`` (x_ib: n_in x batch)."""
-        raise NotImplementedError
+        x = self._operand("x_ib", x_ib, w.dtype, w.shape[1])
+        return _scatter_products(self.xp, w.row_ids(), w.indices, w.data, x, w.shape[0])
 
     def matmul_t(self, dy_ob, w: CSR):
         """Backward product ``dx_ib = W.T @ dy_ob`` (dy_ob: n_out x batch)."""
-        raise NotImplementedError
+        dy = self._operand("dy_ob", dy_ob, w.dtype, w.shape[0])
+        return _scatter_products(self.xp, w.indices, w.row_ids(), w.data, dy, w.shape[1])
 
     def weight_grad(self, x_ib, dy_ob, w: CSR):
         """Gradient on W's pattern, in CSR order: ``g[k] = sum_b dy_ob[row_k, b] * x_ib[col_k, b]``."""
-        raise NotImplementedError
+        x, dy = self._pair(x_ib, dy_ob, w)
+        return _gathered_dots(x, dy, w.row_ids(), w.indices)
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
         """The same dot products at arbitrary positions ``(rows[j], cols[j])``."""
-        raise NotImplementedError
+        x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)
+        r, c = self._candidates(x, dy, rows, cols, idt)
+        if r.shape[0]:
+            # The list comes from the caller, not from a validated CSR: bounds in one transfer.
+            lo_r, hi_r, lo_c, hi_c = (int(v) for v in self.to_numpy(self.xp.stack(
+                [r.min(), r.max(), c.min(), c.max()]).astype(self.xp.int64)))
+            if lo_r < 0 or hi_r >= dy.shape[0]:
+                raise ValueError(f"rows must lie in [0, {dy.shape[0]})")
+            if lo_c < 0 or hi_c >= x.shape[0]:
+                raise ValueError(f"cols must lie in [0, {x.shape[0]})")
+        return _gathered_dots(x, dy, r, c)
+
+    def _candidates(self, x, dy, rows, cols, idt):
+        """``(rows, cols)`` of a candidate list as contiguous ``idt`` arrays, shapes checked."""
+        if rows.ndim != 1 or cols.shape != rows.shape:
+            raise ValueError(f"rows and cols must be 1-D of one length, got {rows.shape} and "
+                             f"{cols.shape}")
+        if x.shape[1] != dy.shape[1]:
+            raise ValueError(f"dy_ob has batch {dy.shape[1]} but x_ib has {x.shape[1]}")
+        xp = self.xp
+        return (xp.ascontiguousarray(rows.astype(idt, copy=False)),
+                xp.ascontiguousarray(cols.astype(idt, copy=False)))
 
     def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
         """``(dx_ib or None, grad)``; backends may fuse the two passes."""
-        dx = self.matmul_t(dy_ob, w) if need_dx else None
-        return dx, self.weight_grad(x_ib, dy_ob, w)
+        x, dy = self._pair(x_ib, dy_ob, w)
+        dx = self.matmul_t(dy, w) if need_dx else None
+        return dx, self.weight_grad(x, dy, w)
 
     # --- elementwise ------------------------------------------------------------------------
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
@@ -268,6 +293,39 @@ def _take(xp, src, old, new_vals):
     out[kept] = old[src[kept]]
     if new_vals is not None:
         out[~kept] = new_vals[-1 - src[~kept]]
+    return out
+
+
+def _gathered_dots(x_ib, dy_ob, rows, cols, chunk_elements: int = 1 << 24):
+    """``g[j] = sum_b dy_ob[rows[j], b] x_ib[cols[j], b]`` by gathering rows in chunks.
+
+    Each chunk materialises two (chunk, batch) blocks, so memory stays bounded by
+    ``chunk_elements`` values whatever the number of positions.
+    """
+    xp = array_module(x_ib)
+    m, n_batch = rows.shape[0], x_ib.shape[1]
+    out = xp.zeros(m, dtype=x_ib.dtype)
+    if n_batch == 0:
+        return out
+    step = max(1, chunk_elements // n_batch)
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        out[s:e] = (dy_ob[rows[s:e]] * x_ib[cols[s:e]]).sum(axis=1)
+    return out
+
+
+def _scatter_products(xp, dst, src, vals, operand, n_out, chunk_elements: int = 1 << 24):
+    """``out[dst[k], :] += vals[k] * operand[src[k], :]`` over every k, in chunks of the list
+    (bounded memory, as :func:`_gathered_dots`).  ``add.at`` sums repeated rows: in list order
+    on NumPy, in any order with CuPy's atomics."""
+    n_batch = operand.shape[1]
+    out = xp.zeros((n_out, n_batch), dtype=operand.dtype)
+    if n_batch == 0:
+        return out
+    step = max(1, chunk_elements // n_batch)
+    for s in range(0, vals.shape[0], step):
+        e = min(vals.shape[0], s + step)
+        xp.add.at(out, dst[s:e], vals[s:e, None] * operand[src[s:e]])
     return out
 
 

@@ -120,35 +120,32 @@ def update_cost(method: str, hidden, threads: int, reps: int = 40, warmup: int =
     import numpy as np
 
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.growth import get_method
-    from sparsekit.nn.activations import softmax_cross_entropy
     from sparsekit.nn.model import SparseMLP
-    from sparsekit.training.optim import MomentumSGD
+    from sparsekit.training.config import TrainConfig
+    from sparsekit.training.step import Engine
 
     be = CpuBackend(threads)
     x_tr, y_tr, _, _ = load(2048, 1)
     model = SparseMLP([784, *hidden, 10], epsilon=RECIPE["epsilon"], backend=be, seed=0)
-    m = (get_method(method, every_steps=1, t_end=1.0) if method != "set"
-         else get_method("set", evolve_output=False))
-    m.setup(model, 10**6, 1, np.random.default_rng(0))  # every step due, α_t ≈ α
-    opt, rng = MomentumSGD(RECIPE["lr"]), np.random.default_rng(0)
+    cfg = TrainConfig(**RECIPE, method=method, epochs=1, **(
+        {"evolve_every": 1, "method_params": {"t_end": 1.0}} if method != "set" else {}))
+    engine = Engine(model, cfg, np.random.default_rng(0))
+    engine.plan(10**6)  # every step due, α_t ≈ α
+    rng = engine.rng
     step_s, update_s = [], []
     for r in range(warmup + reps):
         idx = rng.choice(x_tr.shape[0], RECIPE["batch_size"], replace=False)
-        xb, yb = be.asarray(np.ascontiguousarray(x_tr[idx].T)), y_tr[idx]
+        xb, yb = engine.batch(x_tr, y_tr, idx)
         t0 = time.perf_counter()
-        logits, acts, derivs = model.forward_train(xb, rng.integers(0, 2**63, len(hidden)))
-        _, _, dlogits = softmax_cross_entropy(np, logits, yb)
-        grads = model.backward(acts, derivs, dlogits)
-        for layer, (gw, gb) in zip(model.layers, grads):
-            opt.update(layer.w.data, gw, layer.vel_w, RECIPE["lr"])
-            opt.update(layer.b, gb, layer.vel_b, RECIPE["lr"])
+        _, _, grads, cache = engine.gradients(xb, yb, rng.integers(0, 2**63, len(hidden)))
+        engine.apply(grads, cfg.lr)
+        del grads
         step_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         if method == "set":
-            m.evolve(model, rng)
+            engine.growth.evolve(model, rng)
         else:
-            m.after_step(model, r, 0, rng, (acts, derivs, dlogits))
+            engine.growth.after_step(model, r, 0, rng, cache)
         update_s.append(time.perf_counter() - t0)
     step_s, update_s = np.array(step_s[warmup:]), np.array(update_s[warmup:])
     return {"step_s": float(np.median(step_s)), "update_s": float(np.median(update_s)),
@@ -165,12 +162,10 @@ def step_cost(hidden, threads: int, n_train, steps: int = 300, warmup: int = 15,
     steps_per_epoch x step + one update."""
     import numpy as np
 
-    from sparsekit._align import feature_major_batch
     from sparsekit._cython.backend import CpuBackend
-    from sparsekit.growth import get_method
-    from sparsekit.nn.activations import softmax_cross_entropy
     from sparsekit.nn.model import SparseMLP
-    from sparsekit.training.optim import MomentumSGD
+    from sparsekit.training.config import TrainConfig
+    from sparsekit.training.step import Engine
 
     be = CpuBackend(threads)
     x_tr, y_tr, _, _ = load(n_train, 1)
@@ -180,31 +175,24 @@ def step_cost(hidden, threads: int, n_train, steps: int = 300, warmup: int = 15,
     for method in methods:
         model = SparseMLP([784, *hidden, 10], epsilon=RECIPE["epsilon"], alpha=RECIPE["alpha"],
                           dropout=RECIPE["dropout"], backend=be, seed=0)
-        m = get_method(method)
-        m.setup(model, steps_per_epoch, 10, np.random.default_rng(0))
-        runs[method] = (model, m, np.random.default_rng(1), [])
-    opt = MomentumSGD(RECIPE["lr"], RECIPE["momentum"], RECIPE["weight_decay"])
+        engine = Engine(model, TrainConfig(**RECIPE, method=method),
+                        np.random.default_rng(1))
+        engine.plan(steps_per_epoch)
+        runs[method] = (engine, [])
     perm = np.random.default_rng(2).permutation(x_tr.shape[0])
     bs = RECIPE["batch_size"]
     for s in range(warmup + steps):
         idx = perm[(s % steps_per_epoch) * bs:(s % steps_per_epoch + 1) * bs]
         order = list(methods[s % len(methods):]) + list(methods[:s % len(methods)])
         for method in order:
-            model, m, rng, times = runs[method]
-            t0 = time.perf_counter()
-            xb = be.asarray(feature_major_batch(x_host, idx, model.dtype))
-            logits, acts, derivs = model.forward_train(xb, rng.integers(0, 2**63, len(hidden)))
-            _, _, dlogits = softmax_cross_entropy(np, logits, y_tr[idx], as_float=False)
-            grads = model.backward(acts, derivs, dlogits)
-            for layer, (gw, gb) in zip(model.layers, grads):
-                opt.update(layer.w.data, gw, layer.vel_w, RECIPE["lr"])
-                opt.update(layer.b, gb, layer.vel_b, RECIPE["lr"])
-            del grads
+            engine, times = runs[method]
             # Step indices that never fall on an update (each epoch's last step).
-            m.after_step(model, s % (steps_per_epoch - 1), 0, rng, (acts, derivs, dlogits))
+            engine.step = s % (steps_per_epoch - 1)
+            t0 = time.perf_counter()
+            engine.train_step(x_host, y_tr, idx, RECIPE["lr"])
             times.append(time.perf_counter() - t0)
     return {method: {"step_s": float(np.median(times[warmup:])), "steps": steps}
-            for method, (_, _, _, times) in runs.items()}
+            for method, (_, times) in runs.items()}
 
 
 def child(args) -> None:

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 from reference import to_backend
 
-from sparsekit._cython import elementwise, sddmm, spmm, topology
+from sparsekit._cython import elementwise, rebuild, sampling, sddmm, select, spmm
 from sparsekit._cython.backend import CpuBackend
 from sparsekit.nn.csr import CSR
 
@@ -383,33 +383,27 @@ def test_raw_topology_checks_shapes():
     nnz = indices.shape[0]
     keep = np.ones(nnz, np.uint8)
     r_free, c_free = np.nonzero(w_sp.toarray() == 0)
-    nr, nc = r_free[:2].astype(I64), c_free[:2].astype(I64)
-    out_ptr, out_idx, src = np.empty(7, I32), np.empty(nnz + 2, I32), np.empty(nnz + 2, I64)
+    nr, nc = r_free[:2].astype(I32), c_free[:2].astype(I32)
+    vals = np.ones(2, data.dtype)
     cases = [
-        (lambda: topology.select(data, -1), "k must lie"),
-        (lambda: topology.select(data, nnz + 1), "k must lie"),
-        (lambda: topology.contains(indptr, indices, np.array([6], I64), np.array([0], I64)),
+        (lambda: select.select(data, -1), "k must lie"),
+        (lambda: select.select(data, nnz + 1), "k must lie"),
+        (lambda: sampling.contains(indptr, indices, np.array([6], I64), np.array([0], I64)),
          "rows must lie"),
-        (lambda: topology.contains(indptr, indices, np.array([0, 1], I64), np.array([0], I64)),
+        (lambda: sampling.contains(indptr, indices, np.array([0, 1], I64), np.array([0], I64)),
          "rows has 2 entries"),
-        (lambda: topology.merge(indptr, indices, keep[:-1], nr, nc, 5, out_ptr, out_idx, src),
+        (lambda: rebuild.rebuild_csr(indptr, indices, keep[:-1], nr, nc, 5, data, vals, False),
          "keep_mask has"),
-        (lambda: topology.merge(indptr, indices, keep, nr, nc[:1], 5, out_ptr, out_idx, src),
-         "new_rows has 2 entries"),
-        (lambda: topology.merge(indptr, indices, keep, nr, nc, 5, out_ptr[:-1], out_idx, src),
-         "out_indptr has the wrong length"),
-        (lambda: topology.merge(indptr, indices, keep, nr, nc, 5, out_ptr, out_idx[:-1], src),
-         "out_indices/src have the wrong length"),
-        (lambda: topology.merge(indptr, indices, keep, nr, nc, 5, out_ptr, out_idx, src[:-1]),
-         "out_indices/src have the wrong length"),
-        (lambda: topology.merge(indptr, indices, keep, nr + 6, nc, 5, out_ptr, out_idx, src),
-         "new_rows must lie"),
-        (lambda: topology.merge(indptr, indices, keep, nr, nc + 5, 5, out_ptr, out_idx, src),
-         "new_cols must lie"),
-        (lambda: topology.merge(indptr, indices, keep, nr[::-1].copy(), nc[::-1].copy(), 5,
-                                out_ptr, out_idx, src), "sorted by"),
-        (lambda: topology.gather(np.array([0, nnz], I64), data), "src refers past the end"),
-        (lambda: topology.gather(np.array([0, -3], I64), data, np.ones(2)),
+        (lambda: rebuild.rebuild_csr(indptr, indices, keep, nr, nc[:1], 5, data, vals, False),
+         "must have the same length"),
+        (lambda: rebuild.rebuild_csr(indptr, indices, keep, nr + 6, nc, 5, data, vals, False),
+         "new positions must lie"),
+        (lambda: rebuild.rebuild_csr(indptr, indices, keep, nr, nc + 5, 5, data, vals, False),
+         "new positions must lie"),
+        (lambda: rebuild.rebuild_csr(indptr, indices, keep, nr, nc, 5, data, vals, False, 0,
+                                     data[:-1]), "state has"),
+        (lambda: rebuild.gather(np.array([0, nnz], I64), data), "src refers past the end"),
+        (lambda: rebuild.gather(np.array([0, -3], I64), data, np.ones(2)),
          "src refers past the end"),
         (lambda: elementwise.bias_act_dropout(np.ones((4, 3)), np.zeros(3), 0.5, 0.1, 0),
          "bias has 3 entries"),

@@ -67,6 +67,8 @@ def example_value(action: argparse.Action):
     one = {int: 3, float: 0.5}.get(action.type, "some-text")
     if action.choices is not None:
         one = list(action.choices)[-1]
+    if isinstance(action.nargs, int):
+        return [one] * action.nargs
     return [one, one] if action.nargs in ("+", "*") else one
 
 
@@ -108,6 +110,28 @@ def test_bad_config_is_a_usage_error_naming_the_key(tmp_path, text, message):
     r = run_cli("train", "--config", cfg)
     assert r.returncode == EXIT_USAGE
     assert message in r.stderr and r.stdout == ""
+
+
+def test_optimizer_from_the_config_file_and_bad_values_exit_2_before_any_work(tiny, tmp_path):
+    out = tmp_path / "run"
+    cfg = write(tmp_path / "c.toml", base_config(tiny, out)
+                + 'optimizer = "adamw"\nbetas = [0.8, 0.99]\nadam-eps = 1e-7\n')
+    r = run_cli("train", "--config", cfg)
+    assert r.returncode == EXIT_OK, r.stderr
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert saved["optimizer"] == "adamw" and saved["betas"] == [0.8, 0.99]
+    assert saved["adam_eps"] == 1e-7 and saved["weight_decay"] == 0.01  # AdamW's default
+    for flags, message in ((["--lr", "-1"], "lr must be > 0"),
+                           (["--optimizer", "adam", "--decay", "decoupled"], "adamw"),
+                           (["--zeta", "1"], "zeta must lie in"),
+                           (["--betas", "0.9", "1.5"], "betas must lie in")):
+        bad = tmp_path / "bad"
+        r = run_cli("train", "--dataset", tmp_path / "absent.npz", "--out", bad, *flags)
+        assert r.returncode == EXIT_USAGE, (flags, r.stderr)
+        assert message in r.stderr and not bad.exists()  # before the data or the folder
+    bad = write(tmp_path / "bad.toml", 'betas = [0.9]\n')
+    r = run_cli("train", "--config", bad)
+    assert r.returncode == EXIT_USAGE and "betas must be a list of 2 values" in r.stderr
 
 
 def test_missing_config_file_is_a_usage_error(tmp_path):

@@ -22,7 +22,8 @@ def test_set_invariants(seed, zeta, sizes, epsilon):
     model = SparseMLP(sizes, epsilon=epsilon, seed=seed)
     rng = np.random.default_rng(seed)
     for layer in model.layers:  # distinct, recognisable momentum
-        layer.vel_w[:] = layer.w.data * 10
+        layer.ensure_state(("momentum",))
+        layer.state_w["momentum"][:] = layer.w.data * 10
     before = [(layer.w.copy(), _positions(layer.w)) for layer in model.layers]
     SET(zeta=zeta).evolve(model, rng)
     for i, (layer, (w_old, pos_old)) in enumerate(zip(model.layers, before)):
@@ -36,7 +37,7 @@ def test_set_invariants(seed, zeta, sizes, epsilon):
         kept = pos & pos_old
         old = dict(zip(zip(w_old.row_ids().tolist(), w_old.indices.tolist()), w_old.data))
         new = dict(zip(zip(w.row_ids().tolist(), w.indices.tolist()),
-                       zip(w.data, layer.vel_w)))
+                       zip(w.data, layer.state_w["momentum"])))
         for p in pos:
             value, vel = new[p]
             if p in kept:
@@ -75,6 +76,11 @@ def test_set_schedule_hooks():
 
 def test_importance_pruning_shrinks_layers_physically():
     model = SparseMLP([30, 50, 40, 5], epsilon=5, seed=0)
+    for layer in model.layers:  # Adam's two slots, each a recognisable copy of the weights
+        layer.ensure_state(("exp_avg", "exp_avg_sq"))
+        layer.state_w["exp_avg"][:] = layer.w.data
+        layer.state_w["exp_avg_sq"][:] = 2 * layer.w.data
+        layer.state_b["exp_avg"][:] = np.arange(layer.out_features)
     imp = [neuron_importance(layer) for layer in model.layers[:-1]]
     removed = prune_neurons(model, percentile=20)
     for i, (r, im) in enumerate(zip(removed, imp)):
@@ -87,7 +93,9 @@ def test_importance_pruning_shrinks_layers_physically():
                                        np.sort(im[keep]))
     for layer in model.layers:
         layer.w.validate()
-        assert layer.vel_w.shape == layer.w.data.shape and layer.b.shape == layer.vel_b.shape
+        np.testing.assert_array_equal(layer.state_w["exp_avg"], layer.w.data)
+        np.testing.assert_array_equal(layer.state_w["exp_avg_sq"], 2 * layer.w.data)
+        assert layer.state_b["exp_avg"].shape == layer.state_b["exp_avg_sq"].shape == layer.b.shape
     assert model.layer_sizes[0] == 30 and model.layer_sizes[-1] == 5
     assert model.predict(np.zeros((3, 30), np.float32)).shape == (3,)
 
@@ -101,9 +109,10 @@ def test_pruning_never_empties_a_layer():
 def _evolved(backend, seed=3):
     model = SparseMLP([300, 400, 50, 10], epsilon=20, seed=seed, backend=backend)
     for layer in model.layers:
-        layer.vel_w[:] = layer.w.data * 10
+        layer.ensure_state(("momentum",))
+        layer.state_w["momentum"][:] = layer.w.data * 10
     SET(zeta=0.3).evolve(model, np.random.default_rng(seed))
-    return [(layer.w.indptr, layer.w.indices, layer.w.data, layer.vel_w)
+    return [(layer.w.indptr, layer.w.indices, layer.w.data, layer.state_w["momentum"])
             for layer in model.layers]
 
 

@@ -159,7 +159,7 @@ def test_checkpoints_load_on_either_backend(gpu, direction, tmp_path):
         for name in ("indptr", "indices", "data"):
             np.testing.assert_array_equal(a.backend.to_numpy(getattr(a.w, name)),
                                           b.backend.to_numpy(getattr(b.w, name)))
-        np.testing.assert_array_equal(a.backend.to_numpy(a.vel_w), b.backend.to_numpy(b.vel_w))
+        np.testing.assert_array_equal(a.backend.to_numpy(a.state_w["momentum"]), b.backend.to_numpy(b.state_w["momentum"]))
     np.testing.assert_allclose(loaded.logits(x_te), res.model.logits(x_te), rtol=1e-4,
                                atol=1e-5)
     # Training continues on the other backend.

@@ -51,7 +51,7 @@ def host_entries(be, layer):
     """``{(row, col): (value, velocity)}`` of a layer, on the host."""
     w = layer.w
     rows, cols = be.to_numpy(w.row_ids()), be.to_numpy(w.indices)
-    vals, vel = be.to_numpy(w.data), be.to_numpy(layer.vel_w)
+    vals, vel = be.to_numpy(w.data), be.to_numpy(layer.state_w["momentum"])
     return {(int(r), int(c)): (float(v), float(m)) for r, c, v, m in zip(rows, cols, vals, vel)}
 
 
@@ -111,7 +111,8 @@ def test_gradient_growth_invariants(topo_backend, make):
     rng = np.random.default_rng(3)
     for update in range(3):
         for layer in model.layers:  # recognisable momentum: 10 x the weight
-            layer.vel_w[...] = layer.w.data * 10
+            layer.ensure_state(("momentum",))
+            layer.state_w["momentum"][...] = layer.w.data * 10
         before = [host_entries(be, layer) for layer in model.layers]
         cache = step_cache(model, seed=update)
         frac = method.schedule.fraction(update)
@@ -121,7 +122,7 @@ def test_gradient_growth_invariants(topo_backend, make):
         total_before = sum(len(b) for b in before)
         for i, (layer, old) in enumerate(zip(model.layers, before)):
             layer.w.validate()  # sorted, unique, in bounds, finite
-            assert layer.vel_w.shape == layer.w.data.shape
+            assert layer.state_w["momentum"].shape == layer.w.data.shape
             new = host_entries(be, layer)
             grown, pruned = set(new) - set(old), set(old) - set(new)
             assert stats["replaced"][i] == len(grown)
@@ -154,8 +155,7 @@ def test_gse_with_huge_gamma_picks_what_rigl_picks(backend):
     results = []
     for method in (GSE(gamma=1e6, every_steps=1, evolve_output=True),
                    RigL(every_steps=1, evolve_output=True, tile_elems=37)):
-        clone = SparseMLP(model.layer_sizes, dtype="float64", backend=backend,
-                          _layers=[_copy_layer(layer) for layer in model.layers])
+        clone = SparseMLP.from_layers([_copy_layer(layer) for layer in model.layers])
         clone.last_dz = model.last_dz
         set_up(method, clone, steps_per_epoch=4, epochs=4)
         method.after_step(clone, 0, 0, np.random.default_rng(0), cache)
@@ -166,7 +166,8 @@ def test_gse_with_huge_gamma_picks_what_rigl_picks(backend):
 
 def _copy_layer(layer):
     out = SparseLayer(layer.w.copy(), layer.b.copy(), backend=layer.backend)
-    out.vel_w = layer.vel_w.copy()
+    out.state_w = {k: v.copy() for k, v in layer.state_w.items()}
+    out.state_b = {k: v.copy() for k, v in layer.state_b.items()}
     return out
 
 
@@ -261,7 +262,7 @@ def check_topkast(be, model, method, b_sizes, a_sizes):
     """A ⊆ B, A = the top-|A| of |θ_B|, A's values are B's, sizes constant."""
     for i, layer in enumerate(model.layers):
         layer.w.validate()
-        assert layer.vel_w.shape == layer.w.data.shape
+        assert all(s.shape == layer.w.data.shape for s in layer.state_w.values())
         if i not in b_sizes:
             assert layer.w_forward is None
             continue
@@ -408,7 +409,7 @@ def test_resume_matches_uninterrupted(tmp_path, method):
     for a, b in zip(full.model.layers, resumed.model.layers):
         np.testing.assert_array_equal(a.w.indices, b.w.indices)
         np.testing.assert_array_equal(a.w.data, b.w.data)
-        np.testing.assert_array_equal(a.vel_w, b.vel_w)
+        np.testing.assert_array_equal(a.state_w["momentum"], b.state_w["momentum"])
 
 
 def test_cli_passes_method_flags(tmp_path):
@@ -463,7 +464,7 @@ def test_bad_layers_and_oversized_rigl_are_refused():
 # --- the one rule -------------------------------------------------------------------------------
 def _one_layer_model(be, n, rng):
     w = erdos_renyi(n, n, 20, rng=rng, backend=be)
-    return SparseMLP([n, n], backend=be, dropout=0.0, _layers=[SparseLayer(w, backend=be)])
+    return SparseMLP.from_layers([SparseLayer(w, backend=be)], dropout=0.0)
 
 
 @pytest.mark.parametrize("n", [50_000, pytest.param(200_000, marks=pytest.mark.slow)])

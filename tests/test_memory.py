@@ -15,15 +15,15 @@ import pytest
 import sparsekit
 from sparsekit.training import memory
 from sparsekit.training.memory_estimate import estimate_memory
-from sparsekit.training.optim import MomentumSGD
+from sparsekit.training.optim import Adam, MomentumSGD
 
 SIZES = [50, 400, 300, 7]
 
 
-def _model_bytes(model) -> int:
-    """Bytes of every persistent array of a model with the momentum SGD optimizer's state
-    (what train() attaches by default), transposed indices included."""
-    MomentumSGD().attach(model)
+def _model_bytes(model, optimizer=None) -> int:
+    """Bytes of every persistent array of a model with an optimizer's state (momentum SGD, what
+    train() attaches by default), transposed indices included."""
+    (optimizer or MomentumSGD()).attach(model)
     total = 0
     for layer in model.layers:
         w = layer.w
@@ -41,6 +41,10 @@ def test_persistent_part_is_the_models_arrays():
     assert est.connections == sum(model.n_connections)
     # From sizes the Erdős–Rényi counts give the same figure.
     assert estimate_memory(SIZES, epsilon=5, batch_size=16).persistent == est.persistent
+    # Adam keeps two state arrays per value array: both counted.
+    adam = sparsekit.SparseMLP(SIZES, epsilon=5, seed=0, backend="cpu")
+    assert (estimate_memory(adam, batch_size=16, state_slots=2).persistent
+            == _model_bytes(adam, Adam()))
     # 20 bytes per connection at float32 / int32 (value, index, momentum, transposed index).
     wide = estimate_memory([784, 100_000, 10])
     assert 20 <= wide.persistent / wide.connections < 21

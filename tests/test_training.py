@@ -14,6 +14,7 @@ import sparsekit
 from sparsekit import SparseMLP, load_checkpoint, save_checkpoint, train
 from sparsekit._cython.backend import CpuBackend
 from sparsekit.io.datasets import load_dataset
+from sparsekit.training.optim import MomentumSGD
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,9 @@ def small_data(seed=0, n=600, d=20, c=3):
 
 
 def weights(model):
-    return [np.concatenate([layer.w.data, layer.b, layer.vel_w]) for layer in model.layers]
+    """Every value array of the model, optimizer state included."""
+    return [np.concatenate([layer.w.data, layer.b, *layer.state_w.values(),
+                            *layer.state_b.values()]) for layer in model.layers]
 
 
 def strip_times(history):
@@ -97,18 +100,20 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((6000, 64)).astype(np.float32)
 y = (x[:, :8].sum(1) > 0).astype(np.int64)
 train([64, 256, 256, 2], (x, y, x[:500], y[:500]), epochs=int(sys.argv[2]), batch_size=32,
-      seed=5, run_dir=sys.argv[1], resume=sys.argv[3] == "1")
+      seed=5, run_dir=sys.argv[1], resume=sys.argv[3] == "1", optimizer=sys.argv[4])
 """
 
 
-def test_killed_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_killed_run_resumes_exactly(tmp_path, optimizer):
     script = tmp_path / "job.py"
     script.write_text(KILL_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "3", "0"], check=True,
-                   env=env, timeout=300)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "3", "0", optimizer],
+                   check=True, env=env, timeout=300)
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(run), "3", "0"], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(run), "3", "0", optimizer],
+                            env=env)
     deadline = time.time() + 240
     while not (run / "checkpoint.npz").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -118,8 +123,8 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert (run / "checkpoint.npz").exists(), "the first epoch's checkpoint was not written"
     done = load_checkpoint(run / "checkpoint.npz").train_state["epoch"]
     assert done < 3, "the job finished before it could be killed; the test proves nothing"
-    subprocess.run([sys.executable, str(script), str(run), "3", "1"], check=True, env=env,
-                   timeout=300)
+    subprocess.run([sys.executable, str(script), str(run), "3", "1", optimizer], check=True,
+                   env=env, timeout=300)
     ref = load_checkpoint(tmp_path / "ref" / "checkpoint.npz")
     got = load_checkpoint(run / "checkpoint.npz")
     assert strip_times(got.train_state["history"]) == strip_times(ref.train_state["history"])
@@ -129,7 +134,8 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):
     model = SparseMLP([12, 16, 4], epsilon=3, seed=0)
-    model.layers[0].vel_w[:] = 0.5
+    MomentumSGD().attach(model)
+    model.layers[0].state_w["momentum"][:] = 0.5
     path = save_checkpoint(tmp_path / "ck.npz", model, {"epoch": 3})
     assert not list(tmp_path.glob(".ck.npz.tmp-*"))
     loaded = load_checkpoint(path)
@@ -153,6 +159,31 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
         load_checkpoint(tmp_path / "tampered.npz")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.npz")
+
+
+def test_version_1_checkpoints_load_their_momentum_as_the_sgd_slot(tmp_path):
+    """Checkpoints written before the optimizer protocol held momentum as vel_w/vel_b."""
+    from sparsekit.io import checkpoint as ck
+
+    model = SparseMLP([6, 5, 3], epsilon=2, seed=0)
+    arrays = {}
+    for i, layer in enumerate(model.layers):
+        for key, arr in (("indptr", layer.w.indptr), ("indices", layer.w.indices),
+                         ("data", layer.w.data), ("bias", layer.b),
+                         ("vel_w", np.full(layer.nnz, 0.25, np.float32)),
+                         ("vel_b", np.full(layer.out_features, 0.5, np.float32))):
+            arrays[f"layer{i}_{key}"] = np.asarray(arr)
+    meta = {"format": ck.FORMAT, "version": 1, "model": model.config(),
+            "shapes": [list(layer.w.shape) for layer in model.layers],
+            "train_state": {"epoch": 2}}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays["checksum"] = np.frombuffer(ck._digest(arrays).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "v1.npz", **arrays)
+    loaded = load_checkpoint(tmp_path / "v1.npz")
+    for layer in loaded.model.layers:
+        assert list(layer.state_w) == ["momentum"]
+        assert (layer.state_w["momentum"] == 0.25).all() and (layer.state_b["momentum"] == 0.5).all()
+    assert loaded.train_state == {"epoch": 2}
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -195,7 +226,7 @@ def test_bad_training_arguments():
 
 def test_diverging_run_raises_clearly():
     data = small_data()
-    with pytest.raises(FloatingPointError, match="lower lr"):
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
         train([20, 64, 3], data, lr=1e4, momentum=0.99, epochs=3, batch_size=50)
 
 

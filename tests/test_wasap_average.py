@@ -19,7 +19,6 @@ from sparsekit.parallel import (
     budget_keep_mask,
     prune_to_budget,
     remap_values,
-    train_parallel,
     union_average,
 )
 from sparsekit.parallel.loop import pack, unpack
@@ -109,19 +108,26 @@ def test_one_worker_average_is_the_identity_bitwise():
 def test_average_models_keeps_each_layers_budget():
     sizes = [30, 40, 20, 5]
     models = [SparseMLP(sizes, epsilon=4, seed=s) for s in range(3)]
-    for m in models:  # give biases and momentum something to average
+    for m in models:  # give biases and optimizer state (Adam's two slots) something to average
         for layer in m.layers:
+            layer.ensure_state(("exp_avg", "exp_avg_sq"))
             layer.b[:] = 1.0
-            layer.vel_w[:] = 2.0
+            layer.state_w["exp_avg"][:] = 2.0
+            layer.state_w["exp_avg_sq"][:] = 3.0
+            layer.state_b["exp_avg"][:] = 5.0
     budgets = [m - 7 for m in models[0].n_connections]
     avg = average_models(models, budgets)
     assert avg.layer_sizes == sizes and avg.n_connections == budgets
     for layer in avg.layers:
         layer.w.validate()
         np.testing.assert_allclose(layer.b, 1.0)
-        # Momentum 2 at a position all three share stays 2; present in one worker, 2/3.
-        allowed = np.array([2.0, 4 / 3, 2 / 3])
-        assert np.isclose(layer.vel_w[:, None], allowed, rtol=1e-6).any(axis=1).all()
+        # State 2 at a position all three share stays 2; present in one worker, 2/3.
+        for slot, v in (("exp_avg", 2.0), ("exp_avg_sq", 3.0)):
+            allowed = v * np.array([1.0, 2 / 3, 1 / 3])
+            state = layer.state_w[slot]
+            assert state.shape == layer.w.data.shape
+            assert np.isclose(state[:, None], allowed, rtol=1e-6).any(axis=1).all()
+        np.testing.assert_allclose(layer.state_b["exp_avg"], 5.0)
     with pytest.raises(ValueError, match="layer sizes"):
         average_models([models[0], SparseMLP([30, 41, 20, 5], epsilon=4, seed=0)], budgets)
     with pytest.raises(ValueError, match="budgets"):
@@ -160,15 +166,20 @@ def test_huge_layer_averaging_is_o_nnz():
 def test_model_message_round_trip():
     model = SparseMLP([12, 20, 3], epsilon=3, seed=0, dropout=0.1, activation="relu")
     for layer in model.layers:
-        layer.vel_w[:] = np.arange(layer.nnz)
+        layer.ensure_state(("exp_avg", "exp_avg_sq"))
+        layer.state_w["exp_avg"][:] = np.arange(layer.nnz)
+        layer.state_w["exp_avg_sq"][:] = -np.arange(layer.nnz)
+        layer.state_b["exp_avg_sq"][:] = 7
     meta, index, values = pack_model(model)
     assert index.dtype == np.int32 and values.dtype == np.float32
     back = unpack_model(meta, index.copy(), values.copy(), CPU)
     assert back.config() == model.config()
     for a, b in zip(model.layers, back.layers):
         for x, y in ((a.w.indptr, b.w.indptr), (a.w.indices, b.w.indices), (a.w.data, b.w.data),
-                     (a.b, b.b), (a.vel_w, b.vel_w), (a.vel_b, b.vel_b)):
+                     (a.b, b.b), *((a.state_w[s], b.state_w[s]) for s in a.state_w),
+                     *((a.state_b[s], b.state_b[s]) for s in a.state_b)):
             np.testing.assert_array_equal(x, y)
+        assert list(b.state_w) == ["exp_avg", "exp_avg_sq"]
     with pytest.raises(ValueError, match="header"):
         unpack_model(meta, index[:-1], values, CPU)
 
@@ -185,7 +196,7 @@ def test_gradient_buffer_is_values_and_biases_only():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"parallel": "horovod"}, "parallel must be"),
-    ({"parallel": "wasap", "wasap_mode": "semi"}, "wasap mode"),
+    ({"parallel": "wasap", "wasap_mode": "semi"}, "wasap_mode must be one of"),
     ({"parallel": "wasap", "phase1_fraction": 1.5}, "phase1_fraction"),
     ({"parallel": "wasap", "wasap_mode": "async", "prune_start": 3}, "prune_start"),
     ({"parallel": "wasap", "method": "rigl"}, "supports methods 'set' and 'static'"),
@@ -196,10 +207,10 @@ def test_bad_parallel_arguments(kwargs, match):
         train([4, 8, 2], (x, np.zeros(64, int)), **kwargs)
 
 
-def test_options_the_parallel_trainer_lacks_are_refused():
+def test_unknown_options_are_refused_before_any_mpi():
     x, y = np.zeros((64, 4), np.float32), np.zeros(64, int)
-    with pytest.raises(ValueError, match="future_option is not supported"):
-        train_parallel("wasap", [4, 8, 2], (x, y), future_option=3)
+    with pytest.raises(TypeError, match="unknown training option 'future_option'"):
+        train([4, 8, 2], (x, y), parallel="wasap", future_option=3)
 
 
 @pytest.mark.parametrize("abort", ["returns", "raises", "blocks"])

@@ -33,23 +33,33 @@ def _parser() -> argparse.ArgumentParser:
                    help="host memory the run may use, e.g. 16GiB or 80%%; a run estimated not "
                         "to fit is refused before it starts (default: available memory)")
     t.add_argument("--epochs", type=int, default=None, help="default 100 (or the resumed run's)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--lr-schedule", default="constant", help="constant, step, cosine, linear")
-    t.add_argument("--warmup-epochs", type=float, default=0.0,
+    t.add_argument("--batch-size", type=int, default=None, help="default 128")
+    t.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
+                   help="momentum SGD (default), Adam or AdamW")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 0.01 for sgd, 0.001 for adam and adamw)")
+    t.add_argument("--lr-schedule", default=None, help="constant (default), step, cosine, linear")
+    t.add_argument("--warmup-epochs", type=float, default=None,
                    help="ramp the learning rate linearly from 0.1x to 1x over this many epochs")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=2e-4)
-    t.add_argument("--decay", default="coupled", help="coupled (L2, as PyTorch) or decoupled")
-    t.add_argument("--dropout", type=float, default=0.3)
-    t.add_argument("--epsilon", type=float, default=20.0)
-    t.add_argument("--zeta", type=float, default=0.3)
-    t.add_argument("--alpha", type=float, default=0.6)
-    t.add_argument("--activation", default="allrelu")
-    t.add_argument("--init", default="he_uniform")
-    t.add_argument("--fan-in", default="dense",
-                   help="scale of the initial weights: dense (paper) or each neuron's actual "
-                        "fan-in; regrown weights use the dense scale")
+    t.add_argument("--momentum", type=float, default=None, help="sgd: default 0.9")
+    t.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    t.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+                   help="adam/adamw: moment decay rates (default 0.9 0.999)")
+    t.add_argument("--adam-eps", type=float, default=None, help="adam/adamw: default 1e-8")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="default 2e-4 for sgd, 0 for adam, 0.01 for adamw")
+    t.add_argument("--decay", default=None,
+                   help="sgd: coupled (L2, as PyTorch; default) or decoupled (reference code)")
+    t.add_argument("--dropout", type=float, default=None, help="default 0.3")
+    t.add_argument("--epsilon", type=float, default=None,
+                   help="Erdős–Rényi density: connections per (n_in + n_out) (default 20)")
+    t.add_argument("--zeta", type=float, default=None, help="set: fraction replaced (0.3)")
+    t.add_argument("--alpha", type=float, default=None, help="All-ReLU slope (default 0.6)")
+    t.add_argument("--activation", default=None, help="default allrelu")
+    t.add_argument("--init", default=None, help="he_uniform (default), xavier_uniform, normal")
+    t.add_argument("--fan-in", default=None,
+                   help="scale of the initial weights: dense (paper; default) or each neuron's "
+                        "actual fan-in; regrown weights use the dense scale")
     t.add_argument("--evolve-every", type=int, default=None, help="steps between updates")
     # Growth-method parameters: passed on only when given (method_params of train()).
     t.add_argument("--drop-fraction", type=float, default=None,
@@ -65,20 +75,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="topkast: density of the backward set (default: 2x forward)")
     t.add_argument("--prune-start", type=int, default=None,
                    help="first epoch of importance pruning (off by default)")
-    t.add_argument("--prune-every", type=int, default=10)
-    t.add_argument("--prune-percentile", type=float, default=10.0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--prune-every", type=int, default=None, help="default 10")
+    t.add_argument("--prune-percentile", type=float, default=None, help="default 10")
+    t.add_argument("--seed", type=int, default=None, help="default 0")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
     t.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in folder RUN from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
     t.add_argument("--no-plot", action="store_true", help="do not write plot.png")
     t.add_argument("--parallel", default=None, choices=["wasap"],
                    help="wasap: WASAP-SGD over MPI; start with mpiexec -n N sparsekit train ...")
-    t.add_argument("--wasap-mode", default="sync", choices=["sync", "async"],
+    t.add_argument("--wasap-mode", default=None, choices=["sync", "async"],
                    help="phase 1: allreduce (sync) or a parameter server on rank 0 (async)")
-    t.add_argument("--phase1-fraction", type=float, default=0.7,
+    t.add_argument("--phase1-fraction", type=float, default=None,
                    help="fraction of the epochs before local training (default 0.7)")
     e = sub.add_parser("evaluate", help="evaluate a run's checkpoint on its test data")
     e.add_argument("run", help="run folder (or checkpoint .npz)")
@@ -87,12 +98,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_KEYS = ("method", "epochs", "batch_size", "lr", "lr_schedule", "warmup_epochs", "momentum",
-              "weight_decay", "decay", "dropout", "epsilon", "zeta", "alpha", "activation",
-              "init", "fan_in", "evolve_every", "prune_start", "prune_every", "prune_percentile",
-              "seed", "parallel", "wasap_mode", "phase1_fraction")
+#: Growth-method parameters: passed on (as method_params) only when given.
 METHOD_KEYS = ("drop_fraction", "t_end", "gamma", "sampler", "forward_density",
                "backward_density")
+#: The paper's run length: the command line's default, where train() defaults to 10 epochs.
+CLI_EPOCHS = 100
+
+
+class UsageError(ValueError):
+    """A bad option value: reported like argparse's errors, exit status 2, before any work."""
+
+
+def train_config(args):
+    """The :class:`~sparsekit.training.config.TrainConfig` of the flags given (the others keep
+    their defaults); a bad value raises :class:`UsageError`."""
+    from ..training.config import TrainConfig
+
+    options = {k: getattr(args, k) for k in TrainConfig.options()
+               if getattr(args, k, None) is not None}
+    options["method_params"] = {k: getattr(args, k) for k in METHOD_KEYS
+                                if getattr(args, k) is not None}
+    options.setdefault("epochs", CLI_EPOCHS)
+    options.pop("backend", None)  # resolved by the command (a Backend, with --threads)
+    try:
+        return TrainConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _rank(parallel) -> int:
@@ -116,42 +147,44 @@ def _start_time(parallel) -> float:
 def cmd_train(args) -> int:
     from ..backends import get_backend
     from ..io.datasets import load_dataset
-    from ..training.loop import CHECKPOINT, train
+    from ..training.config import TrainConfig
+    from ..training.history import CHECKPOINT
+    from ..training.loop import train
 
     if args.resume:
         run_dir = Path(args.resume)
         cfg_path = run_dir / "config.json"
         if not cfg_path.exists():
             raise FileNotFoundError(f"{run_dir} is not a sparsekit run folder (no config.json)")
-        cfg = json.loads(cfg_path.read_text())
+        saved = json.loads(cfg_path.read_text())
+        config = TrainConfig.from_dict(saved["train"])
         if args.epochs is not None:
-            cfg["train"]["epochs"] = args.epochs
+            config = config.replace(epochs=args.epochs)
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(args.parallel)))
-        run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{args.method}-{stamp}")
-        args.epochs = 100 if args.epochs is None else args.epochs
-        cfg = {"dataset": args.dataset, "data_dir": args.data_dir, "hidden": args.hidden,
-               "backend": args.backend, "train": {k: getattr(args, k) for k in TRAIN_KEYS}}
-        cfg["train"]["method_params"] = {k: getattr(args, k) for k in METHOD_KEYS
-                                         if getattr(args, k) is not None}
-    rank = _rank(cfg["train"].get("parallel"))  # under mpiexec every rank runs this; 0 writes
+        config = train_config(args)  # before any folder or data: bad values exit 2
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(config.parallel)))
+        run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{config.method_name}-{stamp}")
+        saved = {"dataset": args.dataset, "data_dir": args.data_dir, "hidden": args.hidden,
+                 "backend": args.backend, "train": config.to_dict()}
+    rank = _rank(config.parallel)  # under mpiexec every rank runs this; 0 writes
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=1))
-    backend = get_backend(args.backend if not args.resume else cfg["backend"])
+        (run_dir / "config.json").write_text(json.dumps(saved, indent=1))
+    backend = get_backend(args.backend if not args.resume else saved["backend"])
     if args.threads and hasattr(backend, "num_threads"):
         backend.num_threads = args.threads
-    data = load_dataset(cfg["dataset"], data_dir=cfg["data_dir"])
-    sizes = [data.n_features, *cfg["hidden"], data.n_classes]
+    data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
+    sizes = [data.n_features, *saved["hidden"], data.n_classes]
     if rank == 0:
-        print(f"sparsekit: {cfg['dataset']} ({data.x_train.shape[0]} train, "
+        print(f"sparsekit: {saved['dataset']} ({data.x_train.shape[0]} train, "
               f"{data.x_test.shape[0]} test), layers {sizes}, backend {backend.name}, "
-              f"run folder {run_dir}", flush=True)
+              f"optimizer {config.optimizer}, run folder {run_dir}", flush=True)
     resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
-    result = train(sizes, data, backend=backend, **cfg["train"], run_dir=run_dir,
-                             resume=resume, progress=not args.no_progress,
-                             log=_epoch_log(cfg), gpu_memory_limit=args.gpu_memory_limit,
-                             memory_limit=args.memory_limit)
+    progress = not args.no_progress and sys.stderr.isatty()
+    result = train(sizes, data, config.replace(
+        backend=backend, progress=progress, gpu_memory_limit=args.gpu_memory_limit,
+        memory_limit=args.memory_limit), run_dir=run_dir, resume=resume,
+        log=_epoch_log(config))
     if not args.no_plot and result.history:
         from .plot import plot_history
 
@@ -163,10 +196,10 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-def _epoch_log(cfg):
+def _epoch_log(config):
     """``log=`` for train(): None, as train() puts its epoch lines on the "sparsekit" logger
     (which the CLI prints); a parallel run reports through ``log=``, so it gets the logger."""
-    if cfg["train"].get("parallel"):
+    if config.parallel:
         from .options import logger
 
         return logger.info
@@ -200,6 +233,9 @@ def main(argv=None) -> int:
     try:
         with quiet_stdout(args.quiet):
             return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except UsageError as exc:
+        print(f"sparsekit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError) as exc:
         logger.debug("traceback of the error below", exc_info=True)
         print(f"sparsekit: error: {exc}", file=sys.stderr)

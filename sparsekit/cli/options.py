@@ -75,6 +75,10 @@ def _check_value(key: str, value: Any, action: argparse.Action) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {value!r}")
         return value
+    if isinstance(action.nargs, int):
+        if not isinstance(value, list) or len(value) != action.nargs:
+            raise ValueError(f"{key} must be a list of {action.nargs} values")
+        return [one(v) for v in value]
     if action.nargs in ("+", "*"):
         if not isinstance(value, list) or (action.nargs == "+" and not value):
             raise ValueError(f"{key} must be a list, e.g. {key} = [1000, 1000]")

@@ -174,8 +174,7 @@ def replace_connections(layer, prune_idx, grow_rows, grow_cols) -> None:
     keep = xp.ones(w.nnz, dtype=bool)
     keep[prune_idx] = False
     vals = xp.zeros(grow_rows.shape[0], dtype=w.dtype)
-    new_w, (vel,) = be.rebuild(w, keep, grow_rows, grow_cols, vals, layer.vel_w)
-    layer.set_topology(new_w, vel)
+    layer.rebuild(keep, grow_rows, grow_cols, vals)
 
 
 def free_positions(w) -> int:

@@ -21,7 +21,7 @@ class SET(GrowthMethod):
     At the end of every epoch (or every ``every_steps`` steps), each evolving layer loses the
     fraction ``zeta`` of its negative and of its positive weights closest to zero and regrows as
     many connections at uniformly random positions, with values from the initial distribution
-    and zero momentum.
+    and zero optimizer state.
 
     Parameters
     ----------
@@ -88,11 +88,10 @@ class SET(GrowthMethod):
             rows_h = be.to_numpy(rows)
             counts = be.to_numpy(be.xp.diff(w.indptr))
             vals = init_values(rows_h, w.shape, rng, w.dtype, self.init, self.fan_in, counts)
-            new_w, (vel,) = be.rebuild(w, keep, rows, cols, be.asarray(vals), layer.vel_w)
-            layer.set_topology(new_w, vel)
+            layer.rebuild(keep, rows, cols, be.asarray(vals))
             replaced.append(n_new)
             # Free this layer's old arrays now, not while the next layer is rebuilt.
-            del w, keep, rows, cols, rows_h, counts, vals, new_w, vel
+            del w, keep, rows, cols, rows_h, counts, vals
         return {"replaced": replaced}
 
 

@@ -236,7 +236,7 @@ class TopKAST(GrowthMethod):
             layer = model.layers[i]
             if layer.w is st.b and st.a is not None:
                 st.a.data[...] = layer.w.data[st.a_slots]
-                layer.set_topology(st.a, layer.vel_w[st.a_slots])
+                layer.set_topology(st.a, {k: v[st.a_slots] for k, v in layer.state_w.items()})
         self._states = {}
 
     # --- internals ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Pickle-free, atomic, checksummed checkpoints.
 
 A checkpoint is an ``.npz`` archive of plain numeric arrays — per layer its CSR arrays, bias and
-momentum buffers — plus one UTF-8 JSON document (model configuration, training state, RNG state,
+the optimizer's state slots (``layer{i}_w_{slot}``, ``layer{i}_b_{slot}``) — plus one UTF-8 JSON document (model configuration, training state, RNG state,
 history) stored as a byte array, and a SHA-256 over everything.  It is written to a temporary
 file in the same folder, flushed to disk, then renamed over the old one, so a run killed at any
 moment leaves either the previous checkpoint or the new one, never half of one.  It loads with
@@ -23,8 +23,10 @@ import numpy as np
 from ..nn.csr import CSR
 
 FORMAT = "sparsekit-checkpoint"
-VERSION = 1
-_LAYER_KEYS = ("indptr", "indices", "data", "bias", "vel_w", "vel_b")
+VERSION = 2
+#: Versions :func:`load_checkpoint` reads; version 1 stored momentum as ``vel_w``/``vel_b``.
+READABLE = (1, 2)
+_LAYER_KEYS = ("indptr", "indices", "data", "bias")
 
 
 @dataclass
@@ -53,11 +55,17 @@ def save_checkpoint(path, model, train_state: dict | None = None) -> Path:
         path = path.with_suffix(".npz")
     be = model.backend
     arrays: dict[str, np.ndarray] = {}
+    slots = list(model.layers[0].state_w)
     for i, layer in enumerate(model.layers):
-        parts = (layer.w.indptr, layer.w.indices, layer.w.data, layer.b, layer.vel_w, layer.vel_b)
+        if list(layer.state_w) != slots:
+            raise ValueError("every layer must hold the same optimizer slots")
+        parts = (layer.w.indptr, layer.w.indices, layer.w.data, layer.b)
         for key, arr in zip(_LAYER_KEYS, parts):
             arrays[f"layer{i}_{key}"] = be.to_numpy(arr)
-    meta = {"format": FORMAT, "version": VERSION, "model": model.config(),
+        for slot in slots:
+            arrays[f"layer{i}_w_{slot}"] = be.to_numpy(layer.state_w[slot])
+            arrays[f"layer{i}_b_{slot}"] = be.to_numpy(layer.state_b[slot])
+    meta = {"format": FORMAT, "version": VERSION, "model": model.config(), "slots": slots,
             "shapes": [list(layer.w.shape) for layer in model.layers],
             "train_state": train_state or {}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -90,6 +98,7 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
     Raises ``ValueError`` with the file name for a truncated, corrupt or modified file, and
     ``FileNotFoundError`` when it does not exist.
     """
+    from ..backends import get_backend
     from ..nn.layers import SparseLayer
     from ..nn.model import SparseMLP
 
@@ -112,32 +121,42 @@ def load_checkpoint(path, backend=None) -> Checkpoint:
         meta = json.loads(arrays["meta"].tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"checkpoint {path} has an unreadable header ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')} "
                          f"v{meta.get('version')}")
     cfg = dict(meta["model"])
-    sizes = cfg.pop("layer_sizes")
+    cfg.pop("layer_sizes", None)
     cfg.pop("seed", None)
+    dtype = cfg.pop("dtype", "float32")
+    be = get_backend(backend)
+    version = meta["version"]
+    # Version 1 held momentum SGD's velocity as vel_w/vel_b: the "momentum" slot now.
+    slots = meta.get("slots", []) if version >= 2 else ["momentum"]
+    names = ({s: (f"w_{s}", f"b_{s}") for s in slots} if version >= 2
+             else {"momentum": ("vel_w", "vel_b")})
     layers = []
-    tmp_model = SparseMLP(sizes, **cfg, backend=backend, _layers=[])
-    be = tmp_model.backend
     for i, shape in enumerate(meta["shapes"]):
         try:
             a = {key: arrays[f"layer{i}_{key}"] for key in _LAYER_KEYS}
+            st = {s: (arrays[f"layer{i}_{kw}"], arrays[f"layer{i}_{kb}"])
+                  for s, (kw, kb) in names.items()}
         except KeyError as exc:
             raise ValueError(f"checkpoint {path} lacks array {exc}") from None
         try:
-            w = CSR(be.asarray(a["indptr"]), be.asarray(a["indices"]), be.asarray(a["data"]),
-                    tuple(shape))
+            w = CSR(be.asarray(a["indptr"]), be.asarray(a["indices"]),
+                    be.asarray(a["data"], dtype=dtype), tuple(shape))
             layer = SparseLayer(w, a["bias"], backend=be)
         except ValueError as exc:
             raise ValueError(f"checkpoint {path}, layer {i}: {exc}") from None
-        if a["vel_w"].shape != a["data"].shape or a["vel_b"].shape != a["bias"].shape:
-            raise ValueError(f"checkpoint {path}, layer {i}: optimizer state misaligned")
-        layer.vel_w, layer.vel_b = be.asarray(a["vel_w"]), be.asarray(a["vel_b"])
+        for s, (sw, sb) in st.items():
+            if sw.shape != a["data"].shape or sb.shape != a["bias"].shape:
+                raise ValueError(f"checkpoint {path}, layer {i}: optimizer state {s!r} "
+                                 "misaligned")
+        layer.state_w = {s: be.asarray(sw) for s, (sw, _) in st.items()}
+        layer.state_b = {s: be.asarray(sb) for s, (_, sb) in st.items()}
         layers.append(layer)
-    for i in range(len(layers) - 1):
-        if layers[i].out_features != layers[i + 1].in_features:
-            raise ValueError(f"checkpoint {path}: layer {i} and {i + 1} shapes do not chain")
-    tmp_model.layers = layers
-    return Checkpoint(tmp_model, meta.get("train_state", {}))
+    try:
+        model = SparseMLP.from_layers(layers, **cfg)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from None
+    return Checkpoint(model, meta.get("train_state", {}))

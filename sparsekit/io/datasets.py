@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 
 from .. import _compat
-from .dataset import Dataset, _finish, _stratified_split, check_xy, from_arrays
+from .dataset import Dataset, _finish, _stratified_split, from_arrays
 from .idx import read_idx
 from .synthetic import make_synthetic
 
-# check_xy is listed although unused here: sparsekit.training.loop and sparsekit.parallel.wasap
-# still import it from this module (its home is sparsekit.io.dataset).
-__all__ = ["DEBIAN_FASHION_MNIST_DIR", "check_xy", "iterate_minibatches", "load_dataset"]
+__all__ = ["DEBIAN_FASHION_MNIST_DIR", "iterate_minibatches", "load_dataset"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -12,13 +12,16 @@ from .init import erdos_renyi
 class SparseLayer:
     """``z_ob = W @ x_ib + b`` with W a :class:`~sparsekit.nn.csr.CSR` of shape (n_out, n_in).
 
-    The momentum buffers ``vel_w`` (aligned with ``w.data``) and ``vel_b`` live with the layer so
-    that every topology change can carry them along.
+    The optimizer's per-connection state lives with the layer, in named slots: ``state_w[name]``
+    is aligned with ``w.data`` and ``state_b[name]`` with ``b`` (momentum SGD registers
+    ``"momentum"``, Adam ``"exp_avg"`` and ``"exp_avg_sq"``; see :meth:`ensure_state`).  Every
+    topology change — :meth:`rebuild`, :meth:`set_topology`, :meth:`compact` — carries every
+    slot along: kept connections keep their state, new ones start at 0.
 
     ``w_forward`` (default None) is a hook for Top-KAST: when set to a CSR whose pattern is a
     subset of ``w``'s, the forward pass and the gradient to the inputs use it, while the weight
     gradient still covers every entry of ``w``.  Its owner keeps its values in step with ``w``;
-    any topology change here (``set_topology``, ``compact``) clears it.
+    any topology change here clears it.
 
     Parameters
     ----------
@@ -39,8 +42,8 @@ class SparseLayer:
                   else self.backend.asarray(bias, dtype=w.dtype))
         if self.b.shape != (w.shape[0],):
             raise ValueError(f"bias has shape {self.b.shape}, expected ({w.shape[0]},)")
-        self.vel_w = xp.zeros_like(w.data)
-        self.vel_b = xp.zeros_like(self.b)
+        self.state_w: dict[str, object] = {}  # optimizer slots aligned with w.data
+        self.state_b: dict[str, object] = {}  # ... and with b
         self.w_forward: CSR | None = None
 
     @classmethod
@@ -106,11 +109,36 @@ class SparseLayer:
         dx, gw = self.backend.backward(x_ib, dz_ob, self.w, need_dx)
         return dx, gw, dz_ob.sum(axis=1)
 
-    def set_topology(self, w: CSR, vel_w) -> None:
-        """Install a new pattern and its aligned velocity (from ``Backend.rebuild``)."""
-        if vel_w.shape != w.data.shape:
-            raise ValueError("velocity must be aligned with the new weights")
-        self.w, self.vel_w, self.w_forward = w, vel_w, None
+    # --- optimizer state and topology changes --------------------------------------------------
+    def ensure_state(self, slots) -> None:
+        """Hold exactly the optimizer slots ``slots``: existing ones are kept, missing ones start
+        at zero, others are dropped (a different optimizer took over)."""
+        xp = self.backend.xp
+        self.state_w = {k: self.state_w[k] if k in self.state_w else xp.zeros_like(self.w.data)
+                        for k in slots}
+        self.state_b = {k: self.state_b[k] if k in self.state_b else xp.zeros_like(self.b)
+                        for k in slots}
+
+    def set_topology(self, w: CSR, state_w: dict | None = None) -> None:
+        """Install a new pattern with its aligned optimizer state (``None``: every slot 0)."""
+        if state_w is None:
+            state_w = {k: self.backend.xp.zeros_like(w.data) for k in self.state_w}
+        if set(state_w) != set(self.state_w):
+            raise ValueError(f"state_w must hold the slots {sorted(self.state_w)}, "
+                             f"got {sorted(state_w)}")
+        for name, arr in state_w.items():
+            if arr.shape != w.data.shape:
+                raise ValueError(f"optimizer state {name!r} must be aligned with the new weights")
+        self.w, self.state_w, self.w_forward = w, dict(state_w), None
+
+    def rebuild(self, keep_mask, new_rows, new_cols, new_vals) -> None:
+        """Drop the entries where ``keep_mask`` is false and insert ``(new_rows, new_cols)``
+        with values ``new_vals`` (:meth:`Backend.rebuild`); every optimizer slot is permuted
+        alike, with 0 at the new connections."""
+        names = list(self.state_w)
+        new_w, states = self.backend.rebuild(self.w, keep_mask, new_rows, new_cols, new_vals,
+                                             *self.state_w.values())
+        self.set_topology(new_w, dict(zip(names, states)))
 
     def compact(self, row_mask=None, col_mask=None) -> None:
         """Drop output neurons (rows) and/or inputs (columns) where the masks are false."""
@@ -128,8 +156,9 @@ class SparseLayer:
         indptr[1:] = xp.cumsum(xp.bincount(rows, minlength=n_rows)).astype(idt)
         self.w = CSR(indptr, new_col[w.indices[keep]].astype(idt), w.data[keep],
                      (n_rows, n_cols), check=False)
-        self.vel_w = self.vel_w[keep]
-        self.b, self.vel_b = self.b[rm], self.vel_b[rm]
+        self.state_w = {k: v[keep] for k, v in self.state_w.items()}
+        self.b = self.b[rm]
+        self.state_b = {k: v[rm] for k, v in self.state_b.items()}
         self.w_forward = None
 
     def __repr__(self) -> str:

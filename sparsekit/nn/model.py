@@ -48,10 +48,18 @@ class SparseMLP:
     def __init__(self, layer_sizes: Sequence[int], *, epsilon: float = 20.0,
                  activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.3,
                  init: str = "he_uniform", fan_in: str = "dense", backend=None,
-                 dtype="float32", seed=None, _layers: list[SparseLayer] | None = None) -> None:
-        sizes = [int(s) for s in layer_sizes]
-        if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {list(layer_sizes)}")
+                 dtype="float32", seed=None) -> None:
+        from ..training.config import check_layer_sizes
+
+        sizes = check_layer_sizes(layer_sizes)
+        self._configure(sizes, epsilon, activation, alpha, dropout, init, fan_in, backend, dtype)
+        rng = np.random.default_rng(seed)
+        self.layers = [SparseLayer.random(n_in, n_out, epsilon, rng=rng, backend=self.backend,
+                                          dtype=self.dtype, init=init, fan_in=fan_in)
+                       for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+
+    def _configure(self, sizes, epsilon, activation, alpha, dropout, init, fan_in, backend,
+                   dtype) -> None:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.backend = get_backend(backend)
@@ -61,13 +69,36 @@ class SparseMLP:
         self.epsilon, self.alpha, self.dropout = float(epsilon), float(alpha), float(dropout)
         self.activation_name, self.init, self.fan_in = activation, init, fan_in
         self.activations = hidden_activations(activation, len(sizes) - 2, alpha)
-        if _layers is not None:
-            self.layers = _layers
-        else:
-            rng = np.random.default_rng(seed)
-            self.layers = [SparseLayer.random(n_in, n_out, epsilon, rng=rng, backend=self.backend,
-                                               dtype=self.dtype, init=init, fan_in=fan_in)
-                           for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[SparseLayer], *, epsilon: float = 20.0,
+                    activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.3,
+                    init: str = "he_uniform", fan_in: str = "dense") -> SparseMLP:
+        """A model made of existing layers (no copy), e.g. loaded or assembled by hand.
+
+        The layers must chain (each one's inputs are the previous one's outputs) and share one
+        backend and dtype.  ``epsilon``, ``init`` and ``fan_in`` describe how the layers were
+        made (regrowth draws from ``init``); the others are as in the constructor.
+        """
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers must hold at least one SparseLayer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, SparseLayer):
+                raise TypeError(f"layers[{i}] must be a SparseLayer, got {type(layer).__name__}")
+        be, dtype = layers[0].backend, layers[0].w.dtype
+        for i in range(1, len(layers)):
+            if layers[i].in_features != layers[i - 1].out_features:
+                raise ValueError(f"layers {i - 1} and {i} do not chain: "
+                                 f"{layers[i - 1].out_features} outputs, "
+                                 f"{layers[i].in_features} inputs")
+            if layers[i].backend is not be or layers[i].w.dtype != dtype:
+                raise ValueError("layers must share one backend and dtype")
+        sizes = [layers[0].in_features] + [layer.out_features for layer in layers]
+        model = cls.__new__(cls)
+        model._configure(sizes, epsilon, activation, alpha, dropout, init, fan_in, be, dtype)
+        model.layers = layers
+        return model
 
     # --- shape ----------------------------------------------------------------------------
     @property

@@ -121,8 +121,8 @@ def prune_to_budget(backend: Backend, w: CSR, budget: int, *states):
 def average_models(models: Sequence[SparseMLP], budgets: Sequence[int]) -> SparseMLP:
     """Union-support average of same-architecture models, pruned to ``budgets[l]`` per layer.
 
-    Weights and their momentum are averaged over the union of supports, biases and their
-    momentum plainly; the result has at most ``budgets[l]`` connections in layer ``l``.
+    Weights and their optimizer state are averaged over the union of supports, biases and
+    theirs plainly; the result has at most ``budgets[l]`` connections in layer ``l``.
     """
     if not models:
         raise ValueError("models must hold at least one model")
@@ -133,18 +133,21 @@ def average_models(models: Sequence[SparseMLP], budgets: Sequence[int]) -> Spars
         raise ValueError(f"budgets needs one entry per layer ({len(models[0].layers)})")
     be = models[0].backend
     xp = be.xp
+    slots = list(models[0].layers[0].state_w)
     layers = []
     for i, budget in enumerate(budgets):
         parts = [m.layers[i] for m in models]
-        w, (vel,) = union_average([p.w for p in parts], [[p.vel_w] for p in parts])
-        w, (vel,) = prune_to_budget(be, w, int(budget), vel)
-
+        w, states = union_average([p.w for p in parts],
+                                  [[p.state_w[s] for s in slots] for p in parts])
+        w, states = prune_to_budget(be, w, int(budget), *states)
         layer = SparseLayer(w, _mean(xp, [p.b for p in parts]), backend=be)
-        layer.vel_w, layer.vel_b = vel, _mean(xp, [p.vel_b for p in parts])
+        layer.state_w = dict(zip(slots, states))
+        layer.state_b = {s: _mean(xp, [p.state_b[s] for p in parts]) for s in slots}
         layers.append(layer)
     cfg = dict(models[0].config())
-    cfg.pop("layer_sizes")
-    return SparseMLP(sizes, **cfg, backend=be, _layers=layers)
+    for key in ("layer_sizes", "dtype"):
+        cfg.pop(key)
+    return SparseMLP.from_layers(layers, **cfg)
 
 
 def _mean(xp, arrays):

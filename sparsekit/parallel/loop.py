@@ -1,12 +1,12 @@
 """One rank's share of WASAP-SGD: its state, its epochs, and the per-epoch bookkeeping.
 
-The step is the single-process trainer's step (:func:`sparsekit.training.loop.train`) with, in
-synchronous phase 1, one ``Allreduce`` of the gradient values between backward and update.  The
-gradient buffer holds, layer after layer, the weight-gradient values (aligned with the CSR
-``data``, so no index is ever sent) and the bias gradient: exactly ``connections + biases``
-numbers.  Ranks draw data order, dropout seeds and topology changes from one shared generator,
-so their topologies evolve identically; dropout seeds are offset by the rank so that ranks do
-not share masks.
+Every rank trains with the engine's step (:class:`sparsekit.training.step.Engine`), as
+``train()`` does; synchronous phase 1 only adds a ``grad_hook``: one ``Allreduce`` of the
+gradient values between backward and update.  The gradient buffer holds, layer after layer, the
+weight-gradient values (aligned with the CSR ``data``, so no index is ever sent) and the bias
+gradient: exactly ``connections + biases`` numbers.  Ranks draw data order, dropout seeds and
+topology changes from one shared generator, so their topologies evolve identically; dropout
+seeds are offset by the rank so that ranks do not share masks.
 """
 
 from __future__ import annotations
@@ -15,20 +15,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..io.checkpoint import save_checkpoint
-from ..nn.activations import softmax_cross_entropy
 from ..nn.model import SparseMLP
-from ..training.flops import FlopCounter, update_flops
-from ..training.loop import CHECKPOINT, format_record, write_history
-from ..training.pruning import prune_neurons
+from ..training.config import TrainConfig
+from ..training.history import CHECKPOINT, format_record, write_history
+from ..training.step import Engine
 from .comm import Comm
-from .transfer import recv_model, rng_to_json, send_model
+from .transfer import recv_model, send_model
 
-_GOLDEN = 0x9E3779B97F4A7C15
 TAG_RNG = 41
 WORKER_DIR = "wasap-workers"
 # Per-rank epoch statistics gathered on rank 0 (one float64 row per rank).
@@ -39,44 +36,58 @@ STATS = ("worker", "samples", "steps", "loss_sum", "correct", "time_train", "tim
 
 @dataclass
 class Run:
-    """Everything a rank needs to train; the same fields on every rank unless noted."""
+    """Everything a rank needs to train; the same fields on every rank unless noted.
+
+    The model, generator, optimizer, growth method and step/epoch counters are the
+    :class:`~sparsekit.training.step.Engine`'s (``run.model`` and ``run.rng`` are its).
+    """
 
     comm: Comm
     mode: str
-    model: SparseMLP
+    engine: Engine
+    config: TrainConfig
     x: np.ndarray
     y: np.ndarray
     x_te: np.ndarray | None
     y_te: np.ndarray | None
     shard: np.ndarray          # this rank's training rows (empty on the async server)
-    batch_size: int
-    epochs: int
     phase1_epochs: int
-    lr: float
-    schedule: Any
-    opt: Any
-    growth: Any
-    pruning: Any
-    rng: np.random.Generator   # shared in sync phase 1, this rank's own afterwards
-    seed: int
-    method: str
-    lr_scaling: bool = True
     scale_warmup_epochs: float = 5.0
-    max_staleness: int | None = None
     run_dir: Path | None = None
     checkpointing: bool = False
     callbacks: tuple = ()
-    log: Any = None
-    progress: bool = False
-    eval_batch_size: int = 4096
-    step: int = 0
-    epoch: int = 0             # epochs completed
+    log: object = None
     history: list = field(default_factory=list)
     budgets: list | None = None  # per-layer connections at the end of phase 1
     version: int = 0           # async: topology version of the server model
     server_step: int = 0       # async: updates applied by the server
     stopped: bool = False
     stage: str = "fresh"       # "fresh", "phase1", "phase2" (models diverged) or "final"
+
+    @property
+    def model(self) -> SparseMLP:
+        return self.engine.model
+
+    @model.setter
+    def model(self, model: SparseMLP) -> None:
+        self.engine.model = model
+        self.engine.optimizer.attach(model)  # a model that came without state gets zeros
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return self.engine.rng  # shared in sync phase 1, this rank's own afterwards
+
+    @rng.setter
+    def rng(self, rng: np.random.Generator) -> None:
+        self.engine.rng = rng
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
 
     @property
     def is_worker(self) -> bool:
@@ -90,29 +101,13 @@ class Run:
     def lr_scale(self, epoch: float) -> float:
         """Linear scaling of the sync learning rate: 1 -> N ranks over the warm-up epochs."""
         size = self.comm.size
-        if self.mode != "sync" or not self.lr_scaling or size == 1:
+        if self.mode != "sync" or not self.config.lr_scaling or size == 1:
             return 1.0
         ramp = min(epoch / self.scale_warmup_epochs, 1.0) if self.scale_warmup_epochs else 1.0
         return 1.0 + (size - 1) * ramp
 
 
-# --- the step ------------------------------------------------------------------------------
-def rank_seeds(seeds, rank: int) -> list[int]:
-    """Dropout seeds of this rank: the shared draw offset by the rank (rank 0: unchanged)."""
-    return [(int(s) + rank * _GOLDEN) % 2**63 for s in seeds]
-
-
-def batch_grads(run: Run, idx, seeds):
-    """Forward and backward on rows ``idx``: ``(loss, correct, grads, cache)``."""
-    model, be = run.model, run.model.backend
-    xb = be.asarray(np.ascontiguousarray(run.x[idx].T))
-    yb = be.asarray(run.y[idx])
-    logits, acts, derivs = model.forward_train(xb, seeds)
-    loss, probs, dlogits = softmax_cross_entropy(be.xp, logits, yb, as_float=False)
-    grads = model.backward(acts, derivs, dlogits)
-    return loss, (probs.argmax(axis=0) == yb).sum(), grads, (acts, derivs, dlogits)
-
-
+# --- the step's extra: moving gradients ---------------------------------------------------
 def pack(xp, pairs, out=None):
     """Concatenate ``[(a_0, b_0), (a_1, b_1), ...]`` into one flat buffer (reusing ``out``)."""
     n = sum(a.shape[0] + b.shape[0] for a, b in pairs)
@@ -136,77 +131,33 @@ def unpack(flat, model: SparseMLP) -> list:
     return out
 
 
-def apply_update(run: Run, grads, lr: float) -> None:
-    for layer, (gw, gb) in zip(run.model.layers, grads):
-        run.opt.update(layer.w.data, gw, layer.vel_w, lr)
-        run.opt.update(layer.b, gb, layer.vel_b, lr)
+def train_epoch(run: Run, allreduce: bool) -> dict:
+    """One pass over this rank's shard (the engine's epoch); ``allreduce`` averages the
+    gradients over all ranks before each update and scales the learning rate."""
+    comm, model, engine = run.comm, run.model, run.engine
+    xp = model.backend.xp
+    bytes0, comm0 = comm.bytes_sent, comm.time_comm
+    buf = None
+
+    def average(grads):
+        nonlocal buf
+        buf = pack(xp, grads, buf)
+        comm.allreduce(buf, what="gradient allreduce")
+        if comm.size > 1:
+            buf /= buf.dtype.type(comm.size)
+        return unpack(buf, engine.model)
+
+    fit = engine.train_epoch(run.x, run.y, run.shard, rank=comm.rank,
+                             grad_hook=average if allreduce else None,
+                             lr_scale=run.lr_scale if allreduce else None,
+                             progress=run.config.progress and comm.rank == 0)
+    return {**fit, "time_comm": comm.time_comm - comm0, "bytes": comm.bytes_sent - bytes0}
 
 
-def train_epoch(run: Run, epoch: int, allreduce: bool) -> dict:
-    """One pass over this rank's shard; ``allreduce`` averages gradients over all ranks."""
-    comm, model, be = run.comm, run.model, run.model.backend
-    xp, bs = be.xp, run.batch_size
-    m = run.shard.shape[0]
-    steps = m // bs
-    n_hidden = len(model.layers) - 1
-    perm = run.rng.permutation(m)
-    bytes0, comm0, t0 = comm.bytes_sent, comm.time_comm, time.perf_counter()
-    loss_sum, correct = 0.0, xp.zeros((), dtype=xp.int64)
-    bar, grow_stats, buf = None, {}, None
-    flops = FlopCounter(bs)  # this rank's share of the energy proxy
-    if run.progress and comm.rank == 0:
-        from .._compat import tqdm
-
-        bar = tqdm.tqdm(total=steps, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
-                        disable=tqdm is None)
-    for s in range(steps):
-        idx = run.shard[perm[s * bs:(s + 1) * bs]]
-        seeds = rank_seeds(run.rng.integers(0, 2**63, size=n_hidden), comm.rank)
-        loss, n_right, grads, cache = batch_grads(run, idx, seeds)
-        frac = epoch + s / steps
-        lr = run.schedule(run.lr, frac)
-        if allreduce:
-            buf = pack(xp, grads, buf)
-            comm.allreduce(buf, what="gradient allreduce")
-            if comm.size > 1:
-                buf /= buf.dtype.type(comm.size)
-            grads = unpack(buf, model)
-            lr *= run.lr_scale(frac)
-        apply_update(run, grads, lr)
-        flops.step(model)
-        loss_sum += loss
-        correct += n_right
-        stats = run.growth.after_step(model, run.step, epoch, run.rng, cache)
-        if stats:
-            grow_stats = stats
-            flops.update(model, run.growth, stats)
-        run.step += 1
-        if bar is not None:
-            bar.update()
-    be.synchronize()
-    if bar is not None:
-        bar.close()
-    return {"samples": steps * bs, "steps": steps, "loss_sum": float(loss_sum),
-            "correct": float(correct), "time_train": time.perf_counter() - t0,
-            "time_comm": comm.time_comm - comm0, "bytes": comm.bytes_sent - bytes0,
-            "grow": grow_stats, **flops.record()}
-
-
-def evolve(run: Run, epoch: int, phase: int) -> dict:
-    """End-of-epoch topology work; importance pruning only in phase 1 (see wasap docs)."""
-    t0 = time.perf_counter()
-    pruned, stats = None, {}
-    if (phase == 1 and run.pruning is not None and run.pruning.due(epoch + 1)
-            and epoch < run.epochs - 1):
-        pruned = prune_neurons(run.model, run.pruning.percentile, run.pruning.min_neurons)
-    grown = run.growth.end_of_epoch(run.model, epoch, run.epochs, run.rng)
-    topology = 0
-    if grown:
-        stats = grown
-        topology = update_flops(run.model, run.growth, grown, run.batch_size)
-    run.model.backend.synchronize()
-    return {"pruned": pruned, "grow": stats, "time_evolve": time.perf_counter() - t0,
-            "flops_topology": topology}
+def evolve(run: Run, phase: int) -> dict:
+    """End-of-epoch topology work (the engine's); importance pruning only in phase 1 (see
+    the wasap docs)."""
+    return run.engine.end_epoch(prune=phase == 1)
 
 
 def fingerprint(model: SparseMLP) -> tuple[int, int]:
@@ -218,7 +169,7 @@ def fingerprint(model: SparseMLP) -> tuple[int, int]:
     for layer in model.layers:
         topo.update(be.to_numpy(layer.w.indptr).tobytes())
         topo.update(be.to_numpy(layer.w.indices).tobytes())
-        for arr in (layer.w.data, layer.b, layer.vel_w, layer.vel_b):
+        for arr in (layer.w.data, layer.b, *layer.state_w.values(), *layer.state_b.values()):
             vals.update(be.to_numpy(arr).tobytes())
     return (int.from_bytes(topo.digest(), "little") >> 1,
             int.from_bytes(vals.digest(), "little") >> 1)
@@ -239,11 +190,12 @@ def check_consistent(run: Run, epoch: int) -> bool:
     if lo[0] != hi[0]:
         raise RuntimeError(
             f"rank {comm.rank}: topologies diverged across ranks after epoch {epoch + 1}; "
-            f"method {run.method!r} must evolve from the weights and the shared seed only")
+            f"method {run.engine.growth.name!r} must evolve from the weights and the shared "
+            "seed only")
     if lo[1] == hi[1]:
         return False
     for layer in run.model.layers:
-        for arr in (layer.w.data, layer.b, layer.vel_w, layer.vel_b):
+        for arr in (layer.w.data, layer.b, *layer.state_w.values(), *layer.state_b.values()):
             comm.bcast(arr, 0, "value re-synchronisation")
     return True
 
@@ -253,23 +205,24 @@ def evaluate_shared(run: Run) -> tuple[float, float]:
     """Test loss and accuracy of a model all ranks share, each rank scoring a slice."""
     comm, n = run.comm, run.y_te.shape[0]
     if comm.size == 1:
-        return run.model.evaluate(run.x_te, run.y_te, run.eval_batch_size)
+        return run.model.evaluate(run.x_te, run.y_te, run.config.eval_batch_size)
     lo, hi = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
     part = np.zeros(2)
     if hi > lo:
-        loss, acc = run.model.evaluate(run.x_te[lo:hi], run.y_te[lo:hi], run.eval_batch_size)
+        loss, acc = run.model.evaluate(run.x_te[lo:hi], run.y_te[lo:hi],
+                                       run.config.eval_batch_size)
         part[:] = loss * (hi - lo) / n, acc * (hi - lo) / n
     comm.allreduce(part, what="evaluation")
     return float(part[0]), float(part[1])
 
 
 def stats_row(run: Run, train: dict, evo: dict, test: tuple[float, float], t_eval: float):
+    # The engine's counter covers the epoch's steps and its topology updates (end included).
+    flops = run.engine.flops.record() if run.is_worker else dict.fromkeys(STATS[-3:], 0)
     return np.array([run.is_worker, train["samples"], train["steps"], train["loss_sum"],
                      train["correct"], train["time_train"], train["time_comm"], train["bytes"],
-                     test[0], test[1], evo["time_evolve"], t_eval,
-                     train.get("flops", 0) + evo.get("flops_topology", 0),
-                     train.get("flops_dense", 0),
-                     train.get("flops_topology", 0) + evo.get("flops_topology", 0)], np.float64)
+                     test[0], test[1], evo["time_evolve"], t_eval, flops["flops"],
+                     flops["flops_dense"], flops["flops_topology"]], np.float64)
 
 
 def make_record(run: Run, epoch: int, phase: int, table: np.ndarray, *, lr: float, evo: dict,
@@ -314,9 +267,8 @@ def log_record(run: Run, record: dict) -> None:
 
 
 def wasap_state(run: Run, stage: str, workers: str | None = None) -> dict:
-    return {"epoch": run.epoch, "step": run.step, "rng": rng_to_json(run.rng),
-            "history": run.history, "method": getattr(run.growth, "name", run.method),
-            "method_params": run.growth.params(), "seed": run.seed,
+    return {**run.engine.state_dict(), "history": run.history, "seed": run.config.seed,
+            "config": run.config.to_dict(),
             "wasap": {"mode": run.mode, "world_size": run.comm.size, "stage": stage,
                       "phase1_epochs": run.phase1_epochs, "budgets": run.budgets,
                       "version": run.version, "server_step": run.server_step,
@@ -333,7 +285,7 @@ def checkpoint(run: Run, stage: str) -> None:
     comm = run.comm
     if not run.checkpointing:
         return
-    folder = f"{WORKER_DIR}/epoch-{run.epoch:04d}" if stage == "phase2" else None
+    folder = f"{WORKER_DIR}/epoch-{run.engine.epoch:04d}" if stage == "phase2" else None
     if stage == "phase2":
         others = [r for r in run.workers if r != 0]
         if comm.rank == 0:
@@ -343,8 +295,7 @@ def checkpoint(run: Run, stage: str) -> None:
                 save_checkpoint(run.run_dir / folder / f"rank-{r}.npz", model, meta)
         elif comm.rank in others:
             send_model(comm, run.model, 0)
-            comm.send_json({"rng": rng_to_json(run.rng), "step": run.step}, 0, TAG_RNG,
-                           "worker state")
+            comm.send_json(run.engine.state_dict(), 0, TAG_RNG, "worker state")
     if comm.rank != 0:
         return
     save_checkpoint(run.run_dir / CHECKPOINT, run.model, wasap_state(run, stage, folder))
@@ -363,23 +314,20 @@ def finish_epoch(run: Run, epoch: int, phase: int, train: dict, evo: dict,
     Returns True when a callback asked to stop (rank 0 decides, every rank learns it).
     """
     comm = run.comm
-    if not np.isfinite(train["loss_sum"]):
-        raise FloatingPointError(f"rank {comm.rank}: training loss became "
-                                 f"{train['loss_sum']} in epoch {epoch + 1}; lower lr ({run.lr})")
     t0 = time.perf_counter()
     test = (np.nan, np.nan)
     if run.x_te is not None:
         if shared_model:
             test = evaluate_shared(run)
         elif run.is_worker:
-            test = run.model.evaluate(run.x_te, run.y_te, run.eval_batch_size)
+            test = run.model.evaluate(run.x_te, run.y_te, run.config.eval_batch_size)
     table = comm.gather(stats_row(run, train, evo, test, time.perf_counter() - t0),
                         what="epoch statistics")
-    run.epoch = epoch + 1
+    run.engine.epoch = epoch + 1  # also on ranks that did not train (the async server)
     stop = np.zeros(1, np.int64)
     if comm.rank == 0:
         work = table[:, 0] > 0
-        lr = run.schedule(run.lr, epoch + 1) * (run.lr_scale(epoch + 1) if phase == 1 else 1.0)
+        lr = run.engine.lr_at(epoch + 1) * (run.lr_scale(epoch + 1) if phase == 1 else 1.0)
         tests = table[work, 8:10]
         summary = None if run.x_te is None else (
             tuple(float(v) for v in tests[0]) if shared_model

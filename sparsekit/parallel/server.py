@@ -32,20 +32,9 @@ import numpy as np
 
 from ..nn.csr import CSR
 from ..training.flops import step_flops
+from ..training.step import rank_seeds
 from .average import remap_values
-from .loop import (
-    STATS,
-    Run,
-    apply_update,
-    batch_grads,
-    checkpoint,
-    evolve,
-    log_record,
-    make_record,
-    pack,
-    rank_seeds,
-    unpack,
-)
+from .loop import STATS, Run, checkpoint, evolve, log_record, make_record, pack, unpack
 
 FLAG_OK, FLAG_STALE, FLAG_SWITCH = 0, 1, 2
 TAG_PUSH, TAG_GRAD, TAG_REPLY, TAG_INDEX, TAG_VALUES = 11, 12, 13, 14, 15
@@ -75,7 +64,7 @@ def install(model, values, nnz, index=None) -> None:
             o += n_out + 1 + k
             w = CSR(xp.ascontiguousarray(indptr), xp.ascontiguousarray(indices),
                     xp.zeros(k, dtype=layer.w.dtype), (n_out, n_in), check=False)
-            layer.set_topology(w, xp.zeros(k, dtype=layer.w.dtype))
+            layer.set_topology(w)  # optimizer state, if any, starts at 0
     for layer, (v, b) in zip(model.layers, unpack(be.asarray(values), model)):
         layer.w.data[...] = v
         layer.b[...] = b
@@ -92,9 +81,9 @@ class _Server:
         self.run, self.comm = run, run.comm
         self.n_workers = run.comm.size - 1
         self.per_epoch = self.n_workers * steps_per_shard
-        self.max_stale = (8 * self.n_workers if run.max_staleness is None
-                          else int(run.max_staleness))
-        self.processed = run.epoch * self.per_epoch
+        self.max_stale = (8 * self.n_workers if run.config.max_staleness is None
+                          else int(run.config.max_staleness))
+        self.processed = run.engine.epoch * self.per_epoch
         self.latest = np.zeros((run.comm.size, 5))  # cumulative worker counters
         self.last = np.zeros_like(self.latest)
         self.index_cache: tuple[int, object] | None = None
@@ -108,6 +97,7 @@ class _Server:
         self.staleness: list[int] = []
         self.t0 = time.perf_counter()
         self.comm0, self.bytes0 = self.comm.time_comm, self.comm.bytes_sent
+        self.run.engine.flops.reset()
 
     def reply(self, dest: int, flag: int, worker_version: int) -> None:
         run, comm, model = self.run, self.comm, self.run.model
@@ -130,52 +120,52 @@ class _Server:
         if s > self.max_stale:
             self.dropped += 1
             return
-        frac = run.epoch + (self.processed % self.per_epoch) / self.per_epoch
-        lr = run.schedule(run.lr, frac) * min(1.0, self.n_workers / (s + 1))
-        apply_update(run, unpack(model.backend.asarray(grad), model), lr)
+        engine = run.engine
+        frac = engine.epoch + (self.processed % self.per_epoch) / self.per_epoch
+        lr = engine.lr_at(frac) * min(1.0, self.n_workers / (s + 1))
+        engine.apply(unpack(model.backend.asarray(grad), model), lr)
         run.server_step += 1
         self.applied += 1
         before = _topology_ids(model)
-        run.growth.after_step(model, run.step, run.epoch, run.rng, None)
-        run.step += 1
+        engine.after_step(None)
         if _topology_ids(model) != before:
             run.version += 1
 
     def end_epoch(self) -> bool:
         """Evolve, evaluate, record, checkpoint, log; True when a callback asks to stop."""
         run, comm, model = self.run, self.comm, self.run.model
-        epoch = run.epoch
+        epoch = run.engine.epoch
         t_train = time.perf_counter() - self.t0
         before = _topology_ids(model)
-        evo = evolve(run, epoch, phase=1)
+        evo = evolve(run, phase=1)
+        topology_flops = run.engine.flops.topology
         if _topology_ids(model) != before:
             run.version += 1
         t0 = time.perf_counter()
         test = (None if run.x_te is None
-                else run.model.evaluate(run.x_te, run.y_te, run.eval_batch_size))
+                else run.model.evaluate(run.x_te, run.y_te, run.config.eval_batch_size))
         t_eval = time.perf_counter() - t0
         delta = self.latest - self.last
         self.last = self.latest.copy()
         table = np.zeros((comm.size, len(STATS)))
         # The server does not see the workers' counters: their flops are their step count times
         # one step of the (shared) current topology.
-        step_sparse, step_dense = step_flops(model, run.batch_size)
+        step_sparse, step_dense = step_flops(model, run.batch_size,
+                                             run.engine.optimizer.ops_per_value)
         for r in range(1, comm.size):  # samples, time, comm, bytes, steps of each worker
             table[r] = [1, delta[r, 0], delta[r, 4], self.loss[r], self.correct[r], delta[r, 1],
                         delta[r, 2], delta[r, 3], np.nan, np.nan, 0.0, 0.0,
                         delta[r, 4] * step_sparse, delta[r, 4] * step_dense, 0.0]
         table[0] = [0, self.applied * run.batch_size, self.replies, 0, 0, t_train,
                     comm.time_comm - self.comm0, comm.bytes_sent - self.bytes0, np.nan, np.nan,
-                    evo["time_evolve"], t_eval, evo["flops_topology"], 0.0,
-                    evo["flops_topology"]]
+                    evo["time_evolve"], t_eval, topology_flops, 0.0, topology_flops]
         stale = self.staleness or [0]
         extra = {"staleness_mean": float(np.mean(stale)), "staleness_max": int(max(stale)),
                  "dropped": self.dropped, "stale_pushes": self.stale,
                  "topology_version": run.version}
-        record = make_record(run, epoch, 1, table, lr=run.schedule(run.lr, epoch + 1), evo=evo,
+        record = make_record(run, epoch, 1, table, lr=run.engine.lr_at(epoch + 1), evo=evo,
                              grow=evo["grow"], test=test, extra=extra)
         run.history.append(record)
-        run.epoch = epoch + 1
         checkpoint(run, "phase1")
         log_record(run, record)
         stop = any(cb(record, model) for cb in run.callbacks)
@@ -186,7 +176,7 @@ class _Server:
         run, comm, model = self.run, self.comm, self.run.model
         MPI = comm.MPI
         header = np.empty(HEADER, np.float64)
-        done = run.epoch >= run.phase1_epochs or run.stopped
+        done = run.engine.epoch >= run.phase1_epochs or run.stopped
         switched: set[int] = set()
         while len(switched) < self.n_workers:
             status = comm.probe(MPI.ANY_SOURCE, TAG_PUSH, "gradient push")
@@ -209,7 +199,7 @@ class _Server:
             self.processed += 1
             if self.processed % self.per_epoch == 0:
                 run.stopped = self.end_epoch()
-                done = run.epoch >= run.phase1_epochs or run.stopped
+                done = run.engine.epoch >= run.phase1_epochs or run.stopped
             if done:
                 self.reply(src, FLAG_SWITCH, version)
                 switched.add(src)
@@ -239,7 +229,10 @@ def work(run: Run) -> None:
         for s in range(m // bs):
             idx = run.shard[perm[s * bs:(s + 1) * bs]]
             seeds = rank_seeds(run.rng.integers(0, 2**63, size=n_hidden), comm.rank)
-            loss, n_right, grads, _ = batch_grads(run, idx, seeds)
+            xb, yb = run.engine.batch(run.x, run.y, idx)
+            loss, probs, grads, _ = run.engine.gradients(xb, yb, seeds)
+            n_right = (probs.argmax(axis=0) == yb).sum()
+            del probs
             g = pack(xp, grads, g)
             header[:5] = version, pulled, bs, float(loss), float(n_right)
             while True:

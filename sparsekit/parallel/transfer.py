@@ -2,7 +2,8 @@
 
 A model travels as three buffers: a JSON ``uint8`` header (configuration, per-layer shapes and
 nnz, dtypes), one integer buffer with every layer's ``indptr`` and ``indices`` (in the layers'
-index dtype), and one float buffer with every layer's values, biases and (optionally) momentum.
+index dtype), and one float buffer with every layer's values, biases and (optionally) optimizer
+state slots.
 That is O(total nnz), the same arrays a checkpoint holds; nothing is pickled.
 """
 
@@ -21,8 +22,9 @@ TAG_MODEL_META, TAG_MODEL_INDEX, TAG_MODEL_VALUES = 31, 32, 33
 def model_meta(model: SparseMLP, with_state: bool) -> dict:
     """The JSON header describing :func:`pack_model`'s buffers."""
     idt = np.result_type(*[layer.w.indices.dtype for layer in model.layers])
+    slots = list(model.layers[0].state_w) if with_state else []
     return {"config": model.config(), "shapes": [list(layer.w.shape) for layer in model.layers],
-            "nnz": model.n_connections, "index_dtype": idt.name, "with_state": with_state}
+            "nnz": model.n_connections, "index_dtype": idt.name, "slots": slots}
 
 
 def pack_model(model: SparseMLP, with_state: bool = True):
@@ -35,8 +37,8 @@ def pack_model(model: SparseMLP, with_state: bool = True):
     parts = []
     for layer in model.layers:
         parts += [layer.w.data, layer.b]
-        if with_state:
-            parts += [layer.vel_w, layer.vel_b]
+        for slot in meta["slots"]:
+            parts += [layer.state_w[slot], layer.state_b[slot]]
     return meta, index, xp.concatenate(parts)
 
 
@@ -45,16 +47,16 @@ def unpack_model(meta: dict, index, values, backend) -> SparseMLP:
     be = backend
     cfg = dict(meta["config"])
     sizes = cfg.pop("layer_sizes")
-    model = SparseMLP(sizes, **cfg, backend=be, _layers=[])
+    cfg.pop("dtype")
     index, values = be.asarray(index), be.asarray(values)
     layers, io, vo = [], 0, 0
-    with_state = meta["with_state"]
+    slots = meta["slots"]
     for (n_out, n_in), nnz in zip(meta["shapes"], meta["nnz"]):
         idt = index_dtype_for(nnz, (n_out, n_in))
         indptr = index[io:io + n_out + 1].astype(idt)
         indices = index[io + n_out + 1:io + n_out + 1 + nnz].astype(idt)
         io += n_out + 1 + nnz
-        take = [nnz, n_out] + ([nnz, n_out] if with_state else [])
+        take = [nnz, n_out] + [nnz, n_out] * len(slots)
         chunks = []
         for k in take:
             chunks.append(values[vo:vo + k].copy())
@@ -62,18 +64,17 @@ def unpack_model(meta: dict, index, values, backend) -> SparseMLP:
         w = CSR(be.xp.ascontiguousarray(indptr), be.xp.ascontiguousarray(indices), chunks[0],
                 (n_out, n_in), check=False)
         layer = SparseLayer(w, chunks[1], backend=be)
-        if with_state:
-            layer.vel_w, layer.vel_b = chunks[2], chunks[3]
+        layer.state_w = {s: chunks[2 + 2 * k] for k, s in enumerate(slots)}
+        layer.state_b = {s: chunks[3 + 2 * k] for k, s in enumerate(slots)}
         layers.append(layer)
-    if io != index.shape[0] or vo != values.shape[0]:
+    if io != index.shape[0] or vo != values.shape[0] or len(sizes) != len(layers) + 1:
         raise ValueError("model message does not match its header")
-    model.layers = layers
-    return model
+    return SparseMLP.from_layers(layers, **cfg)
 
 
 def _buffers_for(meta: dict) -> tuple[np.ndarray, np.ndarray]:
     n_index = sum(s[0] + 1 + nnz for s, nnz in zip(meta["shapes"], meta["nnz"]))
-    per_layer = [(2 if meta["with_state"] else 1) * (nnz + s[0])
+    per_layer = [(1 + len(meta["slots"])) * (nnz + s[0])
                  for s, nnz in zip(meta["shapes"], meta["nnz"])]
     return (np.empty(n_index, np.dtype(meta["index_dtype"])),
             np.empty(sum(per_layer), np.dtype(meta["config"]["dtype"])))

@@ -32,6 +32,16 @@ the rank and the cause; no wait lasts longer than the communication timeout
 (:mod:`sparsekit.parallel.comm`).  Rank 0 writes a checkpoint after every epoch; ``resume=True``
 restarts the whole job from it (same number of ranks).
 
+Optimizer state (momentum SGD's velocity, Adam's moments) lives with each layer and travels with
+the model.  Sync phase 1: every rank applies the same averaged gradient to identical state, so
+the state stays identical (the fingerprint check covers it).  Async phase 1: only the server
+updates, so only it holds meaningful state; workers receive it with the model at the switch to
+phase 2.  Phase 2: each worker continues from that state with its own updates.  End: the state
+arrays are averaged over the union of supports like the weights (an absent connection counts as
+zero state) and pruned with them; the optimizer's step count is shared.  When sync phase 2
+returns to the unscaled learning rate, momentum SGD's velocity (which has the rate folded in)
+is rescaled to match; Adam's moments hold gradient statistics only and are left alone.
+
 With one rank and ``mode="sync"`` the result equals :func:`sparsekit.train` with the same seed.
 """
 
@@ -42,60 +52,39 @@ from pathlib import Path
 
 import numpy as np
 
-from ..growth import SET, Static, get_method
+from ..growth import SET, Static
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..io.datasets import check_xy
+from ..io.dataset import check_xy
 from ..nn.model import SparseMLP
-from ..training.loop import CHECKPOINT, TrainResult, write_history
-from ..training.optim import LRSchedule, MomentumSGD
-from ..training.pruning import PruningSchedule
+from ..training.config import WASAP_MODES, TrainConfig
+from ..training.history import CHECKPOINT, TrainResult, write_history
+from ..training.step import Engine
 from .average import average_models
 from .comm import Comm, guarded, rank_map, select_gpu, share_cores
 from .loop import TAG_RNG, WORKER_DIR, Run, evolve, finish_epoch, train_epoch, wasap_state
 from .server import serve, work
 from .transfer import bcast_model, recv_model, rng_from_json, send_model
 
-MODES = ("sync", "async")
+MODES = WASAP_MODES
 _IDLE = {"samples": 0, "steps": 0, "loss_sum": 0.0, "correct": 0.0, "time_train": 0.0,
          "time_comm": 0.0, "bytes": 0, "grow": {}}
 
 
-def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7,
-                backend=None, method="set", epochs: int = 10, batch_size: int = 128,
-                lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 2e-4,
-                decay: str = "coupled", lr_schedule: str = "constant", warmup_epochs: float = 0.0,
-                dropout: float = 0.3, epsilon: float = 20.0, zeta: float = 0.3,
-                alpha: float = 0.6, activation: str = "allrelu", init: str = "he_uniform",
-                fan_in: str = "dense", evolve_every: int | None = None,
-                evolve_output: bool = False, method_params: dict | None = None,
-                prune_start: int | None = None, prune_every: int = 10,
-                prune_percentile: float = 10.0, seed: int = 0, dtype="float32", callbacks=(),
-                run_dir=None, resume: bool = False, eval_batch_size: int = 4096,
-                progress: bool = False, log=None, lr_scaling: bool = True,
-                scale_warmup_epochs: float | None = None, max_staleness: int | None = None,
-                timeout: float | None = None, comm=None) -> TrainResult:
+def train_wasap(model, data, config: TrainConfig | None = None, *, callbacks=(), run_dir=None,
+                resume: bool = False, log=None, comm=None, **options) -> TrainResult:
     """Train with WASAP-SGD on every rank of an MPI job (see the module docstring).
-
-    Takes every parameter of :func:`sparsekit.train` (same meaning, same defaults) plus:
 
     Parameters
     ----------
-    mode : {"sync", "async"}
-        Phase-1 scheme: allreduce of gradient values, or a parameter server on rank 0 (needs
-        at least 2 ranks; rank 0 then does not compute gradients).
-    phase1_fraction : float, default 0.7
-        Fraction of the epochs in phase 1 (rounded); the rest is local training.
-    lr_scaling : bool, default True
-        Sync mode: scale the learning rate linearly with the number of ranks.
-    scale_warmup_epochs : float, optional
-        Epochs over which that scaling ramps up from 1; default ``min(5, epochs / 10)``: the
-        reference code's 5 for long runs, shorter for short ones (one seed, 10 Fashion-MNIST
-        epochs on 2 ranks: 85.6 % test accuracy with a 1-epoch ramp, 85.1 % with 5, 85.5 %
-        with none, 83.9 % without scaling; one rank: 86.1 %).
-    max_staleness : int, optional
-        Async mode: drop gradients staler than this many server steps (default 8 x workers).
-    timeout : float, optional
-        Seconds any communication may wait (default ``$SPARSEKIT_MPI_TIMEOUT`` or 300).
+    model, data, config, callbacks, run_dir, resume, log, **options
+        As in :func:`sparsekit.train`; ``config.wasap_mode`` (``"sync"``: allreduce of
+        gradient values; ``"async"``: a parameter server on rank 0, at least 2 ranks),
+        ``phase1_fraction`` (fraction of the epochs in phase 1), ``lr_scaling`` and
+        ``scale_warmup_epochs`` (sync: linear scaling of the rate with the number of ranks,
+        ramped over ``min(5, epochs / 10)`` epochs by default), ``max_staleness`` (async: drop
+        gradients staler than this many server steps, default 8 x workers) and ``timeout``
+        (seconds any communication may wait; default ``$SPARSEKIT_MPI_TIMEOUT`` or 300) are
+        WASAP's own options.
     comm : mpi4py communicator, optional
         Default ``MPI.COMM_WORLD``.
 
@@ -113,36 +102,26 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
     on the weights and the shared generator, not on each rank's data; a per-epoch fingerprint
     check reports any divergence of the ranks' topologies as an error.
     """
-    if mode not in MODES:
-        raise ValueError(f"wasap mode must be one of {MODES}, got {mode!r}")
-    if not 0.0 <= phase1_fraction <= 1.0:
-        raise ValueError(f"phase1_fraction must lie in [0, 1], got {phase1_fraction}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    if scale_warmup_epochs is None:
-        scale_warmup_epochs = min(5.0, epochs / 10)
-    if scale_warmup_epochs < 0:
-        raise ValueError(f"scale_warmup_epochs must be >= 0, got {scale_warmup_epochs}")
-    if mode == "async" and prune_start is not None:
+    from ..training.loop import make_config
+
+    cfg = make_config(config, options)
+    mode = cfg.wasap_mode
+    if mode == "async" and cfg.prune_start is not None:
         raise ValueError("prune_start (importance pruning) is not supported with "
                          "wasap mode 'async'; use mode 'sync'")
-    params = dict(method_params or {})
-    if method == "set":
-        params = {"zeta": zeta, "every_steps": evolve_every, "evolve_output": evolve_output,
-                  "init": init, "fan_in": fan_in, **params}
-    growth = get_method(method, **params)
-    if not isinstance(growth, (SET, Static)):
+    method = cfg.method_name
+    if not (isinstance(cfg.method, (SET, Static)) or method in ("set", "static")):
         raise ValueError(f"parallel='wasap' supports methods 'set' and 'static', got "
-                         f"{getattr(growth, 'name', method)!r}: phase 1 needs topology changes "
-                         "that depend only on the weights and a shared seed")
-    comm = Comm(comm, timeout)
+                         f"{method!r}: phase 1 needs topology changes that depend only on the "
+                         "weights and a shared seed")
+    comm = Comm(comm, cfg.timeout)
     if mode == "async" and comm.size < 2:
         raise ValueError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the others "
                          "compute); start it with mpiexec -n N, N >= 2, or use mode 'sync'")
     if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
     with guarded(comm):
-        if _wants_gpu(model, backend):  # pragma: no cover - needs a GPU
+        if _wants_gpu(model, cfg.backend):  # pragma: no cover - needs a GPU
             select_gpu(comm)  # before any device array of this run exists
         ranks = rank_map(comm)
         if ranks is not None and comm.size > 1:
@@ -151,23 +130,8 @@ def train_wasap(model, data, *, mode: str = "sync", phase1_fraction: float = 0.7
                 log(line)
             else:
                 print(line, file=sys.stderr, flush=True)
-        build = dict(epsilon=epsilon, activation=activation, alpha=alpha, dropout=dropout,
-                     init=init, fan_in=fan_in, dtype=dtype)
-        run = _prepare(comm, mode, model, data, build, backend, seed, run_dir, resume,
-                       phase1_fraction, epochs, batch_size)
-        run.lr, run.schedule = lr, LRSchedule(lr_schedule, epochs=epochs,
-                                              warmup_epochs=warmup_epochs)
-        run.opt = MomentumSGD(lr, momentum, weight_decay, decay)
-        run.growth = growth
-        run.method = getattr(growth, "name", str(method))
-        setup = getattr(run.growth, "setup", None)
-        if setup is not None:  # methods that plan by the run's length
-            setup(run.model, max(run.shard.shape[0] // batch_size, 1), epochs, run.rng)
-        run.pruning = (PruningSchedule(prune_start, prune_every, prune_percentile)
-                       if prune_start is not None else None)
-        run.lr_scaling, run.scale_warmup_epochs = lr_scaling, float(scale_warmup_epochs)
-        run.max_staleness, run.callbacks, run.log = max_staleness, tuple(callbacks), log
-        run.progress, run.eval_batch_size = progress, eval_batch_size
+        run = _prepare(comm, cfg, model, data, run_dir, resume)
+        run.callbacks, run.log = tuple(callbacks), log
         return _train(run)
 
 
@@ -201,31 +165,30 @@ def _worker_rng(seed: int, rank: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, rank, epoch)))
 
 
-def _prepare(comm: Comm, mode, model, data, build, backend, seed, run_dir, resume,
-             phase1_fraction, epochs, batch_size) -> Run:
+def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
     """Build or resume the model on rank 0 and give every rank its share (typed messages)."""
-    from ..training.loop import _split_data
-
-    x_tr, y_tr, x_te, y_te = _split_data(data)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    init_seed, train_seed, shard_seed = np.random.SeedSequence(seed).spawn(3)
-    be = model.backend if isinstance(model, SparseMLP) else None
     from ..backends import get_backend
+    from ..training.loop import build_model, check_run_memory, split_data
 
-    be = be or get_backend(backend)
+    mode, epochs, batch_size = cfg.wasap_mode, cfg.epochs, cfg.batch_size
+    x_tr, y_tr, x_te, y_te = split_data(data)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    init_seed, train_seed, shard_seed = np.random.SeedSequence(cfg.seed).spawn(3)
+    be = model.backend if isinstance(model, SparseMLP) else get_backend(cfg.backend)
     checkpointing = bool(comm.bcast(np.array([run_dir is not None], np.int64), 0,
                                     "run folder flag")[0])
     ckpt, meta = None, None
     if comm.rank == 0:
+        check_run_memory(None if resume else model, cfg, len(x_tr),
+                         0 if x_te is None else len(x_te))
         if resume:
             ckpt = load_checkpoint(run_dir / CHECKPOINT, backend=be)
             meta = _resume_meta(ckpt.train_state, mode, comm.size, run_dir)
         else:
-            if not isinstance(model, SparseMLP):
-                model = SparseMLP(model, backend=be, seed=init_seed, **build)
+            model = build_model(model, cfg.replace(backend=be), init_seed)
             meta = {"stage": "fresh", "epoch": 0, "step": 0, "rng": None, "budgets": None,
-                    "version": 0, "server_step": 0, "workers": None,
-                    "phase1_epochs": int(round(phase1_fraction * epochs))}
+                    "version": 0, "server_step": 0, "workers": None, "optimizer": None,
+                    "phase1_epochs": int(round(cfg.phase1_fraction * epochs))}
     meta = comm.bcast_json(meta, 0, "run state")
     rng_state = None
     if meta["stage"] == "phase2":
@@ -259,17 +222,22 @@ def _prepare(comm: Comm, mode, model, data, build, backend, seed, run_dir, resum
     if rng_state is not None and (meta["stage"] == "phase2" or mode == "sync" or comm.rank == 0):
         rng = rng_from_json(rng_state)
     elif mode == "async" and comm.rank > 0:
-        rng = _worker_rng(seed, comm.rank, meta["epoch"])
+        rng = _worker_rng(cfg.seed, comm.rank, meta["epoch"])
     else:
         rng = np.random.default_rng(train_seed)
-    run = Run(comm=comm, mode=mode, model=model,
+    engine = Engine(model, cfg, rng)
+    engine.epoch, engine.step = meta["epoch"], meta["step"]
+    if meta["optimizer"] is not None:
+        engine.optimizer.load_state_dict(meta["optimizer"])
+    # Methods that plan by the run's length learn it from this rank's shard.
+    engine.plan(max(shard.shape[0] // batch_size, x_tr.shape[0] // n_shards // batch_size))
+    warmup = cfg.scale_warmup_epochs
+    run = Run(comm=comm, mode=mode, engine=engine, config=cfg,
               x=np.ascontiguousarray(x_tr, dtype=model.dtype), y=y_tr, x_te=x_te, y_te=y_te,
-              shard=shard, batch_size=batch_size, epochs=epochs,
-              phase1_epochs=min(meta["phase1_epochs"], epochs), lr=0.0, schedule=None,
-              opt=None, growth=None, pruning=None, rng=rng, seed=seed, method="",
-              run_dir=run_dir, checkpointing=checkpointing, step=meta["step"],
-              epoch=meta["epoch"], budgets=meta["budgets"], version=meta["version"],
-              server_step=meta["server_step"], stage=meta["stage"])
+              shard=shard, phase1_epochs=min(meta["phase1_epochs"], epochs),
+              scale_warmup_epochs=min(5.0, epochs / 10) if warmup is None else float(warmup),
+              run_dir=run_dir, checkpointing=checkpointing, budgets=meta["budgets"],
+              version=meta["version"], server_step=meta["server_step"], stage=meta["stage"])
     if comm.rank == 0 and ckpt is not None:
         run.history = list(ckpt.train_state.get("history", []))
     return run
@@ -291,7 +259,7 @@ def _resume_meta(state: dict, mode: str, size: int, run_dir: Path) -> dict:
     return {"stage": w["stage"], "epoch": state["epoch"], "step": state["step"],
             "rng": state["rng"], "budgets": w["budgets"], "version": w["version"],
             "server_step": w["server_step"], "workers": w["workers"],
-            "phase1_epochs": w["phase1_epochs"]}
+            "optimizer": state.get("optimizer"), "phase1_epochs": w["phase1_epochs"]}
 
 
 def _train(run: Run) -> TrainResult:
@@ -302,9 +270,9 @@ def _train(run: Run) -> TrainResult:
         return TrainResult(run.model, run.history if comm.rank == 0 else [], run.run_dir)
     if run.stage in ("fresh", "phase1"):
         if run.mode == "sync":
-            for epoch in range(run.epoch, run.phase1_epochs):
-                train = train_epoch(run, epoch, allreduce=True)
-                evo = evolve(run, epoch, phase=1)
+            for epoch in range(run.engine.epoch, run.phase1_epochs):
+                train = train_epoch(run, allreduce=True)
+                evo = evolve(run, phase=1)
                 resynced = _check(run, epoch)
                 if finish_epoch(run, epoch, 1, train, evo, shared_model=True,
                                 extra={"resynced": resynced} if resynced else None):
@@ -313,12 +281,12 @@ def _train(run: Run) -> TrainResult:
         else:
             _async_phase1(run)
         _enter_phase2(run)
-    for epoch in range(run.epoch, run.epochs):
+    for epoch in range(run.engine.epoch, run.epochs):
         if run.stopped:
             break
         run.stage = "phase2"
-        train = train_epoch(run, epoch, allreduce=False) if run.is_worker else dict(_IDLE)
-        evo = (evolve(run, epoch, phase=2) if run.is_worker
+        train = train_epoch(run, allreduce=False) if run.is_worker else dict(_IDLE)
+        evo = (evolve(run, phase=2) if run.is_worker
                else {"pruned": None, "grow": {}, "time_evolve": 0.0})
         if finish_epoch(run, epoch, 2, train, evo, shared_model=False):
             run.stopped = True
@@ -334,17 +302,20 @@ def _check(run: Run, epoch: int) -> bool:
 def _async_phase1(run: Run) -> None:
     comm = run.comm
     steps_per_shard = (run.x.shape[0] // (comm.size - 1)) // run.batch_size
-    if run.epoch < run.phase1_epochs:
+    if run.engine.epoch < run.phase1_epochs:
         if comm.rank == 0:
             serve(run, steps_per_shard)
         else:
             work(run)
-    # Every worker now starts phase 2 from the server's model (momentum included).
-    state = comm.bcast_json({"epoch": run.epoch, "step": run.step, "version": run.version,
-                             "server_step": run.server_step, "stopped": run.stopped}
+    # Every worker now starts phase 2 from the server's model (optimizer state included).
+    engine = run.engine
+    state = comm.bcast_json({"epoch": engine.epoch, "step": engine.step, "version": run.version,
+                             "server_step": run.server_step, "stopped": run.stopped,
+                             "optimizer": engine.optimizer.state_dict()}
                             if comm.rank == 0 else None, 0, "phase switch")
     run.model = bcast_model(comm, run.model if comm.rank == 0 else None, run.model.backend)
-    run.epoch, run.step, run.version = state["epoch"], state["step"], state["version"]
+    engine.epoch, engine.step, run.version = state["epoch"], state["step"], state["version"]
+    engine.optimizer.load_state_dict(state["optimizer"])
     run.server_step, run.stopped = state["server_step"], state["stopped"]
 
 
@@ -358,9 +329,7 @@ def _enter_phase2(run: Run) -> None:
             run.rng = np.random.Generator(run.rng.bit_generator.jumped(run.comm.rank))
         scale = run.lr_scale(run.phase1_epochs)
         if scale != 1.0:
-            for layer in run.model.layers:
-                layer.vel_w /= layer.vel_w.dtype.type(scale)
-                layer.vel_b /= layer.vel_b.dtype.type(scale)
+            run.engine.optimizer.rescale_lr(run.model, 1.0 / scale)
 
 
 def _finish(run: Run) -> TrainResult:
@@ -383,7 +352,7 @@ def _finish(run: Run) -> TrainResult:
             if run.x_te is not None:
                 before = record.get("test_acc")
                 record["test_loss"], record["test_acc"] = final.evaluate(
-                    run.x_te, run.y_te, run.eval_batch_size)
+                    run.x_te, run.y_te, run.config.eval_batch_size)
                 record["test_acc_before_average"] = before
             record["connections"] = final.n_connections
             record["averaged_workers"] = len(workers) if averaged else 1

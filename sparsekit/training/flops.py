@@ -14,9 +14,11 @@ backward to the inputs     ``2 B nnz_fwd + B n_in``        ``2 B n_in n_out + B 
 (all but the first layer)  (the product, then the
                            activation derivative)
 weight and bias gradient   ``2 B nnz + B n_out``           ``2 B n_in n_out + B n_out``
-momentum SGD update        ``6 (nnz + n_out)``             ``6 (n_in n_out + n_out)``
+optimizer update           ``u (nnz + n_out)``             ``u (n_in n_out + n_out)``
 =========================  ==============================  =====================================
 
+``u`` is the optimizer's operations per value (momentum SGD 6, Adam 13, 15 with an L2
+penalty; :attr:`sparsekit.training.optim.Optimizer.ops_per_value`).
 ``nnz_fwd`` is the forward pattern's size (Top-KAST's set A; otherwise ``nnz``).  Topology
 updates count one operation per value compared, scored or drawn (see :func:`update_flops`); a
 dense network has none.  These are the operations of the algorithm, not of a particular
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-#: Operations per parameter of one momentum-SGD step with weight decay.
+#: Operations per parameter of one momentum-SGD step with weight decay (the default ``u``).
 OPT_OPS = 6
 
 
@@ -42,8 +44,9 @@ def _shapes(model):
     return out
 
 
-def step_flops(model, batch_size: int) -> tuple[int, int]:
-    """``(sparse, dense)`` operations of one training step of ``model`` on ``batch_size`` samples."""
+def step_flops(model, batch_size: int, opt_ops: int = OPT_OPS) -> tuple[int, int]:
+    """``(sparse, dense)`` operations of one training step of ``model`` on ``batch_size`` samples
+    (``opt_ops``: the optimizer's operations per value, :attr:`Optimizer.ops_per_value`)."""
     b = int(batch_size)
     shapes = _shapes(model)
     last = len(shapes) - 1
@@ -55,9 +58,9 @@ def step_flops(model, batch_size: int) -> tuple[int, int]:
         elementwise += b * n_out  # bias gradient
         back_in = k > 0
         sparse += (2 * b * fwd + (2 * b * fwd + b * n_in if back_in else 0) + 2 * b * nnz
-                   + elementwise + OPT_OPS * (nnz + n_out))
+                   + elementwise + opt_ops * (nnz + n_out))
         dense += (2 * b * full + (2 * b * full + b * n_in if back_in else 0) + 2 * b * full
-                  + elementwise + OPT_OPS * (full + n_out))
+                  + elementwise + opt_ops * (full + n_out))
     return sparse, dense
 
 
@@ -103,15 +106,15 @@ class FlopCounter:
     into the epoch's history record, then :meth:`reset`.
     """
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = int(batch_size)
+    def __init__(self, batch_size: int, opt_ops: int = OPT_OPS) -> None:
+        self.batch_size, self.opt_ops = int(batch_size), int(opt_ops)
         self.reset()
 
     def reset(self) -> None:
         self.sparse = self.dense = self.topology = 0
 
     def step(self, model) -> None:
-        sparse, dense = step_flops(model, self.batch_size)
+        sparse, dense = step_flops(model, self.batch_size, self.opt_ops)
         self.sparse += sparse
         self.dense += dense
 

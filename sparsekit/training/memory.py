@@ -122,7 +122,7 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
                  eval_batch_size: int = 4096, method="set", dtype="float32",
                  evolve_output: bool = False, evolve_every: int | None = None,
                  gamma: float = 1.0, n_train: int | None = None,
-                 n_test: int | None = None) -> MemoryEstimate | None:
+                 n_test: int | None = None, state_slots: int = 1) -> MemoryEstimate | None:
     """Refuse, before anything is allocated, a run whose host peak cannot fit; GPU runs are
     also checked against the device (see :func:`check_gpu_memory`).
 
@@ -134,7 +134,7 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
     """
     check_gpu_memory(model_or_sizes, backend, gpu_memory_limit, epsilon=epsilon,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, dtype=dtype,
-                     evolve_output=evolve_output)
+                     evolve_output=evolve_output, state_slots=state_slots)
     if model_or_sizes is None:
         return None
     from ..backends import get_backend
@@ -145,7 +145,8 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
     est = estimate_memory(model_or_sizes, epsilon=epsilon, batch_size=batch_size,
                           eval_batch_size=eval_batch_size, method=name, dtype=dtype,
                           evolve_output=evolve_output, evolve_every=evolve_every, gamma=gamma,
-                          n_train=n_train, n_test=n_test, baseline=0)
+                          n_train=n_train, n_test=n_test, baseline=0,
+                          state_slots=state_slots)
     if not on_cpu:  # the host holds only batches and evaluation chunks
         est = MemoryEstimate(0, 0, 0, est.evaluate, est.connections, 0, 0, "cpu")
     built = hasattr(model_or_sizes, "layers") and on_cpu
@@ -210,7 +211,8 @@ def gpu_available_memory() -> tuple[int, str]:
 
 def check_gpu_memory(model_or_sizes, backend, limit=None, *, epsilon: float = 20.0,
                      batch_size: int = 128, eval_batch_size: int = 4096, dtype="float32",
-                     evolve_output: bool = False) -> MemoryEstimate | None:
+                     evolve_output: bool = False,
+                     state_slots: int = 1) -> MemoryEstimate | None:
     """Apply ``limit`` to the GPU pool and refuse, before anything is allocated, a run that
     cannot fit on the device.
 
@@ -233,7 +235,8 @@ def check_gpu_memory(model_or_sizes, backend, limit=None, *, epsilon: float = 20
         return None
     est = estimate_memory(model_or_sizes, epsilon=epsilon, batch_size=batch_size,
                           eval_batch_size=eval_batch_size, dtype=dtype,
-                          evolve_output=evolve_output, device="gpu")
+                          evolve_output=evolve_output, device="gpu",
+                          state_slots=state_slots)
     available, what = gpu_available_memory()
     # Without a pool limit, a model already built holds its persistent arrays outside the free
     # memory measured; with one, the limit caps them too.

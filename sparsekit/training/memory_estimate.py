@@ -128,7 +128,7 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
                     device: str = "cpu", evolve_output: bool = False,
                     evolve_every: int | None = None, gamma: float = 1.0,
                     n_train: int | None = None, n_test: int | None = None,
-                    baseline: int | None = None) -> MemoryEstimate:
+                    baseline: int | None = None, state_slots: int = 1) -> MemoryEstimate:
     """Bytes needed to train a sparse MLP with :func:`sparsekit.train`, predicted up front.
 
     Parameters
@@ -150,6 +150,9 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     baseline : int, optional
         Resident bytes before training (interpreter, libraries); default :data:`BASELINE` on
         the CPU and 0 on the GPU.
+    state_slots : int, default 1
+        Optimizer state arrays per value array (momentum SGD 1, Adam and AdamW 2; see
+        :attr:`sparsekit.training.optim.Optimizer.slots`).
 
     Returns
     -------
@@ -174,6 +177,9 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
         raise ValueError(f"n_train and n_test must be >= 0, got {n_train}, {n_test}")
     if n_test is not None:
         eval_batch_size = min(eval_batch_size, n_te)
+    if not isinstance(state_slots, int) or state_slots < 0:
+        raise ValueError(f"state_slots must be an integer >= 0, got {state_slots!r}")
+    s = 1 + state_slots  # the values and their optimizer state
     layers = _layers(layer_sizes, epsilon)
     v = np.dtype(getattr(layer_sizes, "dtype", dtype)).itemsize
     idx = [index_dtype_for(nnz, (n_out, n_in)).itemsize for n_in, n_out, nnz in layers]
@@ -184,10 +190,10 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     scored = method in ("gse", "topkast", "rigl")
     total = sum(nnz for _, _, nnz in layers)
     if device == "gpu":
-        return _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total)
+        return _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s)
     persistent = 0
     for (n_in, n_out, nnz), i in zip(layers, idx):
-        persistent += (n_out + 1 + n_in + 1) * i + nnz * (3 * i + 2 * v) + 2 * n_out * v
+        persistent += (n_out + 1 + n_in + 1) * i + nnz * (3 * i + s * v) + s * n_out * v
     # The input batch (copied twice: gathered rows, then transposed), each hidden layer's
     # activation and derivative, and the output's logits, probabilities and gradient.
     acts = b * v * (2 * widths[0] + 2 * hidden + 3 * widths[-1])
@@ -218,11 +224,11 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
                           heap)
 
 
-def _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total) -> MemoryEstimate:
+def _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s) -> MemoryEstimate:
     """What the GPU backend allocates (see the module docstring)."""
     persistent = 0
     for k, ((n_in, n_out, nnz), i) in enumerate(zip(layers, idx)):
-        persistent += (n_out + 1) * i + nnz * (i + 2 * v) + 2 * n_out * v
+        persistent += (n_out + 1) * i + nnz * (i + s * v) + s * n_out * v
         if k:  # the first layer's backward needs no dx, hence no transposed index
             persistent += (n_in + 1) * i + 2 * nnz * i
     # Kept for the backward pass: the input batch, and each hidden layer's activation and

@@ -60,8 +60,9 @@ class FaultySET(SET):
 
 
 def state_arrays(model):
-    return [a for layer in model.layers for a in (layer.w.indptr, layer.w.indices, layer.w.data,
-                                                   layer.b, layer.vel_w, layer.vel_b)]
+    return [a for layer in model.layers
+            for a in (layer.w.indptr, layer.w.indices, layer.w.data, layer.b,
+                      *layer.state_w.values(), *layer.state_b.values())]
 
 
 def main() -> int:
@@ -71,6 +72,8 @@ def main() -> int:
     p.add_argument("--phase1-fraction", type=float, default=0.7)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--fan-in", default="dense")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true")
@@ -100,8 +103,9 @@ def main() -> int:
             if record["epoch"] == args.crash_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         callbacks.append(crash)
-    kw = dict(backend=None if args.default_backend else CpuBackend(1), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              epsilon=6, seed=args.seed)
+    kw = dict(backend=None if args.default_backend else CpuBackend(1), epochs=args.epochs,
+              batch_size=args.batch_size, lr=args.lr, epsilon=6, seed=args.seed,
+              optimizer=args.optimizer, fan_in=args.fan_in)
     sizes, data = SIZES, make_data()
     if args.huge:
         rng = np.random.default_rng(0)

@@ -1,0 +1,328 @@
+"""The training engine: the one training step and epoch that every front end runs.
+
+:class:`Engine` holds what a run advances — the model, its optimizer (per-connection state kept
+by the layers), the growth method, the learning-rate schedule, the generator and the step and
+epoch counters — and does one thing in one place: a step is batch → forward → loss → backward
+→ (optional gradient hook) → optimizer update → growth ``after_step``; an epoch is a shuffled
+pass of such steps; :meth:`Engine.end_epoch` does importance pruning and the growth method's
+end-of-epoch update.  ``train()`` (:mod:`sparsekit.training.loop`), the scikit-learn estimators
+(:mod:`sparsekit.training.runner`) and every WASAP rank (:mod:`sparsekit.parallel`) build an
+:class:`Engine` from a :class:`~sparsekit.training.config.TrainConfig` and call it; none of
+them has a step of its own.  WASAP's gradient allreduce is a ``grad_hook``.
+
+The draws from the generator happen in one fixed order (data permutation per epoch, dropout
+seeds per step, then whatever the growth method draws), so a seed fixes the run and a resumed
+run continues the same stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._align import feature_major_batch
+from .._streams import GOLDEN
+from ..growth import GrowthMethod, get_method
+from ..nn.activations import softmax_cross_entropy
+from .config import TrainConfig
+from .flops import FlopCounter
+from .optim import OPTIMIZERS, LRSchedule, MomentumSGD, Optimizer
+from .pruning import PruningSchedule, prune_neurons
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def mse(xp, out_ob, target_ob, as_float: bool = True):
+    """Mean over the batch of ``0.5 * sum_k (out_k - target_k)**2`` and its gradient.
+
+    Returns ``(loss, out_ob, dout_ob)`` (the same shape as :func:`softmax_cross_entropy`'s
+    result); the gradient is already divided by the batch size.
+    """
+    diff = out_ob - target_ob
+    n = out_ob.shape[1]
+    loss = 0.5 * (diff * diff).sum() / n
+    return (float(loss) if as_float else loss), out_ob, diff / out_ob.dtype.type(n)
+
+
+def clip_global_norm(xp, grads, max_norm: float) -> None:
+    """Scale every ``(grad_w, grad_b)`` in place so that their joint L2 norm is <= ``max_norm``.
+
+    The factor stays on the device (no synchronisation).  Plain SGD on a squared error has no
+    bound on the gradient, so unscaled inputs can otherwise drive it to inf.
+    """
+    sq = sum((g * g).sum() for pair in grads for g in pair)
+    factor = xp.minimum(1.0, max_norm / (xp.sqrt(sq) + 1e-12))
+    for pair in grads:
+        for g in pair:
+            g *= factor.astype(g.dtype)
+
+
+def make_growth(config: TrainConfig, model) -> GrowthMethod:
+    """The growth method of ``config`` for ``model`` — the only place one is set up.
+
+    SET regrows at the initial distribution of the model but always at the paper's dense
+    fan-in scale, even when the initial weights use the actual one: scaled by a neuron's
+    ~epsilon inputs, regrown values are ~5x a trained weight, and replacing 30 % of the links
+    with such values each epoch made Fashion-MNIST training diverge
+    (benchmarks/results/train-cpu.md).
+    """
+    if isinstance(config.method, GrowthMethod):
+        return config.method
+    params = dict(config.method_params)
+    shared = {"every_steps": config.evolve_every, "evolve_output": config.evolve_output}
+    if config.method == "set":
+        params = {"zeta": config.zeta, **shared, "init": model.init, "fan_in": "dense", **params}
+    elif config.method in ("gse", "topkast", "rigl"):
+        params = {**shared, **params}
+    return get_method(config.method, **params)
+
+
+def make_optimizer(config: TrainConfig) -> Optimizer:
+    """The optimizer of ``config`` (its scalar state starts at step 0)."""
+    if config.optimizer == "sgd":
+        return MomentumSGD(config.momentum, config.weight_decay, config.decay, config.nesterov)
+    return OPTIMIZERS[config.optimizer](config.betas, config.adam_eps, config.weight_decay)
+
+
+def rank_seeds(seeds, rank: int) -> list[int]:
+    """Dropout seeds of WASAP rank ``rank``: the shared draw offset by the rank (rank 0:
+    unchanged), so ranks drawing from one generator do not share dropout masks."""
+    return [(int(s) + rank * int(GOLDEN)) % 2**63 for s in seeds]
+
+
+class Engine:
+    """One model's training state, advanced a step, an epoch and an end of epoch at a time.
+
+    Parameters
+    ----------
+    model : SparseMLP
+    config : TrainConfig
+    rng : numpy.random.Generator
+        Data order, dropout and topology draws.
+    loss : {"cross_entropy", "mse"}
+        Softmax + cross-entropy on integer labels, or the squared error of a linear output on
+        float targets of shape ``(n, n_outputs)``.
+    epochs : int, optional
+        The horizon of the learning-rate schedule and the growth method (default
+        ``config.epochs``); the estimators pass ``max_iter``.
+    """
+
+    def __init__(self, model, config: TrainConfig, rng: np.random.Generator, *,
+                 loss: str = "cross_entropy", epochs: int | None = None) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.model, self.config, self.rng, self.loss = model, config, rng, loss
+        self.epochs = int(config.epochs if epochs is None else epochs)
+        self.growth = make_growth(config, model)
+        self.optimizer = make_optimizer(config)
+        self.optimizer.attach(model)
+        self.schedule = LRSchedule(config.lr_schedule, epochs=self.epochs,
+                                   warmup_epochs=config.warmup_epochs)
+        self.pruning = (PruningSchedule(config.prune_start, config.prune_every,
+                                        config.prune_percentile)
+                        if config.prune_start is not None else None)
+        self.flops = FlopCounter(config.batch_size, self.optimizer.ops_per_value)
+        self.step = 0   # optimizer steps completed over the whole run
+        self.epoch = 0  # epochs completed
+        self._planned = False
+
+    # --- the pieces of a step -----------------------------------------------------------------
+    def lr_at(self, epoch: float) -> float:
+        """The scheduled learning rate at a (fractional) epoch."""
+        return self.schedule(self.config.lr, epoch)
+
+    def plan(self, steps_per_epoch: int) -> None:
+        """Tell the growth method the run's length (once; again after a resume)."""
+        if not self._planned:
+            self.growth.setup(self.model, max(int(steps_per_epoch), 1), self.epochs, self.rng)
+            self._planned = True
+
+    def batch(self, x, target, idx):
+        """``(x_ib, target)`` of rows ``idx`` on the model's device (one host copy each)."""
+        model = self.model
+        be = model.backend
+        xb = be.asarray(feature_major_batch(x, idx, model.dtype))
+        tb = target[idx]
+        if tb.ndim == 2:  # regression targets, feature-major like the outputs
+            tb = np.ascontiguousarray(tb.T, dtype=model.dtype)
+        return xb, be.asarray(tb)
+
+    def gradients(self, xb, tb, seeds):
+        """Forward, loss and backward: ``(loss, out, grads, cache)``; ``loss`` stays on the
+        device and ``cache`` is what gradient-guided growth methods read."""
+        model = self.model
+        xp = model.backend.xp
+        out, acts, derivs = model.forward_train(xb, seeds)
+        loss_fn = softmax_cross_entropy if self.loss == "cross_entropy" else mse
+        loss, out, dout = loss_fn(xp, out, tb, as_float=False)
+        grads = model.backward(acts, derivs, dout)
+        if self.config.max_grad_norm is not None:
+            clip_global_norm(xp, grads, self.config.max_grad_norm)
+        return loss, out, grads, (acts, derivs, dout)
+
+    def apply(self, grads, lr: float) -> None:
+        """The optimizer update (and its FLOPs) for ``grads`` at rate ``lr``."""
+        self.optimizer.step(self.model, grads, lr)
+        self.flops.step(self.model)
+
+    def train_step(self, x, target, idx, lr: float, *, rank: int = 0,
+                   grad_hook: Callable[[list], list] | None = None):
+        """The training step on rows ``idx`` of ``(x, target)`` at rate ``lr``: batch, dropout
+        seeds, forward, loss, backward, ``grad_hook``, optimizer update, growth ``after_step``.
+
+        Returns ``(loss, correct, stats)``: the batch's mean loss and (classification) count
+        of right answers, both still on the device, and the growth method's statistics.
+        """
+        xb, tb = self.batch(x, target, idx)
+        seeds = self.rng.integers(0, 2**63, size=len(self.model.layers) - 1)
+        if rank:
+            seeds = rank_seeds(seeds, rank)
+        loss, out, grads, cache = self.gradients(xb, tb, seeds)
+        if grad_hook is not None:
+            grads = grad_hook(grads)
+        self.apply(grads, lr)
+        del grads  # free before a topology update, and before the next step's forward
+        correct = (out.argmax(axis=0) == tb).sum() if self.loss == "cross_entropy" else None
+        del out, xb
+        return loss, correct, self.after_step(cache)
+
+    def after_step(self, cache=None) -> dict | None:
+        """The growth method's per-step hook; advances the step counter."""
+        stats = self.growth.after_step(self.model, self.step, self.epoch, self.rng, cache)
+        if stats:
+            self.flops.update(self.model, self.growth, stats)
+        self.step += 1
+        return stats
+
+    # --- an epoch -------------------------------------------------------------------------
+    def train_epoch(self, x, target, rows=None, *, drop_last: bool = True,
+                    sort_batches: bool = False, rank: int = 0,
+                    grad_hook: Callable[[list], list] | None = None,
+                    lr_scale: Callable[[float], float] | None = None,
+                    progress: bool = False, batch_size: int | None = None) -> dict[str, Any]:
+        """One shuffled pass over ``x`` (or its rows ``rows``) in mini-batches.
+
+        Parameters
+        ----------
+        x : ndarray or scipy.sparse CSR of shape (n, n_features)
+            Batch-major inputs; a sparse ``x`` is densified one batch at a time.
+        target : ndarray
+            Class indices (cross-entropy) or ``(n, n_outputs)`` floats (mse).
+        rows : int array, optional
+            Train on these rows only (a WASAP shard).
+        drop_last : bool
+            Leave out a last partial batch (``train()``), or train on it too (estimators).
+        sort_batches : bool
+            Visit each batch's rows in increasing order (faster row gathers from sparse input).
+        rank : int
+            WASAP rank: offsets the dropout seeds (see :func:`rank_seeds`).
+        grad_hook : callable, optional
+            ``grads -> grads`` between backward and update (WASAP's allreduce).
+        lr_scale : callable, optional
+            ``epoch -> factor`` multiplying the scheduled rate (WASAP's linear scaling).
+        progress : bool
+            A tqdm bar over the steps.
+        batch_size : int, optional
+            This epoch's batch size instead of ``config.batch_size`` (the estimators cap it at
+            the number of samples of a small ``partial_fit`` call).
+
+        Returns
+        -------
+        dict
+            ``loss`` (mean per sample), ``loss_sum`` (sum of the full batches' means),
+            ``correct`` (classification), ``samples``, ``steps``, ``time_train`` and ``grow``
+            (the last growth statistics of the epoch).
+        """
+        model, bs = self.model, int(batch_size or self.config.batch_size)
+        self.flops.batch_size = bs
+        be = model.backend
+        xp = be.xp
+        n = x.shape[0] if rows is None else rows.shape[0]
+        steps = n // bs if drop_last else -(-n // bs)
+        if steps < 1:
+            raise ValueError(f"batch_size {bs} exceeds the {n} training samples")
+        self.plan(steps)
+        classify = self.loss == "cross_entropy"
+        bar = _progress_bar(steps, f"epoch {self.epoch + 1}/{self.epochs}") if progress else None
+        self.flops.reset()
+        t0 = time.perf_counter()
+        perm = self.rng.permutation(n)
+        loss_sum, last, correct, grow = 0.0, None, xp.zeros((), dtype=xp.int64), {}
+        for s in range(steps):
+            idx = perm[s * bs:(s + 1) * bs]
+            if sort_batches:
+                idx = np.sort(idx)
+            if rows is not None:
+                idx = rows[idx]
+            frac = self.epoch + s / steps
+            lr = self.lr_at(frac) * (lr_scale(frac) if lr_scale is not None else 1.0)
+            loss, right, stats = self.train_step(x, target, idx, lr, rank=rank,
+                                                 grad_hook=grad_hook)
+            if len(idx) == bs:
+                loss_sum += loss
+            else:
+                last = (loss, len(idx))
+            if classify:
+                correct += right
+            if stats:
+                grow = stats
+            if bar is not None:
+                bar.update()
+        be.synchronize()
+        if bar is not None:
+            bar.close()
+        full = (steps - (last is not None)) * bs
+        mean = ((float(loss_sum) * bs + (float(last[0]) * last[1] if last else 0.0)) / n
+                if not drop_last else float(loss_sum) / steps)
+        if not np.isfinite(mean):
+            raise FloatingPointError(
+                f"training loss became {mean} in epoch {self.epoch + 1}; lower the learning "
+                f"rate (lr, now {self.config.lr})")
+        return {"loss": mean, "loss_sum": float(loss_sum), "correct": float(correct),
+                "samples": full + (last[1] if last else 0), "steps": steps,
+                "time_train": time.perf_counter() - t0, "grow": grow}
+
+    def end_epoch(self, *, prune: bool = True) -> dict[str, Any]:
+        """Importance pruning when due (``prune``), then the growth method's end-of-epoch
+        update; advances the epoch counter.  Returns ``pruned``, ``grow``, ``time_evolve``."""
+        model = self.model
+        t0 = time.perf_counter()
+        pruned = None
+        if (prune and self.pruning is not None and self.pruning.due(self.epoch + 1)
+                and self.epoch < self.epochs - 1):
+            pruned = prune_neurons(model, self.pruning.percentile, self.pruning.min_neurons)
+        stats = self.growth.end_of_epoch(model, self.epoch, self.epochs, self.rng)
+        if stats:
+            self.flops.update(model, self.growth, stats)
+        model.backend.synchronize()
+        self.epoch += 1
+        return {"pruned": pruned, "grow": stats or {}, "time_evolve": time.perf_counter() - t0}
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, generator and optimizer scalars (JSON); the arrays live in the model."""
+        return {"epoch": self.epoch, "step": self.step, "rng": self.rng.bit_generator.state,
+                "optimizer": self.optimizer.state_dict(), "method": self.growth.name,
+                "method_params": self.growth.params()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (the model already holds the saved arrays)."""
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.rng.bit_generator.state = state["rng"]
+        if "optimizer" in state:  # checkpoints before the optimizer protocol: momentum SGD
+            self.optimizer.load_state_dict(state["optimizer"])
+        elif self.optimizer.name != "sgd":
+            raise ValueError(f"the checkpoint was trained with momentum SGD, not "
+                             f"{self.optimizer.name!r}")
+        self.optimizer.attach(self.model)
+
+
+def _progress_bar(total: int, desc: str):
+    from .._compat import tqdm
+
+    if tqdm is None:
+        return None
+    return tqdm.tqdm(total=total, desc=desc, leave=False)

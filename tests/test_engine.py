@@ -1,0 +1,115 @@
+"""The training engine: one step under every front end, unchanged behaviour, exact resume for
+every optimizer and growth method."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsekit import SparseMLP, load_checkpoint, train
+from sparsekit.io.datasets import load_dataset
+from sparsekit.training.config import TrainConfig
+from sparsekit.training.step import Engine, make_growth
+
+PINNED = Path(__file__).parent / "data" / "fmnist_default_3ep_seed0.json"
+
+
+def strip_times(history):
+    return [{k: v for k, v in r.items() if not k.startswith("time")} for r in history]
+
+
+def digest(model):
+    h = hashlib.sha256()
+    for layer in model.layers:
+        for a in (layer.w.indptr, layer.w.indices, layer.w.data, layer.b):
+            h.update(model.backend.to_numpy(a).tobytes())
+    return h.hexdigest()
+
+
+def blobs(seed=0, n=400, d=16, c=3):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((c, d)) * 1.5
+    y = rng.integers(0, c, n + 100)
+    x = (centers[y] + rng.standard_normal((n + 100, d))).astype(np.float32)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def test_default_fashion_mnist_history_is_pinned_bit_for_bit():
+    """3 epochs of the paper's network (seed 0, CPU, SGD) give exactly the history and weights of
+    the code before the training engine was unified (tests/data/ says which commit)."""
+    try:
+        data = load_dataset("fashion-mnist")
+    except FileNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    pinned = json.loads(PINNED.read_text())
+    res = train([784, 1000, 1000, 1000, 10], data, epochs=3, seed=0, backend="cpu")
+    assert strip_times(res.history) == pinned["history"]
+    assert digest(res.model) == pinned["weights_sha256"]
+
+
+OPTIMIZERS = [dict(optimizer="sgd"), dict(optimizer="sgd", nesterov=True),
+              dict(optimizer="adam", lr=0.003), dict(optimizer="adamw", lr=0.003)]
+METHODS = [dict(method="set", evolve_every=4), dict(method="gse", evolve_every=3),
+           dict(method="topkast", evolve_every=3), dict(method="static")]
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: "-".join(map(str, o.values())))
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m["method"])
+def test_resume_is_bit_identical_for_every_optimizer_and_method(tmp_path, opt, method):
+    data = blobs(seed=3)
+    kw = dict(epochs=3, batch_size=40, epsilon=3, seed=5, **opt, **method)
+    full = train([16, 32, 16, 3], data, **kw)
+    part = train([16, 32, 16, 3], data, run_dir=tmp_path, **kw,
+                 callbacks=[lambda rec, m: rec["epoch"] == 2])
+    assert len(part.history) == 2
+    saved = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert saved.train_state["optimizer"]["name"] == opt["optimizer"]
+    assert saved.train_state["optimizer"]["t"] == saved.train_state["step"]
+    resumed = train([16, 32, 16, 3], data, run_dir=tmp_path, resume=True, **kw)
+    assert strip_times(resumed.history) == strip_times(full.history)
+    for a, b in zip(full.model.layers, resumed.model.layers):
+        assert list(a.state_w) == list(b.state_w) and a.state_w
+        for x, y in ((a.w.indices, b.w.indices), (a.w.data, b.w.data), (a.b, b.b),
+                     *zip(a.state_w.values(), b.state_w.values()),
+                     *zip(a.state_b.values(), b.state_b.values())):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_resuming_with_another_optimizer_is_refused(tmp_path):
+    data = blobs()
+    train([16, 8, 3], data, epochs=1, batch_size=40, run_dir=tmp_path, optimizer="adam")
+    with pytest.raises(ValueError, match="'adam', not 'sgd'"):
+        train([16, 8, 3], data, epochs=2, batch_size=40, run_dir=tmp_path, resume=True)
+
+
+def test_optimizers_learn():
+    data = blobs(seed=1)
+    for opt in OPTIMIZERS:
+        res = train([16, 32, 3], data, epochs=4, batch_size=20, epsilon=4, seed=0, **opt)
+        assert res.history[-1]["test_acc"] > 0.8, opt
+
+
+def test_set_regrowth_takes_the_dense_fan_in_scale_whatever_the_initial_one():
+    model = SparseMLP([20, 30, 4], epsilon=3, seed=0, fan_in="actual")
+    growth = make_growth(TrainConfig(fan_in="actual"), model)
+    assert growth.params()["fan_in"] == "dense" and growth.params()["init"] == model.init
+
+
+def test_engine_counts_steps_and_epochs_and_keeps_state_aligned():
+    x, y, _, _ = blobs()
+    model = SparseMLP([16, 24, 3], epsilon=3, seed=0)
+    engine = Engine(model, TrainConfig(batch_size=64, optimizer="adam", method="gse",
+                                       evolve_every=2), np.random.default_rng(0))
+    fit = engine.train_epoch(x, y)
+    assert fit["steps"] == len(x) // 64 == engine.step and fit["samples"] == fit["steps"] * 64
+    engine.end_epoch()
+    assert engine.epoch == 1 and engine.optimizer.t == engine.step
+    for layer in model.layers:
+        assert all(s.shape == layer.w.data.shape for s in layer.state_w.values())
+    # The estimators' pass: every sample once, a last partial batch included.
+    fit = engine.train_epoch(x, y, drop_last=False, sort_batches=True)
+    assert fit["samples"] == len(x) and fit["steps"] == -(-len(x) // 64)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
-from ..backends.host import sample_absent_host
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
@@ -116,10 +115,7 @@ class CpuBackend(Backend):
             # draws and nearly full layers take the shared host path.)
             return sampling.sample_absent_uniform(w.indptr, w.indices, n_cols, m, rng,
                                                   self._threads(w.nnz + 16 * m))
-        rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
-                                        lambda r, c: self.contains(w, r, c))
-        idt = w.indices.dtype
-        return rows.astype(idt), cols.astype(idt)
+        return super().sample_absent(w, m, rng, row_weights, col_weights)
 
     def rebuild(self, w: CSR, keep_mask, new_rows, new_cols, new_vals, *states):
         keep_mask, new_rows, new_cols, new_vals = _check_rebuild_args(

@@ -88,8 +88,11 @@ def main() -> None:
                      "old_all": times["old", t], "new_all": times["new", t]})
     command = " ".join(["python", "benchmarks/engine_ab.py", *sys.argv[1:]])
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    m = describe()
+    machine = (f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, load average "
+               f"{' / '.join(m['loadavg'] or ['?'])} at the end")
     lines = [f"# Training speed A/B: {args.old} vs {head}", "",
-             f"`{command}` on {describe()}, {stamp}. Default Fashion-MNIST network, "
+             f"`{command}` on {machine}, {stamp}. Default Fashion-MNIST network, "
              f"{args.epochs} epochs x {args.rounds} rounds per tree and thread count, each run "
              "in its own process, trees alternating; median seconds of training per epoch "
              "(evaluation excluded).", "",

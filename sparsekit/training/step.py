@@ -202,7 +202,8 @@ class Engine:
                     sort_batches: bool = False, rank: int = 0,
                     grad_hook: Callable[[list], list] | None = None,
                     lr_scale: Callable[[float], float] | None = None,
-                    progress: bool = False, batch_size: int | None = None) -> dict[str, Any]:
+                    progress: bool = False, batch_size: int | None = None,
+                    shuffle: bool = True) -> dict[str, Any]:
         """One shuffled pass over ``x`` (or its rows ``rows``) in mini-batches.
 
         Parameters
@@ -228,6 +229,10 @@ class Engine:
         batch_size : int, optional
             This epoch's batch size instead of ``config.batch_size`` (the estimators cap it at
             the number of samples of a small ``partial_fit`` call).
+        shuffle : bool
+            Visit the samples in a new random order (True, one ``permutation`` draw from the
+            generator) or in their stored order, drawing nothing (the estimators'
+            ``shuffle=False``).
 
         Returns
         -------
@@ -249,7 +254,7 @@ class Engine:
         bar = _progress_bar(steps, f"epoch {self.epoch + 1}/{self.epochs}") if progress else None
         self.flops.reset()
         t0 = time.perf_counter()
-        perm = self.rng.permutation(n)
+        perm = self.rng.permutation(n) if shuffle else np.arange(n)
         loss_sum, last, correct, grow = 0.0, None, xp.zeros((), dtype=xp.int64), {}
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]

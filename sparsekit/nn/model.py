@@ -39,6 +39,12 @@ class SparseMLP:
     dtype : float32 or float64
     seed : int or numpy Generator, optional
         Seeds the initial topology and values.
+
+    Raises
+    ------
+    ValueError
+        Before anything is allocated, when the layers cannot fit in the memory available
+        (:func:`sparsekit.training.memory.check_memory`, the message ``train()`` gives).
     """
 
     #: When true, :meth:`backward` keeps each layer's output gradient in ``last_dz``.
@@ -51,8 +57,14 @@ class SparseMLP:
                  dtype="float32", seed=None) -> None:
         from ..training.config import check_layer_sizes
 
+        from ..training.memory import check_memory
+
         sizes = check_layer_sizes(layer_sizes)
         self._configure(sizes, epsilon, activation, alpha, dropout, init, fan_in, backend, dtype)
+        # Refused before any layer is allocated, with train()'s message: the connections, their
+        # optimizer state and one training step of a single sample must fit.
+        check_memory(sizes, self.backend, epsilon=self.epsilon, batch_size=1, eval_batch_size=1,
+                     method="static", dtype=self.dtype.name, n_test=0)
         rng = np.random.default_rng(seed)
         self.layers = [SparseLayer.random(n_in, n_out, epsilon, rng=rng, backend=self.backend,
                                           dtype=self.dtype, init=init, fan_in=fan_in)

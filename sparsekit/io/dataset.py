@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Dataset", "check_xy", "from_arrays"]
+__all__ = ["Dataset", "check_labels", "check_xy", "from_arrays", "is_sparse"]
 
 
 def _block(n_features: int) -> int:
@@ -81,8 +81,14 @@ class Dataset:
                 f"image_shape={self.image_shape})")
 
 
+def is_sparse(x: Any) -> bool:
+    """Whether ``x`` is a ``scipy.sparse`` matrix or array (without importing SciPy)."""
+    return hasattr(x, "tocsr") and hasattr(x, "nnz")
+
+
 def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: int | None = None,
-             *, names: tuple[str, str] = ("x", "y")) -> tuple[np.ndarray, np.ndarray | None]:
+             *, names: tuple[str, str] = ("x", "y"),
+             sparse: bool = False) -> tuple[Any, np.ndarray | None]:
     """Validate features and integer labels, raising a one-line ``ValueError`` naming the argument.
 
     Parameters
@@ -94,13 +100,22 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
         Expected number of columns of ``x``; labels must lie in ``0..n_classes-1``.
     names : (str, str)
         Argument names used in the messages.
+    sparse : bool
+        Accept a ``scipy.sparse`` ``x`` and return it as CSR (its stored values checked);
+        otherwise such an ``x`` is refused with a message saying so.
 
     Returns
     -------
-    (x, y) : (np.ndarray, np.ndarray or None)
+    (x, y) : (np.ndarray or scipy.sparse CSR, np.ndarray or None)
         ``x`` as an array (floating dtypes kept, integers become float32); ``y`` as int64.
     """
     xn, yn = names
+    if is_sparse(x):
+        if not sparse:
+            raise ValueError(f"{xn} is a scipy.sparse matrix where a dense array is needed "
+                             "(train() and the estimators take sparse input)")
+        return _check_sparse_x(x, n_features, xn), check_labels(y, x.shape[0], n_classes,
+                                                                 names)
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{xn} must be 2-D (n_samples, n_features), got shape {x.shape}")
@@ -116,13 +131,39 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise ValueError(f"{xn} contains NaN or inf (first at row {s + r}, column {c})")
+    return x, check_labels(y, x.shape[0], n_classes, names)
+
+
+def _check_sparse_x(x: Any, n_features: int | None, xn: str):
+    """A scipy.sparse ``x`` as CSR: 2-D, real, finite stored values, ``n_features`` columns."""
+    x = x.tocsr()
+    if x.ndim != 2:
+        raise ValueError(f"{xn} must be 2-D (n_samples, n_features), got shape {x.shape}")
+    if x.dtype.kind in "biu":
+        x = x.astype(np.float32)
+    elif x.dtype.kind != "f":
+        raise ValueError(f"{xn} must hold real numbers, got dtype {x.dtype}")
+    if n_features is not None and x.shape[1] != n_features:
+        raise ValueError(f"{xn} has {x.shape[1]} features, expected {n_features}")
+    if not np.isfinite(x.data).all():
+        k = int(np.flatnonzero(~np.isfinite(x.data))[0])
+        row = int(np.searchsorted(x.indptr, k, side="right")) - 1
+        raise ValueError(f"{xn} contains NaN or inf (first at row {row}, column "
+                         f"{int(x.indices[k])})")
+    return x
+
+
+def check_labels(y: Any, n_samples: int, n_classes: int | None = None,
+                 names: tuple[str, str] = ("x", "y")) -> np.ndarray | None:
+    """``y`` as int64 class labels, one per sample, in ``0..n_classes-1``; None stays None."""
+    xn, yn = names
     if y is None:
-        return x, None
+        return None
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"{yn} must be 1-D (one label per sample), got shape {y.shape}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"{yn} has {y.shape[0]} labels but {xn} has {x.shape[0]} rows")
+    if y.shape[0] != n_samples:
+        raise ValueError(f"{yn} has {y.shape[0]} labels but {xn} has {n_samples} rows")
     if y.dtype.kind not in "biuf" or (
             y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all())):
         raise ValueError(f"{yn} must hold integer class labels, got {y.dtype} values "
@@ -132,7 +173,7 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
         bad_label = y.min() if y.min() < 0 else y.max()
         upper = "" if n_classes is None else f"..{n_classes - 1}"
         raise ValueError(f"{yn} has label {bad_label} outside 0{upper}")
-    return x, y
+    return y
 
 
 def _standardize(x_train: np.ndarray, *others: np.ndarray) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..io.runfolder import write_text_atomic
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -38,7 +40,7 @@ def format_record(r: dict) -> str:
 def write_history(run_dir: Path, history: list[dict]) -> None:
     """``history.json`` and a flat ``history.csv`` (list fields become ``name_i`` columns)."""
     run_dir = Path(run_dir)
-    _write_atomic(run_dir / "history.json", json.dumps(history, indent=1))
+    write_text_atomic(run_dir / "history.json", json.dumps(history, indent=1))
     flat = []
     for record in history:
         row: dict = {}
@@ -49,17 +51,8 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
                 row[key] = value
         flat.append(row)
     keys = list(dict.fromkeys(k for row in flat for k in row))
-    tmp = run_dir / f".history.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(flat)
-    os.replace(tmp, run_dir / "history.csv")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``, so a kill
-    leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(flat)
+    write_text_atomic(run_dir / "history.csv", text.getvalue())

@@ -8,8 +8,10 @@ checkpoints and logs.  ``parallel="wasap"`` hands the same config to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..io.dataset import check_xy
+from ..io.dataset import check_xy, is_sparse
+from ..io.runfolder import run_folder_lock
 from ..nn.model import SparseMLP
 from .config import TrainConfig, check_layer_sizes
 from .history import CHECKPOINT, TrainResult, format_record, write_history
@@ -81,8 +84,10 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         config's network options (``epsilon``, ``activation``, ``alpha``, ``dropout``,
         ``init``, ``fan_in``, ``dtype``) and ``seed``.
     data : Dataset, str, (x, y) or (x_train, y_train, x_test, y_test)
-        Batch-major float features and integer labels; a name is passed to
-        :func:`sparsekit.io.datasets.load_dataset`.
+        Batch-major float features (dense, or ``scipy.sparse``: densified one batch at a time)
+        and integer labels with at least two classes; a name is passed to
+        :func:`sparsekit.io.datasets.load_dataset`.  An empty test set records no test
+        metrics (with a warning).
     config : TrainConfig, optional
         Every training option (see :class:`~sparsekit.training.config.TrainConfig`).
     **options
@@ -93,10 +98,16 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         ``cb(record, model)`` after every epoch; returning True stops training.
     run_dir : path, optional
         Where ``checkpoint.npz`` (atomically, with the optimizer state) and
-        ``history.json``/``history.csv`` are written after every epoch.
+        ``history.json``/``history.csv`` are written after every epoch.  It is created and
+        locked before any work: a second process training into it gets an error naming this
+        one's PID (see :mod:`sparsekit.io.runfolder`).
     resume : bool
         Continue from ``run_dir/checkpoint.npz``; the continued run matches an uninterrupted
-        one exactly, for every optimizer and growth method.
+        one exactly, for every optimizer and growth method.  Without ``config`` the run's
+        saved config is used, with ``**options`` over it; any option that differs from the
+        run's is an error listing the differences, except those in
+        :data:`RESUME_MAY_CHANGE` (``epochs``, ``backend``, ...).  A checkpoint whose layers
+        do not match ``model`` is an error.
     log : callable, optional
         Receives one summary line per epoch; the same line is logged at INFO level on the
         ``logging.getLogger("sparsekit")`` logger.
@@ -112,34 +123,110 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
 
         return train_wasap(model, data, cfg, callbacks=callbacks, run_dir=run_dir,
                            resume=resume, log=log)
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs run_dir")
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:  # before any work: a bad or busy folder fails at once
+            run_dir = stack.enter_context(run_folder_lock(run_dir))
+        return _train(model, data, cfg, config is None, options, callbacks, run_dir, resume,
+                      log)
+
+
+#: Options a resumed run may change: how long it runs and where and how it computes, never
+#: what it computes per step.  (``sparsekit train --resume`` documents the same list.)
+RESUME_MAY_CHANGE = ("epochs", "backend", "progress", "eval_batch_size", "memory_limit",
+                     "gpu_memory_limit", "timeout")
+
+
+def config_differences(saved: TrainConfig, given: TrainConfig,
+                       may_change: Sequence[str] = RESUME_MAY_CHANGE) -> list[str]:
+    """``"name: run has A, given B"`` for each option that differs, except ``may_change``."""
+    a, b = saved.to_dict(), given.to_dict()
+    return [f"{k}: run has {a[k]!r}, given {b[k]!r}" for k in a
+            if k not in may_change and a[k] != b[k]]
+
+
+def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: dict):
+    """Load a run's checkpoint for ``train(resume=True)``; check it and the options.
+
+    Returns ``(model, state, config)``.  With no ``config`` given (``use_saved``) the run's
+    saved config is the base and ``options`` apply over it.  Any option that differs from the
+    run's, except :data:`RESUME_MAY_CHANGE`, is an error listing the differences; so is a
+    checkpoint of another architecture or a training state that cannot be continued.
+    """
+    sizes = (model.layer_sizes if isinstance(model, SparseMLP)
+             else None if model is None else check_layer_sizes(model))
+    ckpt = load_checkpoint(path, backend=cfg.backend, layer_sizes=sizes)
+    state = ckpt.train_state
+    if "wasap" in state:
+        raise ValueError(f"{path} was written by parallel='wasap'; resume it with "
+                         "parallel='wasap' under mpiexec")
+    missing = [k for k in ("epoch", "step", "rng", "history", "config") if k not in state]
+    if missing:
+        raise ValueError(f"{path} holds no resumable training state (no {', '.join(missing)}); "
+                         "a model saved with SparseMLP.save can be trained further by passing "
+                         "it to train() without resume")
+    if len(state["history"]) != state["epoch"]:
+        raise ValueError(f"{path}: its history has {len(state['history'])} records for "
+                         f"{state['epoch']} epochs")
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its saved config is invalid ({exc})") from None
+    if use_saved:
+        cfg = saved.replace(**options)
+    diffs = config_differences(saved, cfg)
+    if diffs:
+        raise ValueError(f"resume of {path.parent}: options differ from the run's: "
+                         f"{'; '.join(diffs)} (only {', '.join(RESUME_MAY_CHANGE)} may change)")
+    return ckpt.model, state, cfg
+
+
+def _n_rows(x) -> int:
+    return int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else len(x)
+
+
+def _train(model, data, cfg: TrainConfig, use_saved: bool, options, callbacks, run_dir,
+           resume, log) -> TrainResult:
+    """:func:`train` once the run folder (if any) is held."""
     x_tr, y_tr, x_te, y_te = split_data(data)
-    run_dir = Path(run_dir) if run_dir is not None else None
     init_seed, train_seed = np.random.SeedSequence(cfg.seed).spawn(2)
-    check_run_memory(None if resume else model, cfg, len(x_tr),
-                     0 if x_te is None else len(x_te))
     history: list[dict] = []
     state = None
     if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs run_dir")
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, backend=cfg.backend)
-        model, state = ckpt.model, ckpt.train_state
+        model, state, cfg = resume_state(run_dir / CHECKPOINT, model, cfg, use_saved, options)
         history = list(state["history"])
-    else:
+    n_train = _n_rows(x_tr)
+    if n_train < cfg.batch_size:  # before the memory check, which would blame the batch's size
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n_train} training samples")
+    check_run_memory(None if resume else model, cfg, n_train,
+                     0 if x_te is None else _n_rows(x_te))
+    if not resume:
         model = build_model(model, cfg, init_seed)
     n_classes = model.layer_sizes[-1]
     x_tr, y_tr = check_xy(x_tr, y_tr, model.layer_sizes[0], n_classes,
-                          names=("x_train", "y_train"))
+                          names=("x_train", "y_train"), sparse=True)
+    present = np.flatnonzero(np.bincount(y_tr, minlength=n_classes))
+    if present.size < 2:
+        raise ValueError(f"y_train holds a single class ({present.tolist()[0]}) of "
+                         f"{n_classes}: there is nothing to learn")
     if x_te is not None:
         x_te, y_te = check_xy(x_te, y_te, model.layer_sizes[0], n_classes,
-                              names=("x_test", "y_test"))
-    if x_tr.shape[0] < cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {x_tr.shape[0]} training "
-                         "samples")
+                              names=("x_test", "y_test"), sparse=True)
+        if x_te.shape[0] == 0:
+            warnings.warn("the test set is empty: no test loss or accuracy is recorded",
+                          stacklevel=3)
+            x_te = y_te = None
     engine = Engine(model, cfg, np.random.default_rng(train_seed))
     if state is not None:
-        engine.load_state_dict(state)
-    x_host = np.ascontiguousarray(x_tr, dtype=model.dtype)
+        try:
+            engine.load_state_dict(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{run_dir / CHECKPOINT}: its training state cannot be restored "
+                             f"({exc})") from None
+    # Sparse input stays CSR: the engine densifies one batch at a time.
+    x_host = (x_tr.astype(model.dtype, copy=False) if is_sparse(x_tr)
+              else np.ascontiguousarray(x_tr, dtype=model.dtype))
     while engine.epoch < cfg.epochs:
         epoch = engine.epoch
         fit = engine.train_epoch(x_host, y_tr, progress=cfg.progress)

@@ -188,13 +188,22 @@ class SparseMLP:
         x = x.tocsr() if sparse else np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.layer_sizes[0]:
             raise ValueError(f"x must have shape (n, {self.layer_sizes[0]}), got {x.shape}")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if sparse:
             batch_size = max(1, min(batch_size, 2**19 // max(x.shape[1], 1)))
         be = self.backend
         out = np.empty((x.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
-            chunk = be.asarray(feature_major_batch(x, slice(start, start + batch_size),
-                                                   self.dtype))
+            host = feature_major_batch(x, slice(start, start + batch_size), self.dtype)
+            if not np.isfinite(host).all():  # one pass over a chunk already in cache
+                col, row = np.argwhere(~np.isfinite(host))[0]
+                raise ValueError(f"x contains NaN or inf (first at row {start + row}, "
+                                 f"column {col})")
+            chunk = be.asarray(host)
             logits = self.forward_infer(chunk)
             out[start:start + batch_size] = be.to_numpy(logits).T
         return out
@@ -212,11 +221,19 @@ class SparseMLP:
         return self.logits(x, batch_size).argmax(axis=1)
 
     def evaluate(self, x, y, batch_size: int = 2048) -> tuple[float, float]:
-        """``(mean cross-entropy, accuracy)`` on ``(x, y)``."""
-        y = np.asarray(y)
+        """``(mean cross-entropy, accuracy)`` on ``(x, y)``; ``y`` holds class indices.
+
+        Raises ``ValueError`` for no samples, or labels outside ``0..n_classes-1``.
+        """
+        from ..io.dataset import check_labels
+
+        n = x.shape[0] if hasattr(x, "shape") and len(x.shape) else len(x)
+        y = check_labels(y, n, self.layer_sizes[-1])
+        if n == 0:
+            raise ValueError("x has no rows: there is nothing to evaluate")
         z = self.logits(x, batch_size)
         loss, _, _ = softmax_cross_entropy(np, z.T.astype(np.float64), y)
-        return loss, float((z.argmax(axis=1) == y).mean()) if len(y) else 0.0
+        return float(loss), float((z.argmax(axis=1) == y).mean())
 
     # --- persistence ------------------------------------------------------------------------
     def save(self, path) -> None:

@@ -1,0 +1,87 @@
+"""Between torch tensors and sparsekit's backends: which backend runs a device, and zero-copy
+views both ways.
+
+A CPU tensor runs on a CPU backend (the Cython kernels) and a CUDA tensor on the GPU backend
+(CuPy).  Both directions go through DLPack (``xp.from_dlpack`` / ``torch.from_dlpack``): NumPy
+and CuPy read a tensor's memory in place and torch reads theirs, so no pass copies weights,
+optimizer state or activations between the two libraries.  On CUDA, sparsekit's kernels are
+launched on torch's current stream, so they are ordered with torch's own work without a
+synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from .. import _compat
+from .._align import aligned_empty
+from ..backends import Backend, get_backend
+
+#: GPU backends by CUDA device index (a GpuBackend is bound to the device it was made on).
+_GPU_BACKENDS: dict[int, Backend] = {}
+
+
+def cpu_backend(backend) -> Backend:
+    """``backend`` as a backend that runs on host arrays; refuses a CuPy one."""
+    be = get_backend(backend)
+    if be.xp is not np:
+        raise ValueError(f"backend must run on host arrays (CPU tensors); got {be.name!r}, and "
+                         "CUDA tensors use the gpu backend by themselves")
+    return be
+
+
+def backend_for(device: torch.device, cpu: Backend) -> Backend:
+    """The backend that runs tensors on ``device``: ``cpu`` for the CPU, the GPU backend of that
+    CUDA device otherwise."""
+    if device.type == "cpu":
+        return cpu
+    if device.type != "cuda":
+        raise ValueError(f"sparsekit.torch runs on CPU and CUDA tensors, got device {device}")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    be = _GPU_BACKENDS.get(index)
+    if be is None:  # pragma: no cover - needs a GPU
+        if not _compat.has_cupy_gpu:
+            raise RuntimeError(f"CUDA tensors need sparsekit's gpu backend, which is "
+                               f"unavailable: {_compat.gpu_unavailable_reason}")
+        from .._cuda.backend import GpuBackend
+
+        with _compat.cupy.cuda.Device(index):
+            be = _GPU_BACKENDS[index] = GpuBackend()
+    return be
+
+
+def on_device(device: torch.device):
+    """Context in which a backend's kernels for ``device`` run: for CUDA, that device and torch's
+    current stream on it; nothing for the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    cp = _compat.cupy  # pragma: no cover - needs a GPU
+    stream = torch.cuda.current_stream(device)  # pragma: no cover
+    stack = contextlib.ExitStack()  # pragma: no cover
+    stack.enter_context(cp.cuda.Device(device.index))  # pragma: no cover
+    stack.enter_context(cp.cuda.ExternalStream(stream.cuda_stream))  # pragma: no cover
+    return stack  # pragma: no cover
+
+
+def view(t: torch.Tensor, xp):
+    """``t``'s memory as an ``xp`` array (no copy; writes show in ``t``)."""
+    return xp.from_dlpack(t.detach())
+
+
+def tensor(a) -> torch.Tensor:
+    """An ``xp`` array's memory as a torch tensor (no copy)."""
+    return torch.from_dlpack(a)
+
+
+def feature_major(t: torch.Tensor, xp):
+    """A batch-major ``(batch, features)`` tensor as a C-contiguous ``(features, batch)`` array,
+    the layout the kernels read (one transposing copy; 64-byte aligned on the host)."""
+    a = view(t, xp).T
+    if xp is np:
+        out = aligned_empty(a.shape, a.dtype)
+        np.copyto(out, a)
+        return out
+    return xp.ascontiguousarray(a)

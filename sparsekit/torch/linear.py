@@ -1,0 +1,355 @@
+""":class:`SparseLinear`, a truly sparse ``nn.Module`` on CPU and CUDA tensors.
+
+The layer stores only its connections: the weight values are one ``nn.Parameter`` of length
+nnz (any ``torch.optim`` optimizer updates them), the pattern lives in two index buffers (saved
+in ``state_dict``).  Forward and backward run sparsekit's kernels through a
+``torch.autograd.Function``: the CPU (Cython) kernels for CPU tensors, the GPU (CuPy) kernels
+for CUDA tensors, on the tensors' own memory (see :mod:`sparsekit.torch._bridge`).  PyTorch
+tensors are batch-major ``(batch, n_in)`` while the kernels take feature-major ``(n_in, batch)``
+activations, so each pass transposes its input once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..io import interop
+from ..nn import layers as _layers
+from ..nn.csr import CSR
+from ..nn.init import erdos_renyi, init_values, uniform_pattern
+from . import _bridge
+
+_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class _Capture:
+    """What the last backward pass through a layer saw: its input ``x_ib`` and the gradient
+    ``dz_ob`` of its output, feature-major (the gradient-guided growth methods score candidate
+    connections with them)."""
+
+    __slots__ = ("x_ib", "dz_ob")
+
+    def __init__(self) -> None:
+        self.x_ib = self.dz_ob = None
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    """``y = x @ W.T + b`` with W given as CSR values on a pattern.
+
+    ``w_fwd`` (Top-KAST's forward set, a sub-pattern of W with its own values) replaces W in the
+    forward product and the input gradient; the weight gradient still covers every entry of W.
+    """
+
+    @staticmethod
+    def forward(ctx, x, values, bias, pattern: CSR, w_fwd, backend, capture):
+        xp = backend.xp
+        with _bridge.on_device(x.device):
+            w = pattern.with_data(_bridge.view(values, xp))
+            x_ib = _bridge.view(x.detach().T.contiguous(), xp)
+            y = _bridge.tensor(backend.matmul(x_ib, w if w_fwd is None else w_fwd)).T
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(values)  # autograd then refuses values changed in place before
+        ctx.x_ib, ctx.pattern, ctx.w_fwd, ctx.backend, ctx.capture = (x_ib, pattern, w_fwd,
+                                                                      backend, capture)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (values,) = ctx.saved_tensors
+        be = ctx.backend
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx = gw = None
+        with _bridge.on_device(grad_out.device):
+            w = ctx.pattern.with_data(_bridge.view(values, be.xp))
+            dy_ob = _bridge.view(grad_out.detach().T.contiguous(), be.xp)
+            if ctx.capture is not None:
+                ctx.capture.x_ib, ctx.capture.dz_ob = ctx.x_ib, dy_ob
+            if ctx.w_fwd is not None:
+                dx = be.matmul_t(dy_ob, ctx.w_fwd) if need_x else None
+                gw = be.weight_grad(ctx.x_ib, dy_ob, w) if need_w else None
+            elif need_w:
+                dx, gw = be.backward(ctx.x_ib, dy_ob, w, need_x)
+            elif need_x:
+                dx = be.matmul_t(dy_ob, w)
+            gx = None if dx is None else _bridge.tensor(dx).T
+            gw = None if gw is None else _bridge.tensor(gw)
+        gb = grad_out.sum(dim=0) if need_b and ctx.has_bias else None
+        return gx, gw, gb, None, None, None, None
+
+
+def _random_csr(n_out: int, n_in: int, epsilon: float, density, rng, dtype, init: str,
+                fan_in: str) -> CSR:
+    """An Erdős–Rényi W (``density`` None) or a uniformly random one with
+    ``round(density * n_in * n_out)`` connections, built on the host in O(nnz) memory."""
+    if density is None:
+        return erdos_renyi(n_out, n_in, epsilon, rng=rng, backend="cpu", dtype=dtype,
+                           init=init, fan_in=fan_in)
+    if not 0 < density <= 1:
+        raise ValueError(f"density must lie in (0, 1], got {density}")
+    m = max(1, min(n_in * n_out, round(density * n_in * n_out)))
+    indptr, indices = uniform_pattern(n_out, n_in, m, rng)
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(n_out, dtype=indices.dtype), counts)
+    data = init_values(rows, (n_out, n_in), rng, dtype, init, fan_in,
+                       counts if fan_in == "actual" else None)
+    return CSR(indptr, indices, data, (n_out, n_in), check=False)
+
+
+class SparseLinear(nn.Module):
+    """A truly sparse fully connected layer for PyTorch: ``y = x @ W.T + b``.
+
+    W (``out_features x in_features``) holds only its connections: an Erdős–Rényi pattern of
+    ``min(n_in * n_out, epsilon * (n_in + n_out))`` connections, or ``density * n_in * n_out``
+    uniformly random ones.  Memory and time grow with the connections; nothing of size
+    ``n_in x n_out`` is ever made.  The pattern is fixed unless a
+    :class:`~sparsekit.torch.DynamicSparsity` evolves it.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of each input and output sample.
+    epsilon : float, default 20.0
+        Erdős–Rényi sparsity (ignored when ``density`` is given).
+    bias : bool, default True
+        Learn an additive bias (initially zero).
+    density : float, optional
+        Fraction of the ``n_in * n_out`` positions that are connections.
+    init : {"he_uniform", "xavier_uniform", "normal"}, default "he_uniform"
+        Distribution of the initial values.
+    fan_in : {"dense", "actual"}, default "dense"
+        Fan-in used by the initialiser.
+    seed : int or numpy Generator, optional
+        Seeds the pattern and the initial values.
+    dtype : torch.float32 or torch.float64, default torch.float32
+        Dtype of the values, the bias and the accepted inputs.
+    device : torch.device or str, optional
+        Where the parameters live (built on the host, then moved); CPU or CUDA.
+    backend : str or Backend, default "cpu"
+        sparsekit's kernel backend for CPU tensors (pass ``CpuBackend(num_threads=n)`` to
+        choose the thread count); CUDA tensors always run on the gpu backend.
+
+    Attributes
+    ----------
+    values : nn.Parameter of shape (nnz,)
+        The weights, in CSR order.
+    bias : nn.Parameter of shape (out_features,) or None
+        The bias.
+    crow_indices, col_indices : torch.Tensor
+        The CSR pattern (buffers, saved in ``state_dict``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sparsekit.torch import SparseLinear
+    >>> net = torch.nn.Sequential(SparseLinear(784, 1000, seed=0), torch.nn.ReLU(),
+    ...                           SparseLinear(1000, 10, seed=1))
+    >>> net(torch.randn(8, 784)).shape
+    torch.Size([8, 10])
+    """
+
+    def __init__(self, in_features: int, out_features: int, epsilon: float = 20.0,
+                 bias: bool = True, *, density: float | None = None, init: str = "he_uniform",
+                 fan_in: str = "dense", seed=None, dtype: torch.dtype = torch.float32,
+                 device=None, backend="cpu") -> None:
+        super().__init__()
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        be = _bridge.cpu_backend(backend)
+        w = _random_csr(int(out_features), int(in_features), epsilon, density,
+                        np.random.default_rng(seed), _DTYPES[dtype], init, fan_in)
+        self._install(w, np.zeros(w.shape[0], dtype=w.dtype) if bias else None, be)
+        self.epsilon = float(epsilon) if density is None else None
+        if device is not None:
+            self.to(device)
+
+    def _install(self, w: CSR, bias, backend) -> None:
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        self.epsilon = None
+        self._cpu = backend
+        self.register_buffer("crow_indices", torch.from_numpy(np.array(w.indptr)))
+        self.register_buffer("col_indices", torch.from_numpy(np.array(w.indices)))
+        self.values = nn.Parameter(torch.from_numpy(np.array(w.data)))
+        self.bias = (nn.Parameter(torch.from_numpy(np.array(bias, dtype=w.dtype)))
+                     if bias is not None else None)
+        self._pattern_cache = None
+        self._forward_w = None  # Top-KAST's forward set, set by DynamicSparsity
+        self._capture = None    # a _Capture while a DynamicSparsity wants this step's gradients
+
+    # --- construction from / export to other formats -----------------------------------------
+    @classmethod
+    def from_layer(cls, layer: _layers.SparseLayer, bias: bool = True,
+                   backend="cpu") -> SparseLinear:
+        """A module with the pattern, values and (if ``bias``) bias of a sparsekit layer.
+
+        Parameters
+        ----------
+        layer : sparsekit.SparseLayer
+            For example ``model.layers[i]`` of a trained :class:`~sparsekit.SparseMLP`.
+        bias : bool, default True
+            Keep the layer's bias as a parameter.
+        backend : str or Backend, default "cpu"
+            CPU backend that runs the kernels for CPU tensors.
+
+        Returns
+        -------
+        SparseLinear
+            On the CPU; move it with ``.to(device)``.
+        """
+        return cls.from_sparse(layer.to_scipy(),
+                               layer.backend.to_numpy(layer.b) if bias else None, backend)
+
+    @classmethod
+    def from_sparse(cls, weight, bias=None, backend="cpu") -> SparseLinear:
+        """A module from a sparse W of shape ``(out_features, in_features)``.
+
+        Parameters
+        ----------
+        weight : scipy.sparse matrix or sparse CSR/COO torch.Tensor
+            The pattern and initial values.
+        bias : array_like or torch.Tensor of shape (out_features,), optional
+            No bias parameter when None.
+        backend : str or Backend, default "cpu"
+            CPU backend that runs the kernels for CPU tensors.
+
+        Returns
+        -------
+        SparseLinear
+            On the CPU; move it with ``.to(device)``.
+        """
+        if isinstance(weight, torch.Tensor):
+            weight = interop.torch_to_scipy(weight.cpu())
+        if isinstance(bias, torch.Tensor):
+            bias = bias.detach().cpu().numpy()
+        be = _bridge.cpu_backend(backend)
+        layer = interop.from_scipy(weight, bias, backend=be)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._install(layer.w, layer.b if bias is not None else None, be)
+        return module
+
+    def to_sparse_csr(self) -> torch.Tensor:
+        """W as a detached ``torch.sparse_csr_tensor`` copy, on the module's device."""
+        return torch.sparse_csr_tensor(self.crow_indices.clone(), self.col_indices.clone(),
+                                       self.values.detach().clone(),
+                                       size=(self.out_features, self.in_features),
+                                       check_invariants=True)
+
+    def to_scipy(self):
+        """W as a ``scipy.sparse.csr_matrix`` copy on the host."""
+        return interop.torch_to_scipy(self.to_sparse_csr().cpu())
+
+    def to_layer(self, backend=None) -> _layers.SparseLayer:
+        """A sparsekit :class:`~sparsekit.nn.layers.SparseLayer` with these weights and bias.
+
+        Parameters
+        ----------
+        backend : str or Backend, optional
+            Where the new layer lives.
+
+        Returns
+        -------
+        sparsekit.SparseLayer
+        """
+        bias = None if self.bias is None else self.bias.detach().cpu().numpy()
+        return interop.from_scipy(self.to_scipy(), bias, backend=backend)
+
+    # --- the layer --------------------------------------------------------------------------
+    @property
+    def nnz(self) -> int:
+        """Number of connections."""
+        return int(self.col_indices.shape[0])
+
+    @property
+    def backend(self):
+        """The sparsekit backend that runs this layer on its current device."""
+        return _bridge.backend_for(self.values.device, self._cpu)
+
+    def pattern(self) -> CSR:
+        """W as a validated CSR over the module's own memory (``data`` is a view of ``values``).
+
+        Rebuilt when the index buffers or the values' storage change (``load_state_dict``,
+        ``.to()``); between changes the same object is returned, with W's cached transpose
+        index.
+        """
+        crow, col, vals = self.crow_indices, self.col_indices, self.values
+        key = (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), crow._version, col._version,
+               vals.shape[0], vals.device)
+        if self._pattern_cache is None or self._pattern_cache[0] != key:
+            devices = {crow.device, col.device, vals.device}
+            if len(devices) > 1:
+                raise ValueError(f"the layer's pattern and values lie on different devices "
+                                 f"{sorted(map(str, devices))}; move the module with .to()")
+            xp = self.backend.xp
+            with _bridge.on_device(vals.device):
+                w = CSR(_bridge.view(crow, xp), _bridge.view(col, xp), _bridge.view(vals, xp),
+                        (self.out_features, self.in_features))
+            self._pattern_cache = (key, w)
+        return self._pattern_cache[1]
+
+    def _set_topology(self, w: CSR) -> None:
+        """Install a new pattern and values (arrays on the module's device, adopted without a
+        copy); the ``values`` parameter stays the same object, so optimizers keep tracking it."""
+        self.values.data = _bridge.tensor(w.data)
+        self.crow_indices = _bridge.tensor(w.indptr)
+        self.col_indices = _bridge.tensor(w.indices)
+        self._pattern_cache = None
+        self._pattern_cache = (self._cache_key(), w)
+
+    def _cache_key(self):
+        crow, col, vals = self.crow_indices, self.col_indices, self.values
+        return (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), crow._version, col._version,
+                vals.shape[0], vals.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A saved layer may hold another number of connections (an evolved or Top-KAST layer):
+        # take its sizes first, then let nn.Module copy the tensors in.
+        saved = state_dict.get(prefix + "values")
+        if saved is not None and saved.shape != self.values.shape:
+            self.values.data = torch.empty(saved.shape, dtype=self.values.dtype,
+                                           device=self.values.device)
+            col = state_dict.get(prefix + "col_indices")
+            if col is not None:
+                self.col_indices = torch.empty(col.shape, dtype=self.col_indices.dtype,
+                                               device=self.col_indices.device)
+        self._pattern_cache = self._forward_w = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(..., in_features)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            On the module's device, with the module's dtype.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(..., out_features)``.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features, expected {self.in_features}")
+        if x.device != self.values.device:
+            raise ValueError(f"input is on {x.device} but the layer's weights are on "
+                             f"{self.values.device}; move one of them with .to()")
+        if x.dtype != self.values.dtype:
+            raise ValueError(f"input dtype {x.dtype} differs from the layer's "
+                             f"{self.values.dtype}; convert with .to({self.values.dtype})")
+        lead = x.shape[:-1]
+        w_fwd = self._forward_w
+        if w_fwd is not None and w_fwd.xp is not self.backend.xp:
+            w_fwd = self._forward_w = None  # moved to another device: forward with all of W
+        y = _SparseLinearFunction.apply(x.reshape(-1, self.in_features), self.values,
+                                        self.bias, self.pattern(), w_fwd, self.backend,
+                                        self._capture if torch.is_grad_enabled() else None)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"nnz={self.nnz}, bias={self.bias is not None}")

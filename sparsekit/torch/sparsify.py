@@ -1,0 +1,112 @@
+""":func:`sparsify`: replace the ``nn.Linear`` layers of any module with truly sparse ones."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .linear import SparseLinear
+
+
+def _skipper(skip) -> Callable[[str, nn.Module], bool]:
+    if skip is None:
+        return lambda name, mod: False
+    if callable(skip):
+        return skip
+    if isinstance(skip, str):
+        skip = [skip]
+    patterns = list(skip)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError("skip must be a callable(name, module), a name pattern or a list of "
+                        f"name patterns, got {skip!r}")
+    return lambda name, mod: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = None,
+             skip: str | Iterable[str] | Callable[[str, nn.Module], bool] | None = None, *,
+             seed=None, init: str = "he_uniform", fan_in: str = "dense",
+             backend="cpu") -> nn.Module:
+    """Replace every ``nn.Linear`` inside ``module`` with a :class:`SparseLinear`, in place.
+
+    Each new layer is drawn afresh (pattern and values, zero bias) with no dense mask: nothing
+    of size ``n_in x n_out`` is read or made, so a model declared on the ``meta`` device can be
+    sparsified at sizes whose dense weights would not fit in memory.  Device and dtype follow
+    the replaced layer (a ``meta`` layer's replacement is built on the CPU, since ``meta``
+    holds no values).
+
+    Parameters
+    ----------
+    module : nn.Module
+        The model; it is changed in place and returned.  ``module`` itself may be an
+        ``nn.Linear``, in which case the replacement is returned.
+    epsilon : float, default 20.0
+        Erdős–Rényi sparsity of every new layer (``min(n_in n_out, ε (n_in + n_out))``
+        connections).
+    density : float, optional
+        Instead of ``epsilon``: the fraction of each layer's positions that are connections.
+    skip : str, list of str or callable, optional
+        Layers to keep dense: qualified names (as in ``module.named_modules()``, shell-style
+        wildcards allowed, e.g. ``"head"`` or ``"blocks.*.attn.*"``), or a predicate
+        ``skip(name, linear) -> bool``.  The projections inside ``nn.MultiheadAttention`` are
+        always kept: that module reads their weights directly instead of calling them.
+    seed : int, optional
+        Seeds every layer's pattern and values (each layer gets its own stream).
+    init, fan_in : str
+        Initial values, as for :class:`SparseLinear`.
+    backend : str or Backend, default "cpu"
+        Kernel backend for CPU tensors.
+
+    Returns
+    -------
+    nn.Module
+        ``module`` (or the replacement of a bare ``nn.Linear``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sparsekit.torch import sparsify
+    >>> net = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(300, 10))
+    >>> net = sparsify(net, epsilon=10, skip="2", seed=0)
+    >>> type(net[0]).__name__, type(net[2]).__name__
+    ('SparseLinear', 'Linear')
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if density is not None and not 0 < density <= 1:
+        raise ValueError(f"density must lie in (0, 1], got {density}")
+    if density is None and not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    skipped = _skipper(skip)
+    seeds = np.random.SeedSequence(seed)
+
+    def replace(name: str, lin: nn.Linear) -> SparseLinear:
+        device = lin.weight.device
+        dtype = lin.weight.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"layer {name or '<module>'} has dtype {dtype}; sparsekit.torch "
+                             "layers are float32 or float64")
+        (child,) = seeds.spawn(1)
+        new = SparseLinear(lin.in_features, lin.out_features, epsilon, lin.bias is not None,
+                           density=density, init=init, fan_in=fan_in,
+                           seed=np.random.default_rng(child), dtype=dtype, backend=backend)
+        return new if device.type == "meta" else new.to(device)
+
+    if isinstance(module, nn.Linear):
+        return module if skipped("", module) else replace("", module)
+    inside_mha = set()
+    for mod in module.modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            inside_mha.update(id(m) for m in mod.modules())
+    targets = [(name, mod) for name, mod in module.named_modules()
+               if isinstance(mod, nn.Linear) and id(mod) not in inside_mha
+               and not skipped(name, mod)]
+    for name, lin in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, replace(name, lin))
+    return module

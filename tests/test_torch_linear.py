@@ -1,0 +1,196 @@
+"""sparsekit.torch.SparseLinear: gradients, the Top-KAST forward set, state_dict, devices, dtypes,
+bad input, and the GPU backend's wrappers (emulated here; on a real GPU under the gpu mark)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+skt = pytest.importorskip("sparsekit.torch")
+
+from conftest import gpu_required, require_gpu  # noqa: E402
+from cuda_emu import EmulatedGpuBackend, build, compiler, emulated_kernels  # noqa: E402
+
+from sparsekit.torch.linear import _SparseLinearFunction  # noqa: E402
+
+
+def dense(module):
+    return torch.from_numpy(module.to_scipy().toarray())
+
+
+def entry_rows(module):
+    return np.repeat(np.arange(module.out_features), np.diff(module.crow_indices.cpu().numpy()))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_float64(bias):
+    layer = skt.SparseLinear(6, 5, density=0.4, bias=bias, seed=3, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    v = layer.values.detach().clone().requires_grad_(True)
+    b = layer.bias.detach().clone().requires_grad_(True) if bias else None
+    fn = _SparseLinearFunction.apply
+
+    def f(x, v, *b):
+        return fn(x, v, b[0] if b else None, layer.pattern(), None, layer.backend, None)
+
+    assert torch.autograd.gradcheck(f, (x, v) + ((b,) if bias else ()))
+
+
+def test_forward_set_uses_a_subpattern_and_grads_cover_every_entry():
+    """Top-KAST's forward set A: outputs and input gradients from A, weight gradient over W."""
+    from sparsekit.growth.topkast import sub_pattern
+
+    layer = skt.SparseLinear(9, 7, density=0.5, seed=0, dtype=torch.float64)
+    w = layer.pattern()
+    slots = np.sort(np.random.default_rng(0).choice(w.nnz, w.nnz // 2, replace=False))
+    a = sub_pattern(layer.backend, w, slots)
+    layer._forward_w = a
+    x = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    (layer(x) * g).sum().backward()
+    a_dense = torch.from_numpy(a.to_scipy().toarray())
+    xr = x.detach().clone().requires_grad_(True)
+    (((xr @ a_dense.T) + layer.bias.detach()) * g).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-12, atol=1e-12)
+    full_grad = g.T @ x.detach()  # dL/dW at every position; compared at W's entries only
+    torch.testing.assert_close(layer.values.grad,
+                               full_grad[entry_rows(layer), layer.col_indices.long()])
+
+
+def test_density_constructor_counts_and_masked_dense_reference():
+    layer = skt.SparseLinear(40, 30, density=0.1, seed=1, dtype=torch.float64)
+    assert layer.nnz == 120 and layer.epsilon is None
+    x = torch.randn(2, 3, 40, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ dense(layer).T + layer.bias.detach())
+    with pytest.raises(ValueError, match="density"):
+        skt.SparseLinear(4, 4, density=1.5)
+
+
+def test_state_dict_loads_another_size_and_keeps_the_parameter():
+    small = skt.SparseLinear(12, 8, epsilon=1.0, seed=0)
+    big = skt.SparseLinear(12, 8, epsilon=3.0, seed=1)
+    assert small.nnz != big.nnz
+    param = small.values
+    x = torch.randn(3, 12)
+    small(x)
+    small.load_state_dict(big.state_dict())
+    assert small.values is param and small.nnz == big.nnz
+    torch.testing.assert_close(small(x), big(x), rtol=0, atol=0)
+
+
+def test_to_moves_values_and_converts_dtype():
+    layer = skt.SparseLinear(10, 6, epsilon=2.0, seed=0)
+    x = torch.randn(4, 10)
+    y32 = layer(x)
+    layer.double()
+    assert layer.values.dtype == torch.float64 and layer.col_indices.dtype == torch.int32
+    torch.testing.assert_close(layer(x.double()).float(), y32, rtol=1e-6, atol=1e-6)
+    layer.to("cpu")
+    assert layer.backend.name == "cpu"
+
+
+def test_bad_input_is_named():
+    layer = skt.SparseLinear(10, 6, epsilon=2.0, seed=0)
+    with pytest.raises(ValueError, match="input is on meta but the layer's weights are on cpu"):
+        layer(torch.empty(2, 10, device="meta"))
+    with pytest.raises(ValueError, match="dtype"):
+        layer(torch.zeros(2, 10, dtype=torch.float64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        layer(np.zeros((2, 10), dtype=np.float32))
+    with pytest.raises(ValueError, match="dtype must be"):
+        skt.SparseLinear(3, 3, dtype=torch.float16)
+    with pytest.raises(ValueError, match="backend must run on host arrays"):
+        skt.SparseLinear(3, 3, backend=type("B", (EmulatedGpuBackend,), {"xp": object()})())
+
+
+@pytest.mark.skipif(compiler() is None, reason="no C++ compiler for the CUDA emulation")
+def test_gpu_backend_wrappers_through_torch_match_the_cpu(tmp_path):
+    """The GPU backend's Python wrappers and kernels (emulated on the host) drive the autograd
+    function as the CPU backend does, and carry a GSE update with its optimizer state."""
+    kernels = build(tmp_path)
+    x, y = torch.randn(16, 30), torch.randint(0, 4, (16,))
+
+    def net(backend):
+        return torch.nn.Sequential(skt.SparseLinear(30, 20, epsilon=3, seed=0, backend=backend),
+                                   torch.nn.ReLU(),
+                                   skt.SparseLinear(20, 4, epsilon=3, seed=1, backend=backend))
+
+    def train(net, steps, dyn=None):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        dyn = dyn and skt.DynamicSparsity(net, opt, dyn, every=2, total_steps=8, seed=0)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            if dyn:
+                dyn.step()
+        return opt
+
+    with emulated_kernels(kernels):
+        emu = EmulatedGpuBackend()
+        net_emu, net_cpu = net(emu), net("cpu")
+        train(net_emu, 4)
+        train(net_cpu, 4)
+        for a, b in zip(net_emu.state_dict().values(), net_cpu.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        evolved = net(emu)
+        before = {m: (m.nnz, set(zip(entry_rows(m), m.col_indices.tolist())))
+                  for m in (evolved[0], evolved[2])}
+        opt = train(evolved, 2, dyn="gse")  # one update, after the second step
+    for m, (nnz, pos) in before.items():
+        assert m.nnz == nnz
+        buf = opt.state[m.values]["momentum_buffer"]
+        new = [k for k, p in enumerate(zip(entry_rows(m), m.col_indices.tolist())) if p not in pos]
+        assert (m is evolved[2]) or new  # the hidden layer did change
+        assert torch.all(buf[new] == 0) and torch.all(m.values.detach()[new] == 0)
+
+
+def require_cuda():
+    require_gpu()
+    if not torch.cuda.is_available():
+        if gpu_required():
+            pytest.fail("SPARSEKIT_REQUIRE_GPU=1 but torch sees no CUDA device", pytrace=False)
+        pytest.skip("torch sees no CUDA device")
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_match_the_cpu_and_stay_on_the_device():
+    require_cuda()
+    cpu = skt.SparseLinear(64, 48, epsilon=5, seed=0, dtype=torch.float64)
+    gpu = skt.SparseLinear(64, 48, epsilon=5, seed=0, dtype=torch.float64, device="cuda")
+    assert gpu.values.is_cuda and gpu.col_indices.is_cuda and gpu.backend.name == "gpu"
+    x = torch.randn(32, 64, dtype=torch.float64, requires_grad=True)
+    xg = x.detach().cuda().requires_grad_(True)
+    g = torch.randn(32, 48, dtype=torch.float64)
+    (cpu(x) * g).sum().backward()
+    (gpu(xg) * g.cuda()).sum().backward()
+    torch.testing.assert_close(xg.grad.cpu(), x.grad)
+    torch.testing.assert_close(gpu.values.grad.cpu(), cpu.values.grad)
+    with pytest.raises(ValueError, match="input is on cpu"):
+        gpu(x.detach())
+    back = gpu.to("cpu")
+    torch.testing.assert_close(back(x.detach()), cpu(x.detach()))
+
+
+@pytest.mark.gpu
+def test_cuda_gradcheck_and_dynamic_sparsity_on_the_device():
+    require_cuda()
+    layer = skt.SparseLinear(6, 5, density=0.4, seed=3, dtype=torch.float64, device="cuda")
+    x = torch.randn(4, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    v = layer.values.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, v: _SparseLinearFunction.apply(x, v, None, layer.pattern(), None,
+                                                 layer.backend, None), (x, v))
+    net = torch.nn.Sequential(skt.SparseLinear(30, 40, epsilon=4, seed=0), torch.nn.ReLU(),
+                              skt.SparseLinear(40, 3, epsilon=4, seed=1)).cuda()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for method in ("set", "gse", "topkast"):
+        dyn = skt.DynamicSparsity(net, opt, method, every=3, total_steps=12, seed=0)
+        for _ in range(12):
+            opt.zero_grad()
+            net(torch.randn(8, 30, device="cuda")).square().mean().backward()
+            opt.step()
+            dyn.step()
+        for m in dyn.modules:
+            assert m.values.is_cuda and m.col_indices.is_cuda
+            for k in ("exp_avg", "exp_avg_sq"):
+                assert opt.state[m.values][k].shape == m.values.shape

@@ -258,7 +258,8 @@ def test_cli_errors_exit_nonzero_with_message(tmp_path):
     r = run_cli("evaluate", str(tmp_path / "nowhere"))
     assert r.returncode == 1 and "no checkpoint" in r.stderr
     r = run_cli("train", "--backend", "tpu", "--out", str(tmp_path / "r2"))
-    assert r.returncode == 1 and "unknown backend" in r.stderr
+    assert r.returncode == 2 and "unknown backend" in r.stderr  # a usage error, no folder
+    assert not (tmp_path / "r2").exists()
 
 
 def test_huge_hidden_layer_trains_evolves_and_checkpoints_in_onnz(tmp_path):

@@ -8,6 +8,7 @@ weight decay 2e-4, batch 128.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -79,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--prune-percentile", type=float, default=None, help="default 10")
     t.add_argument("--seed", type=int, default=None, help="default 0")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
+    t.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<method>-<time>); an existing run is "
+                        "refused (continue it with --resume)")
     t.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue the run in folder RUN from its last checkpoint")
+                   help="continue the run in folder RUN from its last checkpoint, with its "
+                        "configuration; other flags must match it, except --epochs, "
+                        "--threads, --backend, --data-dir, the memory limits and output flags")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none when stderr is not a terminal)")
     t.add_argument("--no-plot", action="store_true", help="do not write plot.png")
@@ -144,36 +148,148 @@ def _start_time(parallel) -> float:
     return agreed_time()
 
 
+#: Flags ``--resume`` lets differ from the run's: how long it runs, where and how it computes,
+#: and what it prints; never what a step computes.
+RESUME_MAY_CHANGE = ("epochs", "threads", "backend", "data_dir", "memory_limit",
+                     "gpu_memory_limit", "no_progress", "no_plot", "resume", "config")
+
+
+def check_flags(args) -> None:
+    """Values train_config does not see (network, threads, sizes, backend): UsageError."""
+    from ..backends.registry import _FACTORIES as registered_backends
+    from ..training.memory import parse_bytes
+
+    try:
+        if args.hidden is not None and min(args.hidden) < 1:
+            raise ValueError(f"--hidden sizes must be >= 1, got {' '.join(map(str, args.hidden))}")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        for flag, value in (("--memory-limit", args.memory_limit),
+                            ("--gpu-memory-limit", args.gpu_memory_limit)):
+            if value is not None:
+                parse_bytes(value, flag)
+        names = [*sorted(registered_backends), "auto"]  # usable or not: that is exit 1
+        if args.backend is not None and args.backend.lower() not in names:
+            raise ValueError(f"unknown backend {args.backend!r} for --backend; choose one of "
+                             f"{names}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """``run_dir/config.json``, checked; every problem is a ValueError naming the file."""
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a run folder")
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a sparsekit run folder (no config.json)")
+    try:
+        saved = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from None
+    keys = ("dataset", "data_dir", "hidden", "backend", "train")
+    if not isinstance(saved, dict) or any(k not in saved for k in keys):
+        raise ValueError(f"{path} lacks some of the keys {', '.join(keys)}")
+    return saved
+
+
+def resume_differences(args, saved: dict, config) -> list[str]:
+    """The flags given with ``--resume`` whose values differ from the run's."""
+    given = set(getattr(args, "given", ())) - set(RESUME_MAY_CHANGE)
+    diffs = []
+    if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
+        diffs.append(f"out: the run's folder is {args.resume}, given {args.out}")
+    for key in ("dataset", "hidden"):
+        if key in given and getattr(args, key) != saved[key]:
+            diffs.append(f"{key}: run has {saved[key]!r}, given {getattr(args, key)!r}")
+    from ..training.config import TrainConfig
+    from ..training.loop import config_differences
+
+    options = {k: getattr(args, k) for k in TrainConfig.options() if k in given}
+    params = {k: getattr(args, k) for k in METHOD_KEYS if k in given}
+    if params:
+        options["method_params"] = {**config.method_params, **params}
+    try:
+        wanted = config.replace(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return diffs + config_differences(config, wanted, ())
+
+
 def cmd_train(args) -> int:
-    from ..backends import get_backend
     from ..io.datasets import load_dataset
     from ..training.config import TrainConfig
-    from ..training.history import CHECKPOINT
-    from ..training.loop import train
 
     if args.resume:
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{run_dir} is not a sparsekit run folder (no config.json)")
-        saved = json.loads(cfg_path.read_text())
-        config = TrainConfig.from_dict(saved["train"])
+        saved = read_run_config(run_dir)
+        try:
+            config = TrainConfig.from_dict(saved["train"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{run_dir / 'config.json'}: {exc}") from None
+        check_flags(args)
+        diffs = resume_differences(args, saved, config)
+        if diffs:
+            raise UsageError(f"--resume {run_dir}: flags differ from the run's configuration: "
+                             f"{'; '.join(diffs)}; only --"
+                             f"{', --'.join(k.replace('_', '-') for k in RESUME_MAY_CHANGE[:6])}"
+                             " and output flags may change")
         if args.epochs is not None:
             config = config.replace(epochs=args.epochs)
+            saved["train"] = config.to_dict()
+        given = getattr(args, "given", ())
+        if "backend" in given:
+            saved["backend"] = args.backend
+        if "data_dir" in given:
+            saved["data_dir"] = args.data_dir
     else:
         config = train_config(args)  # before any folder or data: bad values exit 2
+        check_flags(args)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(config.parallel)))
         run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{config.method_name}-{stamp}")
         saved = {"dataset": args.dataset, "data_dir": args.data_dir, "hidden": args.hidden,
-                 "backend": args.backend, "train": config.to_dict()}
+                 "backend": args.backend or "cpu", "train": config.to_dict()}
+    # Data errors exit before any folder is made; then the folder is locked (rank 0 under MPI).
+    data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
+    with contextlib.ExitStack() as stack:
+        _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
+        return _run(args, config, saved, run_dir, data)
+
+
+def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> None:
+    """Lock ``run_dir`` for the rest of the command and write its ``config.json``; under MPI
+    rank 0 does it, and a failure there ends every rank."""
+    from ..io.runfolder import run_folder_lock, write_text_atomic
+    from ..training.history import CHECKPOINT
+
+    def own():
+        stack.enter_context(run_folder_lock(run_dir, "run folder"))
+        if fresh and any((run_dir / name).exists() for name in ("config.json", CHECKPOINT)):
+            raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume "
+                                  f"{run_dir} or choose another --out")
+        write_text_atomic(run_dir / "config.json", json.dumps(saved, indent=1))
+
+    if not parallel:
+        own()
+        return
+    from ..parallel.comm import Comm, guarded
+
+    comm = Comm()
+    with guarded(comm):
+        if comm.rank == 0:
+            own()
+
+
+def _run(args, config, saved: dict, run_dir: Path, data) -> int:
+    """Train in the held ``run_dir`` and write the plot."""
+    from ..backends import get_backend
+    from ..training.history import CHECKPOINT
+    from ..training.loop import train
+
     rank = _rank(config.parallel)  # under mpiexec every rank runs this; 0 writes
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (run_dir / "config.json").write_text(json.dumps(saved, indent=1))
-    backend = get_backend(args.backend if not args.resume else saved["backend"])
+    backend = get_backend(saved["backend"])
     if args.threads and hasattr(backend, "num_threads"):
         backend.num_threads = args.threads
-    data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
     sizes = [data.n_features, *saved["hidden"], data.n_classes]
     if rank == 0:
         print(f"sparsekit: {saved['dataset']} ({data.x_train.shape[0]} train, "
@@ -185,7 +301,7 @@ def cmd_train(args) -> int:
         backend=backend, progress=progress, gpu_memory_limit=args.gpu_memory_limit,
         memory_limit=args.memory_limit), run_dir=run_dir, resume=resume,
         log=_epoch_log(config))
-    if not args.no_plot and result.history:
+    if not args.no_plot and result.history and rank == 0:
         from .plot import plot_history
 
         plot_history(result.history, run_dir / "plot.png", result.model, data.image_shape)
@@ -193,6 +309,8 @@ def cmd_train(args) -> int:
     if "test_acc" in last:
         print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
               f"results in {run_dir}")
+    elif last:
+        print(f"done: {last['epoch']} epochs (no test set); results in {run_dir}")
     return EXIT_OK
 
 

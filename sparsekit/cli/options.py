@@ -142,6 +142,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     subs = subparsers(parser)
     for sub in subs.values():
         add_common_flags(sub)
+    from_file: dict[str, Any] = {}  # values from --config count as given, as flags do
     if "train" in subs:
         subs["train"].add_argument("--config", metavar="FILE.toml",
                                    help="read option values from a TOML file (flags override)")
@@ -150,10 +151,36 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         known, _ = pre.parse_known_args(argv)
         if known.config and argv and argv[0] == "train":
             try:
-                subs["train"].set_defaults(**load_config(known.config, subs["train"]))
+                from_file = load_config(known.config, subs["train"])
             except ValueError as exc:
                 subs["train"].error(f"--config: {exc}")
-    return parser.parse_args(argv)
+            subs["train"].set_defaults(**from_file)
+    args = parser.parse_args(argv)
+    if args.command in subs:
+        args.given = given_options(subs[args.command], argv[1:]) | set(from_file)
+    return args
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option written in ``argv`` (``--lr 5``, ``--lr=5``, or an
+    unambiguous prefix such as ``--hid``), whatever its value: what ``--resume`` compares
+    with the run's configuration."""
+    strings = parser._option_string_actions  # argparse keeps no public map of option strings
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-" or token[1:2].isdigit():
+            continue
+        flag = token.split("=", 1)[0]
+        action = strings.get(flag)
+        if action is None:  # a prefix, as argparse accepts: only when it names one option
+            dests = {a.dest for s, a in strings.items() if s.startswith(flag)}
+            action = next(a for s, a in strings.items() if s.startswith(flag)) \
+                if len(dests) == 1 else None
+        if action is not None and action.dest not in NOT_IN_CONFIG:
+            given.add(action.dest)
+    return given
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ With one rank and ``mode="sync"`` the result equals :func:`sparsekit.train` with
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ import numpy as np
 from ..growth import SET, Static
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import check_xy
+from ..io.runfolder import run_folder_lock
 from ..nn.model import SparseMLP
 from ..training.config import WASAP_MODES, TrainConfig
 from ..training.history import CHECKPOINT, TrainResult, write_history
@@ -130,9 +132,12 @@ def train_wasap(model, data, config: TrainConfig | None = None, *, callbacks=(),
                 log(line)
             else:
                 print(line, file=sys.stderr, flush=True)
-        run = _prepare(comm, cfg, model, data, run_dir, resume)
-        run.callbacks, run.log = tuple(callbacks), log
-        return _train(run)
+        with contextlib.ExitStack() as stack:
+            if comm.rank == 0 and run_dir is not None:  # rank 0 owns the folder (and writes it)
+                stack.enter_context(run_folder_lock(run_dir))
+            run = _prepare(comm, cfg, model, data, run_dir, resume)
+            run.callbacks, run.log = tuple(callbacks), log
+            return _train(run)
 
 
 def _wants_gpu(model, backend) -> bool:

@@ -331,9 +331,10 @@ def cmd_evaluate(args) -> int:
     path = Path(args.run)
     ckpt_path = path / "checkpoint.npz" if path.is_dir() else path
     ckpt = load_checkpoint(ckpt_path, backend=args.backend)
-    cfg_path = ckpt_path.parent / "config.json"
-    dataset = json.loads(cfg_path.read_text())["dataset"] if cfg_path.exists() else "fashion-mnist"
-    data = load_dataset(dataset, data_dir=args.data_dir)
+    has_config = (ckpt_path.parent / "config.json").exists()
+    saved = read_run_config(ckpt_path.parent) if has_config else {}
+    data = load_dataset(saved.get("dataset", "fashion-mnist"),
+                        data_dir=args.data_dir or saved.get("data_dir"))
     loss, acc = ckpt.model.evaluate(data.x_test, data.y_test)
     print(f"{ckpt_path}: test loss {loss:.4f}, accuracy {100 * acc:.2f}% "
           f"({data.x_test.shape[0]} samples, epoch {ckpt.train_state.get('epoch', '?')}, "

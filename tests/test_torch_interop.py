@@ -13,6 +13,15 @@ skt = pytest.importorskip("sparsekit.torch")
 from sparsekit.torch.linear import _SparseLinearFunction  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny layers: torch's intra-op threads only spin against the kernels' on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_layer(n_out=7, n_in=11, density=0.3, seed=0, dtype=np.float32):
     m = sp.random(n_out, n_in, density=density, format="csr", dtype=dtype, random_state=seed)
     return m, SparseLayer.from_scipy(m, bias=np.arange(n_out, dtype=dtype))

@@ -13,6 +13,15 @@ from cuda_emu import EmulatedGpuBackend, build, compiler, emulated_kernels  # no
 from sparsekit.torch.linear import _SparseLinearFunction  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny layers: torch's intra-op threads only spin against the kernels' on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def dense(module):
     return torch.from_numpy(module.to_scipy().toarray())
 

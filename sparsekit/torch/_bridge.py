@@ -24,8 +24,15 @@ from ..backends import Backend, get_backend
 _GPU_BACKENDS: dict[int, Backend] = {}
 
 
-def cpu_backend(backend) -> Backend:
-    """``backend`` as a backend that runs on host arrays; refuses a CuPy one."""
+#: CPU backends that follow torch's thread count, by thread count.
+_TORCH_THREADS: dict[int, Backend] = {}
+
+
+def cpu_backend(backend) -> Backend | None:
+    """``backend`` as a backend that runs on host arrays (refusing a CuPy one); None stays None,
+    meaning: the CPU kernels use as many threads as torch (``torch.get_num_threads()``)."""
+    if backend is None:
+        return None
     be = get_backend(backend)
     if be.xp is not np:
         raise ValueError(f"backend must run on host arrays (CPU tensors); got {be.name!r}, and "
@@ -33,11 +40,21 @@ def cpu_backend(backend) -> Backend:
     return be
 
 
-def backend_for(device: torch.device, cpu: Backend) -> Backend:
-    """The backend that runs tensors on ``device``: ``cpu`` for the CPU, the GPU backend of that
-    CUDA device otherwise."""
+def backend_for(device: torch.device, cpu: Backend | None) -> Backend:
+    """The backend that runs tensors on ``device``: ``cpu`` for the CPU (None: sparsekit's CPU
+    kernels with torch's thread count), the GPU backend of that CUDA device otherwise."""
     if device.type == "cpu":
-        return cpu
+        if cpu is not None:
+            return cpu
+        # One thread setting for both libraries: torch.set_num_threads also sizes sparsekit's
+        # OpenMP teams, so the two never ask for more threads than the user gave torch.
+        n = torch.get_num_threads()
+        be = _TORCH_THREADS.get(n)
+        if be is None:
+            from .._cython.backend import CpuBackend
+
+            be = _TORCH_THREADS[n] = CpuBackend(num_threads=n)
+        return be
     if device.type != "cuda":
         raise ValueError(f"sparsekit.torch runs on CPU and CUDA tensors, got device {device}")
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -128,9 +128,11 @@ class SparseLinear(nn.Module):
         Dtype of the values, the bias and the accepted inputs.
     device : torch.device or str, optional
         Where the parameters live (built on the host, then moved); CPU or CUDA.
-    backend : str or Backend, default "cpu"
-        sparsekit's kernel backend for CPU tensors (pass ``CpuBackend(num_threads=n)`` to
-        choose the thread count); CUDA tensors always run on the gpu backend.
+    backend : str or Backend, optional
+        sparsekit's kernel backend for CPU tensors.  By default the CPU kernels run with
+        ``torch.get_num_threads()`` threads, so ``torch.set_num_threads`` sets both libraries'
+        threads; pass ``"cpu"`` or ``CpuBackend(num_threads=n)`` to fix them.  CUDA tensors
+        always run on the gpu backend.
 
     Attributes
     ----------
@@ -154,7 +156,7 @@ class SparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, epsilon: float = 20.0,
                  bias: bool = True, *, density: float | None = None, init: str = "he_uniform",
                  fan_in: str = "dense", seed=None, dtype: torch.dtype = torch.float32,
-                 device=None, backend="cpu") -> None:
+                 device=None, backend=None) -> None:
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -182,7 +184,7 @@ class SparseLinear(nn.Module):
     # --- construction from / export to other formats -----------------------------------------
     @classmethod
     def from_layer(cls, layer: _layers.SparseLayer, bias: bool = True,
-                   backend="cpu") -> SparseLinear:
+                   backend=None) -> SparseLinear:
         """A module with the pattern, values and (if ``bias``) bias of a sparsekit layer.
 
         Parameters
@@ -191,8 +193,8 @@ class SparseLinear(nn.Module):
             For example ``model.layers[i]`` of a trained :class:`~sparsekit.SparseMLP`.
         bias : bool, default True
             Keep the layer's bias as a parameter.
-        backend : str or Backend, default "cpu"
-            CPU backend that runs the kernels for CPU tensors.
+        backend : str or Backend, optional
+            CPU backend for CPU tensors (default: torch's thread count, as in the constructor).
 
         Returns
         -------
@@ -203,7 +205,7 @@ class SparseLinear(nn.Module):
                                layer.backend.to_numpy(layer.b) if bias else None, backend)
 
     @classmethod
-    def from_sparse(cls, weight, bias=None, backend="cpu") -> SparseLinear:
+    def from_sparse(cls, weight, bias=None, backend=None) -> SparseLinear:
         """A module from a sparse W of shape ``(out_features, in_features)``.
 
         Parameters
@@ -212,8 +214,8 @@ class SparseLinear(nn.Module):
             The pattern and initial values.
         bias : array_like or torch.Tensor of shape (out_features,), optional
             No bias parameter when None.
-        backend : str or Backend, default "cpu"
-            CPU backend that runs the kernels for CPU tensors.
+        backend : str or Backend, optional
+            CPU backend for CPU tensors (default: torch's thread count, as in the constructor).
 
         Returns
         -------
@@ -225,7 +227,7 @@ class SparseLinear(nn.Module):
         if isinstance(bias, torch.Tensor):
             bias = bias.detach().cpu().numpy()
         be = _bridge.cpu_backend(backend)
-        layer = interop.from_scipy(weight, bias, backend=be)
+        layer = interop.from_scipy(weight, bias, backend="cpu")
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module._install(layer.w, layer.b if bias is not None else None, be)

@@ -29,7 +29,7 @@ def _skipper(skip) -> Callable[[str, nn.Module], bool]:
 def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = None,
              skip: str | Iterable[str] | Callable[[str, nn.Module], bool] | None = None, *,
              seed=None, init: str = "he_uniform", fan_in: str = "dense",
-             backend="cpu") -> nn.Module:
+             backend=None) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` with a :class:`SparseLinear`, in place.
 
     Each new layer is drawn afresh (pattern and values, zero bias) with no dense mask: nothing
@@ -57,8 +57,9 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         Seeds every layer's pattern and values (each layer gets its own stream).
     init, fan_in : str
         Initial values, as for :class:`SparseLinear`.
-    backend : str or Backend, default "cpu"
-        Kernel backend for CPU tensors.
+    backend : str or Backend, optional
+        Kernel backend for CPU tensors (default: sparsekit's CPU kernels with torch's thread
+        count; see :class:`SparseLinear`).
 
     Returns
     -------

@@ -35,6 +35,12 @@ def sklearn_missing() -> str:
     return "" if sparsekit._compat.has_sklearn else "scikit-learn is not installed"
 
 
+def torch_missing() -> str:
+    import importlib.util
+
+    return "" if importlib.util.find_spec("torch") else "PyTorch is not installed"
+
+
 def mpiexec() -> str | None:
     beside = Path(sys.executable).with_name("mpiexec")
     return str(beside) if beside.exists() else shutil.which("mpiexec")
@@ -56,6 +62,7 @@ CASES = {
     "microarray": (sklearn_missing, [], "cross-validated accuracy"),
     "microarray-sparse": (sklearn_missing, ["--sparse"], "sparse input"),
     "mpi_wasap": (mpi_missing, [], "WASAP (sync): test accuracy"),
+    "torch_char_transformer": (torch_missing, ["--threads", "1"], "sparse (gse)"),
 }
 
 

@@ -76,6 +76,8 @@ class _SparseLinearFunction(torch.autograd.Function):
             elif need_x:
                 dx = be.matmul_t(dy_ob, w)
             gx = None if dx is None else _bridge.tensor(dx).T
+            if ctx.pattern._transpose is None:  # keep W's transpose index for the next steps
+                ctx.pattern._transpose = w._transpose
             gw = None if gw is None else _bridge.tensor(gw)
         gb = grad_out.sum(dim=0) if need_b and ctx.has_bias else None
         return gx, gw, gb, None, None, None, None

@@ -56,7 +56,6 @@ class SparseMLP:
                  init: str = "he_uniform", fan_in: str = "dense", backend=None,
                  dtype="float32", seed=None) -> None:
         from ..training.config import check_layer_sizes
-
         from ..training.memory import check_memory
 
         sizes = check_layer_sizes(layer_sizes)

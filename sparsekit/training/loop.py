@@ -179,6 +179,10 @@ def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: 
     if diffs:
         raise ValueError(f"resume of {path.parent}: options differ from the run's: "
                          f"{'; '.join(diffs)} (only {', '.join(RESUME_MAY_CHANGE)} may change)")
+    if sizes is not None and cfg.prune_start is None and ckpt.model.layer_sizes != sizes:
+        # Only importance pruning shrinks layers; without it they must match exactly.
+        raise ValueError(f"checkpoint {path}: its layers {ckpt.model.layer_sizes} do not match "
+                         f"the configured network {sizes}")
     return ckpt.model, state, cfg
 
 

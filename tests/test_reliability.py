@@ -9,6 +9,7 @@ allocation.
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -493,3 +494,23 @@ def test_resume_without_options_continues_a_pruned_run(tmp_path):
     assert part.model.layer_sizes[1] < SIZES[1]  # pruned: smaller than configured
     resumed = train(SIZES, data(), run_dir=tmp_path, resume=True)  # the run's own config
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+
+
+def _mpiexec():
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return beside if os.path.exists(beside) else shutil.which("mpiexec")
+
+
+@pytest.mark.mpi
+def test_under_mpi_rank_0_owns_the_folder(holder, tiny_npz):
+    pytest.importorskip("mpi4py")
+    if _mpiexec() is None:
+        pytest.skip("mpiexec not found (pip install 'sparsekit[mpi]')")
+    folder, proc = holder
+    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "sparsekit", "train",
+                        "--parallel", "wasap", "--dataset", str(tiny_npz), "--hidden", "16",
+                        "--epochs", "1", "--batch-size", "40", "--no-plot", "--threads", "1",
+                        "--out", str(folder)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and f"in use by process {proc.pid}" in r.stderr
+    assert "Traceback" not in r.stderr and not (folder / "config.json").exists()

@@ -275,9 +275,18 @@ def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> No
     from ..parallel.comm import Comm, guarded
 
     comm = Comm()
-    with guarded(comm):
+    error = None
+    with guarded(comm):  # anything unexpected still ends every rank
         if comm.rank == 0:
-            own()
+            try:
+                own()
+            except (OSError, RuntimeError, ValueError) as exc:
+                error = exc
+        failed = comm.bcast_json(error is not None, 0, "run folder state")
+    if error is not None:  # rank 0 reports it once, as a one-line error
+        raise error
+    if failed:
+        raise SystemExit(EXIT_ERROR)
 
 
 def _run(args, config, saved: dict, run_dir: Path, data) -> int:

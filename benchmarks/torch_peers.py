@@ -10,8 +10,14 @@ Cases (``--cases``):
   library's per-step hook) plus the median SET update spread over its epoch.  SparseProp has
   fixed masks: its figure is the step alone.
 * ``ffn384`` / ``ffn640`` — SparseLab's transformer shapes: one 384 -> 1536 (640 -> 2560)
-  projection at 90 % sparsity, batch 1024, with the input gradient (as inside a network), SGD
+  projection at 90 % sparsity, batch 1024: forward, backward from a fixed upstream gradient
+  (batch-major, as torch hands it over) with the input gradient (as inside a network), SGD
   with momentum.
+
+* ``wide90`` / ``wide99`` (``--device cuda`` on a GPU machine; ``cpu`` works too) — one
+  4096 -> 4096 layer at 90 % / 99 % sparsity, batch 1024, the same step, against dense
+  ``nn.Linear`` and ``torch.sparse`` CSR (``torch.sparse.mm`` with the values as the parameter):
+  libraries ``sparsekit,dense,torchcsr``.
 
 Each library runs in its own process (the peers from their own environment, ``--peers-python``,
 never the system one: ``python -m venv --system-site-packages /tmp/peers-venv`` then
@@ -35,9 +41,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LIBS = ("sparsekit", "sparselab", "sparseprop", "dense")
+WIDE_LIBS = ("sparsekit", "dense", "torchcsr")
 MLP = [784, 1000, 1000, 1000, 10]
 EPOCH_STEPS = 469  # 60 000 / 128, rounded up
 FFN = {"ffn384": (384, 1536), "ffn640": (640, 2560)}
+WIDE = {"wide90": 0.1, "wide99": 0.01}
 
 
 def er_nnz(n_in: int, n_out: int, epsilon: float = 20.0) -> int:
@@ -59,6 +67,8 @@ def _layers(lib: str, shapes, densities, torch):
             import sparselab
 
             out.append(sparselab.SparseLinear(n_in, n_out, sparsity=1.0 - d))
+        elif lib == "torchcsr":
+            out.append(_TorchCSR(n_in, n_out, d, torch))
         else:  # sparseprop builds from a dense masked weight (its own API)
             from sparseprop.modules.linear import SparseLinear as SPLinear
 
@@ -68,11 +78,41 @@ def _layers(lib: str, shapes, densities, torch):
     return out
 
 
-def worker(lib: str, case: str, threads: int, steps: int, warmup: int) -> dict:
+def _TorchCSR(n_in: int, n_out: int, density: float, torch):
+    """A linear layer whose weight is a ``torch.sparse_csr_tensor`` (values are the parameter);
+    its pattern comes from sparsekit's sampler, with no dense mask."""
+    import numpy as np
+
+    from sparsekit.nn.init import uniform_pattern
+
+    indptr, indices = uniform_pattern(n_out, n_in, round(density * n_in * n_out),
+                                      np.random.default_rng(0))
+
+    class CSRLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("crow", torch.from_numpy(indptr.astype(np.int64)))
+            self.register_buffer("col", torch.from_numpy(indices.astype(np.int64)))
+            bound = 1 / np.sqrt(density * n_in)
+            self.values = torch.nn.Parameter(torch.empty(indices.shape[0]).uniform_(-bound,
+                                                                                     bound))
+            self.bias = torch.nn.Parameter(torch.zeros(n_out))
+
+        def forward(self, x):
+            w = torch.sparse_csr_tensor(self.crow, self.col, self.values, (n_out, n_in),
+                                        check_invariants=False)
+            return torch.sparse.mm(w, x.T).T + self.bias
+
+    return CSRLinear()
+
+
+def worker(lib: str, case: str, threads: int, steps: int, warmup: int,
+           device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if case == "mlp":
         shapes = list(zip(MLP[:-1], MLP[1:]))
         densities = [er_nnz(a, b) / (a * b) for a, b in shapes]
@@ -86,13 +126,13 @@ def worker(lib: str, case: str, threads: int, steps: int, warmup: int) -> dict:
         def loss_fn():
             return torch.nn.functional.cross_entropy(net(x), y)
     else:
-        n_in, n_out = FFN[case]
-        net = _layers(lib, [(n_in, n_out)], [0.1], torch)[0]
-        x = torch.randn(1024, n_in, requires_grad=True)
-        g = torch.randn(1024, n_out)
+        n_in, n_out = FFN.get(case, (4096, 4096))
+        net = _layers(lib, [(n_in, n_out)], [WIDE.get(case, 0.1)], torch)[0].to(device)
+        x = torch.randn(1024, n_in, device=device, requires_grad=True)
+        g = torch.randn(1024, n_out, device=device)
 
-        def loss_fn():
-            return (net(x) * g).sum()
+        def loss_fn():  # backward from a fixed upstream gradient, as inside a network
+            return (net(x), g)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     hook = update = None
     if case == "mlp" and lib == "sparsekit":
@@ -109,15 +149,21 @@ def worker(lib: str, case: str, threads: int, steps: int, warmup: int) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        out = loss_fn()
+        if isinstance(out, tuple):
+            out[0].backward(out[1])
+        else:
+            out.backward()
         opt.step()
         if hook is not None:
             hook()
 
     times = []
     for i in range(warmup + steps):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     out = {"step_s": statistics.median(times), "steps": steps,
@@ -140,7 +186,7 @@ def worker(lib: str, case: str, threads: int, steps: int, warmup: int) -> dict:
 def run_one(python: str, lib: str, case: str, args) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", lib, "--cases", case,
            "--threads", str(args.threads), "--steps", str(args.steps),
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), "--device", args.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode:
@@ -160,54 +206,68 @@ def markdown(report: dict) -> str:
              f"{report['warmup']} warm-up ones; figures are the median over rounds of the "
              "per-round median, in milliseconds per training step.  MLP: step + SET update / "
              f"{EPOCH_STEPS} (SET once per epoch; SparseProp has no topology update).", "",
-             "| case | " + " | ".join(LIBS) + " | sparsekit vs fastest peer |",
-             "|---" * (len(LIBS) + 2) + "|"]
+             f"Device: {report['device']}.", ""]
+    columns = [lib for lib in LIBS + WIDE_LIBS[2:]
+               if any(lib in res for res in report["results"].values())]
+    lines += ["| case | " + " | ".join(columns) + " | sparsekit: fastest other sparse / it "
+              "| dense / sparsekit |", "|---" * (len(columns) + 3) + "|"]
     for case, res in report["results"].items():
         cells, peers = [], []
-        for lib in LIBS:
+        for lib in columns:
             r = res.get(lib, {})
             if "per_step_ms" in r:
                 extra = f" (update {r['update_ms']:.1f})" if "update_ms" in r else ""
                 cells.append(f"{r['per_step_ms']:.2f}{extra}")
-                if lib in ("sparselab", "sparseprop"):
+                if lib in ("sparselab", "sparseprop", "torchcsr"):
                     peers.append(r["per_step_ms"])
             else:
-                cells.append(f"failed: {r.get('error', 'not run')}")
+                cells.append("failed: " + r["error"] if "error" in r else "")
         sk = res.get("sparsekit", {}).get("per_step_ms")
+        dense = res.get("dense", {}).get("per_step_ms")
         ratio = f"{min(peers) / sk:.2f}x" if peers and sk else "n/a"
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio} |")
-    lines += ["", "GPU: not measured (no GPU machine was lent to this run); the step time on "
-              "CUDA tensors vs dense nn.Linear and torch.sparse CSR at 90-99 % sparsity is owed."]
+        vs_dense = f"{dense / sk:.2f}x" if dense and sk else "n/a"
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio} | {vs_dense} |")
+    if report["device"] != "cuda":
+        lines += ["", "GPU: not measured (no GPU machine was lent to this run); the step time on "
+                  "CUDA tensors vs dense nn.Linear and torch.sparse CSR at 90-99 % sparsity is "
+                  "owed (python benchmarks/torch_peers.py --device cuda --cases wide90,wide99)."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="mlp,ffn384,ffn640")
-    p.add_argument("--libs", default=",".join(LIBS))
+    p.add_argument("--libs", default=None, help="default: " + ",".join(LIBS) + " (wide cases: "
+                   + ",".join(WIDE_LIBS) + ")")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the wide cases")
     p.add_argument("--peers-python", default="/tmp/peers-venv/bin/python")
     p.add_argument("--out", default=str(HERE / "results" / "torch-peers"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.cases, args.threads, args.steps, args.warmup)))
+        print(json.dumps(worker(args.worker, args.cases, args.threads, args.steps, args.warmup,
+                                args.device)))
         return
     sys.path.insert(0, str(HERE))
     import torch
     from _machine import describe
 
     report = {"machine": describe(), "torch": torch.__version__, "threads": args.threads,
+              "device": args.device,
               "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
               "command": "python benchmarks/torch_peers.py " + " ".join(sys.argv[1:]),
               "results": {}}
-    libs, cases = args.libs.split(","), args.cases.split(",")
-    raw = {c: {lib: [] for lib in libs} for c in cases}
+    cases = args.cases.split(",")
+    chosen = {c: args.libs.split(",") if args.libs else list(WIDE_LIBS if c in WIDE else LIBS)
+              for c in cases}
+    raw = {c: {lib: [] for lib in chosen[c]} for c in cases}
     for rnd in range(args.rounds):
         for case in cases:
+            libs = chosen[case]
             order = libs[rnd % len(libs):] + libs[:rnd % len(libs)]  # alternate who goes first
             for lib in order:
                 python = args.peers_python if lib in ("sparselab", "sparseprop") else sys.executable
@@ -218,7 +278,7 @@ def main() -> None:
                       flush=True)
     for case in cases:
         out = report["results"][case] = {}
-        for lib in libs:
+        for lib in chosen[case]:
             ok = [r for r in raw[case][lib] if "per_step_s" in r]
             if not ok:
                 out[lib] = {"error": raw[case][lib][0].get("error", "failed")}

@@ -9,7 +9,7 @@ the output head stay dense.  Both print validation loss in bits per character as
 with ``--plot`` the two curves are drawn.
 
     python examples/torch_char_transformer.py --fast          # a tiny run, seconds
-    python examples/torch_char_transformer.py                 # d=192, 4 blocks: minutes on CPU
+    python examples/torch_char_transformer.py                 # d=128, 2 blocks: minutes on CPU
     python examples/torch_char_transformer.py --method set --plot curves.png
 """
 
@@ -118,7 +118,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--method", default="gse", choices=["set", "gse", "rigl", "topkast"])
     p.add_argument("--epsilon", type=float, default=None, help="ER sparsity (default 16)")
-    p.add_argument("--steps", type=int, default=None, help="default 3000 (fast: 40)")
+    p.add_argument("--steps", type=int, default=None, help="default 1500 (fast: 40)")
     p.add_argument("--every", type=int, default=None, help="topology update period in steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -127,9 +127,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     fast = args.fast
-    args.d, args.blocks, args.heads = (64, 1, 2) if fast else (192, 4, 6)
-    args.context, args.batch = (32, 16) if fast else (64, 32)
-    args.steps = args.steps or (40 if fast else 3000)
+    args.d, args.blocks, args.heads = (64, 1, 2) if fast else (128, 2, 4)
+    args.context, args.batch = (32, 16) if fast else (64, 16)
+    args.steps = args.steps or (40 if fast else 1500)
     args.every = args.every or max(1, args.steps // 20)
     args.eval_every = max(1, args.steps // (4 if fast else 15))
     args.epsilon = args.epsilon or (8.0 if fast else 16.0)

@@ -48,9 +48,10 @@ class _SparseLinearFunction(torch.autograd.Function):
         with _bridge.on_device(x.device):
             w = pattern.with_data(_bridge.view(values, xp))
             x_ib = _bridge.view(x.detach().T.contiguous(), xp)
-            y = _bridge.tensor(backend.matmul(x_ib, w if w_fwd is None else w_fwd)).T
-        if bias is not None:
-            y = y + bias
+            z_ob = _bridge.tensor(backend.matmul(x_ib, w if w_fwd is None else w_fwd))
+        if bias is not None:  # in place on the fresh product: no second output-sized array
+            z_ob.add_(bias.detach()[:, None])
+        y = z_ob.T
         ctx.save_for_backward(values)  # autograd then refuses values changed in place before
         ctx.x_ib, ctx.pattern, ctx.w_fwd, ctx.backend, ctx.capture = (x_ib, pattern, w_fwd,
                                                                       backend, capture)

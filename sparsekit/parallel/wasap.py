@@ -187,8 +187,10 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
         check_run_memory(None if resume else model, cfg, len(x_tr),
                          0 if x_te is None else len(x_te))
         if resume:
-            ckpt = load_checkpoint(run_dir / CHECKPOINT, backend=be)
+            sizes = model.layer_sizes if isinstance(model, SparseMLP) else model
+            ckpt = load_checkpoint(run_dir / CHECKPOINT, backend=be, layer_sizes=sizes)
             meta = _resume_meta(ckpt.train_state, mode, comm.size, run_dir)
+            _check_resumed_config(ckpt.train_state, cfg, run_dir)
         else:
             model = build_model(model, cfg.replace(backend=be), init_seed)
             meta = {"stage": "fresh", "epoch": 0, "step": 0, "rng": None, "budgets": None,
@@ -246,6 +248,20 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
     if comm.rank == 0 and ckpt is not None:
         run.history = list(ckpt.train_state.get("history", []))
     return run
+
+
+def _check_resumed_config(state: dict, cfg: TrainConfig, run_dir: Path) -> None:
+    """The run's saved options against this job's: a difference is an error, as in train()."""
+    from ..training.loop import RESUME_MAY_CHANGE, config_differences
+
+    try:
+        saved = TrainConfig.from_dict(state.get("config") or {})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{run_dir / CHECKPOINT}: its saved config is invalid ({exc})") from None
+    diffs = config_differences(saved, cfg) if state.get("config") else []
+    if diffs:
+        raise ValueError(f"resume of {run_dir}: options differ from the run's: "
+                         f"{'; '.join(diffs)} (only {', '.join(RESUME_MAY_CHANGE)} may change)")
 
 
 def _workers(mode: str, size: int) -> list[int]:

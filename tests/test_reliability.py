@@ -408,6 +408,8 @@ def test_model_input_checks():
     ["--gpu-memory-limit", "200%"], ["--epochs", "0"], ["--batch-size", "0"], ["--dropout", "1"],
     ["--momentum", "1.5"], ["--seed", "-1"], ["--warmup-epochs", "-3"], ["--lr", "nan"],
     ["--epsilon", "0"], ["--prune-percentile", "100"], ["--lr-schedule", "zigzag"],
+    ["--method", "gse", "--gamma", "-1"], ["--method", "gse", "--drop-fraction", "2"],
+    ["--method", "topkast", "--forward-density", "2"], ["--drop-fraction", "0.5"],
 ])
 def test_bad_flags_exit_2_before_data_or_folder(tmp_path, flags):
     out = tmp_path / "r"

@@ -12,6 +12,7 @@ import contextlib
 import json
 import sys
 import time
+import types
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -124,10 +125,16 @@ def train_config(args):
                                 if getattr(args, k) is not None}
     options.setdefault("epochs", CLI_EPOCHS)
     options.pop("backend", None)  # resolved by the command (a Backend, with --threads)
+    from ..training.step import make_growth
+
     try:
-        return TrainConfig(**options)
+        config = TrainConfig(**options)
+        # The growth method's own parameters (--gamma, --drop-fraction, ...) are checked when
+        # it is set up: set it up once now, through the one set-up path, so they exit 2 too.
+        make_growth(config, types.SimpleNamespace(init=config.init))
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    return config
 
 
 def _rank(parallel) -> int:

@@ -44,7 +44,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
         h.update(key.encode())
         h.update(str(a.dtype).encode())
         h.update(str(a.shape).encode())
-        h.update(a.tobytes())
+        h.update(memoryview(a).cast("B"))  # the bytes in place, no copy of the array
     return h.hexdigest()
 
 

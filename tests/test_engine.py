@@ -79,11 +79,15 @@ def test_resume_is_bit_identical_for_every_optimizer_and_method(tmp_path, opt, m
             np.testing.assert_array_equal(x, y)
 
 
-def test_resuming_with_another_optimizer_is_refused(tmp_path):
+def test_resume_continues_the_runs_optimizer_and_refuses_another(tmp_path):
     data = blobs()
     train([16, 8, 3], data, epochs=1, batch_size=40, run_dir=tmp_path, optimizer="adam")
-    with pytest.raises(ValueError, match="'adam', not 'sgd'"):
-        train([16, 8, 3], data, epochs=2, batch_size=40, run_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="optimizer: run has 'adam', given 'sgd'"):
+        train([16, 8, 3], data, epochs=2, batch_size=40, run_dir=tmp_path, resume=True,
+              optimizer="sgd")
+    res = train([16, 8, 3], data, epochs=2, batch_size=40, run_dir=tmp_path, resume=True)
+    assert len(res.history) == 2 and list(res.model.layers[0].state_w) == ["exp_avg",
+                                                                          "exp_avg_sq"]
 
 
 def test_optimizers_learn():

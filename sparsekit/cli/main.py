@@ -163,6 +163,8 @@ RESUME_MAY_CHANGE = ("epochs", "threads", "backend", "data_dir", "memory_limit",
 
 def check_flags(args) -> None:
     """Values train_config does not see (network, threads, sizes, backend): UsageError."""
+    # Registered names, usable here or not (available_backends() leaves out a GPU this machine
+    # lacks, and asking for one is then a runtime error, exit 1, not a usage error).
     from ..backends.registry import _FACTORIES as registered_backends
     from ..training.memory import parse_bytes
 
@@ -175,7 +177,7 @@ def check_flags(args) -> None:
                             ("--gpu-memory-limit", args.gpu_memory_limit)):
             if value is not None:
                 parse_bytes(value, flag)
-        names = [*sorted(registered_backends), "auto"]  # usable or not: that is exit 1
+        names = [*sorted(registered_backends), "auto"]
         if args.backend is not None and args.backend.lower() not in names:
             raise ValueError(f"unknown backend {args.backend!r} for --backend; choose one of "
                              f"{names}")
@@ -193,7 +195,7 @@ def read_run_config(run_dir: Path) -> dict:
     try:
         saved = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from None
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
     keys = ("dataset", "data_dir", "hidden", "backend", "train")
     if not isinstance(saved, dict) or any(k not in saved for k in keys):
         raise ValueError(f"{path} lacks some of the keys {', '.join(keys)}")

@@ -426,7 +426,7 @@ def test_cli_passes_method_flags(tmp_path):
     assert cfg["train"]["method_params"] == {"gamma": 2.0, "drop_fraction": 0.2, "t_end": 0.5}
     r = subprocess.run([*args, "--method", "set", "--gamma", "2", "--out", str(tmp_path / "r2")],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "bad parameters for method 'set'" in r.stderr
+    assert r.returncode == 2 and "bad parameters for method 'set'" in r.stderr  # usage
 
 
 # --- clear errors -------------------------------------------------------------------------------

@@ -1,26 +1,70 @@
-"""What the classifier and the regressor share: parameters, fitting, prediction."""
+"""What the classifier and the regressor share: parameters, fitting, early stopping, prediction.
+
+Parameters carry scikit-learn's names (:class:`sklearn.neural_network.MLPClassifier`) wherever
+the meaning is the same; :func:`_SparseMLPBase._train_config` maps them onto one
+:class:`~sparsekit.training.config.TrainConfig`, and training goes through
+:class:`~sparsekit.training.runner.EpochRunner` (the :class:`~sparsekit.training.step.Engine`'s
+step, optimizer and growth method) — there is no second training loop here, only the epoch
+bookkeeping scikit-learn's stochastic solvers do around it: the validation split, the
+no-improvement count and the best weights.
+
+``alpha`` → ``weight_decay``
+    scikit-learn adds ``alpha * W / n_batch`` to the gradient of the mean batch loss (its
+    ``_compute_loss_grad``: ``(X^T delta + alpha * W) / n_batch``).  That is the coupled L2 term
+    of :class:`~sparsekit.training.optim.MomentumSGD` and
+    :class:`~sparsekit.training.optim.Adam` (``g + weight_decay * w``) with
+    ``weight_decay = alpha / batch_size``, ``batch_size`` being the one this call resolved
+    (``"auto"``: ``min(200, n_samples)``).  ``solver="adamw"`` applies the same
+    ``alpha / batch_size`` as AdamW's decoupled shrink ``w *= 1 - lr * alpha / batch_size``.
+    Two differences remain: sparsekit's optimizers also decay the biases (scikit-learn: the
+    weights only), and a last partial batch of ``m < batch_size`` samples gets
+    ``alpha / batch_size`` instead of ``alpha / m``; with the default ``alpha`` both change the
+    update by less than 1e-6 of a weight.
+"""
 
 from __future__ import annotations
 
 import logging
 import numbers
+import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..nn.model import SparseMLP
 from ..training.config import TrainConfig
+from ..training.loop import check_run_memory
 from ..training.runner import EpochRunner
 
 logger = logging.getLogger("sparsekit")
 
 _DTYPES = [np.float64, np.float32]
+SOLVERS = ("sgd", "adam", "adamw")
+
+#: Defaults shared by both estimators, chosen by the sweep of ``benchmarks/tabular.py``
+#: (``benchmarks/results/tabular.md``).
+DEFAULTS = dict(
+    hidden_layer_sizes=(256, 256), activation="relu", slope=0.6, epsilon=10.0, dropout=0.1,
+    method="set", zeta=0.3, solver="adam", alpha=1e-4, batch_size=64,
+    learning_rate_init=2e-3, max_iter=50, tol=1e-4, n_iter_no_change=50,
+    early_stopping=False,
+)
 
 
 def _writable(a) -> bool:
     return bool(getattr(a.flags, "writeable", True))
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class _SparseMLPBase(BaseEstimator):
@@ -28,39 +72,59 @@ class _SparseMLPBase(BaseEstimator):
 
     _loss = "cross_entropy"
 
-    def __init__(self, hidden_layer_sizes=(100,), *, epsilon: float = 20.0,
-                 activation: str = "allrelu", alpha: float = 0.6, dropout: float = 0.3,
-                 method: str = "set", zeta: float = 0.3, method_params: dict | None = None,
-                 max_iter: int = 200, batch_size: int = 128, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 2e-4, decay: str = "coupled",
+    def __init__(self, hidden_layer_sizes=DEFAULTS["hidden_layer_sizes"], *,
+                 activation: str = DEFAULTS["activation"], slope: float = DEFAULTS["slope"],
+                 epsilon: float = DEFAULTS["epsilon"], dropout: float = DEFAULTS["dropout"],
+                 method: str = DEFAULTS["method"], zeta: float = DEFAULTS["zeta"],
+                 method_params: dict | None = None, solver: str = DEFAULTS["solver"],
+                 alpha: float = DEFAULTS["alpha"], batch_size=DEFAULTS["batch_size"],
+                 learning_rate_init: float = DEFAULTS["learning_rate_init"],
                  lr_schedule: str = "constant", warmup_epochs: float = 0.0,
-                 init: str = "he_uniform", fan_in: str = "dense", backend: str = "cpu",
-                 dtype: str = "float32", max_grad_norm: float | None = 10.0,
-                 warm_start: bool = False, verbose: bool = False, random_state=None) -> None:
+                 max_iter: int = DEFAULTS["max_iter"], shuffle: bool = True,
+                 random_state=None, tol: float = DEFAULTS["tol"], verbose: bool = False,
+                 warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True,
+                 early_stopping: bool = DEFAULTS["early_stopping"],
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 adam_epsilon: float = 1e-8,
+                 n_iter_no_change: int = DEFAULTS["n_iter_no_change"],
+                 init: str = "he_uniform", fan_in: str = "dense",
+                 max_grad_norm: float | None = None, standardize: bool = True,
+                 backend: str = "cpu", dtype: str = "float32") -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
-        self.epsilon = epsilon
         self.activation = activation
-        self.alpha = alpha
+        self.slope = slope
+        self.epsilon = epsilon
         self.dropout = dropout
         self.method = method
         self.zeta = zeta
         self.method_params = method_params
-        self.max_iter = max_iter
+        self.solver = solver
+        self.alpha = alpha
         self.batch_size = batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.decay = decay
+        self.learning_rate_init = learning_rate_init
         self.lr_schedule = lr_schedule
         self.warmup_epochs = warmup_epochs
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.adam_epsilon = adam_epsilon
+        self.n_iter_no_change = n_iter_no_change
         self.init = init
         self.fan_in = fan_in
+        self.max_grad_norm = max_grad_norm
+        self.standardize = standardize
         self.backend = backend
         self.dtype = dtype
-        self.max_grad_norm = max_grad_norm
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.random_state = random_state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -89,59 +153,195 @@ class _SparseMLPBase(BaseEstimator):
     def _n_outputs(self) -> int:
         raise NotImplementedError
 
-    # --- fitting ---------------------------------------------------------------------------
-    def _check_hyperparameters(self) -> list[int]:
+    def _validation_score(self, X, target) -> float:
+        """Accuracy (classifier) or R² (regressor) of the current network on encoded targets."""
+        raise NotImplementedError
+
+    # --- parameters ------------------------------------------------------------------------
+    def _hidden_sizes(self) -> list[int]:
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
-        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
-                   for s in sizes):
+        if not sizes or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                                and s >= 1 for s in sizes):
             raise ValueError("hidden_layer_sizes must be a positive int or a sequence of "
                              f"positive ints, got {self.hidden_layer_sizes!r}")
-        for name in ("max_iter", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         return [int(s) for s in sizes]
 
-    def _initialize(self, n_features: int) -> None:
-        hidden = self._check_hyperparameters()
-        rs = check_random_state(self.random_state)
-        init_seed, train_seed = (int(s) for s in rs.randint(0, 2**31 - 1, size=2))
-        self.model_ = SparseMLP([n_features, *hidden, self._n_outputs()], epsilon=self.epsilon,
-                                activation=self.activation, alpha=self.alpha,
-                                dropout=self.dropout, init=self.init, fan_in=self.fan_in,
-                                backend=self.backend, dtype=self.dtype, seed=init_seed)
-        config = TrainConfig(
-            epsilon=self.epsilon, activation=self.activation, alpha=self.alpha,
+    def _check_params(self) -> None:
+        """The checks that TrainConfig does not make (scikit-learn's own parameters)."""
+        self._hidden_sizes()
+        for name, low in (("max_iter", 1), ("n_iter_no_change", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        bs = self.batch_size
+        if not (isinstance(bs, str) and bs == "auto") and (
+                not isinstance(bs, numbers.Integral) or isinstance(bs, bool) or bs < 1):
+            raise ValueError(f"batch_size must be 'auto' or an integer >= 1, got {bs!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        for name in ("shuffle", "early_stopping", "nesterovs_momentum", "warm_start",
+                     "standardize"):
+            _check_bool(name, getattr(self, name))
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        vf = self.validation_fraction
+        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {vf!r}")
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha >= 0:
+            raise ValueError(f"alpha (the L2 penalty) must be a number >= 0, got {alpha!r}")
+
+    def _resolve_batch_size(self, n_samples: int) -> int:
+        """scikit-learn's rule: ``"auto"`` is ``min(200, n_samples)``; a larger int is clipped
+        to ``n_samples`` (silently: the default of 64 exceeds small data sets)."""
+        if isinstance(self.batch_size, str):
+            return min(200, n_samples)
+        return int(min(self.batch_size, n_samples))
+
+    def _train_config(self, batch_size: int) -> TrainConfig:
+        """The :class:`TrainConfig` of these parameters for mini-batches of ``batch_size``."""
+        sgd = self.solver == "sgd"
+        return TrainConfig(
+            epsilon=self.epsilon, activation=self.activation, alpha=self.slope,
             dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self.dtype,
             method=self.method, method_params=self.method_params or {}, zeta=self.zeta,
-            batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, decay=self.decay, lr_schedule=self.lr_schedule,
-            warmup_epochs=self.warmup_epochs, max_grad_norm=self.max_grad_norm,
-            backend=self.backend)
+            optimizer=self.solver, lr=self.learning_rate_init, momentum=self.momentum,
+            nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
+            betas=(self.beta_1, self.beta_2), adam_eps=self.adam_epsilon,
+            weight_decay=self.alpha / batch_size, batch_size=batch_size,
+            lr_schedule=self.lr_schedule, warmup_epochs=self.warmup_epochs,
+            max_grad_norm=self.max_grad_norm, backend=self.backend, eval_batch_size=2048,
+            epochs=self.max_iter)
+
+    # --- fitting ---------------------------------------------------------------------------
+    def _initialize(self, n_features: int, n_train: int, n_val: int, batch_size: int,
+                    rs) -> None:
+        """Check the memory, build the network and the runner; reset the fitted attributes."""
+        hidden = self._hidden_sizes()
+        config = self._train_config(batch_size)
+        sizes = [n_features, *hidden, self._n_outputs()]
+        check_run_memory(sizes, config, n_train, n_val)  # before anything is allocated
+        init_seed, train_seed = (int(s) for s in rs.randint(0, 2**31 - 1, size=2))
+        self.model_ = SparseMLP(sizes, backend=self.backend, seed=init_seed,
+                                **config.model_options)
         self._runner = EpochRunner(self.model_, config, loss=self._loss, seed=train_seed,
                                    max_epochs=self.max_iter)
         self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
-
-    def _run(self, X, target: np.ndarray, epochs: int) -> None:
-        level = logging.INFO if self.verbose else logging.DEBUG
-        name = type(self).__name__
-
-        def log(line: str) -> None:
-            logger.log(level, "%s: %s", name, line)
-
-        for _ in range(epochs):
-            self.loss_curve_.append(self._runner.run_epoch(X, target, log))
-        self.n_iter_ = self._runner.epoch
-        self.t_ = self._runner.step
-        self.loss_ = self.loss_curve_[-1]
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+            self.best_loss_ = None
+        else:
+            self.validation_scores_ = self.best_validation_score_ = None
+            self.best_loss_ = np.inf
 
     def _validate(self, X, y, reset: bool):
         return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=_DTYPES,
                              multi_output=self._loss == "mse", y_numeric=self._loss == "mse")
 
+    def _fit(self, X, y, *, incremental: bool, classes=None):
+        self._check_params()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first = not hasattr(self, "model_") or not (self.warm_start or incremental)
+        X, y = self._validate(X, y, reset=first)
+        target = self._encode_targets(y, first=first, classes=classes)
+        if first:
+            self._fit_input_scaling(X)
+        X = self._scale_inputs(X)
+        rs = check_random_state(self.random_state)
+        if first:
+            self._train_config(1)  # a bad value fails before the split
+        early = self.early_stopping
+        if early:
+            stratify = y if is_classifier(self) else None
+            X_tr, X_val, t_tr, t_val = train_test_split(
+                X, target, random_state=rs, test_size=self.validation_fraction,
+                stratify=stratify)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+        else:
+            X_tr, t_tr, X_val, t_val = X, target, None, None
+        n = X_tr.shape[0]
+        batch_size = self._resolve_batch_size(n)
+        if first:
+            self._initialize(X.shape[1], n, 0 if X_val is None else X_val.shape[0],
+                             batch_size, rs)
+        runner = self._runner
+        runner.set_weight_decay(self.alpha / batch_size)
+        if early and getattr(self, "validation_scores_", None) is None:  # warm, switched on
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+        elif not early and getattr(self, "best_loss_", None) is None:
+            self.best_loss_ = np.inf
+        self._best = None
+        verbose = bool(self.verbose)
+        name = type(self).__name__
+
+        def log(line: str) -> None:
+            logger.debug("%s: %s", name, line)
+
+        self.n_iter_ = 0
+        for _ in range(self.max_iter):
+            loss = runner.run_epoch(X_tr, t_tr, log, batch_size=batch_size,
+                                    shuffle=bool(self.shuffle))
+            self.n_iter_ += 1
+            self.t_ += n
+            self.loss_ = loss
+            self.loss_curve_.append(loss)
+            if verbose:
+                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+            self._update_no_improvement_count(early, X_val, t_val, verbose)
+            if self._no_improvement_count > self.n_iter_no_change:
+                what = "Validation score" if early else "Training loss"
+                if verbose:
+                    print(f"{what} did not improve more than tol={self.tol:f} for "
+                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                break
+            if incremental:
+                break
+            # As scikit-learn, unless the stopping rule could not have fired within max_iter (a
+            # fixed budget of epochs, as the defaults are): then there is nothing to warn about.
+            if self.n_iter_ == self.max_iter and self.n_iter_no_change < self.max_iter:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
+                              "reached and the optimization hasn't converged yet.",
+                              ConvergenceWarning, stacklevel=3)
+        if early and self._best is not None:
+            runner.restore(self._best)
+            self._best = None
+        return self
+
+    def _update_no_improvement_count(self, early: bool, X_val, t_val, verbose: bool) -> None:
+        """scikit-learn's rule: an epoch counts as no improvement when the validation score is
+        below the best one + ``tol`` (``early_stopping``), or the training loss above the best
+        one - ``tol``; the best validation epoch's weights are kept."""
+        if early:
+            score = self._validation_score(X_val, t_val)
+            self.validation_scores_.append(score)
+            if verbose:
+                print(f"Validation score: {score:f}")
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best = self._runner.snapshot()
+        else:
+            loss = self.loss_curve_[-1]
+            if loss > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, loss)
+
+    _best = None
+
     def fit(self, X, y):
-        """Train for ``max_iter`` epochs (continuing the current model if ``warm_start``).
+        """Train for up to ``max_iter`` epochs (continuing the current network if
+        ``warm_start``), stopping as scikit-learn's MLP does (see ``n_iter_no_change``).
 
         Parameters
         ----------
@@ -155,26 +355,48 @@ class _SparseMLPBase(BaseEstimator):
         self : object
             The fitted estimator.
         """
-        warm = self.warm_start and hasattr(self, "model_")
-        X, y = self._validate(X, y, reset=not warm)
-        target = self._encode_targets(y, first=not warm)
-        if not warm:
-            self._initialize(X.shape[1])
-        self._run(X, target, self.max_iter)
-        return self
+        return self._fit(X, y, incremental=False)
 
-    def _partial_fit(self, X, y, classes=None):
-        first = not hasattr(self, "model_")
-        X, y = self._validate(X, y, reset=first)
-        target = self._encode_targets(y, first=first, classes=classes)
-        if first:
-            self._initialize(X.shape[1])
-        self._run(X, target, 1)
-        return self
+    # --- input standardisation ---------------------------------------------------------------
+    def _fit_input_scaling(self, X) -> None:
+        """Per-feature mean and standard deviation of the first call's ``X`` (``standardize``);
+        a sparse ``X`` is only scaled, never centred, so that it stays sparse."""
+        if not self.standardize:
+            self._x_mean = self._x_scale = None
+            return
+        if sp.issparse(X):
+            _, var = mean_variance_axis(X, axis=0)
+            mean = None
+        else:
+            mean, var = X.mean(axis=0), X.var(axis=0)
+        scale = np.sqrt(var)
+        self._x_mean = mean
+        self._x_scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean if mean is not None
+                                                                         else 0.0)),
+                                 scale, 1.0)
+
+    def _scale_inputs(self, X):
+        """``X`` standardised with the first call's statistics, in the network's precision
+        (one copy; a sparse ``X`` keeps its pattern)."""
+        if getattr(self, "_x_scale", None) is None:
+            return X
+        dtype = np.dtype(self.model_.dtype if hasattr(self, "model_") else self.dtype)
+        inv = (1.0 / self._x_scale).astype(dtype)
+        if sp.issparse(X):
+            out = X.astype(dtype, copy=True).tocsr()
+            out.data *= inv[out.indices]
+            return out
+        out = np.asarray(X, dtype=dtype) - self._x_mean.astype(dtype)
+        out *= inv
+        return out
 
     # --- prediction ------------------------------------------------------------------------
+    def _logits(self, X) -> np.ndarray:
+        """Network outputs (n_samples, n_outputs) in float64 of already validated ``X``."""
+        return self.model_.logits(X).astype(np.float64)
+
     def _forward(self, X) -> np.ndarray:
         """Network outputs (n_samples, n_outputs) in float64 for validated ``X``."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=_DTYPES)
-        return self.model_.logits(X).astype(np.float64)
+        return self._logits(self._scale_inputs(X))

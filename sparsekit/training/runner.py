@@ -3,7 +3,9 @@
 :func:`sparsekit.train` runs a whole training job (run folder, checkpoints, history, test set).
 The estimators need less and something else: state that survives between ``partial_fit``
 calls, mini-batches cut from a ``scipy.sparse`` matrix, every sample used each epoch (a last
-partial batch included), and a regression head.  :class:`EpochRunner` is that loop; the step,
+partial batch included), a batch size and an L2 penalty resolved per call (scikit-learn's
+``batch_size="auto"`` and ``alpha``), ``shuffle=False``, copies of the best epoch's weights
+for early stopping, and a regression head.  :class:`EpochRunner` is that loop; the step,
 the optimizer and the growth method are the :class:`~sparsekit.training.step.Engine`'s, as in
 ``train()`` and every WASAP rank.
 
@@ -62,18 +64,47 @@ class EpochRunner:
         """Optimizer steps completed."""
         return self.engine.step
 
-    def run_epoch(self, x, target: np.ndarray, log: Callable[[str], Any] | None = None) -> float:
-        """One pass over ``(x, target)`` in shuffled mini-batches; returns the mean loss.
+    def set_weight_decay(self, weight_decay: float) -> None:
+        """Change the optimizer's weight decay from the next step on (the estimators' ``alpha``
+        is divided by the batch size, which each ``fit``/``partial_fit`` call resolves anew)."""
+        engine = self.engine
+        if float(weight_decay) != engine.optimizer.weight_decay:
+            engine.config = engine.config.replace(weight_decay=float(weight_decay))
+            engine.optimizer.weight_decay = engine.config.weight_decay
+
+    def run_epoch(self, x, target: np.ndarray, log: Callable[[str], Any] | None = None, *,
+                  batch_size: int | None = None, shuffle: bool = True) -> float:
+        """One pass over ``(x, target)`` in mini-batches; returns the mean loss per sample.
 
         ``x`` is a dense ``(n, n_features)`` array or a ``scipy.sparse`` CSR matrix; ``target``
         holds int64 class indices (``cross_entropy``) or ``(n, n_outputs)`` floats (``mse``).
-        A batch larger than the data becomes one batch of all of it.
+        ``batch_size`` (default the config's) is clipped to the number of samples; a last
+        partial batch is trained on too.  ``shuffle=False`` visits the samples in order.
         """
         engine = self.engine
+        bs = min(int(batch_size or engine.config.batch_size), x.shape[0])
         fit = engine.train_epoch(x, target, drop_last=False, sort_batches=True,
-                                 batch_size=min(engine.config.batch_size, x.shape[0]))
+                                 batch_size=bs, shuffle=shuffle)
         engine.end_epoch(prune=False)
         if log is not None:
             log(f"epoch {engine.epoch:>3}  {self.loss} loss {fit['loss']:.4f}  "
                 f"connections {sum(self.model.n_connections)}")
         return fit["loss"]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Copies of every layer's weights, bias, optimizer state and topology (the estimators'
+        best epoch under ``early_stopping``)."""
+        out = []
+        for layer in self.model.layers:
+            out.append({"w": layer.w.copy(), "b": layer.b.copy(),
+                        "state_w": {k: v.copy() for k, v in layer.state_w.items()},
+                        "state_b": {k: v.copy() for k, v in layer.state_b.items()},
+                        "w_forward": None if layer.w_forward is None else layer.w_forward.copy()})
+        return out
+
+    def restore(self, snapshot: list[dict[str, Any]]) -> None:
+        """Put a :meth:`snapshot` back into the model (the counters and generator go on)."""
+        for layer, saved in zip(self.model.layers, snapshot):
+            layer.w, layer.b = saved["w"], saved["b"]
+            layer.state_w, layer.state_b = saved["state_w"], saved["state_b"]
+            layer.w_forward = saved["w_forward"]

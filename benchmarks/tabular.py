@@ -18,7 +18,8 @@ seconds, medians over the seeds, side by side, in ``benchmarks/results/tabular.m
 ``.json`` with the machine and the command.
 
     flock /tmp/bench.lock python benchmarks/tabular.py                 # the full sweep
-    flock /tmp/bench.lock python benchmarks/tabular.py --scale         # standardised inputs
+    flock /tmp/bench.lock python benchmarks/tabular.py --scale --seeds 1 --models sparsekit mlp \
+        --out benchmarks/results/tabular.scaled                         # standardised inputs
     python benchmarks/tabular.py --quick --params '{"dropout": 0.1}' --out /tmp/try
 """
 
@@ -225,7 +226,7 @@ def main() -> None:
                           "fit_s": statistics.median(r["fit_s"] for r in rs),
                           "cpu_s": statistics.median(r["cpu_s"] for r in rs)}
                       for m, rs in per.items()} for name, per in runs.items()}
-    command = "python benchmarks/tabular.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/tabular.py", *sys.argv[1:]])
     report = {"command": command, "loadavg_end": describe()["loadavg"],
               "date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": machine, "platform": platform.platform(), "threads": args.threads,
               "seeds": seeds, "scale": args.scale, "params": params,
@@ -233,8 +234,8 @@ def main() -> None:
               "summary": summary, "runs": runs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    Path(f"{out}.json").write_text(json.dumps(report, indent=1) + "\n")
+    Path(f"{out}.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -243,6 +243,18 @@ def test_constant_features_do_not_divide_by_zero(blobs):
     assert np.isfinite(clf.predict_proba(x)).all()
 
 
+def test_nearly_constant_features_are_not_blown_up(blobs):
+    x, y = blobs
+    rare = np.zeros(len(x))
+    rare[:3] = 1.0  # a border pixel: almost always 0
+    x = np.column_stack([x, rare])
+    clf = small(max_iter=1).fit(x, y)
+    std = x.std(axis=0)
+    floor = 0.3 * np.median(std)
+    np.testing.assert_allclose(clf._x_scale[:6], np.maximum(std[:6], floor))
+    assert clf._x_scale[6] == pytest.approx(floor)  # not its own tiny deviation
+
+
 # --- memory -----------------------------------------------------------------------------------
 def test_huge_estimator_is_refused_before_anything_is_allocated(blobs):
     x, y = blobs

@@ -86,7 +86,9 @@ PARAMETERS = """\
     standardize : bool, default True
         Standardise every feature with the mean and standard deviation of the first
         ``fit``/``partial_fit`` call's data (a ``scipy.sparse`` ``X`` is only divided by the
-        standard deviation, so it stays sparse), and apply the same map in ``predict``.
+        standard deviation, so it stays sparse), and apply the same map in ``predict``.  No
+        feature is divided by less than 0.3 times the median standard deviation, so nearly
+        constant features are not amplified into noise.
         Unscaled tabular data then trains as well as scaled data; ``False`` leaves the inputs
         as they are, as scikit-learn's MLP does.
     backend : {"cpu", "gpu", "auto"} or Backend, default "cpu"

@@ -46,6 +46,10 @@ logger = logging.getLogger("sparsekit")
 
 _DTYPES = [np.float64, np.float32]
 SOLVERS = ("sgd", "adam", "adamw")
+#: Smallest divisor of a standardised feature, as a share of the median standard deviation of
+#: the non-constant features (``benchmarks/results/tabular.md``: +1.7 points on Fashion-MNIST,
+#: +1.1 on seattle-weather, +0.5 on digits against plain standardisation, no set worse).
+STD_FLOOR = 0.3
 
 #: Defaults shared by both estimators, chosen by the sweep of ``benchmarks/tabular.py``
 #: (``benchmarks/results/tabular.md``).
@@ -360,7 +364,12 @@ class _SparseMLPBase(BaseEstimator):
     # --- input standardisation ---------------------------------------------------------------
     def _fit_input_scaling(self, X) -> None:
         """Per-feature mean and standard deviation of the first call's ``X`` (``standardize``);
-        a sparse ``X`` is only scaled, never centred, so that it stays sparse."""
+        a sparse ``X`` is only scaled, never centred, so that it stays sparse.
+
+        A feature is divided by at least :data:`STD_FLOOR` times the median standard deviation
+        of the non-constant features, so nearly constant ones (the border pixels of an image)
+        are not blown up into noise as large as the informative ones.
+        """
         if not self.standardize:
             self._x_mean = self._x_scale = None
             return
@@ -369,11 +378,11 @@ class _SparseMLPBase(BaseEstimator):
             mean = None
         else:
             mean, var = X.mean(axis=0), X.var(axis=0)
-        scale = np.sqrt(var)
+        std = np.sqrt(np.asarray(var, dtype=np.float64))
+        varying = std[std > 0]
+        floor = STD_FLOOR * float(np.median(varying)) if varying.size else 1.0
         self._x_mean = mean
-        self._x_scale = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean if mean is not None
-                                                                         else 0.0)),
-                                 scale, 1.0)
+        self._x_scale = np.maximum(std, floor)
 
     def _scale_inputs(self, X):
         """``X`` standardised with the first call's statistics, in the network's precision

@@ -118,9 +118,11 @@ def test_batch_size_auto_is_min_200_n_and_ints_are_clipped(blobs):
     assert auto._runner.step == 2  # 300 samples in batches of 200: 2 steps
     tiny = small(batch_size="auto", max_iter=1).fit(x[:50], y[:50])
     assert tiny._runner.step == 1  # min(200, 50)
-    big = small(batch_size=1000, max_iter=1).fit(x, y)
+    with pytest.warns(UserWarning, match="It is going to be clipped"):
+        big = small(batch_size=1000, max_iter=1).fit(x, y)
     assert big._runner.step == 1
-    assert small(max_iter=1).fit(x, y)._runner.step == 5  # the default, 64
+    assert small(batch_size=64, max_iter=1).fit(x, y)._runner.step == 5
+    assert SparseMLPClassifier().batch_size == "auto"
 
 
 def test_shuffle_false_visits_samples_in_order_and_draws_nothing(blobs, monkeypatch):

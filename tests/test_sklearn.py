@@ -28,7 +28,7 @@ def one_thread():
     return CpuBackend(num_threads=1)
 
 
-FAST = dict(hidden_layer_sizes=(32,), max_iter=20, learning_rate_init=0.01)
+FAST = dict(hidden_layer_sizes=(32,), max_iter=20, learning_rate_init=0.01, batch_size=32)
 
 # Checks that are expected to fail: none.  Every check runs; the only ones reported as skipped
 # are skipped by scikit-learn itself: `check_array_api_input` (runs only with SCIPY_ARRAY_API=1;
@@ -109,7 +109,7 @@ def test_partial_fit_and_warm_start(blobs):
         clf.partial_fit(x[:120], y[:120], classes=[0, 1, 2])
     # one epoch per call (n_iter_ 1, as scikit-learn); t_ counts the samples seen
     assert clf.n_iter_ == 1 and clf.t_ == 360 and len(clf.loss_curve_) == 3
-    assert clf._runner.step == 3 * 2  # batch_size 64: 2 steps of 120 samples
+    assert clf._runner.step == 3  # batch_size "auto": min(200, 120), one step per call
     clf.partial_fit(x[120:], y[120:])
     assert clf.n_iter_ == 1 and clf.t_ == 480
     with pytest.raises(ValueError, match="not in classes_"):

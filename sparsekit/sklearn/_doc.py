@@ -30,11 +30,10 @@ PARAMETERS = """\
         L2 penalty, scaled as scikit-learn scales it: ``alpha * W / batch_size`` is added to the
         gradient of the mean batch loss, i.e. ``TrainConfig.weight_decay = alpha / batch_size``
         (see :mod:`sparsekit.sklearn.base` for the exact mapping).
-    batch_size : int or "auto", default 64
-        Mini-batch size; ``"auto"`` is ``min(200, n_samples)`` as in scikit-learn, and a
-        larger int is clipped to ``n_samples`` (without scikit-learn's warning).  Smaller batches than
-        scikit-learn's won on small tables at a fit time still below its MLP's.
-    learning_rate_init : float, default 2e-3
+    batch_size : int or "auto", default "auto"
+        Mini-batch size; ``"auto"`` is ``min(200, n_samples)`` and a larger int is clipped to
+        ``n_samples`` (with a warning), as in scikit-learn.
+    learning_rate_init : float, default 3e-3
         Initial learning rate.
     lr_schedule : {"constant", "step", "cosine", "linear"}, default "constant"
         Learning-rate schedule over ``max_iter`` epochs (scikit-learn's ``learning_rate`` has

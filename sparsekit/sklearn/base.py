@@ -55,8 +55,8 @@ STD_FLOOR = 0.3
 #: (``benchmarks/results/tabular.md``).
 DEFAULTS = dict(
     hidden_layer_sizes=(256, 256), activation="relu", slope=0.6, epsilon=10.0, dropout=0.1,
-    method="set", zeta=0.3, solver="adam", alpha=1e-4, batch_size=64,
-    learning_rate_init=2e-3, max_iter=50, tol=1e-4, n_iter_no_change=50,
+    method="set", zeta=0.3, solver="adam", alpha=1e-4, batch_size="auto",
+    learning_rate_init=3e-3, max_iter=50, tol=1e-4, n_iter_no_change=50,
     early_stopping=False,
 )
 
@@ -199,9 +199,12 @@ class _SparseMLPBase(BaseEstimator):
 
     def _resolve_batch_size(self, n_samples: int) -> int:
         """scikit-learn's rule: ``"auto"`` is ``min(200, n_samples)``; a larger int is clipped
-        to ``n_samples`` (silently: the default of 64 exceeds small data sets)."""
+        to ``n_samples``, with scikit-learn's warning."""
         if isinstance(self.batch_size, str):
             return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going "
+                          "to be clipped", UserWarning, stacklevel=4)
         return int(min(self.batch_size, n_samples))
 
     def _train_config(self, batch_size: int) -> TrainConfig:
@@ -253,11 +256,10 @@ class _SparseMLPBase(BaseEstimator):
         X, y = self._validate(X, y, reset=first)
         target = self._encode_targets(y, first=first, classes=classes)
         if first:
+            self._train_config(1)  # a bad value fails before anything is computed
             self._fit_input_scaling(X)
-        X = self._scale_inputs(X)
+        X = self._scale_inputs(X, np.dtype(self.dtype) if first else None)
         rs = check_random_state(self.random_state)
-        if first:
-            self._train_config(1)  # a bad value fails before the split
         early = self.early_stopping
         if early:
             stratify = y if is_classifier(self) else None
@@ -384,12 +386,12 @@ class _SparseMLPBase(BaseEstimator):
         self._x_mean = mean
         self._x_scale = np.maximum(std, floor)
 
-    def _scale_inputs(self, X):
-        """``X`` standardised with the first call's statistics, in the network's precision
-        (one copy; a sparse ``X`` keeps its pattern)."""
+    def _scale_inputs(self, X, dtype=None):
+        """``X`` standardised with the first call's statistics, in ``dtype`` (default the
+        network's precision): one copy; a sparse ``X`` keeps its pattern."""
         if getattr(self, "_x_scale", None) is None:
             return X
-        dtype = np.dtype(self.model_.dtype if hasattr(self, "model_") else self.dtype)
+        dtype = np.dtype(self.model_.dtype if dtype is None else dtype)
         inv = (1.0 / self._x_scale).astype(dtype)
         if sp.issparse(X):
             out = X.astype(dtype, copy=True).tocsr()

@@ -116,15 +116,7 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
                              "(train() and the estimators take sparse input)")
         return _check_sparse_x(x, n_features, xn), check_labels(y, x.shape[0], n_classes,
                                                                  names)
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{xn} must be 2-D (n_samples, n_features), got shape {x.shape}")
-    if x.dtype.kind in "biu":
-        x = x.astype(np.float32)
-    elif x.dtype.kind != "f":
-        raise ValueError(f"{xn} must hold real numbers, got dtype {x.dtype}")
-    if n_features is not None and x.shape[1] != n_features:
-        raise ValueError(f"{xn} has {x.shape[1]} features, expected {n_features}")
+    x = _check_matrix(np.asarray(x), n_features, xn)
     step = _block(x.shape[1])
     for s in range(0, x.shape[0], step):
         bad = ~np.isfinite(x[s:s + step])
@@ -134,9 +126,9 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
     return x, check_labels(y, x.shape[0], n_classes, names)
 
 
-def _check_sparse_x(x: Any, n_features: int | None, xn: str):
-    """A scipy.sparse ``x`` as CSR: 2-D, real, finite stored values, ``n_features`` columns."""
-    x = x.tocsr()
+def _check_matrix(x: Any, n_features: int | None, xn: str):
+    """What dense and sparse ``x`` share: 2-D, real (integers become float32), ``n_features``
+    columns."""
     if x.ndim != 2:
         raise ValueError(f"{xn} must be 2-D (n_samples, n_features), got shape {x.shape}")
     if x.dtype.kind in "biu":
@@ -145,6 +137,12 @@ def _check_sparse_x(x: Any, n_features: int | None, xn: str):
         raise ValueError(f"{xn} must hold real numbers, got dtype {x.dtype}")
     if n_features is not None and x.shape[1] != n_features:
         raise ValueError(f"{xn} has {x.shape[1]} features, expected {n_features}")
+    return x
+
+
+def _check_sparse_x(x: Any, n_features: int | None, xn: str):
+    """A scipy.sparse ``x`` as CSR: 2-D, real, finite stored values, ``n_features`` columns."""
+    x = _check_matrix(x.tocsr(), n_features, xn)
     if not np.isfinite(x.data).all():
         k = int(np.flatnonzero(~np.isfinite(x.data))[0])
         row = int(np.searchsorted(x.indptr, k, side="right")) - 1

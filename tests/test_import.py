@@ -17,6 +17,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = ["cupy", "cupyx", "torch", "sklearn", "mpi4py", "matplotlib", "tqdm"]
 
@@ -97,29 +99,19 @@ def test_import_sparsekit_needs_no_optional_dependency():
     assert r["probes"] == [], "probed for a CUDA device"
 
 
-def test_estimators_without_scikit_learn_name_the_extra():
-    r = run_blocked("""
+@pytest.mark.parametrize("statement,extra", [
+    ("from sparsekit import SparseMLPClassifier", "sklearn"),  # the estimators
+    ("import sparsekit.torch", "torch"),
+])
+def test_an_optional_front_end_without_its_package_names_the_extra(statement, extra):
+    r = run_blocked(f"""
         try:
-            from sparsekit import SparseMLPClassifier
+            {statement}
         except ImportError as exc:
             report(error=str(exc))
         else:
             report(error=None)
     """)
     assert r["error"] is not None
-    assert "pip install 'sparsekit[sklearn]'" in r["error"]
-    assert r["probes"] == []
-
-
-def test_torch_module_without_torch_names_the_extra():
-    r = run_blocked("""
-        try:
-            import sparsekit.torch
-        except ImportError as exc:
-            report(error=str(exc))
-        else:
-            report(error=None)
-    """)
-    assert r["error"] is not None
-    assert "pip install 'sparsekit[torch]'" in r["error"]
+    assert f"pip install 'sparsekit[{extra}]'" in r["error"]
     assert r["probes"] == []

@@ -39,7 +39,8 @@ class CpuBackend(Backend):
     def transpose_index(self, w: CSR):
         """W's column index (cached on the CSR until its pattern changes)."""
         if w._transpose is None:
-            w._transpose = spmm.transpose_index(w.indptr, w.indices, w.shape[1])
+            w._transpose = spmm.transpose_index(w.indptr, w.indices, w.shape[1],
+                                                self._threads(w.nnz))
         return w._transpose
 
     def matmul(self, x_ib, w: CSR):

@@ -273,12 +273,18 @@ def _pattern_grad(const index_t[::1] indptr, const index_t[::1] indices,
               NULL, &out[0], NULL, n_rows, n_batch, p, num_threads)
 
 
-def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ssize_t n_cols):
+def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ssize_t n_cols,
+                    int num_threads=0):
     """Column index of a CSR pattern, by counting sort in O(nnz + n_cols).
 
     Returns ``(t_indptr, t_rows, t_perm)``: for column i, ``t_rows[t_indptr[i]:t_indptr[i+1]]``
     are the rows holding it, in increasing order, and ``t_perm`` the CSR positions of those
     entries.
+
+    Parallel over chunks of consecutive rows with about equal nnz: each chunk counts its
+    columns, the counts are turned into per-chunk cursors (chunk t starts after chunks < t in
+    every column), then each chunk scatters its own rows.  Lower chunks hold lower rows, so the
+    output is the serial one whatever the number of chunks.
     """
     cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
     cdef Py_ssize_t nnz = indices.shape[0]
@@ -290,29 +296,44 @@ def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ss
         raise ValueError(f"indices must lie in [0, n_cols={n_cols})")
     if n_rows and np.any(np.diff(np.asarray(indptr)) < 0):
         raise ValueError("indptr must be non-decreasing")
+    cdef int nt = check_threads(num_threads)
     dtype = np.asarray(indices).dtype
     t_indptr_a = np.zeros(n_cols + 1, dtype=dtype)
     t_rows_a = np.empty(nnz, dtype=dtype)
     t_perm_a = np.empty(nnz, dtype=dtype)
+    if n_cols == 0 or nnz == 0:
+        return t_indptr_a, t_rows_a, t_perm_a
+    # Chunks of at least 32k entries whose cursors together take no more room than t_rows.
+    cdef Py_ssize_t n_chunks = max(1, min(nt, nnz // max(n_cols, 1 << 15), n_rows))
+    bounds_a = np.searchsorted(np.asarray(indptr),
+                               np.arange(n_chunks + 1, dtype=np.int64) * nnz // n_chunks)
+    bounds_a[0], bounds_a[n_chunks] = 0, n_rows
+    cdef const Py_ssize_t[::1] bounds = bounds_a.astype(np.intp)
+    cur_a = np.zeros((n_chunks, n_cols), dtype=dtype)
+    cdef index_t[:, ::1] cur = cur_a
     cdef index_t[::1] t_indptr = t_indptr_a
     cdef index_t[::1] t_rows = t_rows_a
     cdef index_t[::1] t_perm = t_perm_a
-    cdef Py_ssize_t r, k, c, pos
-    if n_cols and nnz:
-        with nogil:
-            for k in range(nnz):
-                t_indptr[indices[k] + 1] += 1
-            for c in range(n_cols):
-                t_indptr[c + 1] += t_indptr[c]
-            # t_indptr[c] doubles as the fill cursor of column c, then is shifted back.
-            for r in range(n_rows):
+    cdef Py_ssize_t r, k, c, t, pos
+    cdef index_t run, v
+    with nogil:
+        for t in prange(n_chunks, schedule="static", num_threads=n_chunks):
+            for k in range(indptr[bounds[t]], indptr[bounds[t + 1]]):
+                cur[t, indices[k]] += 1
+        # count -> cursor: column c of chunk t starts after column c of every chunk before it
+        run = 0
+        for c in range(n_cols):
+            for t in range(n_chunks):
+                v = cur[t, c]
+                cur[t, c] = run
+                run = run + v
+            t_indptr[c + 1] = run
+        for t in prange(n_chunks, schedule="static", num_threads=n_chunks):
+            for r in range(bounds[t], bounds[t + 1]):
                 for k in range(indptr[r], indptr[r + 1]):
                     c = indices[k]
-                    pos = t_indptr[c]
+                    pos = cur[t, c]
                     t_rows[pos] = <index_t>r
                     t_perm[pos] = <index_t>k
-                    t_indptr[c] = <index_t>(pos + 1)
-            for c in range(n_cols, 0, -1):
-                t_indptr[c] = t_indptr[c - 1]
-            t_indptr[0] = 0
+                    cur[t, c] = <index_t>(pos + 1)
     return t_indptr_a, t_rows_a, t_perm_a

@@ -1,0 +1,66 @@
+"""The CPU kernels of one SET step at sizes where they split their work (several row chunks,
+several threads): each against a NumPy/SciPy oracle and the same for 1 to 4 threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sparsekit._cython import spmm
+
+
+def _transpose_oracle(w: sp.csr_matrix):
+    """Column index from SciPy: CSC order (rows increasing within a column) and the CSR slot of
+    each entry (a stable sort of the column ids)."""
+    cols = w.indices.astype(np.int64)
+    perm = np.argsort(cols, kind="stable")
+    rows = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+    t_indptr = np.zeros(w.shape[1] + 1, np.int64)
+    np.cumsum(np.bincount(cols, minlength=w.shape[1]), out=t_indptr[1:])
+    return t_indptr, rows[perm], perm
+
+
+def _layer(n_out, n_in, density, seed, empty_row_frac=0.0, skew=False):
+    rng = np.random.default_rng(seed)
+    w = sp.random(n_out, n_in, density, format="csr", random_state=rng, dtype=np.float32)
+    if empty_row_frac:
+        keep_rows = rng.random(n_out) >= empty_row_frac
+        w = sp.diags(keep_rows.astype(np.float32)) @ w
+        w.eliminate_zeros()
+    if skew:  # most entries in the first rows: chunks by nnz, not by rows
+        w = sp.vstack([sp.random(8, n_in, 0.9, random_state=rng, dtype=np.float32), w]).tocsr()
+    w.sort_indices()
+    return w
+
+
+LAYERS = [
+    # (chunks of at least 32k entries: 150 000 entries give up to 4)
+    (500, 600, 0.5, {}),
+    (4000, 40, 0.9, {"empty_row_frac": 0.3}),  # many empty rows, few columns
+    (100_000, 1, 1.0, {}),  # one column
+    (1, 70_000, 1.0, {}),  # one row: one chunk whatever the threads
+    (1000, 300, 0.3, {"skew": True}),
+    (50, 60, 0.0, {}),  # nnz = 0
+    (0, 5, 0.0, {}),  # no rows
+    (7, 0, 0.0, {}),  # no columns
+]
+
+
+@pytest.mark.parametrize("n_out,n_in,density,kw", LAYERS)
+@pytest.mark.parametrize("idt", [np.int32, np.int64])
+def test_transpose_index_matches_scipy_for_any_thread_count(n_out, n_in, density, kw, idt):
+    w = _layer(n_out, n_in, density, 3, **kw)
+    want = _transpose_oracle(w)
+    for threads in (1, 2, 3, 4):
+        got = spmm.transpose_index(w.indptr.astype(idt), w.indices.astype(idt), w.shape[1],
+                                   threads)
+        for g, e in zip(got, want, strict=True):
+            assert g.dtype == idt
+            np.testing.assert_array_equal(g, e)
+
+
+def test_transpose_index_refuses_bad_threads():
+    w = _layer(10, 10, 0.5, 1)
+    with pytest.raises(ValueError, match="num_threads must be >= 0"):
+        spmm.transpose_index(w.indptr, w.indices, 10, -1)

@@ -64,3 +64,41 @@ def test_transpose_index_refuses_bad_threads():
     w = _layer(10, 10, 0.5, 1)
     with pytest.raises(ValueError, match="num_threads must be >= 0"):
         spmm.transpose_index(w.indptr, w.indices, 10, -1)
+
+
+# --- per-row uniform sampler ------------------------------------------------------------------
+SAMPLER_CASES = [
+    # (n_out, n_in, density, new per row): rows short and few new (vector rank sort and
+    # rank -> column count), rows over 1024 entries (the prefix walk), over 64 new per row
+    # (std::sort and the prefix walk), empty rows, one column, nnz = 0
+    (300, 400, 0.05, 6),
+    (6, 3000, 0.5, 20),
+    (40, 2000, 0.02, 150),
+    (200, 300, 0.1, 10, 0.4),
+    (3000, 1, 0.3, 0.5),
+    (50, 80, 0.0, 5),
+]
+
+
+@pytest.mark.parametrize("case", SAMPLER_CASES)
+@pytest.mark.parametrize("idt", [np.int32, np.int64])
+def test_sampler_equals_its_numpy_twin_for_any_thread_count(case, idt):
+    """Distinct, absent, sorted positions, exactly those of the NumPy twin
+    (``host.sample_uniform_rows``) for a seed, whatever the thread count."""
+    from reference import check_sample_absent
+
+    from sparsekit._cython import sampling
+    from sparsekit.backends.host import sample_uniform_rows
+
+    n_out, n_in, density, per_row, *empty = case
+    w = _layer(n_out, n_in, density, 4, empty_row_frac=empty[0] if empty else 0.0)
+    m = min(int(per_row * n_out), n_out * n_in - w.nnz)
+    want = sample_uniform_rows(w.indptr.astype(np.int64), w.indices.astype(np.int64), n_in, m,
+                               np.random.default_rng(11))
+    for threads in (1, 2, 3):
+        rows, cols = sampling.sample_absent_uniform(w.indptr.astype(idt), w.indices.astype(idt),
+                                                    n_in, m, np.random.default_rng(11), threads)
+        assert rows.dtype == idt and cols.dtype == idt
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(cols, want[1])
+    check_sample_absent(w, rows, cols, m)

@@ -16,6 +16,10 @@ from ._types cimport index_t
 from .._streams import row_blocks
 from ._checks import check_pattern, check_threads
 
+cdef extern from "sampling.hh":
+    void sk_rank_sort[I](I* a, Py_ssize_t x) nogil
+    void sk_ranks_to_cols[I](const I* cols, Py_ssize_t n, I* ranks, Py_ssize_t u) nogil
+
 cdef extern from "streams.hh":
     uint64_t sk_mix64(uint64_t z) nogil
     uint64_t sk_below(uint64_t* s, uint64_t n) nogil
@@ -156,7 +160,8 @@ def _grow_rows(const index_t[::1] indptr, const index_t[::1] indices,
 
 cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,
                      Py_ssize_t u) noexcept nogil:
-    """ranks[i] += #{j : cols[j] - j <= ranks[i]}: rank among the free columns -> column.
+    """ranks[i] += #{j : cols[j] - j <= ranks[i]}: rank among the free columns -> column, for
+    long rows or many ranks (sk_ranks_to_cols, O(n * u / lanes), takes the others).
 
     ``cols`` sorted and distinct, so ``cols[j] - j`` (the free columns before cols[j]) does not
     decrease and the j counted form a prefix; ranks sorted.  The prefix end is found 16 entries
@@ -179,23 +184,6 @@ cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,
         ranks[i] = q + <index_t>jp
 
 
-cdef void _small_sort(index_t* a, Py_ssize_t x) noexcept nogil:
-    """Sort at most 64 values by counting, for each, the values placed before it: O(x^2)
-    compares, but branch-free and vectorised, where a comparison sort of random draws
-    mispredicts about every other branch."""
-    cdef index_t tmp[64]
-    cdef index_t v
-    cdef Py_ssize_t i, j, r
-    for i in range(x):
-        tmp[i] = a[i]
-    for i in range(x):
-        v = tmp[i]
-        r = 0
-        for j in range(x):
-            r = r + ((tmp[j] < v) | ((tmp[j] == v) & (j < i)))
-        a[r] = v
-
-
 cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p0,
                           Py_ssize_t p1, const index_t[::1] old_cols, Py_ssize_t c0,
                           Py_ssize_t n_old, Py_ssize_t x, uint64_t key, Py_ssize_t n_cols,
@@ -213,7 +201,7 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
     for j in range(x):
         out[base + j] = <index_t>sk_below(&state, n_free)
     if x <= 64:
-        _small_sort(&out[base], x)
+        sk_rank_sort(&out[base], x)
     else:
         sort(&out[base], &out[base] + x)
     u = 1
@@ -223,7 +211,9 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
     if n_old == 0:
         # Rank q -> column q + #{pattern columns c_j with c_j - j <= q} (c_j - j free columns
         # lie before c_j).
-        if p1 > p0:
+        if p1 > p0 and p1 - p0 <= 1024 and u <= 64:
+            sk_ranks_to_cols(&indices[p0], p1 - p0, &out[base], u)
+        elif p1 > p0:
             _count_map(&indices[p0], p1 - p0, &out[base], u)
         return u
     # Rank -> column: skip the pattern's columns and the chosen ones (both sorted, disjoint).

@@ -102,3 +102,74 @@ def test_sampler_equals_its_numpy_twin_for_any_thread_count(case, idt):
         np.testing.assert_array_equal(rows, want[0])
         np.testing.assert_array_equal(cols, want[1])
     check_sample_absent(w, rows, cols, m)
+
+
+# --- rebuild ----------------------------------------------------------------------------------
+REBUILD_CASES = [
+    # (n_out, n_in, density, new per row, empty-row fraction): m >= 65 536 splits the checks
+    (2000, 1000, 0.04, 40, 0.0),
+    (3000, 500, 0.05, 25, 0.3),
+    (100_000, 1, 0.5, 0.4, 0.0),  # one column
+    (300, 200, 0.0, 5, 0.0),  # nnz = 0
+    (400, 300, 0.1, 0, 0.0),  # m = 0
+]
+
+
+@pytest.mark.parametrize("n_out,n_in,density,per_row,empty", REBUILD_CASES)
+@pytest.mark.parametrize("idt", [np.int32, np.int64])
+def test_rebuild_equals_the_oracle_for_any_thread_count(n_out, n_in, density, per_row, empty,
+                                                         idt):
+    """Pattern, values, the fused state and the ``src`` of the other states equal the SciPy
+    oracle bit for bit for 1 to 3 threads; new positions out of order give None."""
+    import reference as ref
+
+    from sparsekit._cython import rebuild
+    from sparsekit.backends.host import sample_uniform_rows
+
+    w = _layer(n_out, n_in, density, 5, empty_row_frac=empty)
+    rng = np.random.default_rng(6)
+    keep = rng.random(w.nnz) < 0.7
+    m = min(int(per_row * n_out), n_out * n_in - w.nnz)
+    rows, cols = sample_uniform_rows(w.indptr.astype(np.int64), w.indices.astype(np.int64), n_in,
+                                     m, rng)
+    vals = rng.standard_normal(m).astype(np.float32)
+    mom = rng.standard_normal(w.nnz).astype(np.float32)
+    want, (want_mom, want_slot) = ref.rebuild(w, keep, rows, cols, vals, mom,
+                                              np.arange(w.nnz, dtype=np.int64))
+    args = (w.indptr.astype(idt), w.indices.astype(idt), keep.view(np.uint8), rows.astype(idt),
+            cols.astype(idt), n_in, w.data, vals)
+    for threads in (1, 2, 3):
+        indptr, indices, data, src, state = rebuild.rebuild_csr(*args, True, threads, mom)
+        assert indptr.dtype == indices.dtype == idt
+        np.testing.assert_array_equal(indptr, want.indptr)
+        np.testing.assert_array_equal(indices, want.indices)
+        np.testing.assert_array_equal(data, want.data)
+        np.testing.assert_array_equal(state, want_mom)
+        is_new = src < 0
+        np.testing.assert_array_equal(np.where(is_new, 0, src), want_slot)
+        np.testing.assert_array_equal(vals[-1 - src[is_new]], data[is_new])
+        _, _, data2, src2, state2 = rebuild.rebuild_csr(*args, False, threads, None)
+        assert src2 is None and state2 is None
+        np.testing.assert_array_equal(data2, want.data)
+    if m > 1:
+        swapped = np.r_[m - 1, np.arange(1, m - 1), 0]
+        assert rebuild.rebuild_csr(w.indptr.astype(idt), w.indices.astype(idt),
+                                   keep.view(np.uint8), rows[swapped].astype(idt),
+                                   cols[swapped].astype(idt), n_in, w.data, vals[swapped],
+                                   False, 2) is None
+
+
+def test_rebuild_refuses_bad_positions():
+    from sparsekit._cython import rebuild
+
+    w = _layer(300, 400, 0.5, 7)
+    keep = np.ones(w.nnz, np.uint8)
+    rows = np.arange(300, dtype=np.int32).repeat(300)
+    cols = np.tile(np.arange(300, dtype=np.int32), 300)
+    vals = np.zeros(rows.shape[0], np.float32)
+    bad_cols = cols.copy()
+    bad_cols[-1] = 400
+    with pytest.raises(ValueError, match="new positions must lie in"):
+        rebuild.rebuild_csr(w.indptr, w.indices, keep, rows, bad_cols, 400, w.data, vals, False, 2)
+    with pytest.raises(ValueError, match="already present or repeats"):  # present positions
+        rebuild.rebuild_csr(w.indptr, w.indices, keep, rows, cols, 400, w.data, vals, False, 2)

@@ -14,6 +14,12 @@ import numpy as np
 from ._types cimport floating, index_t
 from ._checks import check_pattern, check_threads
 
+cdef extern from "rebuild.hh" nogil:
+    int sk_merge_row[T, I](const I* indices, const uint8_t* keep, const I* new_cols,
+                           const T* data, const T* new_vals, Py_ssize_t a, Py_ssize_t a_end,
+                           Py_ssize_t b, Py_ssize_t b_end, Py_ssize_t p, Py_ssize_t p_end,
+                           I* out_idx, T* out_data, int64_t* src, const T* st_in, T* st_out)
+
 cdef extern from "bits.hh":
     float sk_pick_f(float a, float b, int64_t pick_b) nogil
     double sk_pick_d(double a, double b, int64_t pick_b) nogil
@@ -54,27 +60,28 @@ def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uin
     cdef index_t[::1] out_ptr = out_ptr_a
     cdef int64_t[::1] row_kept = np.empty(n_rows, dtype=np.int64)
     cdef Py_ssize_t j, r, k
-    cdef int64_t kept, rj, cj, rp = -1, cp = -1
+    cdef int64_t kept, rj, cj, rp, cp
     cdef int out_of_bounds = 0, unsorted = 0
     with nogil:
-        # Bounds and strict (row, col) order, branch-free (a repeat is unsorted here: the
-        # caller sorts and then reports it).
-        for j in range(m):
+        # Bounds and strict (row, col) order against the previous entry, branch-free (a repeat
+        # is unsorted here: the caller sorts and then reports it).
+        for j in prange(m, schedule="static", num_threads=nt if m >= 65536 else 1):
             rj = new_rows[j]
             cj = new_cols[j]
+            rp = new_rows[j - 1] if j else -1
+            cp = new_cols[j - 1] if j else -1
             out_of_bounds |= (rj < 0) | (rj >= n_rows) | (cj < 0) | (cj >= n_cols)
             unsorted |= (rj < rp) | ((rj == rp) & (cj <= cp))
-            rp = rj
-            cp = cj
     if out_of_bounds:
         raise ValueError(f"new positions must lie in [0, {n_rows}) x [0, {n_cols})")
     if unsorted:
         return None
     with nogil:
-        # Sorted rows: the last slot of row r is where new_ptr[r + 1] points (independent
-        # stores, no counter chain), then rows without new entries take their predecessor's.
-        for j in range(m):
-            new_ptr[new_rows[j] + 1] = j + 1
+        # Sorted rows: the last entry of row r sets new_ptr[r + 1] (each slot written once, so
+        # in parallel), then rows without new entries take their predecessor's.
+        for j in prange(m, schedule="static", num_threads=nt if m >= 65536 else 1):
+            if j == m - 1 or new_rows[j + 1] != new_rows[j]:
+                new_ptr[new_rows[j] + 1] = j + 1
         for r in range(n_rows):
             new_ptr[r + 1] = new_ptr[r + 1] if new_ptr[r + 1] > new_ptr[r] else new_ptr[r]
         # kept per row (in parallel), then the offsets (a serial prefix over rows)
@@ -105,63 +112,28 @@ def rebuild_csr(const index_t[::1] indptr, const index_t[::1] indices, const uin
         st_in = data
         st_out_a = np.empty(1, dtype=np.asarray(data).dtype)
     st_out = st_out_a
+    # Raw pointers for the merge (sk_merge_row in rebuild.hh); NULL where not wanted or empty.
+    cdef const index_t* ip = &indices[0] if nnz else NULL
+    cdef const uint8_t* kp = &keep[0] if nnz else NULL
+    cdef const floating* dp = &data[0] if nnz else NULL
+    cdef const floating* sip = &st_in[0] if (nnz and has_state) else NULL
+    cdef const index_t* ncp = &new_cols[0] if m else NULL
+    cdef const floating* nvp = &new_vals[0] if m else NULL
+    cdef index_t* oip = &out_idx[0] if total else NULL
+    cdef floating* odp = &out_data[0] if total else NULL
+    cdef int64_t* srp = &src[0] if (total and want_src) else NULL
+    cdef floating* sop = &st_out[0] if (total and has_state) else NULL
     cdef Py_ssize_t bad = 0
-    with nogil:
-        for r in prange(n_rows, schedule="guided", num_threads=nt):
-            bad += _merge_row_values(indices, keep, new_cols, data, new_vals, indptr[r],
-                                     indptr[r + 1], new_ptr[r], new_ptr[r + 1], out_ptr[r],
-                                     out_ptr[r + 1], out_idx, out_data, src, want_src,
-                                     st_in, st_out, has_state)
+    if total:
+        with nogil:
+            for r in prange(n_rows, schedule="guided", num_threads=nt):
+                bad += sk_merge_row(ip, kp, ncp, dp, nvp, indptr[r], indptr[r + 1], new_ptr[r],
+                                    new_ptr[r + 1], out_ptr[r], out_ptr[r + 1], oip, odp, srp,
+                                    sip, sop)
     if bad:
         raise ValueError("rebuild: a new position is already present or repeats")
     return (out_ptr_a, out_idx_a, out_data_a, (src_a if want_src else None),
             (st_out_a if has_state else None))
-
-
-cdef Py_ssize_t _merge_row_values(const index_t[::1] indices, const uint8_t[::1] keep,
-                                  const index_t[::1] new_cols, const floating[::1] data,
-                                  const floating[::1] new_vals, Py_ssize_t a, Py_ssize_t a_end,
-                                  Py_ssize_t b, Py_ssize_t b_end, Py_ssize_t p,
-                                  Py_ssize_t p_end, index_t[::1] out_idx,
-                                  floating[::1] out_data, int64_t[::1] src,
-                                  bint want_src, const floating[::1] st_in,
-                                  floating[::1] st_out, bint has_state) noexcept nogil:
-    """Merge one row: before each new entry, the run of old entries left of it is compacted
-    branch-free (every entry is stored at slot p, p advances only for kept ones; the new entry
-    still to come keeps p inside the row), so the branches mispredict about once per new entry,
-    not once per entry.  Returns 1 when a new position is also a kept one."""
-    cdef Py_ssize_t bad = 0
-    cdef index_t nb
-    for b in range(b, b_end):
-        nb = new_cols[b]
-        while a < a_end and indices[a] < nb:
-            out_idx[p] = indices[a]
-            out_data[p] = data[a]
-            if want_src:
-                src[p] = a
-            if has_state:
-                st_out[p] = st_in[a]
-            p = p + keep[a]
-            a = a + 1
-        if a < a_end and indices[a] == nb:
-            bad = bad | keep[a]
-        out_idx[p] = nb
-        out_data[p] = new_vals[b]
-        if want_src:
-            src[p] = -1 - b
-        if has_state:
-            st_out[p] = 0
-        p = p + 1
-    while p < p_end:  # the tail: kept entries remain while the row has free slots
-        out_idx[p] = indices[a]
-        out_data[p] = data[a]
-        if want_src:
-            src[p] = a
-        if has_state:
-            st_out[p] = st_in[a]
-        p = p + keep[a]
-        a = a + 1
-    return bad
 
 
 def gather(const int64_t[::1] src, const floating[::1] old, new_vals=None, int num_threads=0):

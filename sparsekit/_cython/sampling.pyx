@@ -88,18 +88,15 @@ def sample_absent_uniform(const index_t[::1] indptr, const index_t[::1] indices,
         rounds += 1
         if rounds > 10_000:  # pragma: no cover - each round keeps a positive share on average
             raise RuntimeError("sample_absent_uniform did not converge")
-        avail_a = free_a - lens_a
-        counts_a = _row_counts(avail_a, need, rng, nt)
-        new_ptr_a = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(lens_a + counts_a, out=new_ptr_a[1:])
+        counts_a = _row_counts(free_a - lens_a, need, rng, nt)
+        new_ptr_a = np.empty(n_rows + 1, dtype=np.int64)
         new_cols_a = np.empty(m, dtype=idt)
         new_rows_a = np.empty(m, dtype=idt)
         new_lens_a = np.empty(n_rows, dtype=np.int64)
-        _grow_rows(indptr, indices, ptr_a, lens_a, cols_a, counts_a,
-                   int(rng.integers(0, 1 << 63, dtype=np.uint64)), n_cols, new_ptr_a,
-                   new_lens_a, new_cols_a, new_rows_a, nt)
+        need = m - _grow_rows(indptr, indices, ptr_a, lens_a, cols_a, counts_a,
+                              int(rng.integers(0, 1 << 63, dtype=np.uint64)), n_cols, new_ptr_a,
+                              new_lens_a, new_cols_a, new_rows_a, nt)
         ptr_a, lens_a, cols_a, rows_a = new_ptr_a, new_lens_a, new_cols_a, new_rows_a
-        need = m - int(lens_a.sum())
     return rows_a, cols_a
 
 
@@ -144,18 +141,26 @@ def _row_counts(const int64_t[::1] avail, Py_ssize_t need, rng, int nt):
 def _grow_rows(const index_t[::1] indptr, const index_t[::1] indices,
                const int64_t[::1] old_ptr, const int64_t[::1] old_len, const index_t[::1] old_cols,
                const int64_t[::1] extra, uint64_t key, Py_ssize_t n_cols,
-               const int64_t[::1] new_ptr, int64_t[::1] new_len, index_t[::1] new_cols,
+               int64_t[::1] new_ptr, int64_t[::1] new_len, index_t[::1] new_cols,
                index_t[::1] new_rows, int nt):
     """One round per row: ``extra[r]`` i.i.d. draws among the row's free columns (neither in
     the pattern nor already chosen), deduplicated and merged with the chosen ones into the
-    slice ``new_ptr[r]:new_ptr[r + 1]`` (length old + extra; ``new_len[r]`` of it used)."""
+    slice ``new_ptr[r]:new_ptr[r + 1]`` (length old + extra, offsets written here; ``new_len[r]``
+    of it used).  Returns the number of positions chosen so far (the sum of ``new_len``), so a
+    round costs no NumPy pass besides the kernels."""
     cdef Py_ssize_t n_rows = indptr.shape[0] - 1, r
+    cdef Py_ssize_t total = 0
     with nogil:
+        new_ptr[0] = 0
+        for r in range(n_rows):
+            new_ptr[r + 1] = new_ptr[r] + old_len[r] + extra[r]
         for r in prange(n_rows, schedule="guided", num_threads=nt):
             new_len[r] = _grow_row(r, indices, indptr[r], indptr[r + 1], old_cols, old_ptr[r],
                                    old_len[r], extra[r], key, n_cols, new_ptr[r], new_cols)
+            total += new_len[r]
             for j in range(new_ptr[r], new_ptr[r + 1]):
                 new_rows[j] = <index_t>r
+    return total
 
 
 cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,

@@ -41,6 +41,10 @@ LAYERS = [
     (100_000, 1, 1.0, {}),  # one column
     (1, 70_000, 1.0, {}),  # one row: one chunk whatever the threads
     (1000, 300, 0.3, {"skew": True}),
+    # past 8192 columns: buckets of columns first (a partial last bucket, several chunks)
+    (300, 20_000, 0.02, {"empty_row_frac": 0.2}),
+    (100, 9000, 0.2, {"skew": True}),
+    (40, 8193, 0.9, {}),
     (50, 60, 0.0, {}),  # nnz = 0
     (0, 5, 0.0, {}),  # no rows
     (7, 0, 0.0, {}),  # no columns
@@ -57,6 +61,21 @@ def test_transpose_index_matches_scipy_for_any_thread_count(n_out, n_in, density
                                    threads)
         for g, e in zip(got, want, strict=True):
             assert g.dtype == idt
+            np.testing.assert_array_equal(g, e)
+
+
+def test_transpose_index_with_one_crowded_column():
+    """Most entries in one column past 8192 columns: one bucket holds nearly everything (the
+    scratch of the bucket pass stays within nnz entries)."""
+    rng = np.random.default_rng(8)
+    crowded = sp.csr_matrix((np.ones(60_000, np.float32), (np.arange(60_000),
+                             np.full(60_000, 9000))), shape=(60_000, 10_000))
+    w = (crowded + sp.random(60_000, 10_000, 5e-5, format="csr", random_state=rng)).tocsr()
+    w.sort_indices()
+    want = _transpose_oracle(w)
+    for threads in (1, 2, 3):
+        got = spmm.transpose_index(w.indptr, w.indices, w.shape[1], threads)
+        for g, e in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, e)
 
 

@@ -284,7 +284,11 @@ def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ss
     Parallel over chunks of consecutive rows with about equal nnz: each chunk counts its
     columns, the counts are turned into per-chunk cursors (chunk t starts after chunks < t in
     every column), then each chunk scatters its own rows.  Lower chunks hold lower rows, so the
-    output is the serial one whatever the number of chunks.
+    output is the serial one whatever the number of chunks.  Past 8192 columns one scatter keeps
+    more lines open (one per column in each output) than L2 holds, so the entries first go to
+    buckets of about sqrt(n_cols) consecutive columns, in place, then each bucket (in parallel)
+    is copied to a small scratch and scattered to its columns; both passes are stable, so the
+    output is again the serial one (10 000^2 at 1 %, 1 thread: about 25 % faster).
     """
     cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
     cdef Py_ssize_t nnz = indices.shape[0]
@@ -314,26 +318,77 @@ def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ss
     cdef index_t[::1] t_indptr = t_indptr_a
     cdef index_t[::1] t_rows = t_rows_a
     cdef index_t[::1] t_perm = t_perm_a
-    cdef Py_ssize_t r, k, c, t, pos
+    # Buckets of 2^shift columns (shift <= 16 while n_cols < 2^32: a column's offset in its
+    # bucket fits 16 bits); shift 0 = one pass.
+    cdef int shift = max(7, ((n_cols - 1).bit_length() + 1) // 2) if n_cols > 8192 else 0
+    cdef Py_ssize_t n_buckets = ((n_cols - 1) >> shift) + 1 if shift else 1
+    bcur_a = np.zeros((n_chunks, n_buckets), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] bcur = bcur_a
+    cdef unsigned short[::1] lo = np.empty(nnz if shift else 1, dtype=np.uint16)
+    cdef Py_ssize_t lo_mask = (1 << shift) - 1
+    cdef Py_ssize_t r, k, c, t, b, i, j, s, pos, c0, c1, n_slots, max_b = 0
     cdef index_t run, v
     with nogil:
         for t in prange(n_chunks, schedule="static", num_threads=n_chunks):
             for k in range(indptr[bounds[t]], indptr[bounds[t + 1]]):
                 cur[t, indices[k]] += 1
         # count -> cursor: column c of chunk t starts after column c of every chunk before it
+        # (bcur[t, b] first sums chunk t's counts in bucket b)
         run = 0
         for c in range(n_cols):
             for t in range(n_chunks):
                 v = cur[t, c]
+                if shift:
+                    bcur[t, c >> shift] += v
                 cur[t, c] = run
                 run = run + v
             t_indptr[c + 1] = run
-        for t in prange(n_chunks, schedule="static", num_threads=n_chunks):
-            for r in range(bounds[t], bounds[t + 1]):
-                for k in range(indptr[r], indptr[r + 1]):
-                    c = indices[k]
-                    pos = cur[t, c]
-                    t_rows[pos] = <index_t>r
-                    t_perm[pos] = <index_t>k
-                    cur[t, c] = <index_t>(pos + 1)
+        if shift == 0:
+            for t in prange(n_chunks, schedule="static", num_threads=n_chunks):
+                for r in range(bounds[t], bounds[t + 1]):
+                    for k in range(indptr[r], indptr[r + 1]):
+                        c = indices[k]
+                        pos = cur[t, c]
+                        t_rows[pos] = <index_t>r
+                        t_perm[pos] = <index_t>k
+                        cur[t, c] = <index_t>(pos + 1)
+        else:
+            for b in range(n_buckets):  # bucket counts -> cursors, in bucket then chunk order
+                pos = t_indptr[b << shift]
+                for t in range(n_chunks):
+                    c = bcur[t, b]
+                    bcur[t, b] = pos
+                    pos = pos + c
+                max_b = max(max_b, pos - t_indptr[b << shift])
+            for t in prange(n_chunks, schedule="static", num_threads=n_chunks):
+                for r in range(bounds[t], bounds[t + 1]):
+                    for k in range(indptr[r], indptr[r + 1]):
+                        c = indices[k]
+                        pos = bcur[t, c >> shift]
+                        t_rows[pos] = <index_t>r
+                        t_perm[pos] = <index_t>k
+                        lo[pos] = <unsigned short>(c & lo_mask)
+                        bcur[t, c >> shift] = pos + 1
+    if shift == 0:
+        return t_indptr_a, t_rows_a, t_perm_a
+    # Each slot takes every n_slots-th bucket with its own scratch (in all no larger than t_rows);
+    # the column cursors start from chunk 0's, which are t_indptr[c].
+    n_slots = max(1, min(nt, n_buckets, nnz // max(max_b, 1)))
+    cdef index_t[:, :, ::1] scr = np.empty((n_slots, 2, max_b), dtype=dtype)
+    with nogil:
+        for s in prange(n_slots, schedule="static", num_threads=n_slots):
+            for j in range((n_buckets - s + n_slots - 1) // n_slots):
+                b = s + j * n_slots
+                c0 = b << shift
+                c1 = min(c0 + (1 << shift), n_cols)
+                pos = t_indptr[c0]
+                for i in range(t_indptr[c1] - pos):
+                    scr[s, 0, i] = t_rows[pos + i]
+                    scr[s, 1, i] = t_perm[pos + i]
+                for i in range(t_indptr[c1] - pos):
+                    c = c0 + lo[pos + i]
+                    k = cur[0, c]
+                    t_rows[k] = scr[s, 0, i]
+                    t_perm[k] = scr[s, 1, i]
+                    cur[0, c] = <index_t>(k + 1)
     return t_indptr_a, t_rows_a, t_perm_a

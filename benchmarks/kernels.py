@@ -227,6 +227,36 @@ def machine_description() -> dict:
     return info
 
 
+def set_step_only(layers, cfg, args) -> int:
+    """``--only set-step``: one SET step vs one forward, per layer, at 1 and 2 threads; prints a
+    table of medians (ms) and writes ``cpu-kernels-set-step.json``."""
+    phases = ("prune", "regrow", "rebuild", "total", "transpose_index")
+    rows, results = [], {"command": "python benchmarks/kernels.py --only set-step", "cfg": cfg,
+                         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "layers": {}}
+    with tempfile.TemporaryDirectory(prefix="sparsekit-bench-") as tmp:
+        prep = run_peer("prepare", 2, layers, cfg, Path(tmp))
+        if "error" in prep:
+            return 1
+        for spec in prep["prepared"]:
+            for t in (1, 2):
+                res = run_peer("set-step", t, [spec], cfg, Path(tmp), args.max_wait)
+                got = res.get("layers", {}).get(spec["name"], {})
+                if "error" in res or "error" in got:
+                    return 1
+                results["layers"].setdefault(spec["name"], {})[str(t)] = got
+                ms = {k: got["set_step"][k]["median"] * 1e3 for k in phases}
+                fwd = got["kernels"]["fwd"]["median"] * 1e3
+                rows.append(f"| {spec['name']} | {t} | {fwd:.3f} | "
+                            + " | ".join(f"{ms[k]:.3f}" for k in phases)
+                            + f" | {ms['total'] / fwd:.2f}x |")
+    md = ("| layer | threads | fwd | prune | regrow | rebuild | step | transpose | step/fwd |\n"
+          "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    print("Medians in ms (step = prune + regrow + rebuild; the transpose index apart)\n\n" + md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cpu-kernels-set-step.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -238,6 +268,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait", type=float, default=None,
                     help="seconds to wait before each peer for other jobs to go quiet "
                     "(default 5, 0 with --quick)")
+    ap.add_argument("--only", choices=["set-step"],
+                    help="one section: 'set-step' times one SET step (prune, regrow, rebuild, "
+                    "transpose index) against one forward product, sparsekit only, 1 and 2 "
+                    "threads (1000^2 and 10 000^2 unless --layers)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -248,6 +282,10 @@ def main(argv=None) -> int:
         args.max_wait = 0.0 if args.quick else 5.0
     layers = [s for s in LAYERS if (args.layers is None or s["name"] in args.layers)
               and (not args.quick or args.layers or s["n_in"] <= 10_000)]
+    if args.only == "set-step":
+        if args.layers is None:
+            layers = [s for s in LAYERS if s["name"] in ("1000x1000", "10000x10000")]
+        return set_step_only(layers, cfg, args)
     headline = 2
     threads_list = [2] if args.quick else [2, 1]
     # The issue's targets are at 2 threads; sparsekit and SciPy also run at 1 thread (the

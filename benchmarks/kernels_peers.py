@@ -376,6 +376,18 @@ def set_step(be, w, cfg: dict, zeta: float = 0.3) -> dict:
     return {"dropped": m, **sample(step, cfg, warm["total"] + warm["transpose_index"])}
 
 
+def set_step_peer(spec: dict, data_dir: Path, cfg: dict, threads: int) -> dict:
+    """``kernels.py --only set-step``: one forward product and one SET step, sparsekit only."""
+    from sparsekit._cython.backend import CpuBackend
+    from sparsekit.nn.csr import CSR
+
+    be = CpuBackend(num_threads=threads)
+    w_sp, x_ib, _ = load(data_dir, spec)
+    w = CSR(w_sp.indptr, w_sp.indices, w_sp.data, w_sp.shape)
+    return {"kernels": {"fwd": timeit(lambda: be.matmul(x_ib, w), cfg)},
+            "set_step": set_step(be, w, cfg)}
+
+
 # --- SciPy (reference code orientation and best orientation) --------------------------------
 def _sddmm_batch_major(x_bi, dy_bo, r_in, c_out, out, every: int = 1):
     """The SET/Curci access pattern: per connection, strided reads down the batch.
@@ -544,4 +556,4 @@ def dense_peer(spec: dict, data_dir: Path, cfg: dict, threads: int) -> dict:
 
 
 PEERS = {"sparsekit": sparsekit_peer, "scipy": scipy_peer, "torch": torch_peer,
-         "dense": dense_peer}
+         "dense": dense_peer, "set-step": set_step_peer}

@@ -24,6 +24,7 @@ MOD_NAMES = [
     "sparsekit._cython.sampling",
     "sparsekit._cython.rebuild",
     "sparsekit._cython.elementwise",
+    "sparsekit._cython.mlp",
 ]
 KERNEL_DIR = Path("sparsekit", "_cython")
 HEADERS = sorted(str(p) for p in KERNEL_DIR.glob("*.hh"))

@@ -30,7 +30,7 @@ import numpy as np
 from sparsekit import train
 from sparsekit.nn.model import SparseMLP
 _backward = SparseMLP.backward  # a pause per step (arithmetic untouched): kills land mid-epoch
-SparseMLP.backward = lambda self, *a: (time.sleep(0.003), _backward(self, *a))[1]
+SparseMLP.backward = lambda self, *a, **k: (time.sleep(0.003), _backward(self, *a, **k))[1]
 rng = np.random.default_rng(0)
 x = rng.standard_normal((4000, 64)).astype(np.float32)
 y = (x[:, :8].sum(1) > 0).astype(np.int64) + (x[:, 8] > 0.5)

@@ -62,11 +62,14 @@ def test_parts_move_with_their_knobs():
     f64 = estimate_memory([784, 5000, 5000, 10], dtype="float64", n_test=10_000)
     assert f64.persistent > base.persistent and f64.step > base.step
     gse = estimate_memory([784, 5000, 5000, 10], method="gse", n_test=10_000)
-    assert gse.step > base.step and gse.evolve > base.evolve  # kept output gradients
+    assert gse.evolve > base.evolve  # scoring candidates (output gradients: the workspace)
     with_data = estimate_memory([784, 5000, 5000, 10], n_train=60_000, n_test=10_000)
     assert with_data.data >= 70_000 * 784 * 4 and with_data.peak > base.peak
     assert base.peak == sum(v for k, v in base.parts().items()
-                            if k in ("baseline", "data", "heap", "persistent")) + base.transient
+                            if k in ("baseline", "data", "heap", "persistent", "workspace")
+                            ) + base.transient
+    assert estimate_memory([784, 5000, 5000, 10], batch_size=256,
+                           n_test=10_000).workspace > base.workspace
 
 
 def test_the_gpu_estimate_leaves_out_the_host():

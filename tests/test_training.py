@@ -95,7 +95,7 @@ from sparsekit import train
 from sparsekit.nn.model import SparseMLP
 # Slow every step down (the arithmetic is untouched) so a kill lands inside an epoch.
 _backward = SparseMLP.backward
-SparseMLP.backward = lambda self, *a: (time.sleep(0.004), _backward(self, *a))[1]
+SparseMLP.backward = lambda self, *a, **k: (time.sleep(0.004), _backward(self, *a, **k))[1]
 rng = np.random.default_rng(0)
 x = rng.standard_normal((6000, 64)).astype(np.float32)
 y = (x[:, :8].sum(1) > 0).astype(np.int64)

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
-from . import elementwise, rebuild, sampling, sddmm, select, spmm
+from .._align import ALIGNMENT, aligned_empty
+from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
 
 
@@ -70,6 +71,65 @@ class CpuBackend(Backend):
         return sddmm.sampled_grad(x, dy, np.ascontiguousarray(rows, dtype=idt),
                                   np.ascontiguousarray(cols, dtype=idt),
                                   self._threads(rows.shape[0] * x.shape[1]))
+
+    # --- whole passes in one OpenMP team (mlp.pyx) ---------------------------------------------
+    def _fusable(self, layers, x_ib, activations=()) -> bool:
+        """Whether mlp.pyx can run these layers: one value and index type, no Top-KAST forward
+        set, piecewise-linear activations, a non-empty batch; anything else takes the generic
+        pass (one product at a time), which gives the same results."""
+        if not layers or len(layers) > mlp.MAX_LAYERS or x_ib.ndim != 2 or x_ib.shape[1] == 0:
+            return False
+        w0 = layers[0].w
+        return (isinstance(x_ib, np.ndarray) and x_ib.dtype == w0.dtype
+                and all(a.piecewise for a in activations)
+                and all(layer.w_forward is None and layer.w.dtype == w0.dtype
+                        and layer.w.indices.dtype == w0.indices.dtype for layer in layers))
+
+    def _pass_threads(self, layers, n_batch: int) -> int:
+        return self._threads(sum(layer.nnz for layer in layers) * n_batch)
+
+    def mlp_forward(self, layers, activations, x_ib, rate: float, seeds, buffers=None):
+        if not self._fusable(layers, x_ib, activations):
+            return super().mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
+        self.check_array("x_ib", x_ib)
+        dt, n_batch = layers[0].w.dtype, x_ib.shape[1]
+        x = x_ib if x_ib.ctypes.data % ALIGNMENT == 0 else _aligned_copy(x_ib)
+        buf = {} if buffers is None else buffers
+        outs = [_buffer(buf, ("out", i), (layer.out_features, n_batch), dt)
+                for i, layer in enumerate(layers)]
+        derivs = [_buffer(buf, ("deriv", i), (layer.out_features, n_batch), dt)
+                  for i, layer in enumerate(layers[:-1])]
+        mlp.forward([_layer_arrays(layer) for layer in layers], x, outs, derivs,
+                    [a.slope for a in activations], list(seeds), float(rate),
+                    self._pass_threads(layers, n_batch))
+        return outs[-1], [x_ib, *outs[:-1]], derivs
+
+    def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,
+                     buffers=None):
+        if not self._fusable(layers, acts[0]) or dlogits_cb.dtype != layers[0].w.dtype:
+            return super().mlp_backward(layers, acts, derivs, dlogits_cb, keep_dz, sgd, buffers)
+        if sgd is not None and not all("momentum" in layer.state_w and "momentum" in
+                                       layer.state_b for layer in layers):
+            sgd = None  # the layers hold another optimizer's state
+        dt, n_batch = layers[0].w.dtype, acts[0].shape[1]
+        buf = {} if buffers is None else buffers
+        arrays = []
+        for layer in layers:
+            arrays.append(_layer_arrays(layer, self.transpose_index(layer.w)))
+            if sgd is not None:
+                arrays[-1]["mom_w"] = layer.state_w["momentum"]
+                arrays[-1]["mom_b"] = layer.state_b["momentum"]
+        top = (dlogits_cb if dlogits_cb.ctypes.data % ALIGNMENT == 0
+               and dlogits_cb.flags.c_contiguous else _aligned_copy(dlogits_cb))
+        dzs = [_buffer(buf, ("dz", i), (layer.out_features, n_batch), dt)
+               for i, layer in enumerate(layers[:-1])] + [top]
+        gws = [_buffer(buf, ("grad_w", i), (layer.nnz,), dt) for i, layer in enumerate(layers)]
+        gbs = [_buffer(buf, ("grad_b", i), (layer.out_features,), dt)
+               for i, layer in enumerate(layers)]
+        mlp.backward(arrays, list(acts), list(derivs), dzs, gws, gbs, sgd,
+                     self._pass_threads(layers, 2 * n_batch))
+        dzs[-1] = dlogits_cb  # the caller's own array (growth methods compare identities)
+        return list(zip(gws, gbs)), (dzs if keep_dz else None), sgd is not None
 
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         self.check_array("z_ob", z_ob)
@@ -153,3 +213,28 @@ class CpuBackend(Backend):
                if s.dtype in VALUE_DTYPES else _take(np, src, s, None)
                for i, s in enumerate(states)]
         return new_w, out
+
+
+def _layer_arrays(layer, transpose=None) -> dict:
+    """A layer's arrays as :mod:`sparsekit._cython.mlp` takes them."""
+    w = layer.w
+    out = {"indptr": w.indptr, "indices": w.indices, "data": w.data, "bias": layer.b,
+           "n_in": w.shape[1]}
+    if transpose is not None:
+        out["t_indptr"], out["t_rows"], out["t_perm"] = transpose
+    return out
+
+
+def _buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
+    """The aligned array ``buffers[key]``, (re)allocated when its shape or dtype changed."""
+    arr = buffers.get(key)
+    if (arr is None or arr.shape != shape or arr.dtype != dtype or not arr.flags.writeable
+            or arr.ctypes.data % ALIGNMENT):
+        arr = buffers[key] = aligned_empty(shape, dtype)
+    return arr
+
+
+def _aligned_copy(a) -> np.ndarray:
+    out = aligned_empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out

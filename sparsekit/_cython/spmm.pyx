@@ -104,6 +104,17 @@ def _tuning(tile_bytes=None, prefetch_bytes=None, tile_vecs=None, block_nnz=None
     return old
 
 
+def walk_plan(Py_ssize_t n_src, Py_ssize_t n_rows, Py_ssize_t nnz, Py_ssize_t n_batch,
+              Py_ssize_t itemsize, str product):
+    """``(tile_vectors, prefetch)`` of the walk :func:`matmul` (``product="forward"``) or
+    :func:`backward` (``"backward"``) would take; the fused passes of :mod:`.mlp` use it."""
+    if product not in ("forward", "backward"):
+        raise ValueError(f"product must be 'forward' or 'backward', got {product!r}")
+    cdef Plan p = _plan(n_src, n_rows, nnz, n_batch, itemsize,
+                        True if product == "forward" else TILE_FUSED)
+    return p.tv, p.pf
+
+
 cdef void _spmm(const index_t* indptr, const index_t* indices, const floating* vals,
                 const index_t* perm, const floating* src, floating* out,
                 Py_ssize_t n_rows, Py_ssize_t n_batch, Plan p, int num_threads) noexcept nogil:

@@ -151,6 +151,49 @@ class Backend:
         dx = self.matmul_t(dy, w) if need_dx else None
         return dx, self.weight_grad(x, dy, w)
 
+    # --- whole training passes of an MLP --------------------------------------------------------
+    def mlp_forward(self, layers, activations, x_ib, rate: float, seeds, buffers=None):
+        """Training forward pass of the layers ``layers`` (:class:`~sparsekit.nn.layers.SparseLayer`)
+        with the hidden ``activations`` and dropout ``rate`` (keys ``seeds``, one per hidden layer).
+
+        Returns ``(logits_cb, acts, derivs)``: ``acts[l]`` is the input of layer l (``acts[0]`` is
+        ``x_ib``), ``derivs[l]`` hidden layer l's activation derivative with dropout.  A backend
+        may write them into arrays it keeps in the dict ``buffers`` (the caller's, reused from
+        step to step); this generic version allocates them, one product at a time.
+        """
+        acts, derivs = [x_ib], []
+        a = x_ib
+        for layer, act, seed in zip(layers[:-1], activations, seeds):
+            a, d = act.forward(self, layer.forward(a), layer.b, rate, seed)
+            acts.append(a)
+            derivs.append(d)
+        out = layers[-1]
+        logits = out.forward(a)
+        logits += out.b[:, None]
+        return logits, acts, derivs
+
+    def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,
+                     buffers=None):
+        """Gradients of every layer for the logits' gradient ``dlogits_cb``.
+
+        Returns ``(grads, dzs, applied)``: ``grads[l] = (grad_w, grad_b)``; ``dzs[l]`` each
+        layer's output gradient when ``keep_dz`` (else None).  ``sgd = (lr, momentum,
+        weight_decay, coupled, nesterov)`` invites the backend to apply
+        :class:`~sparsekit.training.optim.MomentumSGD`'s update itself (to ``state_w`` and
+        ``state_b``'s ``"momentum"``); ``applied`` says whether it did (never here).
+        """
+        grads, dzs = [], []
+        dz = dlogits_cb
+        for i in range(len(layers) - 1, -1, -1):
+            dx, gw, gb = layers[i].backward(acts[i], dz, need_dx=i > 0)
+            grads.append((gw, gb))
+            if keep_dz:  # otherwise each dz is freed as soon as the next one exists
+                dzs.append(dz)
+            if i > 0:
+                dx *= derivs[i - 1]
+                dz = dx
+        return grads[::-1], (dzs[::-1] if keep_dz else None), False
+
     # --- elementwise ------------------------------------------------------------------------
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         """Add bias, apply ``x if x > 0 else slope * x`` and inverted dropout.

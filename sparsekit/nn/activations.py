@@ -22,6 +22,11 @@ class Activation:
     name: str
     slope: float = 0.0
 
+    @property
+    def piecewise(self) -> bool:
+        """True for ``x if x > 0 else slope * x`` (the fused kernels' activations)."""
+        return self.name not in SMOOTH
+
     def forward(self, backend, z_ob, bias, rate: float, seed: int):
         """Return ``(a_ob, d_ob)``: activation of ``z_ob + bias`` and d(a)/d(z), dropout applied."""
         if self.name not in SMOOTH:

@@ -130,23 +130,19 @@ class SparseMLP:
                 "dtype": self.dtype.name}
 
     # --- training-time passes ----------------------------------------------------------------
-    def forward_train(self, x_ib, seeds: Sequence[int], dropout: float | None = None):
+    def forward_train(self, x_ib, seeds: Sequence[int], dropout: float | None = None, *,
+                      buffers: dict | None = None):
         """Forward pass keeping what the backward pass needs.
 
         Returns ``(logits_cb, acts, derivs)``: ``acts[l]`` is the input of layer l and
-        ``derivs[l]`` the activation derivative (dropout included) of hidden layer l.
+        ``derivs[l]`` the activation derivative (dropout included) of hidden layer l.  With
+        ``buffers`` (a dict the caller keeps from step to step, as the training engine does)
+        the backend may write them into arrays it reuses: they are then valid until the next
+        call with the same dict.
         """
         rate = self.dropout if dropout is None else dropout
-        acts, derivs = [x_ib], []
-        a = x_ib
-        for layer, act, seed in zip(self.layers[:-1], self.activations, seeds):
-            a, d = act.forward(self.backend, layer.forward(a), layer.b, rate, seed)
-            acts.append(a)
-            derivs.append(d)
-        out = self.layers[-1]
-        logits = out.forward(a)
-        logits += out.b[:, None]
-        return logits, acts, derivs
+        return self.backend.mlp_forward(self.layers, self.activations, x_ib, rate, seeds,
+                                        buffers)
 
     def forward_infer(self, x_ib):
         """Logits (classes x batch) without dropout, keeping only the current layer's arrays,
@@ -159,25 +155,19 @@ class SparseMLP:
         logits += self.layers[-1].b[:, None]
         return logits
 
-    def backward(self, acts, derivs, dlogits_cb) -> list[tuple[Any, Any]]:
+    def backward(self, acts, derivs, dlogits_cb, *, sgd=None, buffers: dict | None = None):
         """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient.
 
         With ``keep_dz`` true (growth methods that score candidates set it), each layer's output
-        gradient is also kept in ``last_dz`` (references to arrays made here, no copies).
+        gradient is also kept in ``last_dz``.  ``sgd`` and ``buffers`` are passed to
+        :meth:`Backend.mlp_backward <sparsekit.backends.base.Backend.mlp_backward>`: when the
+        backend applied the SGD update itself, the result is None instead of the gradients.
         """
-        grads, dzs = [], []
-        dz = dlogits_cb
-        for i in range(len(self.layers) - 1, -1, -1):
-            dx, gw, gb = self.layers[i].backward(acts[i], dz, need_dx=i > 0)
-            grads.append((gw, gb))
-            if self.keep_dz:  # otherwise each dz is freed as soon as the next one exists
-                dzs.append(dz)
-            if i > 0:
-                dx *= derivs[i - 1]
-                dz = dx
+        grads, dzs, applied = self.backend.mlp_backward(self.layers, acts, derivs, dlogits_cb,
+                                                        self.keep_dz, sgd, buffers)
         if self.keep_dz:
-            self.last_dz = dzs[::-1]
-        return grads[::-1]
+            self.last_dz = dzs
+        return None if applied else grads
 
     # --- inference ------------------------------------------------------------------------
     def logits(self, x, batch_size: int = 2048):

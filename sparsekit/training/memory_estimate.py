@@ -4,22 +4,23 @@
 (``device="cpu"``: the host process's peak RSS; ``device="gpu"``: the GPU memory pool).  The
 peak is
 
-    baseline + data + persistent + max(step, evolve, evaluate)
+    baseline + data + heap + persistent + workspace + max(step, evolve, evaluate)
 
 * **persistent** — per layer the CSR arrays (values, indices, row pointers), the momentum, the
   bias and its momentum, and the transposed column index the backward kernels cache (two
   index arrays per connection): 20 bytes per connection at float32 / int32 on the CPU.
-* **step** — one optimizer step: the input batch and, for every hidden layer, its activation
-  and its derivative (kept for the backward pass), every layer's weight gradient (they live
-  until the update), and the widest backward transient (a layer's output gradient and its
-  input gradient).  Growth methods that score candidates keep every layer's output gradient too.
+* **workspace** (CPU) — what the training engine reuses from step to step: every hidden
+  layer's activation, derivative and output gradient (which growth methods that score
+  candidates read), the logits, and every layer's weight gradient (4 bytes per connection).
+* **step** — what one optimizer step allocates besides: the input batch (gathered, then
+  transposed) and the output's probabilities and gradient.
 * **evolve** — the largest evolving layer's topology update (SET: magnitude selection, the
   sampled positions and the rebuilt arrays: about :data:`SET_BYTES_PER_CONNECTION` bytes per
   connection, measured), plus the step's activations when updates happen inside an epoch.
 * **evaluate** — one evaluation chunk of ``eval_batch_size`` samples streamed through the
   network (only the current layer's input, pre-activation, activation and derivative live).
 * **heap** — while a step's arrays are below glibc's mmap ceiling, freed blocks stay resident
-  for reuse: an allowance of :data:`HEAP_FRACTION` of the step's activations (measured).
+  for reuse: an allowance of :data:`HEAP_FRACTION` of the step's arrays.
 * **data** — the training and test arrays (float32 features, int64 labels) when their sizes are
   given; **baseline** — the interpreter, NumPy and the extension modules (:data:`BASELINE`).
 
@@ -68,6 +69,7 @@ class MemoryEstimate:
     baseline: int = 0
     device: str = "gpu"
     heap: int = 0
+    workspace: int = 0
 
     @property
     def transient(self) -> int:
@@ -77,12 +79,14 @@ class MemoryEstimate:
     @property
     def peak(self) -> int:
         """Bytes at the run's highest point: everything resident plus the largest transient."""
-        return self.baseline + self.data + self.heap + self.persistent + self.transient
+        return (self.baseline + self.data + self.heap + self.persistent + self.workspace
+                + self.transient)
 
     def parts(self) -> dict[str, int]:
         """Every part by name, for reports and JSON."""
         return {"peak": self.peak, "baseline": self.baseline, "data": self.data,
-                "heap": self.heap, "persistent": self.persistent, "step": self.step,
+                "heap": self.heap, "persistent": self.persistent, "workspace": self.workspace,
+                "step": self.step,
                 "evolve": self.evolve, "evaluate": self.evaluate, "connections": self.connections}
 
     def describe(self) -> str:
@@ -91,15 +95,18 @@ class MemoryEstimate:
         fixed = self.baseline + self.data + self.heap
         fixed = (f"{size(fixed)} for the interpreter, the data and the allocator's free "
                  "blocks + " if fixed else "")
+        workspace = (f" + {size(self.workspace)} for the training step's reused arrays"
+                     if self.workspace else "")
         return (f"about {size(self.peak)} at peak: {fixed}{size(self.persistent)} for "
                 f"{self.connections:,} connections (values, indices, momentum, transposed "
-                f"indices) + max({size(self.step)} per training step, {size(self.evolve)} per "
+                f"indices){workspace} + max({size(self.step)} per training step, {size(self.evolve)} per "
                 f"topology update, {size(self.evaluate)} per evaluation chunk)")
 
     def advice(self) -> str:
         """What to lower, largest part first."""
         tips = {"persistent": "epsilon or the layer sizes (the connections)",
-                "step": "batch_size (the step keeps every hidden activation)",
+                "workspace": "batch_size (the step keeps every hidden activation)",
+                "step": "batch_size",
                 "evolve": "epsilon or the width of the largest evolving layer",
                 "evaluate": "eval_batch_size"}
         ranked = sorted(tips, key=lambda k: -getattr(self, k))
@@ -194,34 +201,31 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     persistent = 0
     for (n_in, n_out, nnz), i in zip(layers, idx):
         persistent += (n_out + 1 + n_in + 1) * i + nnz * (3 * i + s * v) + s * n_out * v
-    # The input batch (copied twice: gathered rows, then transposed), each hidden layer's
-    # activation and derivative, and the output's logits, probabilities and gradient.
-    acts = b * v * (2 * widths[0] + 2 * hidden + 3 * widths[-1])
-    kept_dz = b * v * sum(widths[1:]) if scored else 0
-    backward = 0
-    for k in range(len(layers) - 1, -1, -1):  # gradients accumulate from the top down
-        n_in, n_out, _ = layers[k]
-        grads = sum(nnz * v + no * v for _, no, nnz in layers[k:])
-        backward = max(backward, grads + b * v * (n_out + (n_in if k else 0)))
-    forward = max(b * v * 3 * n_out for _, n_out, _ in layers)
-    step = acts + kept_dz + max(forward, backward)
+    # The training engine's workspace, kept from step to step (the fused passes write into it):
+    # every hidden layer's activation, derivative and output gradient, the logits, and every
+    # layer's weight and bias gradient.
+    workspace = b * v * (3 * hidden + widths[-1]) + sum(nnz * v + n_out * v
+                                                        for _, n_out, nnz in layers)
+    # A step's own arrays: the input batch (copied twice: gathered rows, then transposed) and
+    # the output's probabilities and gradient.
+    step = b * v * (2 * widths[0] + 2 * widths[-1])
     evolve = 0
     if method != "static":
         per = SCORED_BYTES_PER_CONNECTION if scored else SET_BYTES_PER_CONNECTION
         cand = SCORED_BYTES_PER_CANDIDATE * gamma if scored else 0
         evolve = max(int(nnz * (per + cand)) for _, _, nnz in evolving)
         if scored or evolve_every is not None:  # updates run with the step's arrays alive
-            evolve += acts + kept_dz
+            evolve += step
     evaluate = e * v * (widths[0] + max(n_in + 3 * n_out for n_in, n_out, _ in layers))
     evaluate += 2 * n_te * widths[-1] * v if e else 0  # the test set's logits, and a copy
     data = (n_tr + n_te) * (widths[0] * v + 8) + 8 * n_tr  # + the epoch's permutation
     # glibc serves blocks below its mmap ceiling (32 MiB) from the heap and keeps freed ones
     # for reuse, so while a step's activations are that small, RSS runs above the live bytes:
     # measured 0.65-0.9 x the step's activations at widths 1 000-30 000.
-    heap = int(HEAP_FRACTION * acts) if b * max(widths[1:]) * v < MMAP_CEILING else 0
+    heap = int(HEAP_FRACTION * step) if b * max(widths[1:]) * v < MMAP_CEILING else 0
     return MemoryEstimate(int(persistent), int(step), int(evolve), int(evaluate), int(total),
                           int(data), int(BASELINE if baseline is None else baseline), "cpu",
-                          heap)
+                          heap, int(workspace))
 
 
 def _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s) -> MemoryEstimate:

@@ -72,6 +72,17 @@ class Optimizer:
         """Update ``param`` and its ``state`` arrays in place."""
         raise NotImplementedError
 
+    def backend_rule(self, lr: float) -> tuple | None:
+        """This step's update as a rule a backend may apply inside its backward pass
+        (:meth:`Backend.mlp_backward <sparsekit.backends.base.Backend.mlp_backward>`), or None
+        when the optimizer has none.  The backend applies it with the same arithmetic as
+        :meth:`update`; :meth:`applied_by_backend` then counts the step."""
+        return None
+
+    def applied_by_backend(self) -> None:
+        """Count a step whose update the backend applied from :meth:`backend_rule`."""
+        self.t += 1
+
     def rescale_lr(self, model, ratio: float) -> None:
         """The learning rate changes by ``ratio`` from the next step on (WASAP's return from the
         scaled phase-1 rate): state that has the rate folded in is rescaled to match."""
@@ -126,6 +137,10 @@ class MomentumSGD(Optimizer):
     def hyperparams(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "weight_decay": self.weight_decay,
                 "decay": self.decay, "nesterov": self.nesterov}
+
+    def backend_rule(self, lr: float) -> tuple:
+        return (float(lr), self.momentum, self.weight_decay, self.decay == "coupled",
+                self.nesterov)
 
     def update(self, param, grad, state, lr):
         velocity = state["momentum"]

@@ -128,6 +128,14 @@ class Engine:
         self.step = 0   # optimizer steps completed over the whole run
         self.epoch = 0  # epochs completed
         self._planned = False
+        # Activations, gradients and their derivatives reused from step to step (the backend
+        # decides what to keep): no page faults from fresh arrays in the step.
+        self._buffers: dict = {}
+
+    def __getstate__(self) -> dict:
+        # The reused arrays are scratch: a pickled engine (inside a fitted estimator) leaves
+        # them out, and one unpickled onto read-only memory must not write into them.
+        return {**self.__dict__, "_buffers": {}}
 
     # --- the pieces of a step -----------------------------------------------------------------
     def lr_at(self, epoch: float) -> float:
@@ -150,22 +158,31 @@ class Engine:
             tb = np.ascontiguousarray(tb.T, dtype=model.dtype)
         return xb, be.asarray(tb)
 
-    def gradients(self, xb, tb, seeds):
+    def gradients(self, xb, tb, seeds, rule=None):
         """Forward, loss and backward: ``(loss, out, grads, cache)``; ``loss`` stays on the
-        device and ``cache`` is what gradient-guided growth methods read."""
+        device and ``cache`` is what gradient-guided growth methods read (valid until the next
+        step: the arrays are reused).
+
+        ``rule`` (the optimizer's :meth:`~sparsekit.training.optim.Optimizer.backend_rule`)
+        lets the backend apply the update inside its backward pass; ``grads`` is then None.
+        """
         model = self.model
         xp = model.backend.xp
-        out, acts, derivs = model.forward_train(xb, seeds)
+        out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
         loss_fn = softmax_cross_entropy if self.loss == "cross_entropy" else mse
         loss, out, dout = loss_fn(xp, out, tb, as_float=False)
-        grads = model.backward(acts, derivs, dout)
-        if self.config.max_grad_norm is not None:
+        grads = model.backward(acts, derivs, dout, sgd=rule, buffers=self._buffers)
+        if grads is not None and self.config.max_grad_norm is not None:
             clip_global_norm(xp, grads, self.config.max_grad_norm)
         return loss, out, grads, (acts, derivs, dout)
 
     def apply(self, grads, lr: float) -> None:
-        """The optimizer update (and its FLOPs) for ``grads`` at rate ``lr``."""
-        self.optimizer.step(self.model, grads, lr)
+        """The optimizer update (and its FLOPs) for ``grads`` at rate ``lr``; ``grads`` None:
+        the backend already applied it (see :meth:`gradients`)."""
+        if grads is None:
+            self.optimizer.applied_by_backend()
+        else:
+            self.optimizer.step(self.model, grads, lr)
         self.flops.step(self.model)
 
     def train_step(self, x, target, idx, lr: float, *, rank: int = 0,
@@ -180,7 +197,10 @@ class Engine:
         seeds = self.rng.integers(0, 2**63, size=len(self.model.layers) - 1)
         if rank:
             seeds = rank_seeds(seeds, rank)
-        loss, out, grads, cache = self.gradients(xb, tb, seeds)
+        # Without a hook or clipping between gradient and update, the backend may fuse them.
+        rule = (self.optimizer.backend_rule(lr)
+                if grad_hook is None and self.config.max_grad_norm is None else None)
+        loss, out, grads, cache = self.gradients(xb, tb, seeds, rule)
         if grad_hook is not None:
             grads = grad_hook(grads)
         self.apply(grads, lr)

@@ -1,0 +1,88 @@
+/* Per-row work around the products, shared by the standalone kernels (elementwise.pyx,
+   mlp.pyx) and the fused passes (mlp.hh), so both give the same bits:
+   - sk_act_row: bias + piecewise-linear activation + inverted dropout of one output row;
+   - sk_row_sum: the sum of a row in NumPy's order (pairwise, 8 accumulators per block of
+     128), so a bias gradient is exactly ``dz_ob.sum(axis=1)``;
+   - sk_sgd_update: momentum SGD in the order of sparsekit.training.optim.MomentumSGD.
+   The last two must not be reassociated or contracted into FMAs (setup.py allows both for the
+   products), hence the per-function options. */
+#ifndef SPARSEKIT_EPILOGUE_HH
+#define SPARSEKIT_EPILOGUE_HH
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "streams.hh"
+
+#define SK_EXACT __attribute__((optimize("no-associative-math", "fp-contract=off")))
+
+/* a = g(z + b), d = g'(z + b) with g(v) = v for v > 0, slope * v otherwise; then inverted
+   dropout: an element is dropped when the top 24 bits of its hash are below threshold
+   (rate * 2**24), kept ones scaled by 1 / (1 - rate).  a and d may alias z (in place). */
+template <typename T>
+static inline void sk_act_row(const T* z, T b, T* a, T* d, ptrdiff_t n, T slope, T scale,
+                              uint64_t threshold, uint64_t key) {
+    for (ptrdiff_t j = 0; j < n; ++j) {
+        const T v = z[j] + b;
+        const T g = v > 0 ? (T)1 : slope;
+        d[j] = g;
+        a[j] = g * v;
+    }
+    if (threshold == 0) return;
+    for (ptrdiff_t j = 0; j < n; ++j) {
+        if ((sk_mix64(key + (uint64_t)j * 0x9E3779B97F4A7C15ULL) >> 40) < threshold) {
+            d[j] = 0;
+            a[j] = 0;
+        } else {
+            d[j] = d[j] * scale;
+            a[j] = a[j] * scale;
+        }
+    }
+}
+
+/* The key of row o of a (n_out x n_batch) draw with seed `seed`. */
+static inline uint64_t sk_act_key(uint64_t seed, ptrdiff_t o, ptrdiff_t n_batch) {
+    return seed + (uint64_t)(o * n_batch) * 0x9E3779B97F4A7C15ULL;
+}
+
+template <typename T>
+SK_EXACT static T sk_row_sum(const T* a, ptrdiff_t n) {
+    if (n < 8) {
+        T res = 0;
+        for (ptrdiff_t i = 0; i < n; ++i) res = res + a[i];
+        return res;
+    }
+    if (n <= 128) {
+        T r[8];
+        for (int j = 0; j < 8; ++j) r[j] = a[j];
+        ptrdiff_t i = 8;
+        for (; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; ++j) r[j] = r[j] + a[i + j];
+        T res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; ++i) res = res + a[i];
+        return res;
+    }
+    ptrdiff_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return sk_row_sum(a, n2) + sk_row_sum(a + n2, n - n2);
+}
+
+/* v <- mu v - step; p <- p + v (Nesterov: p <- p - step + mu v), step = lr (g + wd p) when
+   the decay is coupled, lr g otherwise; decoupled decay shrinks p by (1 - wd) first. */
+template <typename T>
+SK_EXACT static void sk_sgd_update(T* p, const T* g, T* v, ptrdiff_t n, T lr, T mu, T wd,
+                                   int coupled, int nesterov) {
+    const bool l2 = coupled && wd != 0, shrink = !coupled && wd != 0;
+    const T keep = (T)1 - wd;
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        const T step = l2 ? lr * (g[i] + wd * p[i]) : lr * g[i];
+        const T vi = v[i] * mu - step;
+        T pi = shrink ? p[i] * keep : p[i];
+        if (nesterov) pi = (pi - step) + mu * vi;
+        else pi = pi + vi;
+        v[i] = vi;
+        p[i] = pi;
+    }
+}
+
+#endif  /* SPARSEKIT_EPILOGUE_HH */

@@ -1,0 +1,191 @@
+/* A whole training pass of a sparse MLP in one OpenMP team (team.hh), the bodies of
+   sparsekit/_cython/mlp.pyx:
+   - sk_mlp_forward: every layer's product with its bias, activation and dropout applied to each
+     output row while it is still in L1 (the last layer: bias only);
+   - sk_mlp_backward: from the top layer down, the fused backward (dx and the pattern gradient,
+     spmm.hh) with dx multiplied by the activation derivative of the layer below and that
+     layer's bias gradient summed while the row is in L1; then, optionally, the momentum SGD
+     update of every layer.
+   Every row is computed by one thread with the same kernels and in the same order as the
+   one-product-at-a-time path (spmm.pyx, elementwise.pyx, NumPy), so both give the same bits. */
+#ifndef SPARSEKIT_MLP_HH
+#define SPARSEKIT_MLP_HH
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epilogue.hh"
+#include "spmm.hh"
+#include "team.hh"
+
+/* One layer as mlp.pyx passes it: W (n_out x n_in) in CSR with its transposed index, the
+   bias, the buffers of this pass and the plans of spmm.pyx's _plan.  Pointers are untyped so
+   that Cython can fill one struct for every value and index type. */
+typedef struct {
+    const void* indptr; const void* indices; void* data;
+    const void* t_indptr; const void* t_rows; const void* t_perm;
+    void* bias;
+    ptrdiff_t n_out, n_in, nnz;
+    void* out;       /* forward: activation (hidden) or logits (last), n_out x n_batch */
+    void* deriv;     /* forward: activation derivative, n_out x n_batch (hidden only) */
+    double slope;    /* hidden activation's left slope */
+    uint64_t seed;   /* dropout key of this layer and step */
+    void* dz;        /* backward: gradient w.r.t. this layer's pre-activation (n_out x n_batch) */
+    void* grad;      /* backward: weight gradient, W's CSR order */
+    void* gbias;     /* backward: bias gradient */
+    void* g_lin;     /* backward: scratch of the batch-tiled walk (nnz) */
+    void* mom_w;     /* SGD velocity of W and of the bias (NULL: no update) */
+    void* mom_b;
+    int tv_f, pf_f, tv_b, pf_b;
+} SkLayerPass;
+
+typedef struct {
+    double lr, momentum, weight_decay;
+    int coupled, nesterov;
+} SkSgd;
+
+/* Work of a row besides its non-zeros (its store and epilogue), in non-zeros. */
+#define SK_ROW_COST 4
+
+template <typename T, typename I>
+static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
+                             ptrdiff_t B, bool hidden, double rate) {
+    const I* indptr = (const I*)L.indptr;
+    const ptrdiff_t n_chunks = sk_phase_chunks(team, L.nnz);
+    T* out = (T*)L.out;
+    const T* bias = (const T*)L.bias;
+    /* in double, as elementwise.pyx: the rate's float32 rounding would move the threshold */
+    const uint64_t threshold = (uint64_t)(rate * 16777216.0);
+    const T scale = (T)(1.0 / (1.0 - rate));
+    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
+        ptrdiff_t r0, r1;
+        sk_chunk_rows(indptr, L.n_out, SK_ROW_COST, c, n_chunks, &r0, &r1);
+        if (r0 >= r1) continue;
+        sk_spmm_rows<T, I>(indptr, (const I*)L.indices, (const T*)L.data, (const I*)NULL, r0, r1,
+                           src, B, out, L.tv_f, L.pf_f);
+        for (ptrdiff_t o = r0; o < r1; ++o) {
+            T* row = out + o * B;
+            if (hidden)
+                sk_act_row<T>(row, bias[o], row, (T*)L.deriv + o * B, B, (T)L.slope, scale,
+                              threshold, sk_act_key(L.seed, o, B));
+            else
+                for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] + bias[o];
+        }
+    }
+}
+
+template <typename T, typename I>
+static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, const T* x, ptrdiff_t B,
+                             double rate, int num_threads) {
+    SkTeam team;
+    sk_team_init(&team, num_threads);
+    #pragma omp parallel num_threads(num_threads)
+    {
+        const int nt = sk_team_size();
+        const T* src = x;
+        for (int l = 0; l < n_layers; ++l) {
+            sk_forward_phase<T, I>(&team, l, layers[l], src, B, l < n_layers - 1, rate);
+            if (l < n_layers - 1) sk_barrier(&team, nt);
+            src = (const T*)layers[l].out;
+        }
+        sk_team_leave(&team, sk_team_rank(), nt);
+    }
+}
+
+template <typename T, typename I>
+static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
+                              const SkLayerPass* below, const T* x, ptrdiff_t B) {
+    const I* t_indptr = (const I*)L.t_indptr;
+    const ptrdiff_t n_chunks = sk_phase_chunks(team, 2 * L.nnz);
+    T* dx = below ? (T*)below->dz : (T*)NULL;
+    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
+        ptrdiff_t r0, r1;
+        sk_chunk_rows(t_indptr, L.n_in, SK_ROW_COST, c, n_chunks, &r0, &r1);
+        if (r0 >= r1) continue;
+        if (L.nnz == 0) {  /* no connection: dx is 0 and there is no gradient */
+            if (dx) for (ptrdiff_t i = r0 * B; i < r1 * B; ++i) dx[i] = 0;
+        } else {
+            sk_dot_rows<T, I>(t_indptr, (const I*)L.t_rows, (const I*)L.t_perm, (const T*)L.data,
+                              r0, r1, (const T*)L.dz, x, B, dx, (T*)L.grad, (T*)L.g_lin,
+                              L.tv_b, L.pf_b);
+        }
+        if (!dx) continue;
+        const T* d = (const T*)below->deriv;
+        T* gb = (T*)below->gbias;
+        for (ptrdiff_t i = r0; i < r1; ++i) {
+            T* row = dx + i * B;
+            for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] * d[i * B + j];
+            gb[i] = sk_row_sum(row, B);
+        }
+    }
+}
+
+template <typename T>
+static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* v, ptrdiff_t n,
+                            const SkSgd& s) {
+    const ptrdiff_t chunk = 1 << 14, n_chunks = (n + chunk - 1) / chunk;
+    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
+        const ptrdiff_t i0 = c * chunk, len = (i0 + chunk < n ? chunk : n - i0);
+        sk_sgd_update<T>(p + i0, g + i0, v + i0, len, (T)s.lr, (T)s.momentum, (T)s.weight_decay,
+                         s.coupled, s.nesterov);
+    }
+}
+
+/* acts[l]: the input of layer l (acts[0] = x, then the hidden layers' outputs).  The top
+   layer's dz (the loss gradient of the logits) is given; the others are written here. */
+template <typename T, typename I>
+static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const* acts,
+                              ptrdiff_t B, const SkSgd* sgd, int num_threads) {
+    SkTeam team;
+    sk_team_init(&team, num_threads);
+    #pragma omp parallel num_threads(num_threads)
+    {
+        const int nt = sk_team_size(), tid = sk_team_rank();
+        if (tid == 0) {  /* the top layer's bias gradient (a few rows) */
+            const SkLayerPass& top = layers[n_layers - 1];
+            for (ptrdiff_t o = 0; o < top.n_out; ++o)
+                ((T*)top.gbias)[o] = sk_row_sum((const T*)top.dz + o * B, B);
+        }
+        int phase = 0;
+        for (int l = n_layers - 1; l >= 0; --l) {
+            sk_backward_phase<T, I>(&team, phase++, layers[l], l > 0 ? &layers[l - 1] : NULL,
+                                    acts[l], B);
+            if (l > 0 || sgd) sk_barrier(&team, nt);
+        }
+        if (sgd) {
+            for (int l = 0; l < n_layers; ++l) {
+                const SkLayerPass& L = layers[l];
+                sk_update_phase<T>(&team, phase++, (T*)L.data, (const T*)L.grad, (T*)L.mom_w,
+                                   L.nnz, *sgd);
+                sk_update_phase<T>(&team, phase++, (T*)L.bias, (const T*)L.gbias, (T*)L.mom_b,
+                                   L.n_out, *sgd);
+            }
+        }
+        sk_team_leave(&team, tid, nt);
+    }
+}
+
+static void sk_mlp_forward(SkLayerPass* layers, int n_layers, const void* x, ptrdiff_t B,
+                           double rate, int is_double, int is_int64, int num_threads) {
+    if (is_double) {
+        if (is_int64) sk_mlp_forward_t<double, int64_t>(layers, n_layers, (const double*)x, B, rate, num_threads);
+        else sk_mlp_forward_t<double, int32_t>(layers, n_layers, (const double*)x, B, rate, num_threads);
+    } else {
+        if (is_int64) sk_mlp_forward_t<float, int64_t>(layers, n_layers, (const float*)x, B, rate, num_threads);
+        else sk_mlp_forward_t<float, int32_t>(layers, n_layers, (const float*)x, B, rate, num_threads);
+    }
+}
+
+static void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
+                            ptrdiff_t B, const SkSgd* sgd, int is_double, int is_int64,
+                            int num_threads) {
+    if (is_double) {
+        if (is_int64) sk_mlp_backward_t<double, int64_t>(layers, n_layers, (const double* const*)acts, B, sgd, num_threads);
+        else sk_mlp_backward_t<double, int32_t>(layers, n_layers, (const double* const*)acts, B, sgd, num_threads);
+    } else {
+        if (is_int64) sk_mlp_backward_t<float, int64_t>(layers, n_layers, (const float* const*)acts, B, sgd, num_threads);
+        else sk_mlp_backward_t<float, int32_t>(layers, n_layers, (const float* const*)acts, B, sgd, num_threads);
+    }
+}
+
+#endif  /* SPARSEKIT_MLP_HH */

@@ -1,0 +1,251 @@
+"""Fused training passes of a sparse MLP: the forward and the backward (+ momentum SGD) of all
+layers in one OpenMP team each (mlp.hh, team.hh).
+
+One product at a time, a training step of the default 784-1000-1000-1000-10 network opens
+about fifteen parallel regions, and with passive waiting each one wakes the other threads again
+(about 70 us per region on a 2-core virtual machine, as long as a whole product): two threads
+were slower than one.  These passes open one region each and hand rows out in chunks, so a
+second thread helps as soon as it is awake.  They run the same row kernels as the single
+products (spmm.hh) and the same epilogues as elementwise.pyx and NumPy (epilogue.hh), so a step
+gives the same bits either way, on any thread count.
+
+The checking ``def`` wrappers validate every array before the GIL is released; the backend
+(:meth:`sparsekit._cython.backend.CpuBackend.mlp_forward`) owns the buffers and decides when a
+model qualifies (piecewise-linear activations, one value and index type).
+"""
+from libc.stdint cimport uint64_t
+
+from ._types cimport floating
+
+import numpy as np
+cimport numpy as cnp
+
+from ._checks import check_threads
+from .spmm import walk_plan
+
+cnp.import_array()
+
+
+cdef extern from "mlp.hh" nogil:
+    ctypedef struct SkLayerPass:
+        const void* indptr
+        const void* indices
+        void* data
+        const void* t_indptr
+        const void* t_rows
+        const void* t_perm
+        void* bias
+        Py_ssize_t n_out, n_in, nnz
+        void* out
+        void* deriv
+        double slope
+        uint64_t seed
+        void* dz
+        void* grad
+        void* gbias
+        void* g_lin
+        void* mom_w
+        void* mom_b
+        int tv_f, pf_f, tv_b, pf_b
+    ctypedef struct SkSgd:
+        double lr, momentum, weight_decay
+        int coupled, nesterov
+    void sk_mlp_forward(SkLayerPass* layers, int n_layers, const void* x, Py_ssize_t B,
+                        double rate, int is_double, int is_int64, int num_threads)
+    void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
+                         Py_ssize_t B, const SkSgd* sgd, int is_double, int is_int64,
+                         int num_threads)
+    T sk_row_sum[T](const T* a, Py_ssize_t n)
+
+#: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with SGD uses 3 per layer.
+MAX_LAYERS = 21
+
+
+cdef void* _ptr(name, a, dtype, shape, bint written=False) except NULL:
+    """The data pointer of ``a`` after checking it is a C-contiguous ``dtype`` array of
+    ``shape``, writeable if the pass ``written`` to it (a one-line ValueError naming ``name``
+    otherwise)."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                         f"{shape}, got {a.dtype.name} {a.shape}")
+    if written and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if a.size == 0:  # never dereferenced; any non-NULL address will do
+        return <void*>1
+    return <void*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef _types(layers):
+    """``(value dtype, index dtype)`` shared by every layer, checked."""
+    if not 1 <= len(layers) <= MAX_LAYERS:
+        raise ValueError(f"layers must hold 1 to {MAX_LAYERS} layers, got {len(layers)}")
+    dt = np.asarray(layers[0]["data"]).dtype
+    it = np.asarray(layers[0]["indices"]).dtype
+    if dt not in (np.float32, np.float64) or it not in (np.int32, np.int64):
+        raise ValueError(f"layers need float32/float64 values and int32/int64 indices, got "
+                         f"{dt} and {it}")
+    return dt, it
+
+
+cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_in) except *:
+    if layer["n_in"] != n_in:
+        raise ValueError(f"layers[{i}] has {layer['n_in']} inputs but gets {n_in}")
+    indptr, indices, data = layer["indptr"], layer["indices"], layer["data"]
+    cdef Py_ssize_t n_out = indptr.shape[0] - 1 if isinstance(indptr, np.ndarray) else -1
+    if n_out < 0:
+        raise ValueError(f"layers[{i}]['indptr'] must be a 1-D array of n_out + 1 offsets")
+    cdef Py_ssize_t nnz = indices.shape[0] if isinstance(indices, np.ndarray) else -1
+    L.indptr = _ptr(f"layers[{i}]['indptr']", indptr, it, (n_out + 1,))
+    L.indices = _ptr(f"layers[{i}]['indices']", indices, it, (nnz,))
+    L.data = _ptr(f"layers[{i}]['data']", data, dt, (nnz,))
+    L.bias = _ptr(f"layers[{i}]['bias']", layer["bias"], dt, (n_out,))
+    if indptr[0] != 0 or indptr[n_out] != nnz:
+        raise ValueError(f"layers[{i}]['indptr'] must start at 0 and end at nnz={nnz}")
+    L.n_out, L.n_in, L.nnz = n_out, n_in, nnz
+    L.mom_w = L.mom_b = NULL
+    L.g_lin = L.grad = L.gbias = L.dz = L.out = L.deriv = NULL
+    L.t_indptr = L.t_rows = L.t_perm = NULL
+
+
+def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate,
+            int num_threads=0):
+    """All layers' forward products with bias, activation and dropout, in one team.
+
+    Parameters
+    ----------
+    layers : list of dict
+        ``indptr``, ``indices``, ``data`` (W of shape (n_out, n_in) in CSR, validated CSR
+        contents: every index below ``n_in``), ``n_in`` and ``bias`` of each layer, inputs
+        first.
+    x_ib : ndarray of shape (n_in, n_batch)
+        Feature-major input batch (64-byte aligned for speed).
+    outs : list of ndarray
+        ``(n_out, n_batch)`` per layer: the hidden activations and, last, the logits (bias
+        added).  Written.
+    derivs : list of ndarray
+        ``(n_out, n_batch)`` per hidden layer: activation derivative with dropout.  Written.
+    slopes : sequence of float
+        Left slope of each hidden layer's piecewise-linear activation.
+    seeds : sequence of int
+        Dropout key of each hidden layer (as :func:`sparsekit._cython.elementwise.bias_act_dropout`).
+    rate : float
+        Dropout rate in [0, 1).
+    """
+    dt, it = _types(layers)
+    cdef int n = len(layers), i, nt = check_threads(num_threads)
+    if len(outs) != n or len(derivs) != n - 1 or len(slopes) != n - 1 or len(seeds) != n - 1:
+        raise ValueError("outs needs one array per layer; derivs, slopes and seeds one per "
+                         "hidden layer")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
+    if not isinstance(x_ib, np.ndarray) or x_ib.ndim != 2:
+        raise ValueError("x_ib must be a 2-D NumPy array (features x batch)")
+    cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
+    cdef const void* x = _ptr("x_ib", x_ib, dt, (n_in, B))
+    passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
+    cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
+    for i in range(n):
+        _fill_common(&L[i], i, layers[i], dt, it, n_in)
+        L[i].out = _ptr(f"outs[{i}]", outs[i], dt, (L[i].n_out, B), True)
+        if i < n - 1:
+            L[i].deriv = _ptr(f"derivs[{i}]", derivs[i], dt, (L[i].n_out, B), True)
+            L[i].slope = float(slopes[i])
+            L[i].seed = int(seeds[i]) & 0xFFFFFFFFFFFFFFFF
+        L[i].tv_f, L[i].pf_f = walk_plan(n_in, L[i].n_out, L[i].nnz, B, dt.itemsize, "forward")
+        n_in = L[i].n_out
+    cdef int is_double = dt == np.float64, is_int64 = it == np.int64
+    if B == 0:
+        return
+    with nogil:
+        sk_mlp_forward(L, n, x, B, rate, is_double, is_int64, nt)
+
+
+def backward(list layers, list acts, list derivs, list dzs, list grads, list gbiases,
+             sgd=None, int num_threads=0):
+    """All layers' gradients (and optionally the momentum SGD update) in one team.
+
+    Parameters
+    ----------
+    layers : list of dict
+        As for :func:`forward`, plus ``t_indptr``, ``t_rows``, ``t_perm`` (W's transposed index,
+        :func:`sparsekit._cython.spmm.transpose_index`), and with ``sgd`` the velocities
+        ``mom_w`` (aligned with ``data``) and ``mom_b`` (with ``bias``).
+    acts : list of ndarray
+        The input of each layer: ``x_ib``, then the hidden activations of :func:`forward`.
+    derivs : list of ndarray
+        The hidden layers' activation derivatives of :func:`forward`.
+    dzs : list of ndarray
+        ``(n_out, n_batch)`` per layer: the last one holds the gradient of the loss w.r.t. the
+        logits (read); the others are written (gradient w.r.t. each hidden pre-activation).
+    grads, gbiases : list of ndarray
+        Weight gradient (``nnz``, W's CSR order) and bias gradient (``n_out``) per layer.
+        Written.
+    sgd : tuple, optional
+        ``(lr, momentum, weight_decay, coupled, nesterov)``: apply
+        :class:`sparsekit.training.optim.MomentumSGD`'s update to every layer afterwards.
+    """
+    dt, it = _types(layers)
+    cdef int n = len(layers), i, nt = check_threads(num_threads)
+    if len(acts) != n or len(derivs) != n - 1 or len(dzs) != n or len(grads) != n \
+            or len(gbiases) != n:
+        raise ValueError("acts, dzs, grads and gbiases need one array per layer, derivs one "
+                         "per hidden layer")
+    if not isinstance(acts[0], np.ndarray) or acts[0].ndim != 2:
+        raise ValueError("acts[0] must be a 2-D NumPy array (features x batch)")
+    cdef Py_ssize_t B = acts[0].shape[1], n_in = acts[0].shape[0]
+    if B == 0:
+        raise ValueError("acts[0] holds an empty batch")
+    passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
+    ptrs = np.zeros(n, dtype=np.uintp)
+    cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
+    cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
+    cdef SkSgd rule
+    cdef SkSgd* rule_ptr = NULL
+    if sgd is not None:
+        rule.lr, rule.momentum, rule.weight_decay = float(sgd[0]), float(sgd[1]), float(sgd[2])
+        rule.coupled, rule.nesterov = bool(sgd[3]), bool(sgd[4])
+        rule_ptr = &rule
+    g_lins = []
+    for i in range(n):
+        layer = layers[i]
+        _fill_common(&L[i], i, layer, dt, it, n_in)
+        act_ptrs[i] = _ptr(f"acts[{i}]", acts[i], dt, (n_in, B))
+        L[i].t_indptr = _ptr(f"layers[{i}]['t_indptr']", layer["t_indptr"], it, (n_in + 1,))
+        L[i].t_rows = _ptr(f"layers[{i}]['t_rows']", layer["t_rows"], it, (L[i].nnz,))
+        L[i].t_perm = _ptr(f"layers[{i}]['t_perm']", layer["t_perm"], it, (L[i].nnz,))
+        if layer["t_indptr"][0] != 0 or layer["t_indptr"][n_in] != L[i].nnz:
+            raise ValueError(f"layers[{i}]['t_indptr'] must start at 0 and end at nnz")
+        L[i].dz = _ptr(f"dzs[{i}]", dzs[i], dt, (L[i].n_out, B), i < n - 1)
+        L[i].grad = _ptr(f"grads[{i}]", grads[i], dt, (L[i].nnz,), True)
+        L[i].gbias = _ptr(f"gbiases[{i}]", gbiases[i], dt, (L[i].n_out,), True)
+        if i < n - 1:
+            L[i].deriv = _ptr(f"derivs[{i}]", derivs[i], dt, (L[i].n_out, B))
+        if sgd is not None:
+            L[i].mom_w = _ptr(f"layers[{i}]['mom_w']", layer["mom_w"], dt, (L[i].nnz,), True)
+            L[i].mom_b = _ptr(f"layers[{i}]['mom_b']", layer["mom_b"], dt, (L[i].n_out,), True)
+            for key in ("data", "bias"):
+                if not layer[key].flags.writeable:
+                    raise ValueError(f"layers[{i}]['{key}'] is read-only")
+        L[i].tv_b, L[i].pf_b = walk_plan(L[i].n_out, n_in, L[i].nnz, B, dt.itemsize, "backward")
+        if L[i].tv_b:
+            g_lins.append(np.empty(L[i].nnz, dtype=dt))
+            L[i].g_lin = cnp.PyArray_DATA(<cnp.ndarray>g_lins[-1])
+        else:
+            L[i].g_lin = L[i].grad
+        n_in = L[i].n_out
+    cdef int is_double = dt == np.float64, is_int64 = it == np.int64
+    with nogil:
+        sk_mlp_backward(L, n, act_ptrs, B, rule_ptr, is_double, is_int64, nt)
+
+
+def row_sums(const floating[:, ::1] z_ob):
+    """``z_ob.sum(axis=1)`` with NumPy's summation order (pairwise), as the fused backward
+    computes bias gradients."""
+    out = np.empty(z_ob.shape[0], dtype=np.asarray(z_ob).dtype)
+    cdef floating[::1] o = out
+    cdef Py_ssize_t r
+    for r in range(z_ob.shape[0]):
+        o[r] = sk_row_sum(&z_ob[r, 0], z_ob.shape[1]) if z_ob.shape[1] else 0
+    return out

@@ -1,0 +1,204 @@
+"""The CPU backend's fused training passes (``_cython/mlp.pyx``: the forward, and the backward
+with the momentum SGD update, of every layer in one OpenMP team) against the generic
+one-product-at-a-time passes of the base Backend, bit for bit, and against plain float64 oracles.
+
+Bit-identity is the contract: the training engine takes the fused passes whenever a model
+qualifies and the generic ones otherwise (a gradient hook, clipping, Adam, tanh, Top-KAST), so
+a run must not depend on which path a step took.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+
+from sparsekit._align import aligned_empty
+from sparsekit._cython import mlp
+from sparsekit._cython.backend import CpuBackend
+from sparsekit.backends.base import Backend
+from sparsekit.nn.layers import SparseLayer
+from sparsekit.nn.model import SparseMLP
+from sparsekit.training.optim import MomentumSGD
+
+# (layer sizes, density, batch): edges (one input, empty layers, one sample, odd batches) and
+# the default network's shape class.
+CASES = [([1, 3, 2], 0.5, 1), ([9, 1, 4], 0.3, 17), ([6, 5, 4], 0.0, 16), ([40, 33, 20, 7], 0.2, 130),
+         ([64, 80, 80, 10], 0.1, 128), ([30, 70, 3], 1.0, 33)]
+
+
+def make_model(rng, sizes, density, dtype, idt, activation="allrelu", dropout=0.3, threads=2):
+    be = CpuBackend(threads)
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        w = ref.to_backend(be, ref.random_csr(rng, n_out, n_in, density), dtype, idt)
+        layers.append(SparseLayer(w, rng.standard_normal(n_out) * 0.1, backend=be))
+    return SparseMLP.from_layers(layers, activation=activation, dropout=dropout)
+
+
+def batch(rng, n, b, dtype):
+    x = aligned_empty((n, b), dtype)
+    x[...] = rng.standard_normal((n, b))
+    return x
+
+
+def same(a, b, what):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    assert np.array_equal(a, b), f"{what}: {int((a != b).sum())} of {a.size} values differ"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64),
+                                       (np.float32, np.int64)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_fused_passes_equal_the_generic_ones_bit_for_bit(case, dtype, idt, threads):
+    sizes, density, b = CASES[case]
+    rng = np.random.default_rng(case)
+    model = make_model(rng, sizes, density, dtype, idt, threads=threads)
+    be, layers, acts_fn = model.backend, model.layers, model.activations
+    x = batch(rng, sizes[0], b, dtype)
+    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(layers) - 1)]
+    want = Backend.mlp_forward(be, layers, acts_fn, x, 0.3, seeds)
+    got = be.mlp_forward(layers, acts_fn, x, 0.3, seeds, {})
+    same(got[0], want[0], "logits")
+    for i, (a, w) in enumerate(zip(got[1] + got[2], want[1] + want[2])):
+        same(a, w, f"activation/derivative {i}")
+    dlogits = rng.standard_normal(want[0].shape).astype(dtype) / b
+    gw, dzw, _ = Backend.mlp_backward(be, layers, want[1], want[2], dlogits, True)
+    gg, dzg, applied = be.mlp_backward(layers, want[1], want[2], dlogits, True, None, {})
+    assert not applied and dzg[-1] is dlogits
+    for i in range(len(layers)):
+        same(gg[i][0], gw[i][0], f"grad_w {i}")
+        same(gg[i][1], gw[i][1], f"grad_b {i}")
+        same(dzg[i], dzw[i], f"dz {i}")
+
+
+def test_fused_forward_matches_a_float64_oracle():
+    rng = np.random.default_rng(7)
+    model = make_model(rng, [50, 40, 30, 5], 0.2, np.float32, np.int32, dropout=0.25)
+    x = batch(rng, 50, 37, np.float32)
+    seeds = [3, 2**63 + 5]
+    logits, acts, derivs = model.backend.mlp_forward(model.layers, model.activations, x, 0.25,
+                                                     seeds, {})
+    a = x.astype(np.float64)
+    for i, layer in enumerate(model.layers):
+        w = ref.f64(layer.to_scipy())
+        z = w @ a
+        scale = abs(w) @ abs(a)
+        if i < len(model.layers) - 1:
+            a, d = ref.bias_act_dropout(z, layer.b, model.activations[i].slope, 0.25, seeds[i])
+            ref.assert_close(acts[i + 1], a, 2 * scale + 1, w.shape[1], np.float32, f"act {i}")
+            np.testing.assert_allclose(derivs[i], d, rtol=1e-6)
+            a = a.astype(np.float32).astype(np.float64)
+        else:
+            ref.assert_close(logits, z + layer.b[:, None], scale + 1, w.shape[1], np.float32,
+                             "logits")
+
+
+@pytest.mark.parametrize("decay", ["coupled", "decoupled"])
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sgd_update_equals_momentum_sgd(decay, nesterov, dtype):
+    rng = np.random.default_rng(3)
+    opt = MomentumSGD(0.9, 2e-4 if decay == "coupled" else 0.01, decay, nesterov)
+    models = [make_model(np.random.default_rng(1), [70, 90, 40, 6], 0.3, dtype, np.int32)
+              for _ in range(2)]
+    for m in models:
+        opt.attach(m)
+        for layer in m.layers:  # a velocity from earlier steps
+            layer.state_w["momentum"][...] = np.random.default_rng(2).standard_normal(layer.nnz)
+            layer.state_b["momentum"][...] = 0.01
+    be = models[0].backend
+    x = batch(rng, 70, 64, dtype)
+    logits, acts, derivs = be.mlp_forward(models[0].layers, models[0].activations, x, 0.3,
+                                          [1, 2], {})
+    dlogits = rng.standard_normal(logits.shape).astype(dtype) / 64
+    grads = Backend.mlp_backward(be, models[0].layers, acts, derivs, dlogits)[0]
+    opt.step(models[0], grads, 0.05)
+    _, _, applied = be.mlp_backward(models[1].layers, acts, derivs, dlogits, False,
+                                    opt.backend_rule(0.05), {})
+    assert applied
+    for a, b in zip(*(m.layers for m in models)):
+        same(b.w.data, a.w.data, "weights")
+        same(b.b, a.b, "bias")
+        same(b.state_w["momentum"], a.state_w["momentum"], "velocity")
+        same(b.state_b["momentum"], a.state_b["momentum"], "bias velocity")
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 100, 128, 129, 1000, 4099])
+def test_row_sums_follow_numpys_order(n):
+    z = (np.random.default_rng(n).standard_normal((5, n)) * 100).astype(np.float32)
+    same(mlp.row_sums(z), z.sum(axis=1), "row sums")
+    same(mlp.row_sums(z.astype(np.float64)), z.astype(np.float64).sum(axis=1), "float64")
+
+
+def test_models_the_fused_pass_cannot_run_take_the_generic_one():
+    rng = np.random.default_rng(0)
+    x = batch(rng, 20, 16, np.float32)
+    tanh = make_model(rng, [20, 12, 4], 0.5, np.float32, np.int32, activation="tanh")
+    assert not tanh.backend._fusable(tanh.layers, x, tanh.activations)
+    logits, _, _ = tanh.backend.mlp_forward(tanh.layers, tanh.activations, x, 0.0, [0], {})
+    same(logits, Backend.mlp_forward(tanh.backend, tanh.layers, tanh.activations, x, 0.0, [0])[0],
+         "tanh logits")
+    mixed = make_model(rng, [20, 12, 4], 0.5, np.float32, np.int32)
+    w = mixed.layers[1].w
+    mixed.layers[1].w = type(w)(w.indptr.astype(np.int64), w.indices.astype(np.int64), w.data,
+                                w.shape)
+    assert not mixed.backend._fusable(mixed.layers, x, mixed.activations)
+    topk = make_model(rng, [20, 12, 4], 0.5, np.float32, np.int32)
+    topk.layers[0].w_forward = topk.layers[0].w
+    assert not topk.backend._fusable(topk.layers, x, topk.activations)
+    assert not topk.backend._fusable(topk.layers, x[:, :0], topk.activations)
+
+
+def test_bad_arrays_get_one_line_errors_before_any_work():
+    rng = np.random.default_rng(0)
+    model = make_model(rng, [8, 6, 3], 0.5, np.float32, np.int32)
+    arrays = [{"indptr": layer.w.indptr, "indices": layer.w.indices, "data": layer.w.data,
+               "bias": layer.b, "n_in": layer.in_features} for layer in model.layers]
+    x = batch(rng, 8, 16, np.float32)
+    outs = [aligned_empty((6, 16), np.float32), aligned_empty((3, 16), np.float32)]
+    derivs = [aligned_empty((6, 16), np.float32)]
+    with pytest.raises(ValueError, match=r"outs\[1\] must be a C-contiguous float32"):
+        mlp.forward(arrays, x, [outs[0], outs[1][:2]], derivs, [0.5], [1], 0.3)
+    with pytest.raises(ValueError, match=r"layers\[0\] has 8 inputs but gets 7"):
+        mlp.forward(arrays, np.ascontiguousarray(x[:7]), outs, derivs, [0.5], [1], 0.3)
+    with pytest.raises(ValueError, match=r"x_ib must be a C-contiguous float32"):
+        mlp.forward(arrays, x[:, ::2], outs, derivs, [0.5], [1], 0.3)
+    with pytest.raises(ValueError, match="dropout rate"):
+        mlp.forward(arrays, x, outs, derivs, [0.5], [1], 1.0)
+    bad = dict(arrays[1], data=arrays[1]["data"].astype(np.float64))
+    with pytest.raises(ValueError, match=r"layers\[1\]\['data'\] must be a C-contiguous float32"):
+        mlp.forward([arrays[0], bad], x, outs, derivs, [0.5], [1], 0.3)
+    frozen = outs[0].copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match=r"outs\[0\] is read-only"):
+        mlp.forward(arrays, x, [frozen, outs[1]], derivs, [0.5], [1], 0.3)
+    with pytest.raises(ValueError, match="one per hidden layer"):
+        mlp.forward(arrays, x, outs, [], [0.5], [1], 0.3)
+
+
+class OneProductAtATime(CpuBackend):
+    """The CPU backend without its fused passes."""
+
+    def _fusable(self, *args, **kwargs) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("optimizer,method", [("sgd", "set"), ("sgd", "gse"), ("adam", "set"),
+                                              ("sgd", "static")])
+def test_training_is_the_same_with_and_without_the_fused_passes(optimizer, method):
+    from sparsekit import train
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 30)).astype(np.float32)
+    y = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + 2 * (x[:, 3] > 0)
+    runs = [train([30, 64, 48, 4], (x, y), epochs=3, seed=1, batch_size=32, epsilon=8,
+                  optimizer=optimizer, method=method, backend=be(2))
+            for be in (OneProductAtATime, CpuBackend)]
+    hist = [[{k: v for k, v in rec.items() if not k.startswith("time")} for rec in r.history]
+            for r in runs]
+    assert hist[0] == hist[1]
+    for a, b in zip(*(r.model.layers for r in runs)):
+        same(b.w.data, a.w.data, "weights")
+        same(b.b, a.b, "bias")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._align import ALIGNMENT, aligned_empty
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
-from .._align import ALIGNMENT, aligned_empty
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
 

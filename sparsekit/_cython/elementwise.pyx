@@ -14,10 +14,11 @@ from ._types cimport floating
 from .._align import aligned_empty
 from ._checks import check_threads
 
-cdef extern from "streams.hh":
-    # splitmix64 finaliser: a bijective, well-mixed hash of a 64-bit counter.
-    uint64_t sk_mix64(uint64_t z) nogil
-
+cdef extern from "epilogue.hh" nogil:
+    # The row epilogue the fused passes (mlp.hh) apply too: one implementation, same bits.
+    void sk_act_row[T](const T* z, T b, T* a, T* d, Py_ssize_t n, T slope, T scale,
+                       uint64_t threshold, uint64_t key)
+    uint64_t sk_act_key(uint64_t seed, Py_ssize_t o, Py_ssize_t n_batch)
 
 def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
                      uint64_t seed, int num_threads=0):
@@ -54,27 +55,7 @@ def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, doub
         return a_np, d_np
     with nogil:
         for o in prange(n_out, schedule="static", num_threads=nt):
-            _row(&z_ob[o, 0], bias[o], &a[o, 0], &d[o, 0], n_batch, s, scale, threshold,
-                 seed + <uint64_t>(o * n_batch) * <uint64_t>0x9E3779B97F4A7C15)
+            sk_act_row(&z_ob[o, 0], bias[o], &a[o, 0], &d[o, 0], n_batch, s, scale, threshold,
+                       sk_act_key(seed, o, n_batch))
     return a_np, d_np
 
-
-cdef inline void _row(const floating* z, floating b, floating* a, floating* d,
-                      Py_ssize_t n, floating slope, floating scale, uint64_t threshold,
-                      uint64_t key) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef floating v, g
-    for j in range(n):
-        v = z[j] + b
-        g = 1 if v > 0 else slope
-        d[j] = g
-        a[j] = g * v
-    if threshold == 0:
-        return
-    for j in range(n):
-        if (sk_mix64(key + <uint64_t>j * <uint64_t>0x9E3779B97F4A7C15) >> 40) < threshold:
-            d[j] = 0
-            a[j] = 0
-        else:
-            d[j] = d[j] * scale
-            a[j] = a[j] * scale

@@ -65,8 +65,9 @@ def sample_absent_uniform(const index_t[::1] indptr, const index_t[::1] indices,
     fall in each row by a fixed partition of the rows into blocks, then per row), and keeps the
     distinct ones; duplicates are drawn again in the next round.  The procedure commutes with
     every permutation of the free positions, so the m-subset it returns is uniform.  Per row
-    the draws are sorted and mapped to columns by one merge with the row's indices, so a round
-    costs O(n_rows + nnz + m) and writes the result already in CSR order.
+    the draws are sorted and mapped to columns against the row's indices (sampling.hh: a
+    vectorised count on short rows, a merge on long ones), so a round costs about
+    O(n_rows + nnz + m) and writes the result already in CSR order.
     """
     cdef Py_ssize_t n_rows = check_pattern(indptr, indices, None)
     cdef int nt = check_threads(num_threads)

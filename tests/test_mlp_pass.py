@@ -202,3 +202,16 @@ def test_training_is_the_same_with_and_without_the_fused_passes(optimizer, metho
     for a, b in zip(*(r.model.layers for r in runs)):
         same(b.w.data, a.w.data, "weights")
         same(b.b, a.b, "bias")
+
+
+
+@pytest.mark.parametrize("n,f,b", [(50, 784, 128), (9, 1, 1), (40, 70, 17), (5, 3, 0)])
+def test_the_feature_major_batch_is_reused_and_right(n, f, b):
+    rng = np.random.default_rng(f)
+    x = rng.standard_normal((n, f))
+    be, buffers = CpuBackend(2), {}
+    for _ in range(2):
+        idx = rng.integers(0, n, b)
+        got = be.feature_major(x, idx, np.float32, buffers)
+        same(got, np.ascontiguousarray(x[idx].T.astype(np.float32)), "batch")
+        assert got is buffers["batch"] and (got.size == 0 or got.ctypes.data % 64 == 0)

@@ -37,6 +37,14 @@ class CpuBackend(Backend):
                              f"{self.num_threads}")
         return self.num_threads if work >= self.min_parallel_work else 1
 
+    def feature_major(self, x, idx, dtype, buffers=None):
+        if buffers is None or not isinstance(x, np.ndarray):
+            return super().feature_major(x, idx, dtype, buffers)
+        part = x[idx]  # the rows are scattered: one gather, then a transposing copy in cache
+        out = _buffer(buffers, "batch", (part.shape[1], part.shape[0]), np.dtype(dtype))
+        np.copyto(out, part.T, casting="unsafe")
+        return out
+
     def transpose_index(self, w: CSR):
         """W's column index (cached on the CSR until its pattern changes)."""
         if w._transpose is None:
@@ -229,7 +237,7 @@ def _buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
     """The aligned array ``buffers[key]``, (re)allocated when its shape or dtype changed."""
     arr = buffers.get(key)
     if (arr is None or arr.shape != shape or arr.dtype != dtype or not arr.flags.writeable
-            or arr.ctypes.data % ALIGNMENT):
+            or (arr.size and arr.ctypes.data % ALIGNMENT)):
         arr = buffers[key] = aligned_empty(shape, dtype)
     return arr
 

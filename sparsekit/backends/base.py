@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._align import feature_major_batch
 from .._streams import GOLDEN, splitmix
 from ..nn.csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
 from .host import as_count, sample_absent_host
@@ -38,6 +39,13 @@ class Backend:
     def to_numpy(self, x) -> np.ndarray:
         """Copy (or view) ``x`` on the host as a NumPy array."""
         return np.asarray(x)
+
+    def feature_major(self, x, idx, dtype, buffers=None):
+        """Rows ``idx`` of the batch-major host array ``x`` (dense or ``scipy.sparse`` CSR) as
+        a feature-major ``(n_features, len(idx))`` batch of ``dtype`` on this device.  A
+        backend may write it into an array it keeps in ``buffers`` (as
+        :meth:`mlp_forward`)."""
+        return self.asarray(feature_major_batch(x, idx, dtype))
 
     def check_array(self, name: str, x) -> None:
         """Raise ``TypeError`` naming ``name`` unless ``x`` lives on this backend's device."""

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .._align import feature_major_batch
 from .._streams import GOLDEN
 from ..growth import GrowthMethod, get_method
 from ..nn.activations import softmax_cross_entropy
@@ -152,7 +151,7 @@ class Engine:
         """``(x_ib, target)`` of rows ``idx`` on the model's device (one host copy each)."""
         model = self.model
         be = model.backend
-        xb = be.asarray(feature_major_batch(x, idx, model.dtype))
+        xb = be.feature_major(x, idx, model.dtype, self._buffers)
         tb = target[idx]
         if tb.ndim == 2:  # regression targets, feature-major like the outputs
             tb = np.ascontiguousarray(tb.T, dtype=model.dtype)

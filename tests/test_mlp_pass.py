@@ -208,10 +208,25 @@ def test_training_is_the_same_with_and_without_the_fused_passes(optimizer, metho
 @pytest.mark.parametrize("n,f,b", [(50, 784, 128), (9, 1, 1), (40, 70, 17), (5, 3, 0)])
 def test_the_feature_major_batch_is_reused_and_right(n, f, b):
     rng = np.random.default_rng(f)
-    x = rng.standard_normal((n, f))
     be, buffers = CpuBackend(2), {}
-    for _ in range(2):
+    for dtype in (np.float64, np.float32, np.float32):  # a cast, then the tiled transpose twice
+        x = rng.standard_normal((n, f)).astype(dtype)
         idx = rng.integers(0, n, b)
         got = be.feature_major(x, idx, np.float32, buffers)
         same(got, np.ascontiguousarray(x[idx].T.astype(np.float32)), "batch")
         assert got is buffers["batch"] and (got.size == 0 or got.ctypes.data % 64 == 0)
+    with pytest.raises(IndexError):
+        be.feature_major(x, np.array([n]), np.float32, buffers)
+
+
+@pytest.mark.parametrize("b,f", [(0, 5), (1, 1), (17, 65), (128, 784), (100, 3072), (33, 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_transpose_into_is_a_transpose(b, f, threads):
+    from sparsekit._cython import elementwise
+
+    src = np.random.default_rng(b).standard_normal((b, f))
+    out = np.empty((f, b))
+    elementwise.transpose_into(src, out, threads)
+    same(out, np.ascontiguousarray(src.T), "transpose")
+    with pytest.raises(ValueError, match="out must have shape"):
+        elementwise.transpose_into(src, np.empty((f, b + 1)))

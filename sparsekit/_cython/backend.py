@@ -38,11 +38,18 @@ class CpuBackend(Backend):
         return self.num_threads if work >= self.min_parallel_work else 1
 
     def feature_major(self, x, idx, dtype, buffers=None):
-        if buffers is None or not isinstance(x, np.ndarray):
+        if (buffers is None or not isinstance(x, np.ndarray) or x.ndim != 2
+                or not isinstance(idx, np.ndarray) or idx.ndim != 1 or idx.dtype.kind not in "iu"):
             return super().feature_major(x, idx, dtype, buffers)
-        part = x[idx]  # the rows are scattered: one gather, then a transposing copy in cache
-        out = _buffer(buffers, "batch", (part.shape[1], part.shape[0]), np.dtype(dtype))
-        np.copyto(out, part.T, casting="unsafe")
+        out = _buffer(buffers, "batch", (x.shape[1], idx.shape[0]), np.dtype(dtype))
+        if x.dtype != out.dtype or not x.flags.c_contiguous:
+            np.copyto(out, x[idx].T, casting="unsafe")
+            return out
+        # The rows are scattered over x: gather them whole (streaming), then transpose in
+        # cache-sized tiles (NumPy's strided copy of the transpose is ~3x slower at 3072 x 100).
+        rows = _buffer(buffers, "batch_rows", (idx.shape[0], x.shape[1]), x.dtype)
+        np.take(x, idx, axis=0, out=rows)
+        elementwise.transpose_into(rows, out, self._threads(out.size >> 4))
         return out
 
     def transpose_index(self, w: CSR):

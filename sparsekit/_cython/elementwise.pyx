@@ -59,3 +59,23 @@ def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, doub
                        sk_act_key(seed, o, n_batch))
     return a_np, d_np
 
+
+
+def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_threads=0):
+    """``out[...] = src.T`` in tiles of 16 x 64 (both tiles stay in L1), the step that turns
+    the gathered batch-major rows of a training batch into the feature-major batch.  NumPy's
+    strided copy of ``src.T`` walks one of the two arrays a value per cache line."""
+    cdef Py_ssize_t b = src.shape[0], f = src.shape[1], j0, c0, j, c, j1, c1
+    if out.shape[0] != f or out.shape[1] != b:
+        raise ValueError(f"out must have shape ({f}, {b}), got ({out.shape[0]}, {out.shape[1]})")
+    cdef int nt = check_threads(num_threads)
+    if b == 0 or f == 0:
+        return
+    with nogil:
+        for c0 in prange(0, f, 64, schedule="static", num_threads=nt):
+            c1 = min(c0 + 64, f)
+            for j0 in range(0, b, 16):
+                j1 = min(j0 + 16, b)
+                for c in range(c0, c1):
+                    for j in range(j0, j1):
+                        out[c, j] = src[j, c]

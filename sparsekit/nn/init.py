@@ -42,8 +42,8 @@ def init_values(rows, w_shape: tuple[int, int], rng: np.random.Generator, dtype,
     m = rows.shape[0]
     if init == "normal":
         return (rng.standard_normal(m) / 10).astype(dtype)
-    if fan_in == "dense":
-        fin = np.full(m, float(n_in))
+    if fan_in == "dense":  # one limit for every value: a scalar, not m copies of it
+        fin = float(n_in)
     else:
         if row_counts is None:
             raise ValueError("fan_in='actual' needs row_counts")

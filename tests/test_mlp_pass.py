@@ -24,7 +24,8 @@ from sparsekit.training.optim import MomentumSGD
 # (layer sizes, density, batch): edges (one input, empty layers, one sample, odd batches) and
 # the default network's shape class.
 CASES = [([1, 3, 2], 0.5, 1), ([9, 1, 4], 0.3, 17), ([6, 5, 4], 0.0, 16), ([40, 33, 20, 7], 0.2, 130),
-         ([64, 80, 80, 10], 0.1, 128), ([30, 70, 3], 1.0, 33)]
+         ([64, 80, 80, 10], 0.1, 128), ([30, 70, 3], 1.0, 33),
+         ([5, 0, 3], 0.5, 16), ([0, 4, 3], 0.5, 16), ([5, 4, 0, 3], 0.5, 16)]  # pruned away
 
 
 def make_model(rng, sizes, density, dtype, idt, activation="allrelu", dropout=0.3, threads=2):

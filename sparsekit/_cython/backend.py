@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._align import ALIGNMENT, aligned_empty
+from .._align import aligned_empty
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
@@ -108,7 +108,7 @@ class CpuBackend(Backend):
             return super().mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
         self.check_array("x_ib", x_ib)
         dt, n_batch = layers[0].w.dtype, x_ib.shape[1]
-        x = x_ib if x_ib.ctypes.data % ALIGNMENT == 0 else _aligned_copy(x_ib)
+        x = np.ascontiguousarray(x_ib)  # aligned when it comes from feature_major (faster)
         buf = {} if buffers is None else buffers
         outs = [_buffer(buf, ("out", i), (layer.out_features, n_batch), dt)
                 for i, layer in enumerate(layers)]
@@ -134,8 +134,7 @@ class CpuBackend(Backend):
             if sgd is not None:
                 arrays[-1]["mom_w"] = layer.state_w["momentum"]
                 arrays[-1]["mom_b"] = layer.state_b["momentum"]
-        top = (dlogits_cb if dlogits_cb.ctypes.data % ALIGNMENT == 0
-               and dlogits_cb.flags.c_contiguous else _aligned_copy(dlogits_cb))
+        top = np.ascontiguousarray(dlogits_cb)
         dzs = [_buffer(buf, ("dz", i), (layer.out_features, n_batch), dt)
                for i, layer in enumerate(layers[:-1])] + [top]
         gws = [_buffer(buf, ("grad_w", i), (layer.nnz,), dt) for i, layer in enumerate(layers)]
@@ -242,14 +241,8 @@ def _layer_arrays(layer, transpose=None) -> dict:
 
 def _buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
     """The aligned array ``buffers[key]``, (re)allocated when its shape or dtype changed."""
-    arr = buffers.get(key)
-    if (arr is None or arr.shape != shape or arr.dtype != dtype or not arr.flags.writeable
-            or (arr.size and arr.ctypes.data % ALIGNMENT)):
+    arr = buffers.get(key)  # only ever filled here: aligned and writeable when made
+    if arr is None or arr.shape != shape or arr.dtype != dtype:
         arr = buffers[key] = aligned_empty(shape, dtype)
     return arr
 
-
-def _aligned_copy(a) -> np.ndarray:
-    out = aligned_empty(a.shape, a.dtype)
-    np.copyto(out, a)
-    return out

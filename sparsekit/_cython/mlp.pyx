@@ -61,20 +61,29 @@ cdef extern from "mlp.hh" nogil:
 MAX_LAYERS = 21
 
 
-cdef void* _ptr(name, a, dtype, shape, bint written=False) except NULL:
-    """The data pointer of ``a`` after checking it is a C-contiguous ``dtype`` array of
-    ``shape``, writeable if the pass ``written`` to it (a one-line ValueError naming ``name``
-    otherwise)."""
+cdef void* _ptr(str what, int i, a, dtype, Py_ssize_t d0, Py_ssize_t d1=-1,
+               bint written=False) except NULL:
+    """The data pointer of ``a`` after checking it is a C-contiguous, native-order ``dtype``
+    array of shape ``(d0,)`` or ``(d0, d1)``, writeable if the pass writes to it; otherwise a
+    one-line ValueError naming it (``what.format(i)``).  The checks use NumPy's C API: they run
+    for every array of every step."""
+    cdef cnp.ndarray arr
+    cdef int ndim = 1 if d1 < 0 else 2
     if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array of shape "
-                         f"{shape}, got {a.dtype.name} {a.shape}")
-    if written and not a.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    if a.size == 0:  # never dereferenced; any non-NULL address will do
+        raise ValueError(f"{what.format(i)} must be a NumPy array, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != (<cnp.dtype>dtype).type_num
+            or not cnp.PyArray_ISNOTSWAPPED(arr) or cnp.PyArray_NDIM(arr) != ndim
+            or cnp.PyArray_DIMS(arr)[0] != d0 or (ndim == 2 and cnp.PyArray_DIMS(arr)[1] != d1)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+        shape = (d0, d1)[:ndim]
+        raise ValueError(f"{what.format(i)} must be a C-contiguous {np.dtype(dtype).name} array "
+                         f"of shape {shape}, got {a.dtype.name} {a.shape}")
+    if written and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{what.format(i)} is read-only")
+    if cnp.PyArray_SIZE(arr) == 0:  # never dereferenced; any non-NULL address will do
         return <void*>1
-    return <void*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    return cnp.PyArray_DATA(arr)
 
 
 cdef _types(layers):
@@ -97,10 +106,10 @@ cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_i
     if n_out < 0:
         raise ValueError(f"layers[{i}]['indptr'] must be a 1-D array of n_out + 1 offsets")
     cdef Py_ssize_t nnz = indices.shape[0] if isinstance(indices, np.ndarray) else -1
-    L.indptr = _ptr(f"layers[{i}]['indptr']", indptr, it, (n_out + 1,))
-    L.indices = _ptr(f"layers[{i}]['indices']", indices, it, (nnz,))
-    L.data = _ptr(f"layers[{i}]['data']", data, dt, (nnz,))
-    L.bias = _ptr(f"layers[{i}]['bias']", layer["bias"], dt, (n_out,))
+    L.indptr = _ptr("layers[{}]['indptr']", i, indptr, it, n_out + 1, -1)
+    L.indices = _ptr("layers[{}]['indices']", i, indices, it, nnz, -1)
+    L.data = _ptr("layers[{}]['data']", i, data, dt, nnz, -1)
+    L.bias = _ptr("layers[{}]['bias']", i, layer["bias"], dt, n_out, -1)
     if indptr[0] != 0 or indptr[n_out] != nnz:
         raise ValueError(f"layers[{i}]['indptr'] must start at 0 and end at nnz={nnz}")
     L.n_out, L.n_in, L.nnz = n_out, n_in, nnz
@@ -143,14 +152,14 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
     if not isinstance(x_ib, np.ndarray) or x_ib.ndim != 2:
         raise ValueError("x_ib must be a 2-D NumPy array (features x batch)")
     cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
-    cdef const void* x = _ptr("x_ib", x_ib, dt, (n_in, B))
+    cdef const void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     for i in range(n):
         _fill_common(&L[i], i, layers[i], dt, it, n_in)
-        L[i].out = _ptr(f"outs[{i}]", outs[i], dt, (L[i].n_out, B), True)
+        L[i].out = _ptr("outs[{}]", i, outs[i], dt, L[i].n_out, B, True)
         if i < n - 1:
-            L[i].deriv = _ptr(f"derivs[{i}]", derivs[i], dt, (L[i].n_out, B), True)
+            L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, True)
             L[i].slope = float(slopes[i])
             L[i].seed = int(seeds[i]) & 0xFFFFFFFFFFFFFFFF
         L[i].tv_f, L[i].pf_f = walk_plan(n_in, L[i].n_out, L[i].nnz, B, dt.itemsize, "forward")
@@ -211,20 +220,20 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     for i in range(n):
         layer = layers[i]
         _fill_common(&L[i], i, layer, dt, it, n_in)
-        act_ptrs[i] = _ptr(f"acts[{i}]", acts[i], dt, (n_in, B))
-        L[i].t_indptr = _ptr(f"layers[{i}]['t_indptr']", layer["t_indptr"], it, (n_in + 1,))
-        L[i].t_rows = _ptr(f"layers[{i}]['t_rows']", layer["t_rows"], it, (L[i].nnz,))
-        L[i].t_perm = _ptr(f"layers[{i}]['t_perm']", layer["t_perm"], it, (L[i].nnz,))
+        act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
+        L[i].t_indptr = _ptr("layers[{}]['t_indptr']", i, layer["t_indptr"], it, n_in + 1, -1)
+        L[i].t_rows = _ptr("layers[{}]['t_rows']", i, layer["t_rows"], it, L[i].nnz, -1)
+        L[i].t_perm = _ptr("layers[{}]['t_perm']", i, layer["t_perm"], it, L[i].nnz, -1)
         if layer["t_indptr"][0] != 0 or layer["t_indptr"][n_in] != L[i].nnz:
             raise ValueError(f"layers[{i}]['t_indptr'] must start at 0 and end at nnz")
-        L[i].dz = _ptr(f"dzs[{i}]", dzs[i], dt, (L[i].n_out, B), i < n - 1)
-        L[i].grad = _ptr(f"grads[{i}]", grads[i], dt, (L[i].nnz,), True)
-        L[i].gbias = _ptr(f"gbiases[{i}]", gbiases[i], dt, (L[i].n_out,), True)
+        L[i].dz = _ptr("dzs[{}]", i, dzs[i], dt, L[i].n_out, B, i < n - 1)
+        L[i].grad = _ptr("grads[{}]", i, grads[i], dt, L[i].nnz, -1, True)
+        L[i].gbias = _ptr("gbiases[{}]", i, gbiases[i], dt, L[i].n_out, -1, True)
         if i < n - 1:
-            L[i].deriv = _ptr(f"derivs[{i}]", derivs[i], dt, (L[i].n_out, B))
+            L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B)
         if sgd is not None:
-            L[i].mom_w = _ptr(f"layers[{i}]['mom_w']", layer["mom_w"], dt, (L[i].nnz,), True)
-            L[i].mom_b = _ptr(f"layers[{i}]['mom_b']", layer["mom_b"], dt, (L[i].n_out,), True)
+            L[i].mom_w = _ptr("layers[{}]['mom_w']", i, layer["mom_w"], dt, L[i].nnz, -1, True)
+            L[i].mom_b = _ptr("layers[{}]['mom_b']", i, layer["mom_b"], dt, L[i].n_out, -1, True)
             for key in ("data", "bias"):
                 if not layer[key].flags.writeable:
                     raise ValueError(f"layers[{i}]['{key}'] is read-only")

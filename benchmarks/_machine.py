@@ -28,3 +28,13 @@ def describe() -> dict:
     """CPU model, cores, Python version and current load average."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "loadavg": load_average()}
+
+
+def run_header(report: dict) -> list[str]:
+    """The command and machine lines of a torch-peer report (``report`` holds ``command``,
+    ``date``, ``machine`` from :func:`describe`, ``torch`` and ``loadavg_after``)."""
+    m = report["machine"]
+    return [f"Command: `{report['command']}` ({report['date']}).", "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
+            f"{report.get('torch', '?')}; load average {m['loadavg']} before the run, "
+            f"{report['loadavg_after']} after.", ""]

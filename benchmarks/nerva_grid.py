@@ -57,7 +57,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, load_average
+from _machine import describe, load_average, run_header
 
 HERE = Path(__file__).resolve().parent
 SIZES = [3072, 1024, 1024, 1024, 10]
@@ -260,13 +260,10 @@ def fmt_ms(r: dict | None) -> str:
 
 
 def markdown(report: dict) -> str:
-    m, s = report["machine"], report["summary"]
+    s = report["summary"]
     cfg = report["config"]
     lines = ["# Nerva's density grid: sparsekit vs PyTorch dense x mask (CPU)", "",
-             f"Command: `{report['command']}` ({report['date']}).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
-             f"{report.get('torch', '?')}; load average {m['loadavg']} before the run, "
-             f"{report['loadavg_after']} after.", "",
+             *run_header(report),
              f"MLP 3072-1024-1024-1024-10, ReLU, dropout {cfg['dropout']}, batch "
              f"{cfg['batch']}, SGD lr 0.01 momentum 0.9, the same density in every layer; "
              f"{cfg['samples']} synthetic Gaussian samples with random labels; "

@@ -56,7 +56,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, load_average
+from _machine import describe, load_average, run_header
 
 HERE = Path(__file__).resolve().parent
 SIZES = [784, 1000, 1000, 1000, 10]
@@ -288,12 +288,8 @@ def ratios(results: list[dict]) -> dict:
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
     lines = ["## Speed and memory: sparsekit against the PyTorch-based peers (generated)", "",
-             f"Command: `{report['command']}` ({report['date']}).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
-             f"{report.get('torch', '?')}; load average {m['loadavg']} before the run, "
-             f"{report['loadavg_after']} after.", "",
+             *run_header(report),
              f"Network 784-1000-1000-1000-10, ε = 20, All-ReLU, dropout 0.3, SGD lr 0.01 "
              f"momentum 0.9 weight decay 2e-4, batch 128, {report['samples']} training images, "
              f"{report['epochs']} epochs per peer, each peer in its own process.  Seconds per "

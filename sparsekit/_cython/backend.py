@@ -106,7 +106,6 @@ class CpuBackend(Backend):
     def mlp_forward(self, layers, activations, x_ib, rate: float, seeds, buffers=None):
         if not self._fusable(layers, x_ib, activations):
             return super().mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
-        self.check_array("x_ib", x_ib)
         dt, n_batch = layers[0].w.dtype, x_ib.shape[1]
         x = np.ascontiguousarray(x_ib)  # aligned when it comes from feature_major (faster)
         buf = {} if buffers is None else buffers

@@ -98,7 +98,9 @@ cdef _types(layers):
     return dt, it
 
 
-cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_in) except *:
+cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_in,
+                       bint written=False) except *:
+    # written: the pass updates the weights and the bias in place (the SGD update)
     if layer["n_in"] != n_in:
         raise ValueError(f"layers[{i}] has {layer['n_in']} inputs but gets {n_in}")
     indptr, indices, data = layer["indptr"], layer["indices"], layer["data"]
@@ -108,8 +110,8 @@ cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_i
     cdef Py_ssize_t nnz = indices.shape[0] if isinstance(indices, np.ndarray) else -1
     L.indptr = _ptr("layers[{}]['indptr']", i, indptr, it, n_out + 1, -1)
     L.indices = _ptr("layers[{}]['indices']", i, indices, it, nnz, -1)
-    L.data = _ptr("layers[{}]['data']", i, data, dt, nnz, -1)
-    L.bias = _ptr("layers[{}]['bias']", i, layer["bias"], dt, n_out, -1)
+    L.data = _ptr("layers[{}]['data']", i, data, dt, nnz, -1, written)
+    L.bias = _ptr("layers[{}]['bias']", i, layer["bias"], dt, n_out, -1, written)
     if indptr[0] != 0 or indptr[n_out] != nnz:
         raise ValueError(f"layers[{i}]['indptr'] must start at 0 and end at nnz={nnz}")
     L.n_out, L.n_in, L.nnz = n_out, n_in, nnz
@@ -219,7 +221,7 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     g_lins = []
     for i in range(n):
         layer = layers[i]
-        _fill_common(&L[i], i, layer, dt, it, n_in)
+        _fill_common(&L[i], i, layer, dt, it, n_in, sgd is not None)
         act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
         L[i].t_indptr = _ptr("layers[{}]['t_indptr']", i, layer["t_indptr"], it, n_in + 1, -1)
         L[i].t_rows = _ptr("layers[{}]['t_rows']", i, layer["t_rows"], it, L[i].nnz, -1)
@@ -234,9 +236,6 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
         if sgd is not None:
             L[i].mom_w = _ptr("layers[{}]['mom_w']", i, layer["mom_w"], dt, L[i].nnz, -1, True)
             L[i].mom_b = _ptr("layers[{}]['mom_b']", i, layer["mom_b"], dt, L[i].n_out, -1, True)
-            for key in ("data", "bias"):
-                if not layer[key].flags.writeable:
-                    raise ValueError(f"layers[{i}]['{key}'] is read-only")
         L[i].tv_b, L[i].pf_b = walk_plan(L[i].n_out, n_in, L[i].nnz, B, dt.itemsize, "backward")
         if L[i].tv_b:
             g_lins.append(np.empty(L[i].nnz, dtype=dt))

@@ -20,16 +20,18 @@ static inline int sk_merge_row_t(const I *indices, const uint8_t *keep, const I 
                                  I *out_idx, T *out_data, int64_t *src, const T *st_in,
                                  T *st_out) {
     int bad = 0;
+    /* old entry a to slot p; the slot is kept only if the entry is (branch-free) */
+    auto put_old = [&]() {
+        out_idx[p] = indices[a];
+        out_data[p] = data[a];
+        if (SRC) src[p] = a;
+        if (STATE) st_out[p] = st_in[a];
+        p += keep[a];
+        ++a;
+    };
     for (; b < b_end; ++b) {
         const I nb = new_cols[b];
-        while (a < a_end && indices[a] < nb) {
-            out_idx[p] = indices[a];
-            out_data[p] = data[a];
-            if (SRC) src[p] = a;
-            if (STATE) st_out[p] = st_in[a];
-            p += keep[a];
-            ++a;
-        }
+        while (a < a_end && indices[a] < nb) put_old();
         if (a < a_end && indices[a] == nb) bad |= keep[a];
         out_idx[p] = nb;
         out_data[p] = new_vals[b];
@@ -37,14 +39,7 @@ static inline int sk_merge_row_t(const I *indices, const uint8_t *keep, const I 
         if (STATE) st_out[p] = 0;
         ++p;
     }
-    while (p < p_end) {  /* the tail: kept entries remain while the row has free slots */
-        out_idx[p] = indices[a];
-        out_data[p] = data[a];
-        if (SRC) src[p] = a;
-        if (STATE) st_out[p] = st_in[a];
-        p += keep[a];
-        ++a;
-    }
+    while (p < p_end) put_old();  /* the tail: kept entries remain while the row has slots */
     return bad;
 }
 

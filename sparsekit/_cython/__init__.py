@@ -10,3 +10,8 @@ import os
 # loads (just below); a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT always wins.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "passive"
+
+# Fresh kernel outputs would otherwise page-fault on every call (see _malloc.py).
+from ._malloc import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()

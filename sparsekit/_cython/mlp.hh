@@ -44,9 +44,6 @@ typedef struct {
     int coupled, nesterov;
 } SkSgd;
 
-/* Work of a row besides its non-zeros (its store and epilogue), in non-zeros. */
-#define SK_ROW_COST 4
-
 template <typename T, typename I>
 static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
                              ptrdiff_t B, bool hidden, double rate) {

@@ -25,12 +25,15 @@ from ._checks import check_batch_operand, check_pattern, check_threads
 
 cdef extern from "spmm.hh" nogil:
     int sk_vbytes()
-    void sk_spmm_rows[T, I](const I* indptr, const I* idx, const T* vals, const I* perm,
-                            Py_ssize_t r0, Py_ssize_t r1, const T* src, Py_ssize_t n_batch,
-                            T* out, int tv, int pf)
-    void sk_dot_rows[T, I](const I* indptr, const I* idx, const I* perm, const T* vals,
-                           Py_ssize_t r0, Py_ssize_t r1, const T* src, const T* hold,
-                           Py_ssize_t n_batch, T* dx, T* grad, T* g_lin, int tv, int pf)
+
+cdef extern from "products.hh" nogil:
+    void sk_spmm_team[T, I](const I* indptr, const I* idx, const T* vals, const I* perm,
+                            Py_ssize_t n_rows, const T* src, Py_ssize_t n_batch, T* out, int tv,
+                            int pf, Py_ssize_t block, int num_threads)
+    void sk_dots_team[T, I](const I* indptr, const I* idx, const I* perm, const T* vals,
+                            Py_ssize_t n_rows, const T* src, const T* hold, Py_ssize_t n_batch,
+                            T* dx, T* grad, T* g_lin, int tv, int pf, Py_ssize_t block,
+                            int num_threads)
 
 
 #: Tuning (see :func:`_plan`).  A gathered operand (n_src rows of the whole batch) larger than
@@ -45,7 +48,8 @@ cdef Py_ssize_t REALIGN_REUSE = 4
 cdef Py_ssize_t TILE_BYTES = 2 << 20
 cdef int TILE_VECS = 4
 cdef Py_ssize_t PREFETCH_BYTES = 1 << 20
-#: Non-zeros per block of rows in the batch-tiled mode (their indices are re-read per tile).
+#: Non-zeros per chunk of rows that a thread claims, at most (products.hh; a batch-tiled walk
+#: re-reads a chunk's indices once per tile).
 cdef Py_ssize_t BLOCK_NNZ = 4096
 #: The fused backward pays a horizontal sum and a gradient update per non-zero and tile, so it
 #: walks whole rows unless this is set.
@@ -57,7 +61,7 @@ cdef bint TILE_T = False
 cdef struct Plan:
     int tv          # batch-tile width in vectors (0: whole rows)
     int pf          # prefetch gathered rows
-    Py_ssize_t rb   # rows per parallel block
+    Py_ssize_t block  # non-zeros per chunk of rows that a thread claims, at most
 
 
 cdef Plan _plan(Py_ssize_t n_src, Py_ssize_t n_rows, Py_ssize_t nnz, Py_ssize_t n_batch,
@@ -70,9 +74,7 @@ cdef Plan _plan(Py_ssize_t n_src, Py_ssize_t n_rows, Py_ssize_t nnz, Py_ssize_t 
         p.tv = TILE_VECS
     live = n_src * (p.tv * vb if p.tv else row_bytes)
     p.pf = live > PREFETCH_BYTES
-    p.rb = 1
-    if p.tv and n_rows:
-        p.rb = max(1, min(1024, BLOCK_NNZ * n_rows // max(1, nnz)))
+    p.block = BLOCK_NNZ
     return p
 
 
@@ -118,23 +120,16 @@ def walk_plan(Py_ssize_t n_src, Py_ssize_t n_rows, Py_ssize_t nnz, Py_ssize_t n_
 cdef void _spmm(const index_t* indptr, const index_t* indices, const floating* vals,
                 const index_t* perm, const floating* src, floating* out,
                 Py_ssize_t n_rows, Py_ssize_t n_batch, Plan p, int num_threads) noexcept nogil:
-    cdef Py_ssize_t blk, r0, r1, n_blocks = (n_rows + p.rb - 1) // p.rb
-    for blk in prange(n_blocks, schedule="guided", num_threads=num_threads):
-        r0 = blk * p.rb
-        r1 = min(r0 + p.rb, n_rows)
-        sk_spmm_rows(indptr, indices, vals, perm, r0, r1, src, n_batch, out, p.tv, p.pf)
+    sk_spmm_team(indptr, indices, vals, perm, n_rows, src, n_batch, out, p.tv, p.pf, p.block,
+                 num_threads)
 
 
 cdef void _dots(const index_t* indptr, const index_t* idx, const index_t* perm,
                 const floating* vals, const floating* src, const floating* hold, floating* dx,
                 floating* grad, floating* g_lin, Py_ssize_t n_rows, Py_ssize_t n_batch, Plan p,
                 int num_threads) noexcept nogil:
-    cdef Py_ssize_t blk, r0, r1, n_blocks = (n_rows + p.rb - 1) // p.rb
-    for blk in prange(n_blocks, schedule="guided", num_threads=num_threads):
-        r0 = blk * p.rb
-        r1 = min(r0 + p.rb, n_rows)
-        sk_dot_rows(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin,
-                    p.tv, p.pf)
+    sk_dots_team(indptr, idx, perm, vals, n_rows, src, hold, n_batch, dx, grad, g_lin, p.tv,
+                 p.pf, p.block, num_threads)
 
 
 cdef bint _misaligned(const void* p, Py_ssize_t n_src, Py_ssize_t row_bytes,

@@ -42,6 +42,9 @@
 #define SK_YIELDS 50
 #endif
 #define SK_MAX_PHASES 64
+/* Work of a row besides its non-zeros (its store and epilogue), in non-zeros, when rows are
+   cut into chunks of about equal work (sk_chunk_rows). */
+#define SK_ROW_COST 4
 
 struct SkTeam {
     std::atomic<int> arrived;
@@ -64,8 +67,10 @@ static inline void sk_team_init(SkTeam* t, int threads_asked) {
 /* Chunks of a phase of `work` units: 8 per thread (a late or slow thread takes fewer), more
    for big layers so that a chunk's rows keep their gathered tiles in cache (about 4096
    non-zeros each, the block of spmm.pyx's batch-tiled walk). */
-static inline ptrdiff_t sk_phase_chunks(const SkTeam* t, ptrdiff_t work) {
-    const ptrdiff_t by_threads = (ptrdiff_t)t->threads_asked * 8, by_work = work / 4096;
+static inline ptrdiff_t sk_phase_chunks(const SkTeam* t, ptrdiff_t work,
+                                        ptrdiff_t block = 4096) {
+    const ptrdiff_t by_threads = (ptrdiff_t)t->threads_asked * 8;
+    const ptrdiff_t by_work = work / (block > 0 ? block : 1);
     return by_work > by_threads ? by_work : by_threads;
 }
 

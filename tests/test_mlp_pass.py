@@ -231,3 +231,47 @@ def test_transpose_into_is_a_transpose(b, f, threads):
     same(out, np.ascontiguousarray(src.T), "transpose")
     with pytest.raises(ValueError, match="out must have shape"):
         elementwise.transpose_into(src, np.empty((f, b + 1)))
+
+
+class _Generic(CpuBackend):
+    """The CPU backend with the base class's one-product-at-a-time inference."""
+
+    mlp_infer = Backend.mlp_infer
+    infer_batch = Backend.infer_batch
+
+
+@pytest.mark.parametrize("activation", ["allrelu", "relu", "tanh"])
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64),
+                                       (np.float32, np.int64)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_fused_inference_equals_the_generic_one_bit_for_bit(case, dtype, idt, activation):
+    sizes, density, b = CASES[case]
+    rng = np.random.default_rng(100 + case)
+    model = make_model(rng, sizes, density, dtype, idt, activation=activation)
+    g = _Generic(2)
+    generic = SparseMLP.from_layers([SparseLayer(layer.w, layer.b, backend=g)
+                                     for layer in model.layers], activation=activation)
+    x = rng.standard_normal((3 * b + 1, sizes[0])).astype(dtype)
+    want = generic.logits(x, batch_size=b)
+    for batch_size in (1, b, 2048):  # streamed in passes of infer_batch samples
+        same(model.logits(x, batch_size=batch_size), want, f"logits, batch_size={batch_size}")
+    if sizes[0]:
+        import scipy.sparse as sp
+        same(model.logits(sp.csr_matrix(x)), want, "logits of a sparse x")
+
+
+def test_inference_passes_stay_within_the_one_product_memory():
+    be = CpuBackend(2)
+    rng = np.random.default_rng(0)
+    wide = make_model(rng, [784, 1000, 1000, 1000, 10], 0.02, np.float32, np.int32)
+    assert be.infer_batch(wide.layers, 2048, wide.activations) == be.infer_block
+    # At 100 samples a pass's 3 outputs and derivatives may take 3 arrays of 1000 x 100.
+    assert be.infer_batch(wide.layers, 100, wide.activations) == 3 * 1000 * 100 // (2 * 3010)
+    # Ten equal hidden layers: every layer's output and derivative of a pass may not take more
+    # than three arrays of the widest layer at the caller's batch size.
+    deep = make_model(rng, [50] + [400] * 10 + [3], 0.02, np.float32, np.int32)
+    got = be.infer_batch(deep.layers, 64, deep.activations)
+    assert 2 * got * sum(layer.out_features for layer in deep.layers) <= 3 * 400 * 64
+    assert got >= 1
+    tanh = make_model(rng, [20, 30, 4], 0.5, np.float32, np.int32, activation="tanh")
+    assert be.infer_batch(tanh.layers, 2048, tanh.activations) == 2048  # the generic path

@@ -102,11 +102,16 @@ class CpuBackend(Backend):
         """Whether mlp.pyx can run these layers: one value and index type, no Top-KAST forward
         set, piecewise-linear activations, a non-empty batch; anything else takes the generic
         pass (one product at a time), which gives the same results."""
-        if not layers or len(layers) > mlp.MAX_LAYERS or x_ib.ndim != 2 or x_ib.shape[1] == 0:
+        if x_ib.ndim != 2 or x_ib.shape[1] == 0 or not self._fusable_layers(layers, activations):
+            return False
+        return isinstance(x_ib, np.ndarray) and x_ib.dtype == layers[0].w.dtype
+
+    @staticmethod
+    def _fusable_layers(layers, activations) -> bool:
+        if not layers or len(layers) > mlp.MAX_LAYERS:
             return False
         w0 = layers[0].w
-        return (isinstance(x_ib, np.ndarray) and x_ib.dtype == w0.dtype
-                and all(a.piecewise for a in activations)
+        return (all(a.piecewise for a in activations)
                 and all(layer.w_forward is None and layer.w.dtype == w0.dtype
                         and layer.w.indices.dtype == w0.indices.dtype for layer in layers))
 
@@ -127,6 +132,30 @@ class CpuBackend(Backend):
                     [a.slope for a in activations], list(seeds), float(rate),
                     self._pass_threads(layers, n_batch))
         return outs[-1], [x_ib, *outs[:-1]], derivs
+
+    #: Samples per fused inference pass, at most: every layer's output then stays in L2.
+    #: Measured (2 threads, 784-1000-1000-1000-10, logits of 10 000 samples): 30 ms at 256,
+    #: 32 at 128, 41 at 512, 74 at 2048, and 82 ms one product at a time.
+    infer_block = 256
+
+    def infer_batch(self, layers, batch_size: int, activations=()) -> int:
+        if not self._fusable_layers(layers, activations):
+            return batch_size
+        # The pass holds an output and a derivative for every layer; keep that within what the
+        # one-product path holds for batch_size (about three arrays of the widest layer).
+        widths = [layer.out_features for layer in layers]
+        widest = max(layers[0].in_features, *widths)
+        bound = 3 * widest * batch_size // (2 * sum(widths))
+        return max(1, min(batch_size, self.infer_block, bound))
+
+    def mlp_infer(self, layers, activations, x_ib, buffers=None):
+        if not self._fusable(layers, x_ib, activations):
+            return super().mlp_infer(layers, activations, x_ib, buffers)
+        # The training pass at dropout 0 (its derivatives are written and ignored): the same
+        # row kernels and epilogue as the generic path, so the same bits, in one team.
+        logits, _, _ = self.mlp_forward(layers, activations, x_ib, 0.0,
+                                        [0] * (len(layers) - 1), buffers)
+        return logits
 
     def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,
                      buffers=None):

@@ -180,6 +180,25 @@ class Backend:
         logits += out.b[:, None]
         return logits, acts, derivs
 
+    def mlp_infer(self, layers, activations, x_ib, buffers=None):
+        """Logits (classes x batch) of an inference pass: no dropout, nothing kept for a
+        backward pass.  This generic version holds only the current layer's arrays, one product
+        at a time, so its memory is that of the widest layer; a backend may run all layers at
+        once in arrays it keeps in the dict ``buffers`` (the caller's, reused across batches).
+        """
+        a = x_ib
+        for layer, act in zip(layers[:-1], activations):
+            # [0]: the derivative is dropped at once, not kept alive into the next layer
+            a = act.forward(self, layer.forward(a), layer.b, 0.0, 0)[0]
+        logits = layers[-1].forward(a)
+        logits += layers[-1].b[:, None]
+        return logits
+
+    def infer_batch(self, layers, batch_size: int, activations=()) -> int:
+        """Samples per :meth:`mlp_infer` call for a caller that may hold ``batch_size`` samples
+        at a time (the generic version: all of them)."""
+        return batch_size
+
     def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,
                      buffers=None):
         """Gradients of every layer for the logits' gradient ``dlogits_cb``.

@@ -144,16 +144,11 @@ class SparseMLP:
         return self.backend.mlp_forward(self.layers, self.activations, x_ib, rate, seeds,
                                         buffers)
 
-    def forward_infer(self, x_ib):
-        """Logits (classes x batch) without dropout, keeping only the current layer's arrays,
-        so evaluation memory is that of the widest layer, not of the whole network."""
-        a = x_ib
-        for layer, act in zip(self.layers[:-1], self.activations):
-            # [0]: the derivative is dropped at once, not kept alive into the next layer
-            a = act.forward(self.backend, layer.forward(a), layer.b, 0.0, 0)[0]
-        logits = self.layers[-1].forward(a)
-        logits += self.layers[-1].b[:, None]
-        return logits
+    def forward_infer(self, x_ib, buffers: dict | None = None):
+        """Logits (classes x batch) without dropout (:meth:`Backend.mlp_infer
+        <sparsekit.backends.base.Backend.mlp_infer>`); with ``buffers`` the result may live in
+        an array reused by the next call with the same dict."""
+        return self.backend.mlp_infer(self.layers, self.activations, x_ib, buffers)
 
     def backward(self, acts, derivs, dlogits_cb, *, sgd=None, buffers: dict | None = None):
         """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient.
@@ -185,16 +180,20 @@ class SparseMLP:
         if sparse:
             batch_size = max(1, min(batch_size, 2**19 // max(x.shape[1], 1)))
         be = self.backend
+        # The backend may run fewer samples per pass (the CPU's fused pass keeps every layer's
+        # output of a few hundred samples in cache), within the memory batch_size allows.
+        step = be.infer_batch(self.layers, batch_size, self.activations)
+        buffers: dict = {}
         out = np.empty((x.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        for start in range(0, x.shape[0], batch_size):
-            host = feature_major_batch(x, slice(start, start + batch_size), self.dtype)
+        for start in range(0, x.shape[0], step):
+            host = feature_major_batch(x, slice(start, start + step), self.dtype)
             if not np.isfinite(host).all():  # one pass over a chunk already in cache
                 col, row = np.argwhere(~np.isfinite(host))[0]
                 raise ValueError(f"x contains NaN or inf (first at row {start + row}, "
                                  f"column {col})")
             chunk = be.asarray(host)
-            logits = self.forward_infer(chunk)
-            out[start:start + batch_size] = be.to_numpy(logits).T
+            logits = self.forward_infer(chunk, buffers)
+            out[start:start + step] = be.to_numpy(logits).T
         return out
 
     def predict_proba(self, x, batch_size: int = 2048) -> np.ndarray:

@@ -17,8 +17,25 @@
 #include "spmm.hh"
 #include "team.hh"
 
-/* `block`: non-zeros per claimed chunk at most (spmm.pyx's BLOCK_NNZ; a batch-tiled walk
-   re-reads a chunk's indices once per tile, so its gathered tiles should stay in cache). */
+/* body(r0, r1) over rows [0, n_rows) of a pattern (indptr), in chunks of at most `block`
+   non-zeros (spmm.pyx's BLOCK_NNZ: a batch-tiled walk re-reads a chunk's indices once per tile,
+   so its gathered tiles should stay in cache) claimed by the threads of one team. */
+template <typename I, typename Body>
+static void sk_team_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t block, int num_threads,
+                         Body body) {
+    SkTeam team;
+    sk_team_init(&team, num_threads);
+    #pragma omp parallel num_threads(num_threads)
+    {
+        const ptrdiff_t n_chunks = sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block);
+        for (ptrdiff_t c; (c = sk_claim(&team, 0, n_chunks)) >= 0;) {
+            ptrdiff_t r0, r1;
+            sk_chunk_rows(indptr, n_rows, SK_ROW_COST, c, n_chunks, &r0, &r1);
+            if (r0 < r1) body(r0, r1);
+        }
+        sk_team_leave(&team, sk_team_rank(), sk_team_size());
+    }
+}
 
 /* out = W @ src (perm NULL) or W.T @ src (indptr/idx the transposed index, vals read through
    perm), rows [0, n_rows). */
@@ -26,19 +43,9 @@ template <typename T, typename I>
 static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* perm,
                          ptrdiff_t n_rows, const T* src, ptrdiff_t n_batch, T* out, int tv,
                          int pf, ptrdiff_t block, int num_threads) {
-    SkTeam team;
-    sk_team_init(&team, num_threads);
-    #pragma omp parallel num_threads(num_threads)
-    {
-        const ptrdiff_t n_chunks = sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block);
-        for (ptrdiff_t c; (c = sk_claim(&team, 0, n_chunks)) >= 0;) {
-            ptrdiff_t r0, r1;
-            sk_chunk_rows(indptr, n_rows, SK_ROW_COST, c, n_chunks, &r0, &r1);
-            if (r0 < r1)
-                sk_spmm_rows<T, I>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv, pf);
-        }
-        sk_team_leave(&team, sk_team_rank(), sk_team_size());
-    }
+    sk_team_rows(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
+        sk_spmm_rows<T, I>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv, pf);
+    });
 }
 
 /* The fused backward (perm given: dx and the gradient in W's order) or the SDDMM (perm NULL),
@@ -46,21 +53,12 @@ static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* 
 template <typename T, typename I>
 static void sk_dots_team(const I* indptr, const I* idx, const I* perm, const T* vals,
                          ptrdiff_t n_rows, const T* src, const T* hold, ptrdiff_t n_batch, T* dx,
-                         T* grad, T* g_lin, int tv, int pf, ptrdiff_t block, int num_threads) {
-    SkTeam team;
-    sk_team_init(&team, num_threads);
-    #pragma omp parallel num_threads(num_threads)
-    {
-        const ptrdiff_t n_chunks = sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block);
-        for (ptrdiff_t c; (c = sk_claim(&team, 0, n_chunks)) >= 0;) {
-            ptrdiff_t r0, r1;
-            sk_chunk_rows(indptr, n_rows, SK_ROW_COST, c, n_chunks, &r0, &r1);
-            if (r0 < r1)
-                sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad,
-                                  g_lin, tv, pf);
-        }
-        sk_team_leave(&team, sk_team_rank(), sk_team_size());
-    }
+                         T* grad, T* g_lin, int tv, int pf, ptrdiff_t block,
+                         int num_threads) {
+    sk_team_rows(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
+        sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin,
+                          tv, pf);
+    });
 }
 
 #endif  /* SPARSEKIT_PRODUCTS_HH */

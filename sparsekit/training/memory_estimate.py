@@ -18,7 +18,9 @@ peak is
   sampled positions and the rebuilt arrays: about :data:`SET_BYTES_PER_CONNECTION` bytes per
   connection, measured), plus the step's activations when updates happen inside an epoch.
 * **evaluate** — one evaluation chunk of ``eval_batch_size`` samples streamed through the
-  network (only the current layer's input, pre-activation, activation and derivative live).
+  network (one product at a time, only the current layer's input, pre-activation, activation
+  and derivative live; the CPU's fused inference passes take fewer samples so as to stay
+  within that, :meth:`CpuBackend.infer_batch <sparsekit._cython.backend.CpuBackend.infer_batch>`).
 * **heap** — while a step's arrays are below glibc's mmap ceiling, freed blocks stay resident
   for reuse: an allowance of :data:`HEAP_FRACTION` of the step's arrays.
 * **data** — the training and test arrays (float32 features, int64 labels) when their sizes are
@@ -48,8 +50,9 @@ SET_BYTES_PER_CONNECTION = 30
 #: (positions as int64, membership flags, scores, the selection's buffers): a rough allowance.
 SCORED_BYTES_PER_CONNECTION = 30
 SCORED_BYTES_PER_CANDIDATE = 64
-#: glibc's largest dynamic mmap threshold, and the share of a step's activations that its heap
-#: keeps resident below it (measured, see :func:`estimate_memory`).
+#: glibc's largest dynamic mmap threshold (the CPU backend sets it there from the start,
+#: sparsekit/_cython/_malloc.py), and the share of a step's activations that the heap keeps
+#: resident below it (measured, see :func:`estimate_memory`).
 MMAP_CEILING = 32 * 2**20
 HEAP_FRACTION = 0.8
 #: Methods whose evolve transient is modelled; "static" never evolves.

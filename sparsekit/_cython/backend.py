@@ -145,7 +145,7 @@ class CpuBackend(Backend):
         # one-product path holds for batch_size (about three arrays of the widest layer).
         widths = [layer.out_features for layer in layers]
         widest = max(layers[0].in_features, *widths)
-        bound = 3 * widest * batch_size // (2 * sum(widths))
+        bound = 3 * widest * batch_size // max(1, 2 * sum(widths))
         return max(1, min(batch_size, self.infer_block, bound))
 
     def mlp_infer(self, layers, activations, x_ib, buffers=None):

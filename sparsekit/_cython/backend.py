@@ -121,6 +121,10 @@ class CpuBackend(Backend):
     def mlp_forward(self, layers, activations, x_ib, rate: float, seeds, buffers=None):
         if not self._fusable(layers, x_ib, activations):
             return super().mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
+        return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers)
+
+    def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers):
+        """:meth:`mlp_forward` in one team (mlp.pyx), for layers that :meth:`_fusable` admits."""
         dt, n_batch = layers[0].w.dtype, x_ib.shape[1]
         x = np.ascontiguousarray(x_ib)  # aligned when it comes from feature_major (faster)
         buf = {} if buffers is None else buffers
@@ -153,8 +157,8 @@ class CpuBackend(Backend):
             return super().mlp_infer(layers, activations, x_ib, buffers)
         # The training pass at dropout 0 (its derivatives are written and ignored): the same
         # row kernels and epilogue as the generic path, so the same bits, in one team.
-        logits, _, _ = self.mlp_forward(layers, activations, x_ib, 0.0,
-                                        [0] * (len(layers) - 1), buffers)
+        logits, _, _ = self._fused_forward(layers, activations, x_ib, 0.0,
+                                           [0] * (len(layers) - 1), buffers)
         return logits
 
     def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,

@@ -48,16 +48,13 @@ template <typename T, typename I>
 static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
                              ptrdiff_t B, bool hidden, double rate) {
     const I* indptr = (const I*)L.indptr;
-    const ptrdiff_t n_chunks = sk_phase_chunks(team, L.nnz);
     T* out = (T*)L.out;
     const T* bias = (const T*)L.bias;
     /* in double, as elementwise.pyx: the rate's float32 rounding would move the threshold */
     const uint64_t threshold = (uint64_t)(rate * 16777216.0);
     const T scale = (T)(1.0 / (1.0 - rate));
-    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
-        ptrdiff_t r0, r1;
-        sk_chunk_rows(indptr, L.n_out, SK_ROW_COST, c, n_chunks, &r0, &r1);
-        if (r0 >= r1) continue;
+    sk_claim_rows(team, phase, indptr, L.n_out, sk_phase_chunks(team, L.nnz),
+                  [&](ptrdiff_t r0, ptrdiff_t r1) {
         sk_spmm_rows<T, I>(indptr, (const I*)L.indices, (const T*)L.data, (const I*)NULL, r0, r1,
                            src, B, out, L.tv_f, L.pf_f);
         for (ptrdiff_t o = r0; o < r1; ++o) {
@@ -68,7 +65,7 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
             else
                 for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] + bias[o];
         }
-    }
+    });
 }
 
 template <typename T, typename I>
@@ -93,12 +90,9 @@ template <typename T, typename I>
 static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
                               const SkLayerPass* below, const T* x, ptrdiff_t B) {
     const I* t_indptr = (const I*)L.t_indptr;
-    const ptrdiff_t n_chunks = sk_phase_chunks(team, 2 * L.nnz);
     T* dx = below ? (T*)below->dz : (T*)NULL;
-    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
-        ptrdiff_t r0, r1;
-        sk_chunk_rows(t_indptr, L.n_in, SK_ROW_COST, c, n_chunks, &r0, &r1);
-        if (r0 >= r1) continue;
+    sk_claim_rows(team, phase, t_indptr, L.n_in, sk_phase_chunks(team, 2 * L.nnz),
+                  [&](ptrdiff_t r0, ptrdiff_t r1) {
         if (L.nnz == 0) {  /* no connection: dx is 0 and there is no gradient */
             if (dx) for (ptrdiff_t i = r0 * B; i < r1 * B; ++i) dx[i] = 0;
         } else {
@@ -106,7 +100,7 @@ static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
                               r0, r1, (const T*)L.dz, x, B, dx, (T*)L.grad, (T*)L.g_lin,
                               L.tv_b, L.pf_b);
         }
-        if (!dx) continue;
+        if (!dx) return;
         const T* d = (const T*)below->deriv;
         T* gb = (T*)below->gbias;
         for (ptrdiff_t i = r0; i < r1; ++i) {
@@ -114,7 +108,7 @@ static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
             for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] * d[i * B + j];
             gb[i] = sk_row_sum(row, B);
         }
-    }
+    });
 }
 
 template <typename T>

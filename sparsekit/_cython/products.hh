@@ -27,12 +27,8 @@ static void sk_team_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t block, int
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
-        const ptrdiff_t n_chunks = sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block);
-        for (ptrdiff_t c; (c = sk_claim(&team, 0, n_chunks)) >= 0;) {
-            ptrdiff_t r0, r1;
-            sk_chunk_rows(indptr, n_rows, SK_ROW_COST, c, n_chunks, &r0, &r1);
-            if (r0 < r1) body(r0, r1);
-        }
+        sk_claim_rows(&team, 0, indptr, n_rows,
+                      sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block), body);
         sk_team_leave(&team, sk_team_rank(), sk_team_size());
     }
 }

@@ -186,4 +186,16 @@ static inline void sk_chunk_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t ro
     *r1 = bounds[1];
 }
 
+/* body(r0, r1) for each chunk of rows of phase `phase` this thread claims (n_chunks of about
+   equal work, sk_chunk_rows; empty chunks are skipped). */
+template <typename I, typename Body>
+static inline void sk_claim_rows(SkTeam* t, int phase, const I* indptr, ptrdiff_t n_rows,
+                                 ptrdiff_t n_chunks, Body body) {
+    for (ptrdiff_t c; (c = sk_claim(t, phase, n_chunks)) >= 0;) {
+        ptrdiff_t r0, r1;
+        sk_chunk_rows(indptr, n_rows, SK_ROW_COST, c, n_chunks, &r0, &r1);
+        if (r0 < r1) body(r0, r1);
+    }
+}
+
 #endif  /* SPARSEKIT_TEAM_HH */

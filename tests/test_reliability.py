@@ -160,6 +160,24 @@ def test_cli_fresh_run_refuses_an_existing_run_folder(tiny_npz, tmp_path):
     assert code == EXIT_ERROR and "already holds a run" in err and "--resume" in err
 
 
+@pytest.mark.parametrize("parallel", [None, "wasap"])
+def test_train_fresh_run_refuses_a_folder_holding_a_run(run, tmp_path, parallel):
+    folder = tmp_path / "r"
+    shutil.copytree(run, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    opts = {} if parallel is None else {"parallel": parallel}
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoint\.npz\); "
+                                              r"continue it with resume=True"):
+        train(SIZES, data(), run_dir=folder, **KW, **opts)
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != ".lock"} == \
+        {k: v for k, v in before.items() if k != ".lock"}
+    # an empty or checkpoint-less folder (a run killed before its first epoch) is fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(train(SIZES, data(), run_dir=empty, **KW, **opts).history) == 2
+
+
 def test_train_resume_uses_the_runs_config_and_lists_differences(run, tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()

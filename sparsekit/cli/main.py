@@ -268,14 +268,14 @@ def cmd_train(args) -> int:
 def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> None:
     """Lock ``run_dir`` for the rest of the command and write its ``config.json``; under MPI
     rank 0 does it, and a failure there ends every rank."""
-    from ..io.runfolder import run_folder_lock, write_text_atomic
+    from ..io.runfolder import refuse_existing_run, run_folder_lock, write_text_atomic
     from ..training.history import CHECKPOINT
 
     def own():
         stack.enter_context(run_folder_lock(run_dir, "run folder"))
-        if fresh and any((run_dir / name).exists() for name in ("config.json", CHECKPOINT)):
-            raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume "
-                                  f"{run_dir} or choose another --out")
+        if fresh:
+            refuse_existing_run(run_dir, f"continue it with --resume {run_dir} or choose "
+                                "another --out", ("config.json", CHECKPOINT))
         write_text_atomic(run_dir / "config.json", json.dumps(saved, indent=1))
 
     if not parallel:

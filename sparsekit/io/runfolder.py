@@ -141,6 +141,19 @@ def run_folder_lock(run_dir, name: str = "run_dir") -> Iterator[Path]:
         fh.close()  # closing the file releases the lock
 
 
+def refuse_existing_run(run_dir, hint: str, names=("checkpoint.npz",)) -> None:
+    """Raise ``FileExistsError`` when ``run_dir`` already holds a run (any of ``names``).
+
+    A fresh run into such a folder would replace the other run's checkpoint and history at its
+    first epoch; ``hint`` says how to continue that run instead (the option's name differs
+    between :func:`sparsekit.train` and the command line).
+    """
+    path = Path(run_dir)
+    found = [name for name in names if (path / name).exists()]
+    if found:
+        raise FileExistsError(f"{path} already holds a run ({found[0]}); {hint}")
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` beside ``path`` and rename it over ``path``: a kill leaves the old file or
     the new one, never half of one."""

@@ -56,7 +56,7 @@ import numpy as np
 from ..growth import SET, Static
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import check_xy
-from ..io.runfolder import run_folder_lock
+from ..io.runfolder import refuse_existing_run, run_folder_lock
 from ..nn.model import SparseMLP
 from ..training.config import WASAP_MODES, TrainConfig
 from ..training.history import CHECKPOINT, TrainResult, write_history
@@ -173,7 +173,7 @@ def _worker_rng(seed: int, rank: int, epoch: int) -> np.random.Generator:
 def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
     """Build or resume the model on rank 0 and give every rank its share (typed messages)."""
     from ..backends import get_backend
-    from ..training.loop import build_model, check_run_memory, split_data
+    from ..training.loop import FRESH_RUN_HINT, build_model, check_run_memory, split_data
 
     mode, epochs, batch_size = cfg.wasap_mode, cfg.epochs, cfg.batch_size
     x_tr, y_tr, x_te, y_te = split_data(data)
@@ -192,6 +192,8 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
             meta = _resume_meta(ckpt.train_state, mode, comm.size, run_dir)
             _check_resumed_config(ckpt.train_state, cfg, run_dir)
         else:
+            if run_dir is not None:
+                refuse_existing_run(run_dir, FRESH_RUN_HINT)
             model = build_model(model, cfg.replace(backend=be), init_seed)
             meta = {"stage": "fresh", "epoch": 0, "step": 0, "rng": None, "budgets": None,
                     "version": 0, "server_step": 0, "workers": None, "optimizer": None,

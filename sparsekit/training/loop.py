@@ -20,13 +20,16 @@ import numpy as np
 
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import check_xy, is_sparse
-from ..io.runfolder import run_folder_lock
+from ..io.runfolder import refuse_existing_run, run_folder_lock
 from ..nn.model import SparseMLP
 from .config import TrainConfig, check_layer_sizes
 from .history import CHECKPOINT, TrainResult, format_record, write_history
 from .memory import check_memory
 from .optim import OPTIMIZERS
 from .step import Engine
+
+#: What :func:`train` tells a fresh run aimed at a folder that holds another run.
+FRESH_RUN_HINT = "continue it with resume=True or choose another run_dir"
 
 logger = logging.getLogger("sparsekit")
 
@@ -100,7 +103,8 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         Where ``checkpoint.npz`` (atomically, with the optimizer state) and
         ``history.json``/``history.csv`` are written after every epoch.  It is created and
         locked before any work: a second process training into it gets an error naming this
-        one's PID (see :mod:`sparsekit.io.runfolder`).
+        one's PID (see :mod:`sparsekit.io.runfolder`).  Without ``resume`` a folder that
+        already holds a checkpoint is refused (``FileExistsError``) rather than overwritten.
     resume : bool
         Continue from ``run_dir/checkpoint.npz``; the continued run matches an uninterrupted
         one exactly, for every optimizer and growth method.  Without ``config`` the run's
@@ -126,8 +130,10 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
     if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
     with contextlib.ExitStack() as stack:
-        if run_dir is not None:  # before any work: a bad or busy folder fails at once
+        if run_dir is not None:  # before any work: a bad, busy or used folder fails at once
             run_dir = stack.enter_context(run_folder_lock(run_dir))
+            if not resume:
+                refuse_existing_run(run_dir, FRESH_RUN_HINT)
         return _train(model, data, cfg, config is None, options, callbacks, run_dir, resume,
                       log)
 

@@ -23,6 +23,7 @@ from sparsekit.nn.activations import softmax_cross_entropy
 from sparsekit.nn.init import er_connections, erdos_renyi
 from sparsekit.nn.layers import SparseLayer
 from sparsekit.nn.model import SparseMLP
+from sparsekit.training.config import TrainConfig
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -445,6 +446,21 @@ def test_cli_passes_method_flags(tmp_path):
 def test_bad_parameters_are_refused(method, params, match):
     with pytest.raises(ValueError, match=match):
         get_method(method, **params)
+
+
+@pytest.mark.parametrize("method,params,match", [
+    ("gse", {"gamma": 0}, "gamma"), ("gse", {"gamma": "x"}, "bad parameters.*'gamma': 'x'"),
+    ("rigl", {"alpha": 1}, "unexpected keyword argument 'alpha'"),
+    ("set", {"zeta": 2}, "zeta"), ("topkast", {"forward_density": 2.0}, "forward_density"),
+])
+def test_a_config_checks_its_method_parameters_before_any_work(method, params, match):
+    # TrainConfig sets the method up once to check it, so train() and the estimators refuse
+    # these with the method's own message before estimating memory or touching data.
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(method=method, method_params=params)
+    x, y = blobs()[:2]
+    with pytest.raises(ValueError, match=match):
+        train([x.shape[1], 16, 3], (x, y), epochs=1, method=method, method_params=params)
 
 
 def test_bad_layers_and_oversized_rigl_are_refused():

@@ -56,5 +56,5 @@ def get_method(method: str | GrowthMethod, **params) -> GrowthMethod:
         raise ValueError(f"unknown method {method!r}; choose one of {available_methods()}")
     try:
         return _METHODS[method](**params)
-    except TypeError as exc:  # an unknown keyword: say which method refused which parameter
-        raise ValueError(f"bad parameters for method {method!r}: {exc}") from None
+    except TypeError as exc:  # an unknown keyword or a value of the wrong type: name them
+        raise ValueError(f"bad parameters for method {method!r} {params}: {exc}") from None

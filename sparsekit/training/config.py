@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..growth import GrowthMethod, available_methods
+from ..growth import GrowthMethod, available_methods, get_method
 from ..nn.activations import NAMES as ACTIVATIONS
 from ..nn.init import FAN_INS, INITS
 from .optim import DECAY_MODES, OPTIMIZERS, SCHEDULES
@@ -214,6 +214,8 @@ class TrainConfig:
         put("zeta", check_float("zeta", self.zeta, low=0, high=1, high_open=True))
         put("evolve_every", check_int("evolve_every", self.evolve_every, 1, optional=True))
         put("evolve_output", _check_bool("evolve_output", self.evolve_output))
+        if not isinstance(self.method, GrowthMethod):  # its parameters, before any work
+            get_method(self.method, **self.growth_params())
         put("prune_start", check_int("prune_start", self.prune_start, 1, optional=True))
         put("prune_every", check_int("prune_every", self.prune_every, 1))
         put("prune_percentile", check_float("prune_percentile", self.prune_percentile, low=0,
@@ -313,6 +315,20 @@ class TrainConfig:
         return {"epsilon": self.epsilon, "activation": self.activation, "alpha": self.alpha,
                 "dropout": self.dropout, "init": self.init, "fan_in": self.fan_in,
                 "dtype": self.dtype}
+
+    def growth_params(self, init: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of the growth method this config sets up
+        (:func:`sparsekit.training.step.make_growth`): the shared schedule options, SET's
+        ``zeta`` and regrowth initialiser (``init``, default this config's), then
+        ``method_params`` over them."""
+        params = dict(self.method_params)
+        shared = {"every_steps": self.evolve_every, "evolve_output": self.evolve_output}
+        if self.method == "set":
+            return {"zeta": self.zeta, **shared, "init": init or self.init, "fan_in": "dense",
+                    **params}
+        if self.method in ("gse", "topkast", "rigl"):
+            return {**shared, **params}
+        return params
 
     @property
     def method_name(self) -> str:

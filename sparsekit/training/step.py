@@ -70,13 +70,7 @@ def make_growth(config: TrainConfig, model) -> GrowthMethod:
     """
     if isinstance(config.method, GrowthMethod):
         return config.method
-    params = dict(config.method_params)
-    shared = {"every_steps": config.evolve_every, "evolve_output": config.evolve_output}
-    if config.method == "set":
-        params = {"zeta": config.zeta, **shared, "init": model.init, "fan_in": "dense", **params}
-    elif config.method in ("gse", "topkast", "rigl"):
-        params = {**shared, **params}
-    return get_method(config.method, **params)
+    return get_method(config.method, **config.growth_params(model.init))
 
 
 def make_optimizer(config: TrainConfig) -> Optimizer:

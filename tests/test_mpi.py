@@ -208,6 +208,8 @@ def test_failing_rank_ends_job_with_its_rank_and_cause(how):
     assert proc.returncode != 0 and time.monotonic() - start < LAUNCH_TIMEOUT
     cause = "RuntimeError: injected failure" if how == "raise" else "SystemExit"
     assert f"sparsekit[rank 1/3]: {cause}" in proc.stderr
+    # an expected kind of error is one line, not a traceback (sparsekit._errors)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_stuck_rank_times_out_instead_of_hanging():

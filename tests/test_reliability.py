@@ -534,3 +534,34 @@ def test_under_mpi_rank_0_owns_the_folder(holder, tiny_npz):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode != 0 and f"in use by process {proc.pid}" in r.stderr
     assert "Traceback" not in r.stderr and not (folder / "config.json").exists()
+
+
+GUARDED = """
+import os, sys
+import sparsekit.parallel.comm as comm
+
+comm.ABORT_GRACE_SECONDS = 0
+
+
+class TwoRanks:  # what guarded() uses of a communicator
+    size, rank = 2, 1
+
+    def abort(self, code):
+        os._exit(code)
+
+
+with comm.guarded(TwoRanks()):
+    raise {exc}("the cause")
+"""
+
+
+@pytest.mark.parametrize("exc,traceback", [("ValueError", False), ("FileExistsError", False),
+                                           ("KeyError", True), ("AttributeError", True)])
+def test_a_failing_rank_reports_expected_errors_in_one_line(exc, traceback):
+    # Bad input or a used folder on one rank is one line; an unexpected error (a bug) keeps
+    # its traceback.  Every rank is ended either way.
+    r = subprocess.run([sys.executable, "-c", GUARDED.format(exc=exc)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert f"sparsekit[rank 1/2]: {exc}: " in r.stderr and "the cause" in r.stderr
+    assert ("Traceback" in r.stderr) == traceback, r.stderr

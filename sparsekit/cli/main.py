@@ -362,6 +362,7 @@ def cmd_evaluate(args) -> int:
 
 def main(argv=None) -> int:
     """Run a sub-command; the exit codes are documented in :mod:`sparsekit.cli.options`."""
+    from .._errors import EXPECTED_ERRORS
     from .options import EXIT_INTERRUPTED, logger, parse_args, quiet_stdout, setup_logging
 
     args = parse_args(_parser(), argv)  # adds --quiet/--verbose and train's --config; exits 2
@@ -373,7 +374,7 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"sparsekit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, OSError, RuntimeError, ImportError, ArithmeticError) as exc:
+    except EXPECTED_ERRORS as exc:
         logger.debug("traceback of the error below", exc_info=True)
         print(f"sparsekit: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

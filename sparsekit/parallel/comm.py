@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -32,6 +33,8 @@ import traceback
 from collections.abc import Iterator
 
 import numpy as np
+
+from .._errors import EXPECTED_ERRORS
 
 TIMEOUT_ENV = "SPARSEKIT_MPI_TIMEOUT"
 CUDA_AWARE_ENV = "SPARSEKIT_CUDA_AWARE_MPI"
@@ -252,8 +255,9 @@ def guarded(comm: Comm) -> Iterator[Comm]:
     """Run a block so that a failure on any rank ends the whole job, never hangs it.
 
     On an exception (``KeyboardInterrupt`` and ``SystemExit`` included) with more than one
-    rank, print ``sparsekit[rank r/N]: <Type>: <message>`` and the traceback to stderr, then
-    call ``MPI_Abort``: every rank exits non-zero.  Should ``MPI_Abort`` return, raise or block
+    rank, print ``sparsekit[rank r/N]: <Type>: <message>`` to stderr (after the traceback, for
+    an exception that is not one of :data:`sparsekit._errors.EXPECTED_ERRORS` or with the
+    ``sparsekit`` logger at DEBUG), then call ``MPI_Abort``: every rank exits non-zero.  Should ``MPI_Abort`` return, raise or block
     (seen rarely on a loaded machine), the rank ends itself at once, or after
     ``ABORT_DEADLINE_SECONDS``, and the launcher ends the others.  With a single rank the
     exception propagates normally (there is nobody to wait for it).
@@ -263,8 +267,10 @@ def guarded(comm: Comm) -> Iterator[Comm]:
     except BaseException as exc:
         if comm.size == 1:
             raise
-        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        sys.stderr.write("".join(lines))
+        if (not isinstance(exc, EXPECTED_ERRORS + (KeyboardInterrupt, SystemExit))
+                or logging.getLogger("sparsekit").isEnabledFor(logging.DEBUG)):
+            lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            sys.stderr.write("".join(lines))
         sys.stderr.write(f"sparsekit[rank {comm.rank}/{comm.size}]: {type(exc).__name__}: "
                          f"{exc}; aborting all ranks\n")
         sys.stdout.flush()

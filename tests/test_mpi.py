@@ -212,6 +212,17 @@ def test_failing_rank_ends_job_with_its_rank_and_cause(how):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
+def test_a_fresh_run_refuses_a_folder_holding_a_run(tmp_path):
+    out = tmp_path / "run"
+    ok(mpirun(2, "--epochs", "1", "--out", str(out)))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    proc = mpirun(2, "--epochs", "1", "--out", str(out))
+    assert proc.returncode != 0
+    assert "sparsekit[rank 0/2]: FileExistsError: " in proc.stderr and "resume=True" in \
+        proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+
+
 def test_stuck_rank_times_out_instead_of_hanging():
     start = time.monotonic()
     proc = mpirun(3, "--epochs", "50", "--fault", "stop", "--fault-rank", "2", "--fault-epoch",

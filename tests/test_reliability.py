@@ -162,6 +162,8 @@ def test_cli_fresh_run_refuses_an_existing_run_folder(tiny_npz, tmp_path):
 
 @pytest.mark.parametrize("parallel", [None, "wasap"])
 def test_train_fresh_run_refuses_a_folder_holding_a_run(run, tmp_path, parallel):
+    if parallel:  # one rank, in this process (tests/test_mpi.py runs it under mpiexec)
+        pytest.importorskip("mpi4py", reason="WASAP needs mpi4py (nox -s tests_mpi has it)")
     folder = tmp_path / "r"
     shutil.copytree(run, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

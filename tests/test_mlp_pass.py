@@ -206,6 +206,63 @@ def test_training_is_the_same_with_and_without_the_fused_passes(optimizer, metho
 
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_the_forward_of_rows_gathers_the_batch_in_its_team(case, dtype, idt, threads):
+    # mlp_forward_rows on the CPU copies and transposes the batch inside the forward's team;
+    # it must give feature_major's batch and mlp_forward's bits, repeated rows included.
+    sizes, density, b = CASES[case]
+    rng = np.random.default_rng(100 + case)
+    model = make_model(rng, sizes, density, dtype, idt, threads=threads)
+    be, layers, acts_fn = model.backend, model.layers, model.activations
+    n = 3 * b + 5
+    x = rng.standard_normal((n, sizes[0])).astype(dtype)
+    idx = rng.integers(0, n, b)
+    idx[: b // 4] = idx[-1]
+    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(layers) - 1)]
+    want = Backend.mlp_forward_rows(be, layers, acts_fn, x, idx, dtype, 0.3, seeds)
+    buffers = {}
+    for _ in range(2):  # the second call reuses the buffers
+        got = be.mlp_forward_rows(layers, acts_fn, x, idx, dtype, 0.3, seeds, buffers)
+        same(got[1][0], np.ascontiguousarray(x[idx].T), "batch")
+        same(got[0], want[0], "logits")
+        for i, (a, w) in enumerate(zip(got[1] + got[2], want[1] + want[2])):
+            same(a, w, f"activation/derivative {i}")
+
+
+def test_the_forward_of_rows_keeps_numpys_indexing():
+    rng = np.random.default_rng(0)
+    model = make_model(rng, [6, 5, 3], 0.5, np.float32, np.int32)
+    be, layers, acts_fn = model.backend, model.layers, model.activations
+    x = rng.standard_normal((10, 6)).astype(np.float32)
+    for idx in (np.array([-1, 3, -10]), np.array([2, 3], dtype=np.uint8)):
+        got = be.mlp_forward_rows(layers, acts_fn, x, idx, np.float32, 0.0, [1], {})
+        same(got[1][0], np.ascontiguousarray(x[idx].T), "batch")
+    with pytest.raises(IndexError):
+        be.mlp_forward_rows(layers, acts_fn, x, np.array([0, 10]), np.float32, 0.0, [1], {})
+    # the kernel itself refuses what it cannot copy safely, with one line naming it
+    arrays = [{"indptr": layer.w.indptr, "indices": layer.w.indices, "data": layer.w.data,
+               "bias": layer.b, "n_in": layer.in_features} for layer in layers]
+    x_ib, rows = aligned_empty((6, 2), np.float32), aligned_empty((2, 6), np.float32)
+    outs = [aligned_empty((5, 2), np.float32), aligned_empty((3, 2), np.float32)]
+    derivs = [aligned_empty((5, 2), np.float32)]
+    with pytest.raises(ValueError, match=r"gather idx must lie in \[0, 10\)"):
+        mlp.forward(arrays, x_ib, outs, derivs, [0.5], [1], 0.3,
+                    gather=(x, np.array([0, 10]), rows))
+    with pytest.raises(ValueError, match=r"gather idx must be a C-contiguous int64"):
+        mlp.forward(arrays, x_ib, outs, derivs, [0.5], [1], 0.3,
+                    gather=(x, np.array([0, 1], dtype=np.int32), rows))
+    with pytest.raises(ValueError, match=r"gather data must be a C-contiguous float32"):
+        mlp.forward(arrays, x_ib, outs, derivs, [0.5], [1], 0.3,
+                    gather=(x[:, :5], np.array([0, 1]), rows))
+    frozen = x_ib.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match=r"x_ib is read-only"):
+        mlp.forward(arrays, frozen, outs, derivs, [0.5], [1], 0.3,
+                    gather=(x, np.array([0, 1]), rows))
+
+
 @pytest.mark.parametrize("n,f,b", [(50, 784, 128), (9, 1, 1), (40, 70, 17), (5, 3, 0)])
 def test_the_feature_major_batch_is_reused_and_right(n, f, b):
     rng = np.random.default_rng(f)

@@ -123,8 +123,30 @@ class CpuBackend(Backend):
             return super().mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
         return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers)
 
-    def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers):
-        """:meth:`mlp_forward` in one team (mlp.pyx), for layers that :meth:`_fusable` admits."""
+    def mlp_forward_rows(self, layers, activations, x, idx, dtype, rate: float, seeds,
+                         buffers=None):
+        dt = np.dtype(dtype)
+        if (buffers is None or not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype != dt
+                or not x.flags.c_contiguous or not isinstance(idx, np.ndarray) or idx.ndim != 1
+                or idx.dtype.kind not in "iu" or idx.shape[0] == 0
+                or not self._fusable_layers(layers, activations) or layers[0].w.dtype != dt
+                or x.shape[1] != layers[0].in_features):
+            return super().mlp_forward_rows(layers, activations, x, idx, dtype, rate, seeds,
+                                            buffers)
+        rows = np.ascontiguousarray(idx, dtype=np.int64)
+        if rows.min() < 0 or rows.max() >= x.shape[0]:  # NumPy's indexing rules and errors
+            return super().mlp_forward_rows(layers, activations, x, idx, dtype, rate, seeds,
+                                            buffers)
+        # The batch is gathered in the forward's team: its copy of the scattered rows runs on
+        # every thread, and a thread that wakes late joins it rather than the first layer.
+        x_ib = _buffer(buffers, "batch", (x.shape[1], idx.shape[0]), dt)
+        scratch = _buffer(buffers, "batch_rows", (idx.shape[0], x.shape[1]), dt)
+        return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers,
+                                   (x, rows, scratch))
+
+    def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers, gather=None):
+        """:meth:`mlp_forward` in one team (mlp.pyx), for layers that :meth:`_fusable` admits
+        (``gather``: ``x_ib`` is filled first, see :func:`mlp.forward`)."""
         dt, n_batch = layers[0].w.dtype, x_ib.shape[1]
         x = np.ascontiguousarray(x_ib)  # aligned when it comes from feature_major (faster)
         buf = {} if buffers is None else buffers
@@ -134,7 +156,7 @@ class CpuBackend(Backend):
                   for i, layer in enumerate(layers[:-1])]
         mlp.forward([_layer_arrays(layer) for layer in layers], x, outs, derivs,
                     [a.slope for a in activations], list(seeds), float(rate),
-                    self._pass_threads(layers, n_batch))
+                    self._pass_threads(layers, n_batch), gather)
         return outs[-1], [x_ib, *outs[:-1]], derivs
 
     #: Samples per fused inference pass, at most: every layer's output then stays in L2.

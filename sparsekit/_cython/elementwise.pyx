@@ -14,6 +14,11 @@ from ._types cimport floating
 from .._align import aligned_empty
 from ._checks import check_threads
 
+cdef extern from "batch.hh" nogil:
+    # The fused forward's batch step (mlp.hh) transposes with it too.
+    void sk_transpose_cols[T](const T* src, Py_ssize_t b, Py_ssize_t f, Py_ssize_t c0,
+                              Py_ssize_t c1, T* out)
+
 cdef extern from "epilogue.hh" nogil:
     # The row epilogue the fused passes (mlp.hh) apply too: one implementation, same bits.
     void sk_act_row[T](const T* z, T b, T* a, T* d, Py_ssize_t n, T slope, T scale,
@@ -62,10 +67,10 @@ def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, doub
 
 
 def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_threads=0):
-    """``out[...] = src.T`` in tiles of 16 x 64 (both tiles stay in L1), the step that turns
-    the gathered batch-major rows of a training batch into the feature-major batch.  NumPy's
-    strided copy of ``src.T`` walks one of the two arrays a value per cache line."""
-    cdef Py_ssize_t b = src.shape[0], f = src.shape[1], j0, c0, j, c, j1, c1
+    """``out[...] = src.T`` in tiles of 16 x 64 (both tiles stay in L1, batch.hh), the step
+    that turns the gathered batch-major rows of a training batch into the feature-major batch.
+    NumPy's strided copy of ``src.T`` walks one of the two arrays a value per cache line."""
+    cdef Py_ssize_t b = src.shape[0], f = src.shape[1], c0
     if out.shape[0] != f or out.shape[1] != b:
         raise ValueError(f"out must have shape ({f}, {b}), got ({out.shape[0]}, {out.shape[1]})")
     cdef int nt = check_threads(num_threads)
@@ -73,9 +78,4 @@ def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_thr
         return
     with nogil:
         for c0 in prange(0, f, 64, schedule="static", num_threads=nt):
-            c1 = min(c0 + 64, f)
-            for j0 in range(0, b, 16):
-                j1 = min(j0 + 16, b)
-                for c in range(c0, c1):
-                    for j in range(j0, j1):
-                        out[c, j] = src[j, c]
+            sk_transpose_cols(&src[0, 0], b, f, c0, min(c0 + 64, f), &out[0, 0])

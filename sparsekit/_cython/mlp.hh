@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "batch.hh"
 #include "epilogue.hh"
 #include "spmm.hh"
 #include "team.hh"
@@ -68,14 +69,41 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
     });
 }
 
+/* Where the forward's batch comes from when the pass gathers it itself: rows idx of the
+   batch-major data set (n x F, F = the first layer's inputs), through the scratch rows
+   (B x F). */
+typedef struct {
+    const void* data;
+    const int64_t* idx;
+    void* rows;
+} SkGather;
+
+/* The batch into x (F x B): the rows copied in chunks of 8 samples, then transposed in chunks of
+   64 features (batch.hh).  In the forward's team, so the copy of the scattered rows runs on
+   every thread, and a thread that wakes late joins it instead of the first layer. */
+template <typename T>
+static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g, ptrdiff_t F,
+                             ptrdiff_t B, T* x) {
+    const T* data = (const T*)g.data;
+    T* rows = (T*)g.rows;
+    const ptrdiff_t n_copy = (B + 7) / 8, n_tr = (F + 63) / 64;
+    for (ptrdiff_t c; (c = sk_claim(team, phase, n_copy)) >= 0;)
+        sk_copy_rows<T>(data, F, g.idx, c * 8, c * 8 + 8 < B ? c * 8 + 8 : B, rows);
+    sk_barrier(team, nt);
+    for (ptrdiff_t c; (c = sk_claim(team, phase + 1, n_tr)) >= 0;)
+        sk_transpose_cols<T>(rows, B, F, c * 64, c * 64 + 64 < F ? c * 64 + 64 : F, x);
+    sk_barrier(team, nt);
+}
+
 template <typename T, typename I>
-static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, const T* x, ptrdiff_t B,
-                             double rate, int num_threads) {
+static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B,
+                             double rate, const SkGather* gather, int num_threads) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size();
+        if (gather) sk_gather_phases<T>(&team, n_layers, nt, *gather, layers[0].n_in, B, x);
         const T* src = x;
         for (int l = 0; l < n_layers; ++l) {
             sk_forward_phase<T, I>(&team, l, layers[l], src, B, l < n_layers - 1, rate);
@@ -156,14 +184,16 @@ static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const*
     }
 }
 
-static void sk_mlp_forward(SkLayerPass* layers, int n_layers, const void* x, ptrdiff_t B,
-                           double rate, int is_double, int is_int64, int num_threads) {
+/* x: the feature-major batch, read, or written first when `gather` is given. */
+static void sk_mlp_forward(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t B,
+                           double rate, const SkGather* gather, int is_double, int is_int64,
+                           int num_threads) {
     if (is_double) {
-        if (is_int64) sk_mlp_forward_t<double, int64_t>(layers, n_layers, (const double*)x, B, rate, num_threads);
-        else sk_mlp_forward_t<double, int32_t>(layers, n_layers, (const double*)x, B, rate, num_threads);
+        if (is_int64) sk_mlp_forward_t<double, int64_t>(layers, n_layers, (double*)x, B, rate, gather, num_threads);
+        else sk_mlp_forward_t<double, int32_t>(layers, n_layers, (double*)x, B, rate, gather, num_threads);
     } else {
-        if (is_int64) sk_mlp_forward_t<float, int64_t>(layers, n_layers, (const float*)x, B, rate, num_threads);
-        else sk_mlp_forward_t<float, int32_t>(layers, n_layers, (const float*)x, B, rate, num_threads);
+        if (is_int64) sk_mlp_forward_t<float, int64_t>(layers, n_layers, (float*)x, B, rate, gather, num_threads);
+        else sk_mlp_forward_t<float, int32_t>(layers, n_layers, (float*)x, B, rate, gather, num_threads);
     }
 }
 

@@ -13,7 +13,7 @@ The checking ``def`` wrappers validate every array before the GIL is released; t
 (:meth:`sparsekit._cython.backend.CpuBackend.mlp_forward`) owns the buffers and decides when a
 model qualifies (piecewise-linear activations, one value and index type).
 """
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 
 from ._types cimport floating
 
@@ -50,8 +50,13 @@ cdef extern from "mlp.hh" nogil:
     ctypedef struct SkSgd:
         double lr, momentum, weight_decay
         int coupled, nesterov
-    void sk_mlp_forward(SkLayerPass* layers, int n_layers, const void* x, Py_ssize_t B,
-                        double rate, int is_double, int is_int64, int num_threads)
+    ctypedef struct SkGather:
+        const void* data
+        const int64_t* idx
+        void* rows
+    void sk_mlp_forward(SkLayerPass* layers, int n_layers, void* x, Py_ssize_t B,
+                        double rate, const SkGather* gather, int is_double, int is_int64,
+                        int num_threads)
     void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
                          Py_ssize_t B, const SkSgd* sgd, int is_double, int is_int64,
                          int num_threads)
@@ -121,7 +126,7 @@ cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_i
 
 
 def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate,
-            int num_threads=0):
+            int num_threads=0, gather=None):
     """All layers' forward products with bias, activation and dropout, in one team.
 
     Parameters
@@ -143,6 +148,11 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
         Dropout key of each hidden layer (as :func:`sparsekit._cython.elementwise.bias_act_dropout`).
     rate : float
         Dropout rate in [0, 1).
+    gather : tuple, optional
+        ``(data, idx, rows)``: first fill ``x_ib`` (then written) with the rows ``idx`` (int64,
+        each in ``[0, len(data))``) of the batch-major ``data`` (n x n_in, C-contiguous, the
+        value dtype), copied through the scratch ``rows`` (n_batch x n_in), in the same team:
+        ``x_ib`` gets exactly ``data[idx].T``.
     """
     dt, it = _types(layers)
     cdef int n = len(layers), i, nt = check_threads(num_threads)
@@ -154,7 +164,11 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
     if not isinstance(x_ib, np.ndarray) or x_ib.ndim != 2:
         raise ValueError("x_ib must be a 2-D NumPy array (features x batch)")
     cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
-    cdef const void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B)
+    cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None)
+    cdef SkGather g
+    cdef SkGather* g_ptr = NULL
+    if gather is not None:
+        g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     for i in range(n):
@@ -170,7 +184,22 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
     if B == 0:
         return
     with nogil:
-        sk_mlp_forward(L, n, x, B, rate, is_double, is_int64, nt)
+        sk_mlp_forward(L, n, x, B, rate, g_ptr, is_double, is_int64, nt)
+
+
+cdef SkGather* _gather(SkGather* g, gather, dt, Py_ssize_t n_in, Py_ssize_t B) except NULL:
+    """Fill ``g`` from :func:`forward`'s ``gather`` after checking it (every index in range:
+    the copy runs without the GIL)."""
+    if not isinstance(gather, tuple) or len(gather) != 3:
+        raise ValueError("gather must be a tuple (data, idx, rows)")
+    data, idx, rows = gather
+    n_rows = data.shape[0] if isinstance(data, np.ndarray) and data.ndim == 2 else 0
+    g.data = _ptr("gather data", 0, data, dt, n_rows, n_in)
+    g.idx = <const int64_t*>_ptr("gather idx", 0, idx, np.dtype(np.int64), B)
+    g.rows = _ptr("gather rows", 0, rows, dt, B, n_in, True)
+    if B and (int(idx.min()) < 0 or int(idx.max()) >= n_rows):
+        raise ValueError(f"gather idx must lie in [0, {n_rows}), the rows of gather data")
+    return g
 
 
 def backward(list layers, list acts, list derivs, list dzs, list grads, list gbiases,

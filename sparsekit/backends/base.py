@@ -180,6 +180,17 @@ class Backend:
         logits += out.b[:, None]
         return logits, acts, derivs
 
+    def mlp_forward_rows(self, layers, activations, x, idx, dtype, rate: float, seeds,
+                         buffers=None):
+        """:meth:`mlp_forward` of the batch made of rows ``idx`` of the batch-major host array
+        ``x``: the training step's forward.  Returns what :meth:`mlp_forward` does, ``acts[0]``
+        being the feature-major batch (:meth:`feature_major`'s).  A backend may gather the
+        batch inside its pass; this generic version calls :meth:`feature_major`, then
+        :meth:`mlp_forward`.
+        """
+        x_ib = self.feature_major(x, idx, dtype, buffers)
+        return self.mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
+
     def mlp_infer(self, layers, activations, x_ib, buffers=None):
         """Logits (classes x batch) of an inference pass: no dropout, nothing kept for a
         backward pass.  This generic version holds only the current layer's arrays, one product

@@ -144,6 +144,16 @@ class SparseMLP:
         return self.backend.mlp_forward(self.layers, self.activations, x_ib, rate, seeds,
                                         buffers)
 
+    def forward_train_rows(self, x, idx, seeds: Sequence[int], dropout: float | None = None,
+                           *, buffers: dict | None = None):
+        """:meth:`forward_train` of the batch made of rows ``idx`` of the batch-major host
+        array ``x`` (dense or ``scipy.sparse`` CSR); ``acts[0]`` is that batch, feature-major
+        (:meth:`Backend.mlp_forward_rows <sparsekit.backends.base.Backend.mlp_forward_rows>`:
+        the CPU backend gathers it inside its forward pass)."""
+        rate = self.dropout if dropout is None else dropout
+        return self.backend.mlp_forward_rows(self.layers, self.activations, x, idx, self.dtype,
+                                             rate, seeds, buffers)
+
     def forward_infer(self, x_ib, buffers: dict | None = None):
         """Logits (classes x batch) without dropout (:meth:`Backend.mlp_infer
         <sparsekit.backends.base.Backend.mlp_infer>`); with ``buffers`` the result may live in

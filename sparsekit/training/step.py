@@ -144,24 +144,33 @@ class Engine:
     def batch(self, x, target, idx):
         """``(x_ib, target)`` of rows ``idx`` on the model's device (one host copy each)."""
         model = self.model
-        be = model.backend
-        xb = be.feature_major(x, idx, model.dtype, self._buffers)
-        tb = target[idx]
-        if tb.ndim == 2:  # regression targets, feature-major like the outputs
-            tb = np.ascontiguousarray(tb.T, dtype=model.dtype)
-        return xb, be.asarray(tb)
+        xb = model.backend.feature_major(x, idx, model.dtype, self._buffers)
+        return xb, self.targets(target, idx)
 
-    def gradients(self, xb, tb, seeds, rule=None):
+    def targets(self, target, idx):
+        """The targets of rows ``idx`` on the model's device (regression targets
+        feature-major, like the outputs)."""
+        tb = target[idx]
+        if tb.ndim == 2:
+            tb = np.ascontiguousarray(tb.T, dtype=self.model.dtype)
+        return self.model.backend.asarray(tb)
+
+    def gradients(self, xb, tb, seeds, rule=None, idx=None):
         """Forward, loss and backward: ``(loss, out, grads, cache)``; ``loss`` stays on the
         device and ``cache`` is what gradient-guided growth methods read (valid until the next
         step: the arrays are reused).
 
         ``rule`` (the optimizer's :meth:`~sparsekit.training.optim.Optimizer.backend_rule`)
         lets the backend apply the update inside its backward pass; ``grads`` is then None.
+        ``idx``: ``xb`` is the whole batch-major input and the batch its rows ``idx``, which
+        the backend gathers itself (:meth:`~sparsekit.nn.model.SparseMLP.forward_train_rows`).
         """
         model = self.model
         xp = model.backend.xp
-        out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
+        if idx is None:
+            out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
+        else:
+            out, acts, derivs = model.forward_train_rows(xb, idx, seeds, buffers=self._buffers)
         loss_fn = softmax_cross_entropy if self.loss == "cross_entropy" else mse
         loss, out, dout = loss_fn(xp, out, tb, as_float=False)
         grads = model.backward(acts, derivs, dout, sgd=rule, buffers=self._buffers)
@@ -186,20 +195,20 @@ class Engine:
         Returns ``(loss, correct, stats)``: the batch's mean loss and (classification) count
         of right answers, both still on the device, and the growth method's statistics.
         """
-        xb, tb = self.batch(x, target, idx)
+        tb = self.targets(target, idx)
         seeds = self.rng.integers(0, 2**63, size=len(self.model.layers) - 1)
         if rank:
             seeds = rank_seeds(seeds, rank)
         # Without a hook or clipping between gradient and update, the backend may fuse them.
         rule = (self.optimizer.backend_rule(lr)
                 if grad_hook is None and self.config.max_grad_norm is None else None)
-        loss, out, grads, cache = self.gradients(xb, tb, seeds, rule)
+        loss, out, grads, cache = self.gradients(x, tb, seeds, rule, idx=idx)
         if grad_hook is not None:
             grads = grad_hook(grads)
         self.apply(grads, lr)
         del grads  # free before a topology update, and before the next step's forward
         correct = (out.argmax(axis=0) == tb).sum() if self.loss == "cross_entropy" else None
-        del out, xb
+        del out
         return loss, correct, self.after_step(cache)
 
     def after_step(self, cache=None) -> dict | None:

@@ -231,6 +231,109 @@ def test_the_forward_of_rows_gathers_the_batch_in_its_team(case, dtype, idt, thr
             same(a, w, f"activation/derivative {i}")
 
 
+def _softmax_loss(y):
+    from sparsekit.nn.activations import softmax_cross_entropy
+
+    return lambda logits: softmax_cross_entropy(np, logits, y, as_float=False)
+
+
+def _with_momentum(model):
+    for layer in model.layers:
+        layer.state_w["momentum"] = np.full_like(layer.w.data, 0.01)
+        layer.state_b["momentum"] = np.full_like(layer.b, -0.01)
+    return model
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sgd,keep_dz", [(None, True), ((0.05, 0.9, 1e-3, True, False), False),
+                                         ((0.05, 0.9, 1e-3, False, True), True)])
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, sgd, keep_dz,
+                                                         threads):
+    sizes, density, b = CASES[case]
+    models = [_with_momentum(make_model(np.random.default_rng(200 + case), sizes, density,
+                                        dtype, idt, threads=threads)) for _ in range(2)]
+    rng = np.random.default_rng(case)
+    n = 2 * b + 3
+    x = rng.standard_normal((n, sizes[0])).astype(dtype)
+    idx = rng.integers(0, n, b)
+    y = rng.integers(0, max(sizes[-1], 1), b)
+    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(sizes) - 2)]
+    results = []
+    for model, step in zip(models, (Backend.mlp_step, CpuBackend.mlp_step)):
+        be = model.backend
+        results.append(step(be, model.layers, model.activations, x, idx, dtype, 0.3, seeds,
+                            _softmax_loss(y), keep_dz, sgd, {}))
+    (want_loss, want_acts, want_derivs, want_bwd), (got_loss, acts, derivs, bwd) = results
+    assert got_loss[0] == want_loss[0]
+    same(got_loss[1], want_loss[1], "out")
+    for i, (a, w) in enumerate(zip(acts + derivs, want_acts + want_derivs)):
+        same(a, w, f"activation/derivative {i}")
+    assert bwd[2] == want_bwd[2] == (sgd is not None)
+    for i in range(len(sizes) - 1):
+        same(bwd[0][i][0], want_bwd[0][i][0], f"grad_w {i}")
+        same(bwd[0][i][1], want_bwd[0][i][1], f"grad_b {i}")
+        if keep_dz:
+            same(bwd[1][i], want_bwd[1][i], f"dz {i}")
+        for part in ("w", "b"):
+            new, old = (getattr(m.layers[i], part) for m in models)
+            same(new.data if part == "w" else new, old.data if part == "w" else old, part)
+    if keep_dz:
+        assert bwd[1][-1] is got_loss[2]  # the loss's own array, as mlp_backward keeps it
+
+
+def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
+    rng = np.random.default_rng(0)
+    model = _with_momentum(make_model(rng, [6, 8, 3], 0.5, np.float32, np.int32, threads=2))
+    be, layers, acts_fn = model.backend, model.layers, model.activations
+    x = rng.standard_normal((20, 6)).astype(np.float32)
+    idx, y = np.arange(16), rng.integers(0, 3, 16)
+    before = [layer.w.data.copy() for layer in layers]
+    sgd = (0.1, 0.9, 0.0, True, False)
+
+    def failing(logits):
+        raise KeyError("from the loss")
+
+    with pytest.raises(KeyError, match="from the loss"):  # raised once the team has ended
+        be.mlp_step(layers, acts_fn, x, idx, np.float32, 0.0, [1], failing, False, sgd, {})
+    for w, layer in zip(before, layers):
+        same(layer.w.data, w, "weights after a failed loss")
+    # a gradient the team cannot read (not C-contiguous): the backward runs after the team
+    loss = _softmax_loss(y)
+
+    def fortran_order(logits):
+        value, out, d = loss(logits)
+        return value, out, np.asfortranarray(d)
+
+    twin = _with_momentum(make_model(np.random.default_rng(0), [6, 8, 3], 0.5, np.float32,
+                                     np.int32, threads=2))
+    got = be.mlp_step(layers, acts_fn, x, idx, np.float32, 0.0, [1], fortran_order, True, sgd, {})
+    want = Backend.mlp_step(twin.backend, twin.layers, twin.activations, x, idx, np.float32,
+                            0.0, [1], fortran_order, True, sgd, {})
+    for i in range(2):
+        same(got[3][0][i][0], want[3][0][i][0], f"grad_w {i}")
+        same(layers[i].w.data, twin.layers[i].w.data, f"weights {i}")
+    # the kernel: None from the loss ends the step after the forward
+    arrays = [dict(indptr=lay.w.indptr, indices=lay.w.indices, data=lay.w.data, bias=lay.b,
+                   n_in=lay.in_features, t_indptr=t[0], t_rows=t[1], t_perm=t[2])
+              for lay, t in ((lay, be.transpose_index(lay.w)) for lay in layers)]
+    x_ib = np.ascontiguousarray(x[:16].T)
+    outs = [aligned_empty((8, 16), np.float32), aligned_empty((3, 16), np.float32)]
+    derivs, dzs = [aligned_empty((8, 16), np.float32)], [aligned_empty((8, 16), np.float32)]
+    grads = [np.full(lay.nnz, 7, np.float32) for lay in layers]
+    gbs = [np.full(lay.out_features, 7, np.float32) for lay in layers]
+    assert mlp.step(arrays, x_ib, outs, derivs, [0.5], [1], 0.0, None, lambda: None, dzs,
+                    grads, gbs, None, 2) is None
+    assert all((g == 7).all() for g in grads + gbs)
+    with pytest.raises(ValueError, match="the loss gradient must be a C-contiguous float32"):
+        mlp.step(arrays, x_ib, outs, derivs, [0.5], [1], 0.0, None,
+                 lambda: np.zeros((3, 15), np.float32), dzs, grads, gbs, None, 2)
+    with pytest.raises(ValueError, match="dzs needs one array per hidden layer"):
+        mlp.step(arrays, x_ib, outs, derivs, [0.5], [1], 0.0, None, lambda: None, [], grads,
+                 gbs, None, 2)
+
+
 def test_the_forward_of_rows_keeps_numpys_indexing():
     rng = np.random.default_rng(0)
     model = make_model(rng, [6, 5, 3], 0.5, np.float32, np.int32)

@@ -92,10 +92,10 @@ def test_resume_matches_uninterrupted(tmp_path):
 KILL_SCRIPT = """
 import sys, time, numpy as np
 from sparsekit import train
-from sparsekit.nn.model import SparseMLP
+from sparsekit.training.step import Engine
 # Slow every step down (the arithmetic is untouched) so a kill lands inside an epoch.
-_backward = SparseMLP.backward
-SparseMLP.backward = lambda self, *a, **k: (time.sleep(0.004), _backward(self, *a, **k))[1]
+_after_step = Engine.after_step
+Engine.after_step = lambda self, *a, **k: (time.sleep(0.004), _after_step(self, *a, **k))[1]
 rng = np.random.default_rng(0)
 x = rng.standard_normal((6000, 64)).astype(np.float32)
 y = (x[:, :8].sum(1) > 0).astype(np.int64)

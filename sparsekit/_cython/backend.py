@@ -123,41 +123,90 @@ class CpuBackend(Backend):
             return super().mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
         return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers)
 
-    def mlp_forward_rows(self, layers, activations, x, idx, dtype, rate: float, seeds,
-                         buffers=None):
-        dt = np.dtype(dtype)
-        if (buffers is None or not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype != dt
+    def _gather_rows(self, layers, activations, x, idx, dtype, buffers):
+        """``idx`` as int64 when the passes can gather rows ``idx`` of ``x`` themselves (a
+        fusable model, a C-contiguous ``x`` of its dtype, indices in range), else None: the
+        generic path then keeps NumPy's casts, indexing rules and errors."""
+        if (buffers is None or not isinstance(x, np.ndarray) or x.dtype != np.dtype(dtype)
                 or not x.flags.c_contiguous or not isinstance(idx, np.ndarray) or idx.ndim != 1
                 or idx.dtype.kind not in "iu" or idx.shape[0] == 0
-                or not self._fusable_layers(layers, activations) or layers[0].w.dtype != dt
+                or not self._fusable(layers, x, activations)  # x: 2-D, the weights' dtype
                 or x.shape[1] != layers[0].in_features):
-            return super().mlp_forward_rows(layers, activations, x, idx, dtype, rate, seeds,
-                                            buffers)
+            return None
         rows = np.ascontiguousarray(idx, dtype=np.int64)
-        if rows.min() < 0 or rows.max() >= x.shape[0]:  # NumPy's indexing rules and errors
+        return rows if rows.min() >= 0 and rows.max() < x.shape[0] else None
+
+    def _batch_buffers(self, x, rows, buffers):
+        """The feature-major batch and the scratch of its gather (see :meth:`mlp_forward_rows`)."""
+        x_ib = _buffer(buffers, "batch", (x.shape[1], rows.shape[0]), x.dtype)
+        scratch = _buffer(buffers, "batch_rows", (rows.shape[0], x.shape[1]), x.dtype)
+        return x_ib, (x, rows, scratch)
+
+    def mlp_forward_rows(self, layers, activations, x, idx, dtype, rate: float, seeds,
+                         buffers=None):
+        rows = self._gather_rows(layers, activations, x, idx, dtype, buffers)
+        if rows is None:
             return super().mlp_forward_rows(layers, activations, x, idx, dtype, rate, seeds,
                                             buffers)
         # The batch is gathered in the forward's team: its copy of the scattered rows runs on
         # every thread, and a thread that wakes late joins it rather than the first layer.
-        x_ib = _buffer(buffers, "batch", (x.shape[1], idx.shape[0]), dt)
-        scratch = _buffer(buffers, "batch_rows", (idx.shape[0], x.shape[1]), dt)
-        return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers,
-                                   (x, rows, scratch))
+        x_ib, gather = self._batch_buffers(x, rows, buffers)
+        return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers, gather)
+
+    def mlp_step(self, layers, activations, x, idx, dtype, rate: float, seeds, loss,
+                 keep_dz: bool = False, sgd=None, buffers=None):
+        rows = self._gather_rows(layers, activations, x, idx, dtype, buffers)
+        if rows is None or len(layers) > mlp.MAX_STEP_LAYERS:
+            return super().mlp_step(layers, activations, x, idx, dtype, rate, seeds, loss,
+                                    keep_dz, sgd, buffers)
+        # One team for the whole step (mlp.step): the loss runs on this thread between the
+        # passes while the others wait awake, instead of being woken again for the backward.
+        sgd = self._sgd_rule(layers, sgd)
+        dt, n_batch = np.dtype(dtype), rows.shape[0]
+        x_ib, gather = self._batch_buffers(x, rows, buffers)
+        outs, derivs = self._forward_buffers(layers, n_batch, buffers)
+        arrays, dzs, gws, gbs = self._backward_arrays(layers, n_batch, sgd, buffers)
+        result = []
+
+        def top_gradient():
+            result.append(loss(outs[-1]))
+            dlogits = result[0][2]
+            fits = (isinstance(dlogits, np.ndarray) and dlogits.dtype == dt
+                    and dlogits.shape == outs[-1].shape and dlogits.flags.c_contiguous)
+            return dlogits if fits else None  # else the backward runs after the team
+
+        done = mlp.step(arrays, x_ib, outs, derivs, [a.slope for a in activations],
+                        list(seeds), float(rate), gather, top_gradient, dzs[:-1], gws, gbs,
+                        sgd, self._pass_threads(layers, 2 * n_batch))
+        value, out, dlogits = result[0]
+        acts = [x_ib, *outs[:-1]]
+        if done is None:
+            return (value, out, dlogits), acts, derivs, self.mlp_backward(
+                layers, acts, derivs, dlogits, keep_dz, sgd, buffers)
+        dzs[-1] = dlogits
+        return ((value, out, dlogits), acts, derivs,
+                (list(zip(gws, gbs)), (dzs if keep_dz else None), sgd is not None))
 
     def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers, gather=None):
         """:meth:`mlp_forward` in one team (mlp.pyx), for layers that :meth:`_fusable` admits
         (``gather``: ``x_ib`` is filled first, see :func:`mlp.forward`)."""
-        dt, n_batch = layers[0].w.dtype, x_ib.shape[1]
+        n_batch = x_ib.shape[1]
         x = np.ascontiguousarray(x_ib)  # aligned when it comes from feature_major (faster)
-        buf = {} if buffers is None else buffers
-        outs = [_buffer(buf, ("out", i), (layer.out_features, n_batch), dt)
-                for i, layer in enumerate(layers)]
-        derivs = [_buffer(buf, ("deriv", i), (layer.out_features, n_batch), dt)
-                  for i, layer in enumerate(layers[:-1])]
+        outs, derivs = self._forward_buffers(layers, n_batch, {} if buffers is None else buffers)
         mlp.forward([_layer_arrays(layer) for layer in layers], x, outs, derivs,
                     [a.slope for a in activations], list(seeds), float(rate),
                     self._pass_threads(layers, n_batch), gather)
         return outs[-1], [x_ib, *outs[:-1]], derivs
+
+    @staticmethod
+    def _forward_buffers(layers, n_batch: int, buffers):
+        """Every layer's output and every hidden layer's derivative, kept in ``buffers``."""
+        dt = layers[0].w.dtype
+        outs = [_buffer(buffers, ("out", i), (layer.out_features, n_batch), dt)
+                for i, layer in enumerate(layers)]
+        derivs = [_buffer(buffers, ("deriv", i), (layer.out_features, n_batch), dt)
+                  for i, layer in enumerate(layers[:-1])]
+        return outs, derivs
 
     #: Samples per fused inference pass, at most: every layer's output then stays in L2.
     #: Measured (2 threads, 784-1000-1000-1000-10, logits of 10 000 samples): 30 ms at 256,
@@ -187,27 +236,42 @@ class CpuBackend(Backend):
                      buffers=None):
         if not self._fusable(layers, acts[0]) or dlogits_cb.dtype != layers[0].w.dtype:
             return super().mlp_backward(layers, acts, derivs, dlogits_cb, keep_dz, sgd, buffers)
+        sgd = self._sgd_rule(layers, sgd)
+        n_batch = acts[0].shape[1]
+        arrays, dzs, gws, gbs = self._backward_arrays(layers, n_batch, sgd,
+                                                      {} if buffers is None else buffers)
+        dzs[-1] = np.ascontiguousarray(dlogits_cb)
+        mlp.backward(arrays, list(acts), list(derivs), dzs, gws, gbs, sgd,
+                     self._pass_threads(layers, 2 * n_batch))
+        dzs[-1] = dlogits_cb  # the caller's own array (growth methods compare identities)
+        return list(zip(gws, gbs)), (dzs if keep_dz else None), sgd is not None
+
+    @staticmethod
+    def _sgd_rule(layers, sgd):
+        """``sgd``, or None when the layers hold another optimizer's state."""
         if sgd is not None and not all("momentum" in layer.state_w and "momentum" in
                                        layer.state_b for layer in layers):
-            sgd = None  # the layers hold another optimizer's state
-        dt, n_batch = layers[0].w.dtype, acts[0].shape[1]
-        buf = {} if buffers is None else buffers
+            return None
+        return sgd
+
+    def _backward_arrays(self, layers, n_batch: int, sgd, buffers):
+        """What mlp.backward takes besides the activations: each layer's arrays with its
+        transposed index (and velocities with ``sgd``), the hidden layers' dz buffers (the last
+        entry, the logits' gradient, left None), the gradient buffers."""
+        dt = layers[0].w.dtype
         arrays = []
         for layer in layers:
             arrays.append(_layer_arrays(layer, self.transpose_index(layer.w)))
             if sgd is not None:
                 arrays[-1]["mom_w"] = layer.state_w["momentum"]
                 arrays[-1]["mom_b"] = layer.state_b["momentum"]
-        top = np.ascontiguousarray(dlogits_cb)
-        dzs = [_buffer(buf, ("dz", i), (layer.out_features, n_batch), dt)
-               for i, layer in enumerate(layers[:-1])] + [top]
-        gws = [_buffer(buf, ("grad_w", i), (layer.nnz,), dt) for i, layer in enumerate(layers)]
-        gbs = [_buffer(buf, ("grad_b", i), (layer.out_features,), dt)
+        dzs = [_buffer(buffers, ("dz", i), (layer.out_features, n_batch), dt)
+               for i, layer in enumerate(layers[:-1])] + [None]
+        gws = [_buffer(buffers, ("grad_w", i), (layer.nnz,), dt)
                for i, layer in enumerate(layers)]
-        mlp.backward(arrays, list(acts), list(derivs), dzs, gws, gbs, sgd,
-                     self._pass_threads(layers, 2 * n_batch))
-        dzs[-1] = dlogits_cb  # the caller's own array (growth methods compare identities)
-        return list(zip(gws, gbs)), (dzs if keep_dz else None), sgd is not None
+        gbs = [_buffer(buffers, ("grad_b", i), (layer.out_features,), dt)
+               for i, layer in enumerate(layers)]
+        return arrays, dzs, gws, gbs
 
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         self.check_array("z_ob", z_ob)

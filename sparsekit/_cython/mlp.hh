@@ -95,6 +95,19 @@ static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g,
     sk_barrier(team, nt);
 }
 
+/* The forward inside a team, on phases 0 .. n_layers + 1 (the last two for the gather). */
+template <typename T, typename I>
+static void sk_forward_body(SkTeam* team, int nt, SkLayerPass* layers, int n_layers, T* x,
+                            ptrdiff_t B, double rate, const SkGather* gather) {
+    if (gather) sk_gather_phases<T>(team, n_layers, nt, *gather, layers[0].n_in, B, x);
+    const T* src = x;
+    for (int l = 0; l < n_layers; ++l) {
+        sk_forward_phase<T, I>(team, l, layers[l], src, B, l < n_layers - 1, rate);
+        if (l < n_layers - 1) sk_barrier(team, nt);
+        src = (const T*)layers[l].out;
+    }
+}
+
 template <typename T, typename I>
 static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B,
                              double rate, const SkGather* gather, int num_threads) {
@@ -103,13 +116,7 @@ static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t 
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size();
-        if (gather) sk_gather_phases<T>(&team, n_layers, nt, *gather, layers[0].n_in, B, x);
-        const T* src = x;
-        for (int l = 0; l < n_layers; ++l) {
-            sk_forward_phase<T, I>(&team, l, layers[l], src, B, l < n_layers - 1, rate);
-            if (l < n_layers - 1) sk_barrier(&team, nt);
-            src = (const T*)layers[l].out;
-        }
+        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, rate, gather);
         sk_team_leave(&team, sk_team_rank(), nt);
     }
 }
@@ -150,8 +157,34 @@ static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* v, ptr
     }
 }
 
-/* acts[l]: the input of layer l (acts[0] = x, then the hidden layers' outputs).  The top
-   layer's dz (the loss gradient of the logits) is given; the others are written here. */
+/* The backward inside a team, on phases phase0 .. phase0 + n_layers (+ 2 n_layers with
+   SGD) - 1.  acts[l]: the input of layer l (acts[0] = x, then the hidden layers' outputs).
+   The top layer's dz (the loss gradient of the logits) is given; the others are written. */
+template <typename T, typename I>
+static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerPass* layers,
+                             int n_layers, const T* const* acts, ptrdiff_t B, const SkSgd* sgd) {
+    if (tid == 0) {  /* the top layer's bias gradient (a few rows) */
+        const SkLayerPass& top = layers[n_layers - 1];
+        for (ptrdiff_t o = 0; o < top.n_out; ++o)
+            ((T*)top.gbias)[o] = sk_row_sum((const T*)top.dz + o * B, B);
+    }
+    int phase = phase0;
+    for (int l = n_layers - 1; l >= 0; --l) {
+        sk_backward_phase<T, I>(team, phase++, layers[l], l > 0 ? &layers[l - 1] : NULL,
+                                acts[l], B);
+        if (l > 0 || sgd) sk_barrier(team, nt);
+    }
+    if (sgd) {
+        for (int l = 0; l < n_layers; ++l) {
+            const SkLayerPass& L = layers[l];
+            sk_update_phase<T>(team, phase++, (T*)L.data, (const T*)L.grad, (T*)L.mom_w,
+                               L.nnz, *sgd);
+            sk_update_phase<T>(team, phase++, (T*)L.bias, (const T*)L.gbias, (T*)L.mom_b,
+                               L.n_out, *sgd);
+        }
+    }
+}
+
 template <typename T, typename I>
 static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const* acts,
                               ptrdiff_t B, const SkSgd* sgd, int num_threads) {
@@ -160,28 +193,43 @@ static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const*
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size(), tid = sk_team_rank();
-        if (tid == 0) {  /* the top layer's bias gradient (a few rows) */
-            const SkLayerPass& top = layers[n_layers - 1];
-            for (ptrdiff_t o = 0; o < top.n_out; ++o)
-                ((T*)top.gbias)[o] = sk_row_sum((const T*)top.dz + o * B, B);
-        }
-        int phase = 0;
-        for (int l = n_layers - 1; l >= 0; --l) {
-            sk_backward_phase<T, I>(&team, phase++, layers[l], l > 0 ? &layers[l - 1] : NULL,
-                                    acts[l], B);
-            if (l > 0 || sgd) sk_barrier(&team, nt);
-        }
-        if (sgd) {
-            for (int l = 0; l < n_layers; ++l) {
-                const SkLayerPass& L = layers[l];
-                sk_update_phase<T>(&team, phase++, (T*)L.data, (const T*)L.grad, (T*)L.mom_w,
-                                   L.nnz, *sgd);
-                sk_update_phase<T>(&team, phase++, (T*)L.bias, (const T*)L.gbias, (T*)L.mom_b,
-                                   L.n_out, *sgd);
-            }
-        }
+        sk_backward_body<T, I>(&team, nt, tid, 0, layers, n_layers, acts, B, sgd);
         sk_team_leave(&team, tid, nt);
     }
+}
+
+/* The loss between the passes of a step: run on the master (the thread that called the pass,
+   so it may take the GIL back), with every layer's forward written; it sets the top layer's
+   dz.  It returns 1 to go on with the backward, 0 to stop the team after the forward. */
+typedef int (*SkLossFn)(void* ctx);
+
+/* Waiting threads yield the core this many times after their spin while the loss runs
+   (NumPy under the GIL: tens of microseconds) before they sleep: a thread woken from sleep
+   starts the backward tens of microseconds late, which is what one team per step saves. */
+#define SK_LOSS_YIELDS 400
+
+/* A whole training step in one team: the forward (with the batch's gather), the loss on the
+   master, the backward and the update.  One team, so the other threads are woken once per step
+   instead of once per pass.  Returns what the loss returned. */
+template <typename T, typename I>
+static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, double rate,
+                         const SkGather* gather, const T* const* acts, const SkSgd* sgd,
+                         SkLossFn loss, void* ctx, int num_threads) {
+    SkTeam team;
+    sk_team_init(&team, num_threads);
+    std::atomic<int> go(0);
+    #pragma omp parallel num_threads(num_threads)
+    {
+        const int nt = sk_team_size(), tid = sk_team_rank();
+        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, rate, gather);
+        sk_barrier(&team, nt);
+        if (tid == 0) go.store(loss(ctx));
+        sk_barrier(&team, nt, SK_LOSS_YIELDS);
+        if (go.load())
+            sk_backward_body<T, I>(&team, nt, tid, n_layers + 2, layers, n_layers, acts, B, sgd);
+        sk_team_leave(&team, tid, nt);
+    }
+    return go.load();
 }
 
 /* x: the feature-major batch, read, or written first when `gather` is given. */
@@ -207,6 +255,17 @@ static void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const
         if (is_int64) sk_mlp_backward_t<float, int64_t>(layers, n_layers, (const float* const*)acts, B, sgd, num_threads);
         else sk_mlp_backward_t<float, int32_t>(layers, n_layers, (const float* const*)acts, B, sgd, num_threads);
     }
+}
+
+static int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t B, double rate,
+                       const SkGather* gather, const void* const* acts, const SkSgd* sgd,
+                       SkLossFn loss, void* ctx, int is_double, int is_int64, int num_threads) {
+    if (is_double) {
+        if (is_int64) return sk_mlp_step_t<double, int64_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, sgd, loss, ctx, num_threads);
+        return sk_mlp_step_t<double, int32_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, sgd, loss, ctx, num_threads);
+    }
+    if (is_int64) return sk_mlp_step_t<float, int64_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, sgd, loss, ctx, num_threads);
+    return sk_mlp_step_t<float, int32_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, sgd, loss, ctx, num_threads);
 }
 
 #endif  /* SPARSEKIT_MLP_HH */

@@ -60,10 +60,16 @@ cdef extern from "mlp.hh" nogil:
     void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
                          Py_ssize_t B, const SkSgd* sgd, int is_double, int is_int64,
                          int num_threads)
+    ctypedef int (*SkLossFn)(void* ctx) noexcept nogil
+    int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, Py_ssize_t B, double rate,
+                    const SkGather* gather, const void* const* acts, const SkSgd* sgd,
+                    SkLossFn loss, void* ctx, int is_double, int is_int64, int num_threads)
     T sk_row_sum[T](const T* a, Py_ssize_t n)
 
 #: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with SGD uses 3 per layer.
 MAX_LAYERS = 21
+#: ... and a whole step (:func:`step`) 4 per layer and 2 for the batch.
+MAX_STEP_LAYERS = 15
 
 
 cdef void* _ptr(str what, int i, a, dtype, Py_ssize_t d0, Py_ssize_t d1=-1,
@@ -155,10 +161,7 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
         ``x_ib`` gets exactly ``data[idx].T``.
     """
     dt, it = _types(layers)
-    cdef int n = len(layers), i, nt = check_threads(num_threads)
-    if len(outs) != n or len(derivs) != n - 1 or len(slopes) != n - 1 or len(seeds) != n - 1:
-        raise ValueError("outs needs one array per layer; derivs, slopes and seeds one per "
-                         "hidden layer")
+    cdef int n = len(layers), nt = check_threads(num_threads)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
     if not isinstance(x_ib, np.ndarray) or x_ib.ndim != 2:
@@ -171,8 +174,24 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
         g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
+    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B)
+    cdef int is_double = dt == np.float64, is_int64 = it == np.int64
+    if B == 0:
+        return
+    with nogil:
+        sk_mlp_forward(L, n, x, B, rate, g_ptr, is_double, is_int64, nt)
+
+
+cdef void _fill_forward(SkLayerPass* L, list layers, list outs, list derivs, slopes, seeds, dt,
+                        it, Py_ssize_t n_in, Py_ssize_t B, bint written=False) except *:
+    """The forward's fields of every layer (:func:`forward`'s arguments), checked (``written``:
+    the weights and biases must be writeable, for the update of :func:`step`)."""
+    cdef int n = len(layers), i
+    if len(outs) != n or len(derivs) != n - 1 or len(slopes) != n - 1 or len(seeds) != n - 1:
+        raise ValueError("outs needs one array per layer; derivs, slopes and seeds one per "
+                         "hidden layer")
     for i in range(n):
-        _fill_common(&L[i], i, layers[i], dt, it, n_in)
+        _fill_common(&L[i], i, layers[i], dt, it, n_in, written)
         L[i].out = _ptr("outs[{}]", i, outs[i], dt, L[i].n_out, B, True)
         if i < n - 1:
             L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, True)
@@ -180,11 +199,6 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
             L[i].seed = int(seeds[i]) & 0xFFFFFFFFFFFFFFFF
         L[i].tv_f, L[i].pf_f = walk_plan(n_in, L[i].n_out, L[i].nnz, B, dt.itemsize, "forward")
         n_in = L[i].n_out
-    cdef int is_double = dt == np.float64, is_int64 = it == np.int64
-    if B == 0:
-        return
-    with nogil:
-        sk_mlp_forward(L, n, x, B, rate, g_ptr, is_double, is_int64, nt)
 
 
 cdef SkGather* _gather(SkGather* g, gather, dt, Py_ssize_t n_in, Py_ssize_t B) except NULL:
@@ -242,22 +256,44 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
     cdef SkSgd rule
-    cdef SkSgd* rule_ptr = NULL
-    if sgd is not None:
-        rule.lr, rule.momentum, rule.weight_decay = float(sgd[0]), float(sgd[1]), float(sgd[2])
-        rule.coupled, rule.nesterov = bool(sgd[3]), bool(sgd[4])
-        rule_ptr = &rule
+    cdef SkSgd* rule_ptr = _sgd(&rule, sgd)
+    for i in range(n):
+        _fill_common(&L[i], i, layers[i], dt, it, n_in, sgd is not None)
+        act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
+        n_in = L[i].n_out
+    g_lins = _fill_backward(L, layers, derivs, dzs, grads, gbiases, sgd, dt, it,
+                            acts[0].shape[0], B, True)
+    cdef int is_double = dt == np.float64, is_int64 = it == np.int64
+    with nogil:
+        sk_mlp_backward(L, n, act_ptrs, B, rule_ptr, is_double, is_int64, nt)
+
+
+cdef SkSgd* _sgd(SkSgd* rule, sgd) except? NULL:
+    """``rule`` filled from ``(lr, momentum, weight_decay, coupled, nesterov)``, or NULL."""
+    if sgd is None:
+        return NULL
+    rule.lr, rule.momentum, rule.weight_decay = float(sgd[0]), float(sgd[1]), float(sgd[2])
+    rule.coupled, rule.nesterov = bool(sgd[3]), bool(sgd[4])
+    return rule
+
+
+cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, list grads,
+                         list gbiases, sgd, dt, it, Py_ssize_t n_in, Py_ssize_t B,
+                         bint top_dz):
+    """The backward's fields of every layer (:func:`backward`'s arguments; ``_fill_common``
+    done), checked; the top layer's dz only if ``top_dz`` (else the loss sets it).  Returns the
+    scratch arrays the pass needs, to be kept alive until it ends."""
+    cdef int n = len(layers), i
     g_lins = []
     for i in range(n):
         layer = layers[i]
-        _fill_common(&L[i], i, layer, dt, it, n_in, sgd is not None)
-        act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
         L[i].t_indptr = _ptr("layers[{}]['t_indptr']", i, layer["t_indptr"], it, n_in + 1, -1)
         L[i].t_rows = _ptr("layers[{}]['t_rows']", i, layer["t_rows"], it, L[i].nnz, -1)
         L[i].t_perm = _ptr("layers[{}]['t_perm']", i, layer["t_perm"], it, L[i].nnz, -1)
         if layer["t_indptr"][0] != 0 or layer["t_indptr"][n_in] != L[i].nnz:
             raise ValueError(f"layers[{i}]['t_indptr'] must start at 0 and end at nnz")
-        L[i].dz = _ptr("dzs[{}]", i, dzs[i], dt, L[i].n_out, B, i < n - 1)
+        if i < n - 1 or top_dz:
+            L[i].dz = _ptr("dzs[{}]", i, dzs[i], dt, L[i].n_out, B, i < n - 1)
         L[i].grad = _ptr("grads[{}]", i, grads[i], dt, L[i].nnz, -1, True)
         L[i].gbias = _ptr("gbiases[{}]", i, gbiases[i], dt, L[i].n_out, -1, True)
         if i < n - 1:
@@ -267,14 +303,93 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
             L[i].mom_b = _ptr("layers[{}]['mom_b']", i, layer["mom_b"], dt, L[i].n_out, -1, True)
         L[i].tv_b, L[i].pf_b = walk_plan(L[i].n_out, n_in, L[i].nnz, B, dt.itemsize, "backward")
         if L[i].tv_b:
-            g_lins.append(np.empty(L[i].nnz, dtype=dt))
-            L[i].g_lin = cnp.PyArray_DATA(<cnp.ndarray>g_lins[-1])
+            g_lin = np.empty(L[i].nnz, dtype=dt)
+            g_lins.append(g_lin)
+            L[i].g_lin = cnp.PyArray_DATA(<cnp.ndarray>g_lin)
         else:
             L[i].g_lin = L[i].grad
         n_in = L[i].n_out
+    return g_lins
+
+
+def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, gather, loss,
+         list dzs, list grads, list gbiases, sgd=None, int num_threads=0):
+    """A training step in one team: :func:`forward` (filling ``x_ib`` first when ``gather`` is
+    given), then ``loss()`` on the calling thread, then :func:`backward`.
+
+    One team instead of two, so the other threads are woken once per step.  ``loss`` is called
+    with no argument, holding the GIL, once every layer's output is written; it returns the
+    gradient of the loss with respect to the logits (``outs[-1]``'s shape, C-contiguous, the
+    value dtype), which the backward reads as the top layer's dz, or None to end the step
+    after the forward.  ``dzs`` holds the hidden layers' dz arrays (one fewer than
+    ``layers``); the other arguments are :func:`forward`'s and :func:`backward`'s.  Returns
+    what ``loss`` returned; an exception it raised is raised here once the team has ended.
+    """
+    dt, it = _types(layers)
+    cdef int n = len(layers), i, nt = check_threads(num_threads)
+    if n > MAX_STEP_LAYERS:
+        raise ValueError(f"a step in one team takes at most {MAX_STEP_LAYERS} layers, got {n}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
+    if not isinstance(x_ib, np.ndarray) or x_ib.ndim != 2 or x_ib.shape[1] == 0:
+        raise ValueError("x_ib must be a 2-D NumPy array (features x batch) of a non-empty batch")
+    if len(dzs) != n - 1 or len(grads) != n or len(gbiases) != n:
+        raise ValueError("dzs needs one array per hidden layer, grads and gbiases one per layer")
+    cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
+    cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None)
+    cdef SkGather g
+    cdef SkGather* g_ptr = NULL
+    if gather is not None:
+        g_ptr = _gather(&g, gather, dt, n_in, B)
+    passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
+    ptrs = np.zeros(n, dtype=np.uintp)
+    cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
+    cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
+    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, sgd is not None)
+    g_lins = _fill_backward(L, layers, derivs, dzs + [None], grads, gbiases, sgd, dt, it, n_in,
+                            B, False)
+    act_ptrs[0] = x
+    for i in range(1, n):
+        act_ptrs[i] = L[i - 1].out
+    cdef SkSgd rule
+    cdef SkSgd* rule_ptr = _sgd(&rule, sgd)
+    cdef _Loss call = _Loss()
+    call.fn, call.dt, call.top, call.B = loss, dt, L + (n - 1), B
+    cdef void* ctx = <void*>call
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     with nogil:
-        sk_mlp_backward(L, n, act_ptrs, B, rule_ptr, is_double, is_int64, nt)
+        sk_mlp_step(L, n, x, B, rate, g_ptr, act_ptrs, rule_ptr, _call_loss, ctx, is_double,
+                    is_int64, nt)
+    if call.error is not None:
+        raise call.error
+    return call.dlogits
+
+
+cdef class _Loss:
+    """What :func:`step`'s team calls between its passes (mlp.hh's SkLossFn)."""
+    cdef object fn, dlogits, error, dt
+    cdef SkLayerPass* top
+    cdef Py_ssize_t B
+
+
+cdef int _call_loss(void* ctx) noexcept nogil:
+    with gil:
+        return _run_loss(<_Loss>ctx)
+
+
+cdef int _run_loss(_Loss call) noexcept:
+    """``call.fn()``; 1 with the top layer's dz set to its result, 0 to stop (None returned,
+    or an exception, kept for :func:`step` to raise: the team must end first)."""
+    try:
+        dlogits = call.fn()
+        if dlogits is None:
+            return 0
+        call.top.dz = _ptr("the loss gradient", 0, dlogits, call.dt, call.top.n_out, call.B)
+        call.dlogits = dlogits
+        return 1
+    except BaseException as exc:
+        call.error = exc
+        return 0
 
 
 def row_sums(const floating[:, ::1] z_ob):

@@ -110,12 +110,13 @@ static inline void sk_futex(std::atomic<int>* word, int op, int val) {
 /* Wait until *word != val: spin SK_SPIN pauses (the usual imbalance of a phase), then yield
    the core for a while (if the thread we wait for shares our core with other work, it gets to
    run), then sleep on the futex if `sleepers` is given (the releaser wakes it). */
-static inline bool sk_wait_change(std::atomic<int>* word, int val, std::atomic<int>* sleepers) {
+static inline bool sk_wait_change(std::atomic<int>* word, int val, std::atomic<int>* sleepers,
+                                  int yields = SK_YIELDS) {
     for (int i = 0; i < SK_SPIN; ++i) {
         if (word->load(std::memory_order_acquire) != val) return true;
         SK_RELAX();
     }
-    for (int i = 0; i < SK_YIELDS; ++i) {
+    for (int i = 0; i < yields; ++i) {
         if (word->load(std::memory_order_acquire) != val) return true;
         sk_yield();
     }
@@ -128,7 +129,7 @@ static inline bool sk_wait_change(std::atomic<int>* word, int val, std::atomic<i
 
 /* Sequentially consistent on both sides (store gen / load sleepers against add sleepers /
    load gen), so a sleeper either sees the new generation or is seen and woken. */
-static inline void sk_barrier(SkTeam* t, int nt) {
+static inline void sk_barrier(SkTeam* t, int nt, int yields = SK_YIELDS) {
     if (nt <= 1) return;
     const int g = t->gen.load();
     if (t->arrived.fetch_add(1) == nt - 1) {
@@ -137,7 +138,7 @@ static inline void sk_barrier(SkTeam* t, int nt) {
         if (t->sleepers.load()) sk_futex(&t->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
         return;
     }
-    sk_wait_change(&t->gen, g, &t->sleepers);
+    sk_wait_change(&t->gen, g, &t->sleepers, yields);
 }
 
 /* The last thing a thread does in the team.  OpenMP's closing barrier puts whoever arrives

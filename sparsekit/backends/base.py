@@ -191,6 +191,23 @@ class Backend:
         x_ib = self.feature_major(x, idx, dtype, buffers)
         return self.mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
 
+    def mlp_step(self, layers, activations, x, idx, dtype, rate: float, seeds, loss,
+                 keep_dz: bool = False, sgd=None, buffers=None):
+        """A training pass on rows ``idx`` of the batch-major host array ``x``: the forward
+        (:meth:`mlp_forward_rows`), ``loss(logits) -> (value, out, dlogits)``, the backward
+        (:meth:`mlp_backward`, with ``keep_dz`` and ``sgd``).
+
+        Returns ``((value, out, dlogits), acts, derivs, (grads, dzs, applied))``: what
+        ``loss``, :meth:`mlp_forward_rows` and :meth:`mlp_backward` return.  A backend may run
+        it all at once (the CPU backend: in one OpenMP team, with ``loss`` called between the
+        passes); this generic version calls the three in turn.
+        """
+        logits, acts, derivs = self.mlp_forward_rows(layers, activations, x, idx, dtype, rate,
+                                                     seeds, buffers)
+        value, out, dlogits = loss(logits)
+        backward = self.mlp_backward(layers, acts, derivs, dlogits, keep_dz, sgd, buffers)
+        return (value, out, dlogits), acts, derivs, backward
+
     def mlp_infer(self, layers, activations, x_ib, buffers=None):
         """Logits (classes x batch) of an inference pass: no dropout, nothing kept for a
         backward pass.  This generic version holds only the current layer's arrays, one product

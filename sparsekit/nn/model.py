@@ -154,6 +154,20 @@ class SparseMLP:
         return self.backend.mlp_forward_rows(self.layers, self.activations, x, idx, self.dtype,
                                              rate, seeds, buffers)
 
+    def train_pass(self, x, idx, seeds: Sequence[int], loss, *, sgd=None,
+                   buffers: dict | None = None):
+        """:meth:`forward_train_rows`, ``loss(logits) -> (value, out, dlogits)`` and
+        :meth:`backward` in one call (:meth:`Backend.mlp_step
+        <sparsekit.backends.base.Backend.mlp_step>`: the CPU backend runs them in one OpenMP
+        team).  Returns ``(value, out, grads, (acts, derivs, dlogits))``; ``grads`` is None when
+        the backend applied ``sgd`` itself."""
+        (value, out, dlogits), acts, derivs, (grads, dzs, applied) = self.backend.mlp_step(
+            self.layers, self.activations, x, idx, self.dtype, self.dropout, seeds, loss,
+            self.keep_dz, sgd, buffers)
+        if self.keep_dz:
+            self.last_dz = dzs
+        return value, out, (None if applied else grads), (acts, derivs, dlogits)
+
     def forward_infer(self, x_ib, buffers: dict | None = None):
         """Logits (classes x batch) without dropout (:meth:`Backend.mlp_infer
         <sparsekit.backends.base.Backend.mlp_infer>`); with ``buffers`` the result may live in

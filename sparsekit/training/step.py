@@ -163,20 +163,24 @@ class Engine:
         ``rule`` (the optimizer's :meth:`~sparsekit.training.optim.Optimizer.backend_rule`)
         lets the backend apply the update inside its backward pass; ``grads`` is then None.
         ``idx``: ``xb`` is the whole batch-major input and the batch its rows ``idx``, which
-        the backend gathers itself (:meth:`~sparsekit.nn.model.SparseMLP.forward_train_rows`).
+        the backend gathers itself, and the three run as one pass
+        (:meth:`~sparsekit.nn.model.SparseMLP.train_pass`).
         """
         model = self.model
         xp = model.backend.xp
+        loss_fn = softmax_cross_entropy if self.loss == "cross_entropy" else mse
         if idx is None:
             out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
+            loss, out, dout = loss_fn(xp, out, tb, as_float=False)
+            grads = model.backward(acts, derivs, dout, sgd=rule, buffers=self._buffers)
+            cache = (acts, derivs, dout)
         else:
-            out, acts, derivs = model.forward_train_rows(xb, idx, seeds, buffers=self._buffers)
-        loss_fn = softmax_cross_entropy if self.loss == "cross_entropy" else mse
-        loss, out, dout = loss_fn(xp, out, tb, as_float=False)
-        grads = model.backward(acts, derivs, dout, sgd=rule, buffers=self._buffers)
+            loss, out, grads, cache = model.train_pass(
+                xb, idx, seeds, lambda logits: loss_fn(xp, logits, tb, as_float=False),
+                sgd=rule, buffers=self._buffers)
         if grads is not None and self.config.max_grad_norm is not None:
             clip_global_norm(xp, grads, self.config.max_grad_norm)
-        return loss, out, grads, (acts, derivs, dout)
+        return loss, out, grads, cache
 
     def apply(self, grads, lr: float) -> None:
         """The optimizer update (and its FLOPs) for ``grads`` at rate ``lr``; ``grads`` None:

@@ -5,7 +5,9 @@
    - sk_mlp_backward: from the top layer down, the fused backward (dx and the pattern gradient,
      spmm.hh) with dx multiplied by the activation derivative of the layer below and that
      layer's bias gradient summed while the row is in L1; then, optionally, the momentum SGD
-     update of every layer.
+     update of every layer;
+   - sk_mlp_step: both in one team, with the batch's gather first (batch.hh) and the loss called
+     back on the master between them.
    Every row is computed by one thread with the same kernels and in the same order as the
    one-product-at-a-time path (spmm.pyx, elementwise.pyx, NumPy), so both give the same bits. */
 #ifndef SPARSEKIT_MLP_HH

@@ -1,11 +1,12 @@
 """Fused training passes of a sparse MLP: the forward and the backward (+ momentum SGD) of all
-layers in one OpenMP team each (mlp.hh, team.hh).
+layers in one OpenMP team each, or a whole training step in one (mlp.hh, team.hh).
 
 One product at a time, a training step of the default 784-1000-1000-1000-10 network opens
 about fifteen parallel regions, and with passive waiting each one wakes the other threads again
 (about 70 us per region on a 2-core virtual machine, as long as a whole product): two threads
-were slower than one.  These passes open one region each and hand rows out in chunks, so a
-second thread helps as soon as it is awake.  They run the same row kernels as the single
+were slower than one.  These passes open one region each (:func:`step`: one per step, with the
+batch's gather and the loss inside) and hand rows out in chunks, so a second thread helps as
+soon as it is awake.  They run the same row kernels as the single
 products (spmm.hh) and the same epilogues as elementwise.pyx and NumPy (epilogue.hh), so a step
 gives the same bits either way, on any thread count.
 

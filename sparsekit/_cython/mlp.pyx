@@ -170,9 +170,7 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
     cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
     cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None)
     cdef SkGather g
-    cdef SkGather* g_ptr = NULL
-    if gather is not None:
-        g_ptr = _gather(&g, gather, dt, n_in, B)
+    cdef SkGather* g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B)
@@ -202,9 +200,11 @@ cdef void _fill_forward(SkLayerPass* L, list layers, list outs, list derivs, slo
         n_in = L[i].n_out
 
 
-cdef SkGather* _gather(SkGather* g, gather, dt, Py_ssize_t n_in, Py_ssize_t B) except NULL:
-    """Fill ``g`` from :func:`forward`'s ``gather`` after checking it (every index in range:
-    the copy runs without the GIL)."""
+cdef SkGather* _gather(SkGather* g, gather, dt, Py_ssize_t n_in, Py_ssize_t B) except? NULL:
+    """``g`` filled from :func:`forward`'s ``gather`` after checking it (every index in range:
+    the copy runs without the GIL), or NULL when there is none."""
+    if gather is None:
+        return NULL
     if not isinstance(gather, tuple) or len(gather) != 3:
         raise ValueError("gather must be a tuple (data, idx, rows)")
     data, idx, rows = gather
@@ -339,9 +339,7 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
     cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None)
     cdef SkGather g
-    cdef SkGather* g_ptr = NULL
-    if gather is not None:
-        g_ptr = _gather(&g, gather, dt, n_in, B)
+    cdef SkGather* g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     ptrs = np.zeros(n, dtype=np.uintp)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)

@@ -144,20 +144,11 @@ class SparseMLP:
         return self.backend.mlp_forward(self.layers, self.activations, x_ib, rate, seeds,
                                         buffers)
 
-    def forward_train_rows(self, x, idx, seeds: Sequence[int], dropout: float | None = None,
-                           *, buffers: dict | None = None):
-        """:meth:`forward_train` of the batch made of rows ``idx`` of the batch-major host
-        array ``x`` (dense or ``scipy.sparse`` CSR); ``acts[0]`` is that batch, feature-major
-        (:meth:`Backend.mlp_forward_rows <sparsekit.backends.base.Backend.mlp_forward_rows>`:
-        the CPU backend gathers it inside its forward pass)."""
-        rate = self.dropout if dropout is None else dropout
-        return self.backend.mlp_forward_rows(self.layers, self.activations, x, idx, self.dtype,
-                                             rate, seeds, buffers)
-
     def train_pass(self, x, idx, seeds: Sequence[int], loss, *, sgd=None,
                    buffers: dict | None = None):
-        """:meth:`forward_train_rows`, ``loss(logits) -> (value, out, dlogits)`` and
-        :meth:`backward` in one call (:meth:`Backend.mlp_step
+        """The training forward of rows ``idx`` of the batch-major host array ``x`` (dense or
+        ``scipy.sparse`` CSR), ``loss(logits) -> (value, out, dlogits)`` and :meth:`backward`
+        in one call (:meth:`Backend.mlp_step
         <sparsekit.backends.base.Backend.mlp_step>`: the CPU backend runs them in one OpenMP
         team).  Returns ``(value, out, grads, (acts, derivs, dlogits))``; ``grads`` is None when
         the backend applied ``sgd`` itself."""

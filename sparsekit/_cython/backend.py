@@ -6,6 +6,7 @@ import numpy as np
 
 from .._align import aligned_empty
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
+from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
@@ -127,14 +128,16 @@ class CpuBackend(Backend):
         """``idx`` as int64 when the passes can gather rows ``idx`` of ``x`` themselves (a
         fusable model, a C-contiguous ``x`` of its dtype, indices in range), else None: the
         generic path then keeps NumPy's casts, indexing rules and errors."""
-        if (buffers is None or not isinstance(x, np.ndarray) or x.dtype != np.dtype(dtype)
-                or not x.flags.c_contiguous or not isinstance(idx, np.ndarray) or idx.ndim != 1
-                or idx.dtype.kind not in "iu" or idx.shape[0] == 0
-                or not self._fusable(layers, x, activations)  # x: 2-D, the weights' dtype
-                or x.shape[1] != layers[0].in_features):
+        if not self._can_gather(layers, activations, x, dtype, buffers):
             return None
-        rows = np.ascontiguousarray(idx, dtype=np.int64)
-        return rows if rows.min() >= 0 and rows.max() < x.shape[0] else None
+        return _batch_rows(x, idx)
+
+    def _can_gather(self, layers, activations, x, dtype, buffers) -> bool:
+        """:meth:`_gather_rows`'s conditions on everything but the indices."""
+        return (buffers is not None and isinstance(x, np.ndarray) and x.dtype == np.dtype(dtype)
+                and x.flags.c_contiguous
+                and self._fusable(layers, x, activations)  # x: 2-D, the weights' dtype
+                and x.shape[1] == layers[0].in_features)
 
     def _batch_buffers(self, x, rows, buffers):
         """The feature-major batch and the scratch of its gather (see :meth:`mlp_forward_rows`)."""
@@ -155,37 +158,83 @@ class CpuBackend(Backend):
 
     def mlp_step(self, layers, activations, x, idx, dtype, rate: float, seeds, loss,
                  keep_dz: bool = False, sgd=None, buffers=None):
-        rows = self._gather_rows(layers, activations, x, idx, dtype, buffers)
-        if rows is None or len(layers) > mlp.MAX_STEP_LAYERS:
+        plan = self._step_plan(layers, activations, x, idx, dtype, sgd, buffers)
+        rows = None if plan is None else _batch_rows(x, idx)
+        if rows is None:
             return super().mlp_step(layers, activations, x, idx, dtype, rate, seeds, loss,
                                     keep_dz, sgd, buffers)
         # One team for the whole step (mlp.step): the loss runs on this thread between the
         # passes while the others wait awake, instead of being woken again for the backward.
-        sgd = self._sgd_rule(layers, sgd)
-        dt, n_batch = np.dtype(dtype), rows.shape[0]
-        x_ib, gather = self._batch_buffers(x, rows, buffers)
-        outs, derivs = self._forward_buffers(layers, n_batch, buffers)
-        arrays, dzs, gws, gbs = self._backward_arrays(layers, n_batch, sgd, buffers)
+        sgd = sgd if plan.fused_sgd else None
+        outs, derivs = plan.outs, plan.derivs
         result = []
 
         def top_gradient():
             result.append(loss(outs[-1]))
             dlogits = result[0][2]
-            fits = (isinstance(dlogits, np.ndarray) and dlogits.dtype == dt
+            fits = (isinstance(dlogits, np.ndarray) and dlogits.dtype == plan.dtype
                     and dlogits.shape == outs[-1].shape and dlogits.flags.c_contiguous)
             return dlogits if fits else None  # else the backward runs after the team
 
-        done = mlp.step(arrays, x_ib, outs, derivs, [a.slope for a in activations],
-                        list(seeds), float(rate), gather, top_gradient, dzs[:-1], gws, gbs,
-                        sgd, self._pass_threads(layers, 2 * n_batch))
+        done = mlp.step(self._pass_arrays(layers, sgd), plan.x_ib, outs, derivs, plan.slopes,
+                        list(seeds), float(rate), (x, rows, plan.scratch), top_gradient,
+                        plan.dzs[:-1], plan.gws, plan.gbs, sgd, self._threads(plan.work))
         value, out, dlogits = result[0]
-        acts = [x_ib, *outs[:-1]]
+        acts = [plan.x_ib, *outs[:-1]]
         if done is None:
             return (value, out, dlogits), acts, derivs, self.mlp_backward(
                 layers, acts, derivs, dlogits, keep_dz, sgd, buffers)
-        dzs[-1] = dlogits
+        dzs = [*plan.dzs[:-1], dlogits]
         return ((value, out, dlogits), acts, derivs,
-                (list(zip(gws, gbs)), (dzs if keep_dz else None), sgd is not None))
+                (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None), sgd is not None))
+
+    def _step_plan(self, layers, activations, x, idx, dtype, sgd, buffers):
+        """What :meth:`mlp_step` decides and allocates before a step (whether the step may
+        run in one team, the update in it, the buffers), kept in ``buffers`` for the next step
+        of the same shapes (``_StepPlan``); None when the step must take the generic path.
+
+        The key holds every property those depend on, so a kept plan is what recomputing
+        would give; the buffers are the dict's own (``_buffer`` drops the plan when it
+        replaces one), and the model's arrays are read anew at every step, so the plan keeps
+        nothing alive.  Recomputing it every step took 10-20 us (``benchmarks/step_overhead.py``
+        measures it with the loss kernel and the kept flop count: 23 of a tiny network's 59 us,
+        about 45 of the Fashion-MNIST network's).
+        """
+        if (buffers is None or not isinstance(idx, np.ndarray) or idx.ndim != 1
+                or not isinstance(x, np.ndarray) or len(layers) > mlp.MAX_STEP_LAYERS):
+            return None
+        key = (idx.shape[0], np.dtype(dtype), sgd is not None, x.dtype, x.shape[1:],
+               x.flags.c_contiguous, tuple(activations),
+               tuple((w.shape, w.nnz, w.dtype, w.indices.dtype, layer.w_forward is None,
+                      "momentum" in layer.state_w, "momentum" in layer.state_b)
+                     for layer in layers for w in (layer.w,)))
+        plan = buffers.get(_PLAN)
+        if plan is not None and plan.key == key:
+            return plan
+        if idx.shape[0] == 0 or not self._can_gather(layers, activations, x, dtype, buffers):
+            return None
+        n_batch = idx.shape[0]
+        x_ib, (_, _, scratch) = self._batch_buffers(x, idx, buffers)
+        outs, derivs = self._forward_buffers(layers, n_batch, buffers)
+        dzs, gws, gbs = self._backward_buffers(layers, n_batch, buffers)
+        plan = buffers[_PLAN] = _StepPlan(
+            key=key, dtype=np.dtype(dtype), fused_sgd=self._sgd_rule(layers, sgd) is not None,
+            x_ib=x_ib, scratch=scratch, outs=outs, derivs=derivs, dzs=dzs, gws=gws, gbs=gbs,
+            slopes=[a.slope for a in activations],
+            work=2 * n_batch * sum(layer.nnz for layer in layers))
+        return plan
+
+    def softmax_cross_entropy(self, logits_cb, labels_b):
+        # Two passes in C around NumPy's exp and log: the same bits as the generic version's
+        # dozen NumPy calls in about 60 % of the time (8 vs 13 us at 10 x 128), which matters
+        # because the loss runs on one thread while the step's team waits for it.
+        got = None
+        if isinstance(logits_cb, np.ndarray) and logits_cb.dtype in VALUE_DTYPES:
+            got = elementwise.softmax_cross_entropy(np.ascontiguousarray(logits_cb), labels_b)
+        if got is None:
+            return super().softmax_cross_entropy(logits_cb, labels_b)
+        probs, dlogits, picked = got
+        return cross_entropy_of(np, picked, as_float=False), probs, dlogits
 
     def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers, gather=None):
         """:meth:`mlp_forward` in one team (mlp.pyx), for layers that :meth:`_fusable` admits
@@ -255,23 +304,32 @@ class CpuBackend(Backend):
         return sgd
 
     def _backward_arrays(self, layers, n_batch: int, sgd, buffers):
-        """What mlp.backward takes besides the activations: each layer's arrays with its
-        transposed index (and velocities with ``sgd``), the hidden layers' dz buffers (the last
-        entry, the logits' gradient, left None), the gradient buffers."""
-        dt = layers[0].w.dtype
+        """What mlp.backward takes besides the activations: :meth:`_pass_arrays` and
+        :meth:`_backward_buffers`."""
+        return (self._pass_arrays(layers, sgd), *self._backward_buffers(layers, n_batch, buffers))
+
+    def _pass_arrays(self, layers, sgd):
+        """Each layer's arrays with its transposed index (and velocities with ``sgd``)."""
         arrays = []
         for layer in layers:
             arrays.append(_layer_arrays(layer, self.transpose_index(layer.w)))
             if sgd is not None:
                 arrays[-1]["mom_w"] = layer.state_w["momentum"]
                 arrays[-1]["mom_b"] = layer.state_b["momentum"]
+        return arrays
+
+    @staticmethod
+    def _backward_buffers(layers, n_batch: int, buffers):
+        """The hidden layers' dz buffers (the last entry, the logits' gradient, left None) and
+        the gradient buffers."""
+        dt = layers[0].w.dtype
         dzs = [_buffer(buffers, ("dz", i), (layer.out_features, n_batch), dt)
                for i, layer in enumerate(layers[:-1])] + [None]
         gws = [_buffer(buffers, ("grad_w", i), (layer.nnz,), dt)
                for i, layer in enumerate(layers)]
         gbs = [_buffer(buffers, ("grad_b", i), (layer.out_features,), dt)
                for i, layer in enumerate(layers)]
-        return arrays, dzs, gws, gbs
+        return dzs, gws, gbs
 
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         self.check_array("z_ob", z_ob)
@@ -372,6 +430,33 @@ def _buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
     """The aligned array ``buffers[key]``, (re)allocated when its shape or dtype changed."""
     arr = buffers.get(key)  # only ever filled here: aligned and writeable when made
     if arr is None or arr.shape != shape or arr.dtype != dtype:
+        # A step plan that holds the old array goes too: it would keep it alive, and write
+        # into it while the caller reads the new one.
+        buffers.pop(_PLAN, None)
         arr = buffers[key] = aligned_empty(shape, dtype)
     return arr
+
+
+def _batch_rows(x, idx):
+    """``idx`` as int64 if every index lies in ``[0, len(x))`` (the passes gather those
+    themselves), else None (NumPy's indexing rules: negative indices wrap, others raise)."""
+    if idx.shape[0] == 0 or idx.dtype.kind not in "iu":
+        return None
+    rows = np.ascontiguousarray(idx, dtype=np.int64)
+    return rows if rows.min() >= 0 and rows.max() < x.shape[0] else None
+
+
+#: The key of :meth:`CpuBackend._step_plan`'s entry in a buffers dict.
+_PLAN = "step_plan"
+
+
+class _StepPlan:
+    """What :meth:`CpuBackend._step_plan` keeps between steps of the same ``key``."""
+
+    __slots__ = ("key", "dtype", "fused_sgd", "x_ib", "scratch", "outs", "derivs", "dzs",
+                 "gws", "gbs", "slopes", "work")
+
+    def __init__(self, **fields) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)
 

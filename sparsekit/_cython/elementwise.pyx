@@ -6,7 +6,7 @@ the local derivative the backward pass multiplies by.  Dropout draws come from a
 hash of (seed, element index), so they are identical for any thread count and need no state.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 
 import numpy as np
 
@@ -24,6 +24,9 @@ cdef extern from "epilogue.hh" nogil:
     void sk_act_row[T](const T* z, T b, T* a, T* d, Py_ssize_t n, T slope, T scale,
                        uint64_t threshold, uint64_t key)
     uint64_t sk_act_key(uint64_t seed, Py_ssize_t o, Py_ssize_t n_batch)
+    void sk_softmax_shift[T](const T* z, Py_ssize_t C, Py_ssize_t B, T* m, T* out)
+    void sk_softmax_finish[T](const T* e, const int64_t* labels, Py_ssize_t C, Py_ssize_t B,
+                              T* s, T* probs, T* picked, T* grad)
 
 def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
                      uint64_t seed, int num_threads=0):
@@ -64,6 +67,39 @@ def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, doub
                        sk_act_key(seed, o, n_batch))
     return a_np, d_np
 
+
+def softmax_cross_entropy(const floating[:, ::1] logits_cb, labels_b):
+    """``(probs_cb, dlogits_cb, picked_b)`` of the softmax cross-entropy of feature-major
+    logits, with the bits of :func:`sparsekit.nn.activations.softmax_cross_entropy` (its
+    exponential is NumPy's too), or None where that function must run instead: fewer than two
+    samples (NumPy then sums the classes pairwise), or a label outside ``[0, n_classes)``
+    (NumPy's indexing wraps negative ones or raises).  ``picked_b``: each sample's probability
+    of its label; ``dlogits_cb`` is already divided by the batch size.
+    """
+    cdef Py_ssize_t C = logits_cb.shape[0], B = logits_cb.shape[1]
+    labels = np.asarray(labels_b)
+    if (B < 2 or C == 0 or labels.ndim != 1 or labels.shape[0] != B
+            or labels.dtype.kind not in "iu"):
+        return None
+    cdef const int64_t[::1] lab = np.ascontiguousarray(labels, dtype=np.int64)
+    if np.asarray(lab).min() < 0 or np.asarray(lab).max() >= C:
+        return None
+    dtype = np.asarray(logits_cb).dtype
+    probs_np = np.empty((C, B), dtype)
+    grad_np = np.empty((C, B), dtype)
+    picked_np = np.empty(B, dtype)
+    scratch_np = np.empty(B, dtype)
+    cdef floating[:, ::1] probs = probs_np
+    cdef floating[:, ::1] grad = grad_np
+    cdef floating[::1] picked = picked_np
+    cdef floating[::1] scratch = scratch_np
+    with nogil:  # the shifted logits go to grad, which NumPy exponentiates in place
+        sk_softmax_shift(&logits_cb[0, 0], C, B, &scratch[0], &grad[0, 0])
+    np.exp(grad_np, out=grad_np)
+    with nogil:
+        sk_softmax_finish(<const floating*>&grad[0, 0], &lab[0], C, B, &scratch[0],
+                          &probs[0, 0], &picked[0], &grad[0, 0])
+    return probs_np, grad_np, picked_np
 
 
 def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_threads=0):

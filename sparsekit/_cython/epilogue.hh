@@ -85,4 +85,39 @@ SK_EXACT static void sk_sgd_update(T* p, const T* g, T* v, ptrdiff_t n, T lr, T 
     }
 }
 
+/* Softmax cross-entropy of feature-major logits z (C classes x B samples) in the order of
+   NumPy's expression in sparsekit.nn.activations.softmax_cross_entropy, so the loss and the
+   gradient keep their bits: sk_softmax_shift writes z - max over the classes (NumPy then
+   takes exp in place), sk_softmax_finish divides by the class sums (added class by class,
+   as NumPy reduces a C-contiguous array over axis 0 with more than one column) and writes
+   the probabilities, the picked ones and the gradient (p - [class == label]) / B.  m and s:
+   scratch of B values. */
+template <typename T>
+SK_EXACT static void sk_softmax_shift(const T* z, ptrdiff_t C, ptrdiff_t B, T* m, T* out) {
+    for (ptrdiff_t j = 0; j < B; ++j) m[j] = z[j];
+    for (ptrdiff_t c = 1; c < C; ++c)
+        for (ptrdiff_t j = 0; j < B; ++j) {
+            const T v = z[c * B + j];
+            m[j] = (v > m[j] || v != v) ? v : m[j];  /* a NaN propagates, as in NumPy's max */
+        }
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t j = 0; j < B; ++j) out[c * B + j] = z[c * B + j] - m[j];
+}
+
+template <typename T>
+SK_EXACT static void sk_softmax_finish(const T* e, const int64_t* labels, ptrdiff_t C,
+                                       ptrdiff_t B, T* s, T* probs, T* picked, T* grad) {
+    for (ptrdiff_t j = 0; j < B; ++j) s[j] = e[j];
+    for (ptrdiff_t c = 1; c < C; ++c)
+        for (ptrdiff_t j = 0; j < B; ++j) s[j] = s[j] + e[c * B + j];
+    const T n = (T)B;
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t j = 0; j < B; ++j) {
+            const T p = e[c * B + j] / s[j];
+            probs[c * B + j] = p;
+            grad[c * B + j] = (c == labels[j] ? p - (T)1 : p) / n;
+        }
+    for (ptrdiff_t j = 0; j < B; ++j) picked[j] = probs[labels[j] * B + j];
+}
+
 #endif  /* SPARSEKIT_EPILOGUE_HH */

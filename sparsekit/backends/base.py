@@ -16,6 +16,7 @@ import numpy as np
 
 from .._align import feature_major_batch
 from .._streams import GOLDEN, splitmix
+from ..nn.activations import softmax_cross_entropy
 from ..nn.csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
 from .host import as_count, sample_absent_host
 
@@ -207,6 +208,12 @@ class Backend:
         value, out, dlogits = loss(logits)
         backward = self.mlp_backward(layers, acts, derivs, dlogits, keep_dz, sgd, buffers)
         return (value, out, dlogits), acts, derivs, backward
+
+    def softmax_cross_entropy(self, logits_cb, labels_b):
+        """``(loss, probs_cb, dlogits_cb)`` of feature-major logits and int labels, the loss a
+        device scalar (:func:`sparsekit.nn.activations.softmax_cross_entropy`, which this
+        generic version calls; a backend may compute the same bits its own way)."""
+        return softmax_cross_entropy(self.xp, logits_cb, labels_b, as_float=False)
 
     def mlp_infer(self, layers, activations, x_ib, buffers=None):
         """Logits (classes x batch) of an inference pass: no dropout, nothing kept for a

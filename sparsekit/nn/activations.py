@@ -81,12 +81,16 @@ def softmax_cross_entropy(xp, logits_cb, labels_b, as_float: bool = True):
     expz = xp.exp(shifted)
     probs = expz / expz.sum(axis=0, keepdims=True)
     cols = xp.arange(n)
-    picked = probs[labels_b, cols]
-    # On a GPU, float() would synchronise every step: the trainer keeps the device scalar.
-    loss = -xp.log(xp.maximum(picked, 1e-12)).sum() / max(n, 1)
-    if as_float:
-        loss = float(loss)
+    loss = cross_entropy_of(xp, probs[labels_b, cols], as_float)
     grad = probs.copy()
     grad[labels_b, cols] -= 1
     grad /= max(n, 1)
     return loss, probs, grad
+
+
+def cross_entropy_of(xp, picked_b, as_float: bool = True):
+    """Mean of ``-log(p)`` over each sample's probability of its label (at least 1e-12):
+    :func:`softmax_cross_entropy`'s value, which the CPU backend's kernel leaves to NumPy."""
+    # On a GPU, float() would synchronise every step: the trainer keeps the device scalar.
+    loss = -xp.log(xp.maximum(picked_b, 1e-12)).sum() / max(picked_b.shape[0], 1)
+    return float(loss) if as_float else loss

@@ -47,8 +47,11 @@ def _shapes(model):
 def step_flops(model, batch_size: int, opt_ops: int = OPT_OPS) -> tuple[int, int]:
     """``(sparse, dense)`` operations of one training step of ``model`` on ``batch_size`` samples
     (``opt_ops``: the optimizer's operations per value, :attr:`Optimizer.ops_per_value`)."""
-    b = int(batch_size)
-    shapes = _shapes(model)
+    return _step_flops(tuple(_shapes(model)), int(batch_size), int(opt_ops))
+
+
+def _step_flops(shapes, b: int, opt_ops: int) -> tuple[int, int]:
+    """:func:`step_flops` of the layer shapes of :func:`_shapes`."""
     last = len(shapes) - 1
     sparse = dense = 0
     for k, (n_in, n_out, nnz, fwd) in enumerate(shapes):
@@ -108,13 +111,19 @@ class FlopCounter:
 
     def __init__(self, batch_size: int, opt_ops: int = OPT_OPS) -> None:
         self.batch_size, self.opt_ops = int(batch_size), int(opt_ops)
+        self._last: tuple = (None, (0, 0))  # (shapes key, step_flops) of the latest step
         self.reset()
 
     def reset(self) -> None:
         self.sparse = self.dense = self.topology = 0
 
     def step(self, model) -> None:
-        sparse, dense = step_flops(model, self.batch_size, self.opt_ops)
+        # The count changes only with the shapes (every step of an epoch, mostly): computed
+        # once per shapes, it costs a few microseconds less of every step.
+        key = (tuple(_shapes(model)), self.batch_size, self.opt_ops)
+        if key != self._last[0]:
+            self._last = (key, _step_flops(*key))
+        sparse, dense = self._last[1]
         self.sparse += sparse
         self.dense += dense
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from .._streams import GOLDEN
 from ..growth import GrowthMethod, get_method
-from ..nn.activations import softmax_cross_entropy
 from .config import TrainConfig
 from .flops import FlopCounter
 from .optim import OPTIMIZERS, LRSchedule, MomentumSGD, Optimizer
@@ -37,8 +36,9 @@ LOSSES = ("cross_entropy", "mse")
 def mse(xp, out_ob, target_ob, as_float: bool = True):
     """Mean over the batch of ``0.5 * sum_k (out_k - target_k)**2`` and its gradient.
 
-    Returns ``(loss, out_ob, dout_ob)`` (the same shape as :func:`softmax_cross_entropy`'s
-    result); the gradient is already divided by the batch size.
+    Returns ``(loss, out_ob, dout_ob)`` (the same shape as
+    :func:`~sparsekit.nn.activations.softmax_cross_entropy`'s result); the gradient is already
+    divided by the batch size.
     """
     diff = out_ob - target_ob
     n = out_ob.shape[1]
@@ -168,16 +168,20 @@ class Engine:
         """
         model = self.model
         xp = model.backend.xp
-        loss_fn = softmax_cross_entropy if self.loss == "cross_entropy" else mse
+        if self.loss == "cross_entropy":
+            def loss_fn(logits):
+                return model.backend.softmax_cross_entropy(logits, tb)
+        else:
+            def loss_fn(logits):
+                return mse(xp, logits, tb, as_float=False)
         if idx is None:
             out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
-            loss, out, dout = loss_fn(xp, out, tb, as_float=False)
+            loss, out, dout = loss_fn(out)
             grads = model.backward(acts, derivs, dout, sgd=rule, buffers=self._buffers)
             cache = (acts, derivs, dout)
         else:
-            loss, out, grads, cache = model.train_pass(
-                xb, idx, seeds, lambda logits: loss_fn(xp, logits, tb, as_float=False),
-                sgd=rule, buffers=self._buffers)
+            loss, out, grads, cache = model.train_pass(xb, idx, seeds, loss_fn, sgd=rule,
+                                                       buffers=self._buffers)
         if grads is not None and self.config.max_grad_norm is not None:
             clip_global_norm(xp, grads, self.config.max_grad_norm)
         return loss, out, grads, cache

@@ -40,7 +40,8 @@ Reproduce (on a quiet machine; never two benchmarks at once)::
     flock /tmp/bench.lock python benchmarks/train_cpu.py --epochs 3 --threads 1 2
 
 Options: ``--peers sparsekit,sparselab,...`` (default all five), ``--samples N``,
-``--peers-python PATH``, ``--out DIR``.  Results: ``DIR/train-cpu.json`` and the generated speed
+``--rounds R`` (repeat the sweep R times and pool the epochs: on a machine whose speed drifts,
+the fairest comparison of thread counts), ``--peers-python PATH``, ``--out DIR``.  Results: ``DIR/train-cpu.json`` and the generated speed
 table ``DIR/train-cpu.speed.md`` (``train-cpu.md`` holds hand-written sections and is not
 touched).
 """
@@ -262,6 +263,37 @@ def run_peer(peer: str, threads: int, args) -> dict:
     return json.loads(lines[-1])
 
 
+def merge_rounds(runs: list[dict]) -> list[dict]:
+    """One result per (peer, threads): every round's epochs and updates pooled, medians over
+    the pool, the largest peak RSS, and each round's median total (``round_totals``); a peer
+    that failed in any round keeps its first error."""
+    merged: dict[tuple, dict] = {}
+    for r in runs:
+        key = (r["peer"], r["threads"])
+        m = merged.get(key)
+        if m is None or "error" in r:
+            if m is None or "error" not in m:
+                merged[key] = {**r, "epoch_s": list(r.get("epoch_s", [])),
+                               "update_s": list(r.get("update_s", [])),
+                               "round_totals": [r["median_total_s"]] if "error" not in r else []}
+            continue
+        if "error" in m:
+            continue
+        m["epoch_s"] += r["epoch_s"]
+        m["update_s"] += r["update_s"]
+        m["round_totals"].append(r["median_total_s"])
+        m["peak_rss_mib"] = max(m["peak_rss_mib"], r["peak_rss_mib"])
+    for m in merged.values():
+        if "error" in m:
+            continue
+        m.pop("round", None)
+        m["median_epoch_s"] = statistics.median(m["epoch_s"])
+        if m["update_s"]:
+            m["median_update_s"] = statistics.median(m["update_s"])
+        m["median_total_s"] = m["median_epoch_s"] + (m["median_update_s"] or 0.0)
+    return list(merged.values())
+
+
 def ratios(results: list[dict]) -> dict:
     """Per thread count: each peer's time / sparsekit's, and the fastest PyTorch-based peer."""
     out = {}
@@ -281,9 +313,13 @@ def ratios(results: list[dict]) -> dict:
                      if r["peer"] == "sparsekit" and "error" not in r}
     if len(sk_by_threads) > 1:
         lo, hi = min(sk_by_threads), max(sk_by_threads)
+        per_round = {r["threads"]: r.get("round_totals", []) for r in results
+                     if r["peer"] == "sparsekit" and "error" not in r}
         out["sparsekit_threads"] = {"fewest": lo, "most": hi,
                                     "ratio_fewest_over_most": sk_by_threads[lo]
-                                    / sk_by_threads[hi]}
+                                    / sk_by_threads[hi],
+                                    "ratio_per_round": [a / b for a, b in
+                                                        zip(per_round[lo], per_round[hi])]}
     return out
 
 
@@ -292,7 +328,8 @@ def markdown(report: dict) -> str:
              *run_header(report),
              f"Network 784-1000-1000-1000-10, ε = 20, All-ReLU, dropout 0.3, SGD lr 0.01 "
              f"momentum 0.9 weight decay 2e-4, batch 128, {report['samples']} training images, "
-             f"{report['epochs']} epochs per peer, each peer in its own process.  Seconds per "
+             f"{report['epochs']} epochs per peer and round, {report.get('rounds', 1)} "
+             "round(s) of the whole sweep, each peer in its own process.  Seconds per "
              "epoch: median training time (no evaluation); update: median topology update "
              "per epoch (SET; sparsekit's does not run after the last epoch, so it is the "
              "median of the others); ratio: (train + update) / sparsekit's at the same "
@@ -326,8 +363,11 @@ def markdown(report: dict) -> str:
         lines.append("")
     scaling = report["ratios"].get("sparsekit_threads")
     if scaling:
+        each = scaling.get("ratio_per_round", [])
         lines.append(f"sparsekit, {scaling['fewest']} thread(s) / {scaling['most']} threads: "
-                     f"{scaling['ratio_fewest_over_most']:.2f}x (above 1: more threads help).")
+                     f"{scaling['ratio_fewest_over_most']:.2f}x (above 1: more threads help)"
+                     + (f"; round by round {', '.join(f'{v:.2f}' for v in each)}."
+                        if len(each) > 1 else "."))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -339,6 +379,8 @@ def main() -> None:
                     help="comma list of " + ", ".join(PEER_LABELS))
     ap.add_argument("--samples", type=int, default=None,
                     help="first N training images only (quick checks; default all 60 000)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the whole sweep; medians over every epoch of every round")
     ap.add_argument("--peers-python", default="/tmp/peers-venv/bin/python")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -352,16 +394,23 @@ def main() -> None:
         ap.error(f"unknown peer(s) {unknown}; choose from {list(PEER_LABELS)}")
     report = {"machine": describe(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": "python benchmarks/train_cpu.py " + " ".join(sys.argv[1:]),
-              "epochs": args.epochs, "threads": args.threads,
+              "epochs": args.epochs, "threads": args.threads, "rounds": args.rounds,
               "samples": args.samples or 60000, "results": []}
-    for threads in args.threads:
-        for peer in peers:
-            print(f"{peer} ({args.epochs} epochs, {threads} threads)...", flush=True)
-            r = {"peer": peer, "threads": threads, **run_peer(peer, threads, args)}
-            report["results"].append(r)
-            print("  " + (r["error"] if "error" in r else
-                          f"{r['median_epoch_s']:.2f} s/epoch + {r['median_update_s']} s "
-                          f"update, {r['peak_rss_mib']:.0f} MiB"), flush=True)
+    # Rounds repeat the whole sweep, so that each thread count and peer sees the machine at
+    # several moments (this VM's speed drifts by up to 2x within minutes).
+    runs = report["runs"] = []
+    for rnd in range(args.rounds):
+        for threads in args.threads:
+            for peer in peers:
+                print(f"round {rnd + 1}/{args.rounds}: {peer} ({args.epochs} epochs, "
+                      f"{threads} threads)...", flush=True)
+                r = {"peer": peer, "threads": threads, "round": rnd,
+                     **run_peer(peer, threads, args)}
+                runs.append(r)
+                print("  " + (r["error"] if "error" in r else
+                              f"{r['median_epoch_s']:.2f} s/epoch + {r['median_update_s']} s "
+                              f"update, {r['peak_rss_mib']:.0f} MiB"), flush=True)
+    report["results"] = merge_rounds(runs)
     report["loadavg_after"] = load_average()
     report["torch"] = next((r["torch"] for r in report["results"] if "torch" in r), None)
     report["ratios"] = ratios(report["results"])

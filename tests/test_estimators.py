@@ -8,6 +8,7 @@ from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 pytest.importorskip("sklearn")
 
@@ -250,11 +251,35 @@ def test_nearly_constant_features_are_not_blown_up(blobs):
     rare = np.zeros(len(x))
     rare[:3] = 1.0  # a border pixel: almost always 0
     x = np.column_stack([x, rare])
-    clf = small(max_iter=1).fit(x, y)
+    clf = small(max_iter=1, standardize=True).fit(x, y)
     std = x.std(axis=0)
     floor = 0.3 * np.median(std)
     np.testing.assert_allclose(clf._x_scale[:6], np.maximum(std[:6], floor))
     assert clf._x_scale[6] == pytest.approx(floor)  # not its own tiny deviation
+    # "auto" (the default) standardises them too: their spreads are far apart
+    np.testing.assert_array_equal(small(max_iter=1).fit(x, y)._x_scale, clf._x_scale)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_features_of_one_scale_keep_their_relative_spread(blobs, sparse):
+    # 4 informative columns spread 2-4x wider than 20 noise ones, as make_classification's
+    rng = np.random.default_rng(0)
+    x, y = blobs
+    x = np.column_stack([x[:, :4] / x[:, :4].std(axis=0) * np.array([2.0, 3.0, 4.0, 2.5]),
+                         rng.standard_normal((len(x), 20))])
+    std = x.std(axis=0)
+    assert np.percentile(std, 90) <= 5 * np.percentile(std, 10)
+    data = sp.csr_matrix(x) if sparse else x
+    auto = small(max_iter=1).fit(data, y)
+    np.testing.assert_allclose(auto._x_scale, np.full(24, np.median(std)))
+    scaled = auto._scale_inputs(data)
+    scaled = scaled.toarray() if sparse else scaled
+    np.testing.assert_allclose(scaled.std(axis=0), std / np.median(std), rtol=1e-5)
+    assert (auto._x_mean is None) == sparse  # a sparse X is only scaled
+    per_feature = small(max_iter=1, standardize=True).fit(data, y)
+    np.testing.assert_allclose(per_feature._x_scale, np.maximum(std, 0.3 * np.median(std)))
+    with pytest.raises(ValueError, match="standardize must be True or False"):
+        small(standardize="yes").fit(x, y)
 
 
 # --- memory -----------------------------------------------------------------------------------

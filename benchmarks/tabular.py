@@ -2,8 +2,9 @@
 
 Every data set available offline — scikit-learn's bundled ones, a Fashion-MNIST subset, two
 ``make_classification`` problems with many redundant and noise features, Friedman #1 with noise
-features, and the tables of Debian's ``python3-vega-datasets`` (``cars``, ``seattle-weather``)
-when installed — is split 75/25 (stratified for classification) with each seed.  On each split
+features, the tables of Debian's ``python3-vega-datasets`` (``cars``, ``seattle-weather``) and
+thirteen UCI tables of R's ``mlbench`` (``uci_*``, see ``MLBENCH``; read with ``pyreadr``) when
+installed — is split 75/25 (stratified for classification) with each seed.  On each split
 three models are fitted, **each fit in its own process** with the same explicit thread count
 (``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``, and
 ``OMP_WAIT_POLICY=passive`` for every model, as sparsekit sets it for itself):
@@ -48,7 +49,16 @@ MODELS = ("sparsekit", "mlp", "hgb")
 TASKS = {"iris": "clf", "wine": "clf", "breast_cancer": "clf", "digits": "clf",
          "fashion_mnist_6k": "clf", "redundant_noise": "clf", "many_features": "clf",
          "vega_cars": "clf", "vega_seattle_weather": "clf",
-         "diabetes": "reg", "friedman1_noise": "reg", "vega_cars_mpg": "reg"}
+         "diabetes": "reg", "friedman1_noise": "reg", "vega_cars_mpg": "reg",
+         # UCI tables of R's mlbench (see MLBENCH)
+         **{f"uci_{n}": "clf" for n in ("glass", "ionosphere", "pima", "sonar", "vehicle",
+                                        "vowel", "satellite", "breast_cancer_wisc",
+                                        "house_votes", "zoo", "letter")},
+         "uci_boston": "reg", "uci_ozone": "reg"}
+#: R's mlbench data (Debian's r-cran-mlbench, or its .deb unpacked without R:
+#: ``apt-get download r-cran-mlbench && dpkg-deb -x r-cran-mlbench_*.deb DIR``, then
+#: ``SPARSEKIT_MLBENCH=DIR/usr/lib/R/site-library/mlbench/data``), read with ``pyreadr``.
+MLBENCH = Path(os.environ.get("SPARSEKIT_MLBENCH", "/usr/lib/R/site-library/mlbench/data"))
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -90,8 +100,48 @@ def available() -> list[str]:
             continue
         if name.startswith("vega") and not VEGA.exists():
             continue
+        if name.startswith("uci_") and not (MLBENCH.exists() and _has("pyreadr")):
+            continue
         out.append(name)
     return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+#: mlbench data set -> (table, target column, columns to drop)
+_MLBENCH = {"glass": ("Glass", "Type", ()), "ionosphere": ("Ionosphere", "Class", ("V2",)),
+            "pima": ("PimaIndiansDiabetes", "diabetes", ()), "sonar": ("Sonar", "Class", ()),
+            "vehicle": ("Vehicle", "Class", ()), "vowel": ("Vowel", "Class", ("V1",)),
+            "satellite": ("Satellite", "classes", ()),
+            "breast_cancer_wisc": ("BreastCancer", "Class", ("Id",)),
+            "house_votes": ("HouseVotes84", "Class", ()), "zoo": ("Zoo", "type", ()),
+            "letter": ("LetterRecognition", "lettr", ()), "boston": ("BostonHousing", "medv", ()),
+            "ozone": ("Ozone", "V4", ())}
+
+
+def _mlbench(name: str):
+    """``(X, y)`` of an mlbench table: rows with a missing value dropped (HouseVotes84's
+    unanswered votes are 0.5 instead: most rows have one), ordinal and numeric factors as
+    numbers, yes/no as 1/0, the V2 of Ionosphere (constant) and the speaker of Vowel left out."""
+    import pyreadr
+
+    table, target, drop = _MLBENCH[name]
+    df = next(iter(pyreadr.read_r(str(MLBENCH / f"{table}.rda")).values()))
+    df = df.drop(columns=list(drop))
+    if name == "house_votes":
+        votes = df.columns.drop(target)
+        df[votes] = df[votes].apply(lambda c: c.map({"y": 1.0, "n": 0.0}).astype(float))
+        df[votes] = df[votes].fillna(0.5)
+    df = df.dropna()
+    y = df.pop(target)
+    x = df.apply(lambda c: c.astype(str).astype(float) if str(c.dtype) == "category"
+                 else c.astype(float)).to_numpy(dtype=np.float64)
+    task = TASKS[f"uci_{name}"]
+    return x, (y.to_numpy(dtype=np.float64) if task == "reg" else y.astype(str).to_numpy(dtype=str))
 
 
 def load(name: str):
@@ -122,6 +172,8 @@ def load(name: str):
         return x[:, 1:], x[:, 0]
     if name == "vega_seattle_weather":
         return _vega_weather()
+    if name.startswith("uci_"):
+        return _mlbench(name[4:])
     raise ValueError(f"unknown data set {name!r}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from pathlib import Path
 
 
@@ -38,3 +39,18 @@ def run_header(report: dict) -> list[str]:
             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch "
             f"{report.get('torch', '?')}; load average {m['loadavg']} before the run, "
             f"{report['loadavg_after']} after.", ""]
+
+
+def generated_header(report: dict) -> list[str]:
+    """The command and machine lines of a generated table (``report`` holds ``command``,
+    ``date``, ``machine`` from :func:`describe` and ``loadavg_after``)."""
+    m = report["machine"]
+    return [f"Command: `{report['command']}` ({report['date']}).", "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average "
+            f"{m['loadavg']} before, {report['loadavg_after']} after.", ""]
+
+
+def rounds_cell(values: list[float], fmt: str) -> str:
+    """A table cell: the median of ``values``, then each of them, in brackets."""
+    return (f"{fmt.format(statistics.median(values))} "
+            f"({', '.join(fmt.format(v) for v in values)})")

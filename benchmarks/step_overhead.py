@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, load_average
+from _machine import describe, generated_header, load_average, rounds_cell
 
 HERE = Path(__file__).resolve().parent
 #: (name, layer sizes, batch, threads, data): "fmnist" is the real data set, else synthetic.
@@ -114,11 +114,8 @@ def main(argv=None) -> int:
 
 
 def render(report: dict) -> str:
-    m = report["machine"]
     lines = ["## Per-step overhead: kept vs recomputed (generated)", "",
-             f"Command: `{report['command']}` ({report['date']}).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average "
-             f"{m['loadavg']} before, {report['loadavg_after']} after.", "",
+             *generated_header(report),
              "`Engine.train_step`, SGD momentum 0.9, SET; one process per (case, round), the "
              "two modes alternating every 10 steps inside it.  Each cell: the median over "
              "rounds, then every round.", "",
@@ -126,12 +123,9 @@ def render(report: dict) -> str:
              "|---|---:|---:|---:|---:|"]
     for name, *_ in CASES:
         runs = [r for r in report["runs"] if r["case"] == name]
-        cells = []
-        for key, fmt in (("recomputed_us", "{:.1f}"), ("kept_us", "{:.1f}"),
-                         ("saved_us", "{:.1f}"), ("speedup", "{:.3f}")):
-            vals = [r[key] for r in runs]
-            cells.append(f"{fmt.format(statistics.median(vals))} "
-                         f"({', '.join(fmt.format(v) for v in vals)})")
+        cells = [rounds_cell([r[key] for r in runs], fmt)
+                 for key, fmt in (("recomputed_us", "{:.1f}"), ("kept_us", "{:.1f}"),
+                                  ("saved_us", "{:.1f}"), ("speedup", "{:.3f}"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

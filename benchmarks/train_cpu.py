@@ -229,11 +229,7 @@ def child(peer: str, epochs: int, threads: int, samples: int | None) -> dict:
         out = run_sparsekit(epochs, threads, samples)
     else:
         out = run_torch_peer(peer, epochs, threads, samples)
-    out["median_epoch_s"] = statistics.median(out["epoch_s"])
-    # None: the peer has a topology update but none was measured (sparsekit with --epochs 1).
-    out["median_update_s"] = (statistics.median(out["update_s"]) if out["update_s"]
-                              else None if peer in ("sparsekit", "sparselab") else 0.0)
-    out["median_total_s"] = out["median_epoch_s"] + (out["median_update_s"] or 0.0)
+    set_medians(out, peer)
     out["peak_rss_mib"] = rss_mib()
     out["import_rss_mib"] = import_rss
     out["python"] = sys.executable
@@ -263,35 +259,37 @@ def run_peer(peer: str, threads: int, args) -> dict:
     return json.loads(lines[-1])
 
 
+def set_medians(out: dict, peer: str) -> None:
+    """``median_epoch_s``, ``median_update_s`` and their sum ``median_total_s`` of a result's
+    ``epoch_s`` and ``update_s``."""
+    out["median_epoch_s"] = statistics.median(out["epoch_s"])
+    # None: the peer has a topology update but none was measured (sparsekit with --epochs 1).
+    out["median_update_s"] = (statistics.median(out["update_s"]) if out["update_s"]
+                              else None if peer in ("sparsekit", "sparselab") else 0.0)
+    out["median_total_s"] = out["median_epoch_s"] + (out["median_update_s"] or 0.0)
+
+
 def merge_rounds(runs: list[dict]) -> list[dict]:
     """One result per (peer, threads): every round's epochs and updates pooled, medians over
     the pool, the largest peak RSS, and each round's median total (``round_totals``); a peer
     that failed in any round keeps its first error."""
-    merged: dict[tuple, dict] = {}
+    groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        key = (r["peer"], r["threads"])
-        m = merged.get(key)
-        if m is None or "error" in r:
-            if m is None or "error" not in m:
-                merged[key] = {**r, "epoch_s": list(r.get("epoch_s", [])),
-                               "update_s": list(r.get("update_s", [])),
-                               "round_totals": [r["median_total_s"]] if "error" not in r else []}
+        groups.setdefault((r["peer"], r["threads"]), []).append(r)
+    merged = []
+    for rounds in groups.values():
+        failed = next((r for r in rounds if "error" in r), None)
+        if failed is not None:
+            merged.append(failed)
             continue
-        if "error" in m:
-            continue
-        m["epoch_s"] += r["epoch_s"]
-        m["update_s"] += r["update_s"]
-        m["round_totals"].append(r["median_total_s"])
-        m["peak_rss_mib"] = max(m["peak_rss_mib"], r["peak_rss_mib"])
-    for m in merged.values():
-        if "error" in m:
-            continue
-        m.pop("round", None)
-        m["median_epoch_s"] = statistics.median(m["epoch_s"])
-        if m["update_s"]:
-            m["median_update_s"] = statistics.median(m["update_s"])
-        m["median_total_s"] = m["median_epoch_s"] + (m["median_update_s"] or 0.0)
-    return list(merged.values())
+        m = {k: v for k, v in rounds[0].items() if k != "round"}
+        m["epoch_s"] = [t for r in rounds for t in r["epoch_s"]]
+        m["update_s"] = [t for r in rounds for t in r["update_s"]]
+        m["round_totals"] = [r["median_total_s"] for r in rounds]
+        m["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rounds)
+        set_medians(m, m["peer"])
+        merged.append(m)
+    return merged
 
 
 def ratios(results: list[dict]) -> dict:

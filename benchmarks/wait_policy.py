@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, load_average
+from _machine import describe, generated_header, load_average, rounds_cell
 
 HERE = Path(__file__).resolve().parent
 POLICIES = {"passive": {"OMP_WAIT_POLICY": "passive"},
@@ -122,11 +122,8 @@ def main(argv=None) -> int:
 
 
 def render(report: dict, policies: list[str], loads: list[int]) -> str:
-    m = report["machine"]
     lines = ["## OpenMP wait policy: two threads against one (generated)", "",
-             f"Command: `{report['command']}` ({report['date']}).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average "
-             f"{m['loadavg']} before, {report['loadavg_after']} after.", "",
+             *generated_header(report),
              "Network 784-1000-1000-1000-10, SET, SGD momentum 0.9, batch 128, real "
              "Fashion-MNIST; one process per (policy, round), 1 and 2 threads alternating every "
              "10 steps inside it.  Median step in ms; ratio = 1-thread step / 2-thread step "
@@ -137,12 +134,8 @@ def render(report: dict, policies: list[str], loads: list[int]) -> str:
                   "| policy | 1 thread ms | 2 threads ms | 1 / 2 threads |", "|---|---:|---:|---:|"]
         for policy in policies:
             runs = [r for r in report["runs"] if r["load"] == load and r["policy"] == policy]
-            cells = []
-            for key, fmt in (("step_1_ms", "{:.2f}"), ("step_2_ms", "{:.2f}"),
-                             ("ratio", "{:.2f}")):
-                vals = [r[key] for r in runs]
-                cells.append(f"{fmt.format(statistics.median(vals))} "
-                             f"({', '.join(fmt.format(v) for v in vals)})")
+            cells = [rounds_cell([r[key] for r in runs], "{:.2f}")
+                     for key in ("step_1_ms", "step_2_ms", "ratio")]
             env = " ".join(f"{k}={v}" for k, v in POLICIES[policy].items())
             lines.append(f"| {policy} (`{env}`) | " + " | ".join(cells) + " |")
         lines.append("")

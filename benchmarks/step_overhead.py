@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,32 @@ for s in range(steps):
 print(json.dumps(times))
 """
 
+#: The loss alone: ``CpuBackend.softmax_cross_entropy`` (the kernel) against the generic
+#: ``Backend.softmax_cross_entropy`` (NumPy), alternating every 10 calls in one process.
+LOSS_CHILD = """
+import json, statistics, time
+import numpy as np
+from sparsekit._cython.backend import CpuBackend
+from sparsekit.backends.base import Backend
+be = CpuBackend(1)
+rng = np.random.default_rng(0)
+out = []
+for c, b in ((10, 128), (10, 512), (100, 128)):
+    z = rng.standard_normal((c, b)).astype(np.float32)
+    y = rng.integers(0, c, b)
+    t = {"kernel": [], "numpy": []}
+    for r in range(4000):
+        name = "kernel" if (r // 10) % 2 == 0 else "numpy"
+        f = be.softmax_cross_entropy if name == "kernel" else (
+            lambda a, l: Backend.softmax_cross_entropy(be, a, l))
+        t0 = time.perf_counter()
+        f(z, y)
+        t[name].append(time.perf_counter() - t0)
+    out.append({"shape": f"{c} x {b}", "numpy_us": statistics.median(t["numpy"]) * 1e6,
+                "kernel_us": statistics.median(t["kernel"]) * 1e6})
+print(json.dumps(out))
+"""
+
 
 def run_case(sizes: str, batch: int, threads: int, data: str, steps: int) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, sizes, str(batch), str(threads), data,
@@ -106,6 +133,9 @@ def main(argv=None) -> int:
             res = {"case": name, "round": rnd, **run_case(sizes, batch, threads, data, steps)}
             report["runs"].append(res)
             print(json.dumps(res), flush=True)
+    out = subprocess.run([sys.executable, "-c", LOSS_CHILD], check=True, capture_output=True,
+                         text=True, cwd=HERE.parent, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    report["loss"] = json.loads(out.stdout.strip().splitlines()[-1])
     report["loadavg_after"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "step-overhead.json").write_text(json.dumps(report, indent=1))
@@ -127,6 +157,12 @@ def render(report: dict) -> str:
                  for key, fmt in (("recomputed_us", "{:.1f}"), ("kept_us", "{:.1f}"),
                                   ("saved_us", "{:.1f}"), ("speedup", "{:.3f}"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if report.get("loss"):
+        lines += ["", "The loss alone (classes x batch, float32, one thread; median us per call, "
+                  "kernel and NumPy alternating every 10 calls in one process, same bits):", "",
+                  "| logits | NumPy us | kernel us | speed-up |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['shape']} | {r['numpy_us']:.1f} | {r['kernel_us']:.1f} | "
+                  f"{r['numpy_us'] / r['kernel_us']:.2f}x |" for r in report["loss"]]
     lines.append("")
     return "\n".join(lines)
 

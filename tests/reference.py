@@ -216,3 +216,14 @@ def csr_equal(got: sp.csr_matrix, ref: sp.csr_matrix) -> None:
     np.testing.assert_array_equal(got.indptr, ref.indptr)
     np.testing.assert_array_equal(got.indices, ref.indices)
     np.testing.assert_array_equal(got.data, ref.data)
+
+
+def parallel_cpu(num_threads: int):
+    """A CPU backend that runs every kernel on ``num_threads`` however small the input (its
+    thresholds would keep test-sized layers on one thread)."""
+    from sparsekit._cython.backend import CpuBackend
+
+    be = CpuBackend(num_threads=num_threads)
+    be.min_parallel_work = be.min_team_work = 0
+    be.min_parallel_elements = be.min_parallel_entries = 0
+    return be

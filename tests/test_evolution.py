@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import parallel_cpu
 
 from sparsekit.growth import SET, get_method, magnitude_keep_mask
 from sparsekit.nn.model import SparseMLP
@@ -129,13 +130,8 @@ def test_set_step_is_the_same_for_every_thread_count_and_the_generic_code():
         rebuild = Backend.rebuild
         sign_prune_keep = Backend.sign_prune_keep
 
-    def parallel(t):  # every kernel on t threads, however small these layers are
-        be = CpuBackend(num_threads=t)
-        be.min_parallel_work = be.min_parallel_entries = 0
-        return be
-
     want = _evolved(CpuBackend(num_threads=1))
-    for backend in (parallel(2), parallel(3), Generic(1)):
+    for backend in (parallel_cpu(2), parallel_cpu(3), Generic(1)):
         for got_layer, want_layer in zip(_evolved(backend), want, strict=True):
             for got, exp in zip(got_layer, want_layer, strict=True):
                 np.testing.assert_array_equal(got, exp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from reference import assert_close, host, random_csr, shape_sweep, to_backend
+from reference import assert_close, host, parallel_cpu, random_csr, shape_sweep, to_backend
 
 from sparsekit._cython.backend import CpuBackend
 from sparsekit.backends import Backend
@@ -278,7 +278,7 @@ def same_bits(a, b, what):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_results_do_not_depend_on_thread_count(dtype):
-    one, two = CpuBackend(num_threads=1), CpuBackend(num_threads=2)
+    one, two = parallel_cpu(1), parallel_cpu(2)  # every kernel on its thread count
     assert (one.num_threads, two.num_threads) == (1, 2)
     rng = np.random.default_rng(14)
     for n_out, n_in, n_batch in [(300, 400, 37), (1000, 50, 1), (3, 2000, 6)]:
@@ -394,15 +394,13 @@ def test_cpu_products_on_wide_batches(cpu_tiling, dtype, index_dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_tiled_products_do_not_depend_on_thread_count(cpu_tiling, dtype):
-    one, two = CpuBackend(num_threads=1), CpuBackend(num_threads=2)
+    one, two = parallel_cpu(1), parallel_cpu(2)  # the thresholds would keep these on one thread
     rng = np.random.default_rng(16)
     for n_out, n_in, n_batch in [(300, 400, 200), (64, 900, 129), (500, 40, 128)]:
         w_sp = random_csr(rng, n_out, n_in, 0.05, dtype=dtype)
         w1, w2 = to_backend(one, w_sp), to_backend(two, w_sp)
         x = rng.standard_normal((n_in, n_batch)).astype(dtype)
         dy = rng.standard_normal((n_out, n_batch)).astype(dtype)
-        # The thresholds gate on work, so force the parallel path on both sizes.
-        one.min_parallel_work = two.min_parallel_work = 0
         same_bits(one.matmul(x, w1), two.matmul(x, w2), "matmul")
         same_bits(one.matmul_t(dy, w1), two.matmul_t(dy, w2), "matmul_t")
         same_bits(one.weight_grad(x, dy, w1), two.weight_grad(x, dy, w2), "weight_grad")
@@ -525,3 +523,33 @@ def test_generic_sampled_grad_refuses_bad_candidates():
             be.sampled_grad(x, dy, np.array(rows), np.array(cols))
     with pytest.raises(ValueError, match="batch"):
         be.sampled_grad(x, np.ones((5, 2)), np.array([0]), np.array([0]))
+
+
+def test_a_product_alone_and_a_whole_pass_have_their_own_thread_thresholds(monkeypatch):
+    """A product called on its own opens a parallel region of its own, a pass shares one team
+    with all its layers: at a size between the two thresholds the pass gets every thread and
+    the product one."""
+    from sparsekit._cython import backend as cpu_backend
+    from sparsekit.nn.model import SparseMLP
+
+    be = CpuBackend(num_threads=2)
+    assert be.min_team_work < be.min_parallel_work
+    seen = {}
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def call(*args):
+            seen[name] = args[-2] if name == "forward" else args[-1]
+            return real(*args)
+        monkeypatch.setattr(module, name, call)
+
+    spy(cpu_backend.spmm, "matmul")
+    spy(cpu_backend.mlp, "forward")
+    model = SparseMLP([64, 256, 10], epsilon=10, backend=be, seed=0)
+    n_batch = -(-be.min_team_work // sum(layer.nnz for layer in model.layers))
+    assert model.layers[0].nnz * n_batch < be.min_parallel_work
+    x = np.ones((64, n_batch), np.float32)
+    be.matmul(x, model.layers[0].w)
+    be.mlp_forward(model.layers, model.activations, x, 0.0, [0])
+    assert seen == {"matmul": 1, "forward": 2}

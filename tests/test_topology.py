@@ -8,7 +8,7 @@ import reference as ref
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import check_sample_absent, csr_equal, host, random_csr, to_backend
+from reference import check_sample_absent, csr_equal, host, parallel_cpu, random_csr, to_backend
 from scipy import stats
 
 from sparsekit.nn.csr import CSR
@@ -375,18 +375,10 @@ def test_uniform_sampler_kernel_refuses_bad_input():
                                        np.random.default_rng(0))
 
 
-def _parallel_backend(num_threads):
-    """A CPU backend that runs every kernel on ``num_threads`` however small the input (its
-    thresholds would keep these test layers on one thread)."""
-    be = CpuBackend(num_threads=num_threads)
-    be.min_parallel_work = be.min_parallel_entries = 0
-    return be
-
-
 def test_cpu_sample_absent_does_not_depend_on_threads():
     w = erdos_renyi(300, 400, 20, rng=1, backend=CpuBackend())
     m = int(0.3 * w.nnz)
-    got = [_parallel_backend(t).sample_absent(w, m, np.random.default_rng(7))
+    got = [parallel_cpu(t).sample_absent(w, m, np.random.default_rng(7))
            for t in (1, 2, 4)]
     for rows, cols in got[1:]:
         np.testing.assert_array_equal(rows, got[0][0])
@@ -457,7 +449,7 @@ def test_cpu_rebuild_does_not_depend_on_threads():
     rows, cols = CpuBackend().sample_absent(w, m, np.random.default_rng(1))
     vals = np.linspace(-1, 1, m).astype(np.float32)
     mom = np.arange(w.nnz, dtype=np.float32)
-    got = [_parallel_backend(t).rebuild(w, keep, rows, cols, vals, mom) for t in (1, 2, 3)]
+    got = [parallel_cpu(t).rebuild(w, keep, rows, cols, vals, mom) for t in (1, 2, 3)]
     want, want_states = ref.rebuild(w.to_scipy(), keep, rows, cols, vals, mom)
     for new_w, (state,) in got:
         csr_equal(new_w.to_scipy(), want)

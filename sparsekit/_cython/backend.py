@@ -25,9 +25,20 @@ class CpuBackend(Backend):
     name = "cpu"
     xp = np
 
-    #: Below this many multiply-adds (or elements) a kernel runs on one thread: starting an
-    #: OpenMP team costs microseconds on an idle machine and milliseconds on a busy one.
-    min_parallel_work = 1 << 16
+    #: Below this many multiply-adds a product (or ``sampled_grad``) called on its own runs on
+    #: one thread.  Its parallel region wakes the other threads first, and with passive waiting
+    #: on a virtual machine that costs 30-70 µs, so two threads only pay from about 2^21
+    #: multiply-adds, about 100 µs of work (``benchmarks/results/thread-breakeven.md``: on 2
+    #: cores, two threads took 0.35-0.48x the speed of one at 2^15-2^17, 0.72-0.85x at
+    #: 2^19-2^20, 0.93-1.08x at 2^21 and 1.07-1.28x from 2^22).
+    min_parallel_work = 1 << 21
+    #: A whole forward pass, backward pass or training step runs in one team (mlp.pyx): its
+    #: one wake-up is shared by every layer and phase, so a second thread pays much earlier
+    #: (a training step of 13-256-256-3 at batch 133, 2^20 multiply-adds per pass: 1.23-1.29x).
+    min_team_work = 1 << 16
+    #: Elementwise kernels, tiled transposes and membership tests: elements (x 16 for a
+    #: membership test's binary search) below which one thread runs them.
+    min_parallel_elements = 1 << 16
     #: Topology kernels (transpose index, selection, SET's prune, sampling, rebuild) do little
     #: work per entry and open several parallel regions per call; with passive waiting each
     #: one waits for a thread to wake up.  Below this many entries one thread is faster
@@ -39,14 +50,22 @@ class CpuBackend(Backend):
     def __init__(self, num_threads: int | None = None) -> None:
         self.num_threads = int(num_threads) if num_threads else default_threads()
 
-    def _threads(self, work: int) -> int:
+    def _threads(self, work: int, floor: int | None = None) -> int:
+        """Threads for ``work``: all of them from ``floor`` (default ``min_parallel_work``)."""
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = OpenMP default), got "
                              f"{self.num_threads}")
-        return self.num_threads if work >= self.min_parallel_work else 1
+        return self.num_threads if work >= (self.min_parallel_work if floor is None
+                                            else floor) else 1
+
+    def _team_threads(self, work: int) -> int:
+        return self._threads(work, self.min_team_work)
+
+    def _element_threads(self, elements: int) -> int:
+        return self._threads(elements, self.min_parallel_elements)
 
     def _topology_threads(self, entries: int) -> int:
-        return self._threads(entries) if entries >= self.min_parallel_entries else 1
+        return self._threads(entries, self.min_parallel_entries)
 
     def feature_major(self, x, idx, dtype, buffers=None):
         if (buffers is None or not isinstance(x, np.ndarray) or x.ndim != 2
@@ -60,7 +79,7 @@ class CpuBackend(Backend):
         # cache-sized tiles (NumPy's strided copy of the transpose is ~3x slower at 3072 x 100).
         rows = _buffer(buffers, "batch_rows", (idx.shape[0], x.shape[1]), x.dtype)
         np.take(x, idx, axis=0, out=rows)
-        elementwise.transpose_into(rows, out, self._threads(out.size >> 4))
+        elementwise.transpose_into(rows, out, self._element_threads(out.size >> 4))
         return out
 
     def transpose_index(self, w: CSR):
@@ -94,9 +113,12 @@ class CpuBackend(Backend):
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
         x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)
+        # Its candidates are split statically, so the first thread always waits for the woken
+        # one: two threads pay from about twice a product's work (thread-breakeven.md: 0.89x
+        # at 2^21, 1.20x at 2^22).
         return sddmm.sampled_grad(x, dy, np.ascontiguousarray(rows, dtype=idt),
                                   np.ascontiguousarray(cols, dtype=idt),
-                                  self._threads(rows.shape[0] * x.shape[1]))
+                                  self._threads(rows.shape[0] * x.shape[1] // 2))
 
     # --- whole passes in one OpenMP team (mlp.pyx) ---------------------------------------------
     def _fusable(self, layers, x_ib, activations=()) -> bool:
@@ -117,7 +139,7 @@ class CpuBackend(Backend):
                         and layer.w.indices.dtype == w0.indices.dtype for layer in layers))
 
     def _pass_threads(self, layers, n_batch: int) -> int:
-        return self._threads(sum(layer.nnz for layer in layers) * n_batch)
+        return self._team_threads(sum(layer.nnz for layer in layers) * n_batch)
 
     def mlp_forward(self, layers, activations, x_ib, rate: float, seeds, buffers=None):
         if not self._fusable(layers, x_ib, activations):
@@ -178,7 +200,7 @@ class CpuBackend(Backend):
 
         done = mlp.step(self._pass_arrays(layers, sgd), plan.x_ib, outs, derivs, plan.slopes,
                         list(seeds), float(rate), (x, rows, plan.scratch), top_gradient,
-                        plan.dzs[:-1], plan.gws, plan.gbs, sgd, self._threads(plan.work))
+                        plan.dzs[:-1], plan.gws, plan.gbs, sgd, self._team_threads(plan.work))
         value, out, dlogits = result[0]
         acts = [plan.x_ib, *outs[:-1]]
         if done is None:
@@ -338,7 +360,8 @@ class CpuBackend(Backend):
         z = self._operand("z_ob", z_ob, z_ob.dtype)
         b = np.ascontiguousarray(bias, dtype=z.dtype)
         return elementwise.bias_act_dropout(z, b, float(slope), float(rate),
-                                            int(seed) & 0xFFFFFFFFFFFFFFFF, self._threads(z.size))
+                                            int(seed) & 0xFFFFFFFFFFFFFFFF,
+                                            self._element_threads(z.size))
 
     def select(self, values, k: int, largest: bool = True):
         self.check_array("values", values)
@@ -364,7 +387,7 @@ class CpuBackend(Backend):
     def contains(self, w: CSR, rows, cols):
         return sampling.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
                                  np.ascontiguousarray(cols, np.int64),
-                                 self._threads(len(rows) * 16))
+                                 self._element_threads(len(rows) * 16))
 
     def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):

@@ -144,35 +144,64 @@ cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, 
                        int nt):
     """Per class: (k, threshold key, increasing indices of the selected ties); the selection is
     every key below the threshold plus those ties.  k per class is ``k``, or with ``zeta >= 0``
-    ``int(zeta * class size)``."""
+    ``int(zeta * class size)``.
+
+    The bookkeeping between the passes (class sizes, the bin of the k-th key, each chunk's
+    offset in it) is typed loops over the 2 x 4096 counts: as NumPy calls it cost more than
+    the passes on arrays of a few thousand values (GSE scores its candidates on every update).
+    """
     cdef Py_ssize_t n = v.shape[0]
     cdef int n_chunks = nt if n >= 65536 else 1
-    cdef int shift, c
+    cdef int shift, c, ch
     if floating is float:
         shift = 20 - (mode == 2)
     else:
         shift = 52 - (mode == 2)
     hist_a = np.zeros((n_chunks, 2, NBINS), dtype=np.int64)
     cdef int64_t[:, :, ::1] hist = hist_a
+    cdef int64_t ks[2]
+    cdef int64_t bins[2]
+    cdef int64_t befores[2]
+    cdef int64_t sizes[2]
+    cdef int64_t size_c, cum, count
+    cdef Py_ssize_t b
+    offsets_a = np.zeros((n_chunks, 2), dtype=np.int64)
+    cdef int64_t[:, ::1] offsets = offsets_a
+    # The totals: chunk 0's counts when there is one chunk, else their sum in an array apart
+    # (each chunk's own counts give its offset in the bin below).
+    totals_a = hist_a[0] if n_chunks == 1 else np.empty((2, NBINS), dtype=np.int64)
+    cdef int64_t[:, ::1] tot = totals_a
     with nogil:
         _histograms(v, mode, shift, n_chunks, hist, nt)
-    total = hist_a.sum(axis=0) if n_chunks > 1 else hist_a[0]
-    ks = ([int(zeta * int(size_c)) for size_c in total.sum(axis=1)] if zeta >= 0 else [k, 0])
-    bins_a = np.full(2, -1, dtype=np.int64)
-    befores = [0, 0]
-    sizes = [0, 0]
-    for c in range(n_cls):
-        if ks[c] > 0:
-            cum = np.cumsum(total[c])
-            b = int(np.searchsorted(cum, ks[c]))  # first bin whose cumulative count reaches k
-            bins_a[c] = b
-            befores[c] = int(cum[b] - total[c, b])
-            sizes[c] = int(total[c, b])
-    offsets_a = np.zeros((n_chunks, 2), dtype=np.int64)
-    if n_chunks > 1:
-        for c in range(n_cls):
-            if ks[c] > 0:
-                offsets_a[1:, c] = np.cumsum(hist_a[:, c, bins_a[c]])[:n_chunks - 1]
+        if n_chunks > 1:
+            for c in range(2):
+                for b in range(NBINS):
+                    count = 0
+                    for ch in range(n_chunks):
+                        count += hist[ch, c, b]
+                    tot[c, b] = count
+        for c in range(2):
+            size_c = 0
+            for b in range(NBINS):
+                size_c += tot[c, b]
+            # int(zeta * size) in Python is this double product, truncated
+            ks[c] = <int64_t>(zeta * <double>size_c) if zeta >= 0 else (k if c == 0 else 0)
+            bins[c] = -1
+            befores[c] = 0
+            sizes[c] = 0
+            if c >= n_cls or ks[c] <= 0:
+                continue
+            cum = 0  # the first bin whose cumulative count reaches k
+            for b in range(NBINS):
+                count = tot[c, b]
+                if cum + count >= ks[c]:
+                    bins[c] = b
+                    befores[c] = cum
+                    sizes[c] = count
+                    break
+                cum += count
+            for ch in range(1, n_chunks):
+                offsets[ch, c] = offsets[ch - 1, c] + hist[ch - 1, c, bins[c]]
     width = max(sizes[0], sizes[1], 1)
     keys_a = np.empty((2, width), dtype=np.uint64)
     idx_a = np.empty((2, width), dtype=np.int64)
@@ -180,21 +209,20 @@ cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, 
     cdef uint64_t[:, ::1] keys = keys_a
     cdef int64_t[:, ::1] idx = idx_a
     cdef uint64_t[::1] tmp = tmp_a
-    cdef int64_t[::1] bins = bins_a
-    cdef int64_t[:, ::1] offsets = offsets_a
-    cdef int64_t n_tie = 0, size, k_in
+    bins_a = np.array([bins[0], bins[1]], dtype=np.int64)
+    cdef int64_t[::1] bins_v = bins_a
+    cdef int64_t n_tie = 0, k_in
     cdef uint64_t t
     with nogil:
-        _collect(v, mode, shift, n_chunks, bins, offsets, keys, idx, nt)
+        _collect(v, mode, shift, n_chunks, bins_v, offsets, keys, idx, nt)
     out = []
     for c in range(n_cls):
         if ks[c] <= 0:
             out.append((0, 0, idx_a[c, :0]))
             continue
-        size = sizes[c]
         k_in = ks[c] - befores[c]
         with nogil:
-            t = _finish(&keys[c, 0], &idx[c, 0], &tmp[0], size, k_in, &n_tie)
+            t = _finish(&keys[c, 0], &idx[c, 0], &tmp[0], sizes[c], k_in, &n_tie)
         out.append((ks[c], t, idx_a[c, :n_tie]))
     return out
 
@@ -221,24 +249,38 @@ def select(const floating[::1] values, Py_ssize_t k, bint largest=True, int num_
     below_a = np.zeros(n_chunks + 1, dtype=np.int64)
     cdef int64_t[::1] below = below_a
     cdef const int64_t[::1] ties = ties_a
-    cdef Py_ssize_t ch, i, lo, hi, p, q, q_end
+    cdef Py_ssize_t ch, i, lo, hi, p, q, q_end, n_ties = ties.shape[0]
     cdef int64_t cnt
     cdef uint64_t key
     cdef int c, ok, take
+    # Each chunk's output offset: selected values below the threshold and ties before it (one
+    # chunk starts at 0 and needs no count).
+    starts_a = np.empty(n_chunks + 1, dtype=np.int64)
+    tie_pos_a = np.empty(n_chunks + 1, dtype=np.int64)
+    cdef int64_t[::1] starts_w = starts_a
+    cdef int64_t[::1] tie_pos_w = tie_pos_a
     with nogil:
-        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
-            lo = n * ch // n_chunks
-            hi = n * (ch + 1) // n_chunks
-            c = 0  # private to each thread (see _histograms)
-            ok = 0
-            cnt = 0
-            for i in range(lo, hi):
-                cnt = cnt + (_key(values[i], mode, &c, &ok) < t)
-            below[ch + 1] = cnt
-    # Each chunk's output offset: selected values below the threshold and ties before it.
-    bounds = (np.arange(n_chunks + 1, dtype=np.int64) * n) // n_chunks
-    tie_pos_a = np.searchsorted(ties_a, bounds)
-    starts_a = np.cumsum(below_a) + tie_pos_a
+        if n_chunks > 1:
+            for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+                lo = n * ch // n_chunks
+                hi = n * (ch + 1) // n_chunks
+                c = 0  # private to each thread (see _histograms)
+                ok = 0
+                cnt = 0
+                for i in range(lo, hi):
+                    cnt = cnt + (_key(values[i], mode, &c, &ok) < t)
+                below[ch + 1] = cnt
+        else:
+            below[1] = k - n_ties  # all but the ties lie below the threshold
+        q = 0
+        cnt = 0
+        for ch in range(n_chunks + 1):
+            lo = n * ch // n_chunks  # the chunk's first index; the ties before it come first
+            while q < n_ties and ties[q] < lo:
+                q = q + 1
+            cnt = cnt + below[ch]
+            tie_pos_w[ch] = q
+            starts_w[ch] = cnt + q
     buf = np.empty(k + 1, dtype=np.int64)  # one spare slot: every index is stored, then kept
     cdef int64_t[::1] res = buf
     cdef const int64_t[::1] starts = starts_a

@@ -178,6 +178,71 @@ def test_rebuild_equals_the_oracle_for_any_thread_count(n_out, n_in, density, pe
                                    False, 2) is None
 
 
+@pytest.mark.parametrize("idt", [np.int32, np.int64])
+def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt):
+    """Rows on both sides of the sizes where the merge changes method (up to 64 new and 1024
+    old entries: slots counted; beyond: the two-way walk), with new positions that reuse the
+    columns of dropped entries, give the oracle's pattern, values, state and sources."""
+    import reference as ref
+
+    from sparsekit._cython import rebuild
+
+    rng = np.random.default_rng(21)
+    n_in = 3000
+    old_lens, new_lens = [0, 1, 40, 1023, 1024, 1025, 1900], [0, 1, 12, 63, 64, 65, 100]
+    indptr, indices, keep, rows, cols = [0], [], [], [], []
+    for r, (n_old, n_new) in enumerate((a, b) for a in old_lens for b in new_lens):
+        row = np.sort(rng.choice(n_in, n_old, replace=False))
+        kept = rng.random(n_old) < 0.7
+        dropped = row[~kept]
+        absent = np.setdiff1d(np.arange(n_in), row)
+        # a third of the new positions (when there are enough) where a dropped entry was
+        reuse = rng.choice(dropped, min(len(dropped), n_new // 3), replace=False)
+        fresh = rng.choice(absent, n_new - len(reuse), replace=False)
+        indices.append(row)
+        keep.append(kept)
+        indptr.append(indptr[-1] + n_old)
+        rows.append(np.full(n_new, r))
+        cols.append(np.sort(np.concatenate([reuse, fresh])))
+    n_out = len(indptr) - 1
+    data = rng.standard_normal(indptr[-1]).astype(np.float32)
+    w = sp.csr_matrix((data, np.concatenate(indices), np.array(indptr)), shape=(n_out, n_in))
+    keep, rows, cols = np.concatenate(keep), np.concatenate(rows), np.concatenate(cols)
+    vals = rng.standard_normal(rows.shape[0]).astype(np.float32)
+    mom = rng.standard_normal(w.nnz).astype(np.float32)
+    want, (want_mom, want_slot) = ref.rebuild(w, keep, rows, cols, vals, mom,
+                                              np.arange(w.nnz, dtype=np.int64))
+    for threads in (1, 2):
+        got = rebuild.rebuild_csr(w.indptr.astype(idt), w.indices.astype(idt),
+                                  keep.view(np.uint8), rows.astype(idt), cols.astype(idt), n_in,
+                                  w.data, vals, True, threads, mom)
+        indptr_g, indices_g, data_g, src, state = got
+        np.testing.assert_array_equal(indptr_g, want.indptr)
+        np.testing.assert_array_equal(indices_g, want.indices)
+        np.testing.assert_array_equal(data_g, want.data)
+        np.testing.assert_array_equal(state, want_mom)
+        is_new = src < 0
+        np.testing.assert_array_equal(np.where(is_new, 0, src), want_slot)
+        np.testing.assert_array_equal(vals[-1 - src[is_new]], data_g[is_new])
+    # a new position on a kept entry is refused, in a counted row and in a walked one
+    for r in (2 * len(new_lens) + 2, 6 * len(new_lens) + 6):  # 40 old / 12 new, 1900 / 100
+        lo, hi = w.indptr[r], w.indptr[r + 1]
+        k = lo + int(np.flatnonzero(keep[lo:hi])[0])
+        bad_cols = cols.copy()
+        at = int(np.flatnonzero(rows == r)[0])
+        bad_cols[at] = w.indices[k]
+        order = np.lexsort((bad_cols, rows))
+        if len(np.unique(rows * n_in + bad_cols)) < len(rows):
+            continue  # the column was one of the new ones already
+        with pytest.raises(ValueError, match="already present or repeats"):
+            got = rebuild.rebuild_csr(w.indptr.astype(idt), w.indices.astype(idt),
+                                      keep.view(np.uint8), rows[order].astype(idt),
+                                      bad_cols[order].astype(idt), n_in, w.data, vals[order],
+                                      False, 1)
+            if got is None:  # the caller's path: unsorted gives None, sorted it raises
+                raise AssertionError("sorted positions were reported unsorted")
+
+
 def test_rebuild_refuses_bad_positions():
     from sparsekit._cython import rebuild
 

@@ -196,6 +196,7 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
                           Py_ssize_t base, index_t[::1] out) noexcept nogil:
     cdef Py_ssize_t j, u, jp, jc, a, w
     cdef int64_t col
+    cdef index_t prev, cur
     cdef uint64_t state, n_free
     if x == 0:
         for j in range(n_old):
@@ -210,10 +211,16 @@ cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p
         sk_rank_sort(&out[base], x)
     else:
         sort(&out[base], &out[base] + x)
+    # Keep the distinct ones, branch-free: store each value, then advance past a new one.  A
+    # value is new when it differs from the one before it in the sorted input (held in a
+    # register: comparing with the slot just stored would chain every step through memory).
     u = 1
-    for j in range(1, x):  # branch-free: store, then advance past a new value
-        out[base + u] = out[base + j]
-        u = u + (out[base + u] != out[base + u - 1])
+    prev = out[base]
+    for j in range(1, x):
+        cur = out[base + j]
+        out[base + u] = cur
+        u = u + (cur != prev)
+        prev = cur
     if n_old == 0:
         # Rank q -> column q + #{pattern columns c_j with c_j - j <= q} (c_j - j free columns
         # lie before c_j).

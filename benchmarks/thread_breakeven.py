@@ -5,7 +5,8 @@ Every parallel region wakes its threads; with the passive wait policy (the defau
 through the hypervisor, so a region costs tens of microseconds before any work is shared.
 Below some size one thread is faster.  This benchmark finds that size for what the CPU backend
 runs as separate regions (the products ``matmul``, ``weight_grad`` and the candidate gradient
-``sampled_grad``) and for a whole training step (one team per step, ``Engine.train_step``),
+``sampled_grad``), for a whole training step (one team per step, ``Engine.train_step``) and for
+an inference forward pass (one team per pass, ``SparseMLP.forward_infer``),
 on layers and networks whose work spans 2^15 to 2^25 multiply-adds.
 
 Each case runs in one process that alternates one and two threads (kernels: every call;
@@ -39,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 LAYERS = [(128, 64, 10, 32), (256, 256, 10, 32), (256, 256, 10, 133), (512, 512, 10, 128),
           (1000, 1000, 10, 128), (1000, 1000, 20, 128), (2000, 2000, 20, 128)]
 #: steps: (layer sizes, ε, batch)
-NETS = [("13-256-256-3", 10, 133), ("64-256-256-10", 10, 200), ("784-300-100-10", 20, 128),
+NETS = [("8-64-64-3", 10, 32), ("13-128-128-3", 10, 64), ("13-256-256-3", 10, 133), ("64-256-256-10", 10, 200), ("784-300-100-10", 20, 128),
         ("784-1000-1000-1000-10", 20, 32), ("784-1000-1000-1000-10", 20, 128)]
 
 CHILD = """
@@ -97,6 +98,17 @@ else:
         if s >= 20 and s % 10 >= 2:
             t[nt].append(dt)
     out["step"] = {"work": sum(layer.nnz for layer in model.layers) * b, "1": t[1], "2": t[2]}
+    # Inference: one forward pass of the whole network in one team (what predict runs per
+    # chunk of rows), alternating every call.
+    x_ib = np.ascontiguousarray(x[:b].T)
+    t = {1: [], 2: []}
+    for s in range(reps):
+        for nt in ((1, 2) if s % 2 == 0 else (2, 1)):
+            be.num_threads = nt
+            t0 = time.perf_counter()
+            model.forward_infer(x_ib)
+            t[nt].append(time.perf_counter() - t0)
+    out["forward"] = {"work": sum(layer.nnz for layer in model.layers) * b, "1": t[1], "2": t[2]}
 print(json.dumps(out))
 """
 
@@ -150,7 +162,8 @@ def main(argv=None) -> int:
              "Medians over all rounds pooled; *per round*: each process's own speed-up.", "",
              "| case | call | work (multiply-adds) | 1 thread µs | 2 threads µs | 2-thread speed-up "
              "| per round |", "|---|---|---:|---:|---:|---:|---|"]
-    for r in sorted(rows, key=lambda r: (r["call"] != "step", r["call"], r["work"])):
+    for r in sorted(rows, key=lambda r: (r["call"] not in ("step", "forward"), r["call"],
+                                         r["work"])):
         lines.append(f"| {r['case']} | {r['call']} | {r['work']:,} | {r['one_us']:.1f} | "
                      f"{r['two_us']:.1f} | **{r['speedup']:.2f}×** | "
                      f"{', '.join(f'{v:.2f}' for v in r['round_speedups'])} |")

@@ -366,7 +366,7 @@ def cpu_tiling(request):
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_products_on_wide_batches(cpu_tiling, dtype, index_dtype):
-    be = CpuBackend(num_threads=2)
+    be = parallel_cpu(2)  # every product on two threads, however small
     rng = np.random.default_rng(15)
     shapes = [(40, 70, 0.2), (5, 3, 1.0), (30, 20, 0.0), (90, 60, 0.05)]
     for n_out, n_in, density in shapes:
@@ -417,7 +417,7 @@ def test_cpu_products_of_a_sample_do_not_depend_on_its_batch(cpu_tiling, dtype):
     position of a batch of any width (register tiles of 8/4/2/1 vectors, the scalar tail, batch
     tiles): scikit-learn's estimator checks require predictions invariant to sample order and
     to taking subsets."""
-    be = CpuBackend(num_threads=2)
+    be = parallel_cpu(2)  # every product on two threads, however small
     rng = np.random.default_rng(17)
     w = to_backend(be, random_csr(rng, 50, 80, 0.2, dtype=dtype))
     for n_batch in [17, 20, 60, 130, 257]:
@@ -437,7 +437,7 @@ def test_cpu_products_on_misaligned_operands(dtype):
     by a copy when it is gathered often enough; results are the same either way."""
     from sparsekit._cython import spmm
 
-    be = CpuBackend(num_threads=2)
+    be = parallel_cpu(2)  # every product on two threads, however small
     rng = np.random.default_rng(18)
     w_sp = random_csr(rng, 60, 50, 0.3, dtype=dtype)
     w = to_backend(be, w_sp)

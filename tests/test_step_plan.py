@@ -25,7 +25,7 @@ SGD = (0.05, 0.9, 1e-3, True, False)
 
 def _model(seed, sizes=(12, 20, 16, 4), dtype=np.float32, threads=2):
     rng = np.random.default_rng(seed)
-    be = CpuBackend(threads)
+    be = ref.parallel_cpu(threads)  # every pass in a team of `threads`, however small
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         w = ref.to_backend(be, ref.random_csr(rng, n_out, n_in, 0.4), dtype, np.int32)

@@ -32,10 +32,13 @@ class CpuBackend(Backend):
     #: cores, two threads took 0.35-0.48x the speed of one at 2^15-2^17, 0.72-0.85x at
     #: 2^19-2^20, 0.93-1.08x at 2^21 and 1.07-1.28x from 2^22).
     min_parallel_work = 1 << 21
-    #: A whole forward pass, backward pass or training step runs in one team (mlp.pyx): its
-    #: one wake-up is shared by every layer and phase, so a second thread pays much earlier
-    #: (a training step of 13-256-256-3 at batch 133, 2^20 multiply-adds per pass: 1.23-1.29x).
-    min_team_work = 1 << 16
+    #: The same for a whole forward pass, backward pass or training step in one team
+    #: (mlp.pyx), in the multiply-adds it does (a step or a backward counts two per connection
+    #: and sample, a forward one): its one wake-up is shared by every layer and phase, so a
+    #: second thread pays earlier.  Measured per connection and sample (thread-breakeven.md):
+    #: steps 0.56-0.67x at 2^15-2^18, 0.99-1.29x at 2^20, 1.12-1.30x at 2^21; forward passes
+    #: 0.55-0.60x at 2^15-2^18, 0.96-1.00x at 2^20, 1.05-1.15x at 2^21.
+    min_team_work = 1 << 20
     #: Elementwise kernels, tiled transposes and membership tests: elements (x 16 for a
     #: membership test's binary search) below which one thread runs them.
     min_parallel_elements = 1 << 16

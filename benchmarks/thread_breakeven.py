@@ -159,8 +159,10 @@ def main(argv=None) -> int:
     (args.out / "thread-breakeven.json").write_text(json.dumps(result, indent=1))
     lines = ["# One vs two threads by the size of the work", "",
              *generated_header(result),
-             "Medians over all rounds pooled; *per round*: each process's own speed-up.", "",
-             "| case | call | work (multiply-adds) | 1 thread µs | 2 threads µs | 2-thread speed-up "
+             "Medians over all rounds pooled; *per round*: each process's own speed-up. *work*: "
+             "connections x samples (for a product, its multiply-adds; the backend's "
+             "thresholds count a step or a backward pass twice).", "",
+             "| case | call | work | 1 thread µs | 2 threads µs | 2-thread speed-up "
              "| per round |", "|---|---|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["call"] not in ("step", "forward"), r["call"],
                                          r["work"])):

@@ -178,8 +178,9 @@ def test_rebuild_equals_the_oracle_for_any_thread_count(n_out, n_in, density, pe
                                    False, 2) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("idt", [np.int32, np.int64])
-def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt):
+def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt, dtype):
     """Rows on both sides of the sizes where the merge changes method (up to 64 new and 1024
     old entries: slots counted; beyond: the two-way walk), with new positions that reuse the
     columns of dropped entries, give the oracle's pattern, values, state and sources."""
@@ -205,11 +206,11 @@ def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt):
         rows.append(np.full(n_new, r))
         cols.append(np.sort(np.concatenate([reuse, fresh])))
     n_out = len(indptr) - 1
-    data = rng.standard_normal(indptr[-1]).astype(np.float32)
+    data = rng.standard_normal(indptr[-1]).astype(dtype)
     w = sp.csr_matrix((data, np.concatenate(indices), np.array(indptr)), shape=(n_out, n_in))
     keep, rows, cols = np.concatenate(keep), np.concatenate(rows), np.concatenate(cols)
-    vals = rng.standard_normal(rows.shape[0]).astype(np.float32)
-    mom = rng.standard_normal(w.nnz).astype(np.float32)
+    vals = rng.standard_normal(rows.shape[0]).astype(dtype)
+    mom = rng.standard_normal(w.nnz).astype(dtype)
     want, (want_mom, want_slot) = ref.rebuild(w, keep, rows, cols, vals, mom,
                                               np.arange(w.nnz, dtype=np.int64))
     for threads in (1, 2):

@@ -134,6 +134,18 @@ REBUILD_CASES = [
 ]
 
 
+def _same_rebuild(got, want, want_mom, want_slot, vals):
+    """``rebuild_csr``'s result (with ``src`` and one state) equals the oracle's bit for bit."""
+    indptr, indices, data, src, state = got
+    np.testing.assert_array_equal(indptr, want.indptr)
+    np.testing.assert_array_equal(indices, want.indices)
+    np.testing.assert_array_equal(data, want.data)
+    np.testing.assert_array_equal(state, want_mom)
+    is_new = src < 0
+    np.testing.assert_array_equal(np.where(is_new, 0, src), want_slot)
+    np.testing.assert_array_equal(vals[-1 - src[is_new]], data[is_new])
+
+
 @pytest.mark.parametrize("n_out,n_in,density,per_row,empty", REBUILD_CASES)
 @pytest.mark.parametrize("idt", [np.int32, np.int64])
 def test_rebuild_equals_the_oracle_for_any_thread_count(n_out, n_in, density, per_row, empty,
@@ -158,15 +170,9 @@ def test_rebuild_equals_the_oracle_for_any_thread_count(n_out, n_in, density, pe
     args = (w.indptr.astype(idt), w.indices.astype(idt), keep.view(np.uint8), rows.astype(idt),
             cols.astype(idt), n_in, w.data, vals)
     for threads in (1, 2, 3):
-        indptr, indices, data, src, state = rebuild.rebuild_csr(*args, True, threads, mom)
-        assert indptr.dtype == indices.dtype == idt
-        np.testing.assert_array_equal(indptr, want.indptr)
-        np.testing.assert_array_equal(indices, want.indices)
-        np.testing.assert_array_equal(data, want.data)
-        np.testing.assert_array_equal(state, want_mom)
-        is_new = src < 0
-        np.testing.assert_array_equal(np.where(is_new, 0, src), want_slot)
-        np.testing.assert_array_equal(vals[-1 - src[is_new]], data[is_new])
+        got = rebuild.rebuild_csr(*args, True, threads, mom)
+        assert got[0].dtype == got[1].dtype == idt
+        _same_rebuild(got, want, want_mom, want_slot, vals)
         _, _, data2, src2, state2 = rebuild.rebuild_csr(*args, False, threads, None)
         assert src2 is None and state2 is None
         np.testing.assert_array_equal(data2, want.data)
@@ -217,14 +223,7 @@ def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt, dtype):
         got = rebuild.rebuild_csr(w.indptr.astype(idt), w.indices.astype(idt),
                                   keep.view(np.uint8), rows.astype(idt), cols.astype(idt), n_in,
                                   w.data, vals, True, threads, mom)
-        indptr_g, indices_g, data_g, src, state = got
-        np.testing.assert_array_equal(indptr_g, want.indptr)
-        np.testing.assert_array_equal(indices_g, want.indices)
-        np.testing.assert_array_equal(data_g, want.data)
-        np.testing.assert_array_equal(state, want_mom)
-        is_new = src < 0
-        np.testing.assert_array_equal(np.where(is_new, 0, src), want_slot)
-        np.testing.assert_array_equal(vals[-1 - src[is_new]], data_g[is_new])
+        _same_rebuild(got, want, want_mom, want_slot, vals)
     # a new position on a kept entry is refused, in a counted row and in a walked one
     for r in (2 * len(new_lens) + 2, 6 * len(new_lens) + 6):  # 40 old / 12 new, 1900 / 100
         lo, hi = w.indptr[r], w.indptr[r + 1]

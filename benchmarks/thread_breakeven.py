@@ -5,7 +5,8 @@ Every parallel region wakes its threads; with the passive wait policy (the defau
 through the hypervisor, so a region costs tens of microseconds before any work is shared.
 Below some size one thread is faster.  This benchmark finds that size for what the CPU backend
 runs as separate regions (the products ``matmul``, ``weight_grad`` and the candidate gradient
-``sampled_grad``), for a whole training step (one team per step, ``Engine.train_step``) and for
+``sampled_grad``; the elementwise ``bias_act_dropout``, ``transpose_into`` and membership tests),
+for a whole training step (one team per step, ``Engine.train_step``) and for
 an inference forward pass (one team per pass, ``SparseMLP.forward_infer``),
 on layers and networks whose work spans 2^15 to 2^25 multiply-adds.
 
@@ -39,6 +40,9 @@ HERE = Path(__file__).resolve().parent
 #: sampled_grad (as many candidates as connections, as GSE scores with γ = 1).
 LAYERS = [(128, 64, 10, 32), (256, 256, 10, 32), (256, 256, 10, 133), (512, 512, 10, 128),
           (1000, 1000, 10, 128), (1000, 1000, 20, 128), (2000, 2000, 20, 128)]
+#: elementwise: (features, batch) of a bias + activation + dropout pass and of a batch
+#: transpose, and features x batch / 16 membership tests in a 2000 x 2000 layer at ε = 20
+ELEMENTS = [(128, 128), (256, 256), (512, 512), (1000, 512), (2000, 1024)]
 #: steps: (layer sizes, ε, batch)
 NETS = [("8-64-64-3", 10, 32), ("13-128-128-3", 10, 64), ("13-256-256-3", 10, 133), ("64-256-256-10", 10, 200), ("784-300-100-10", 20, 128),
         ("784-1000-1000-1000-10", 20, 32), ("784-1000-1000-1000-10", 20, 128)]
@@ -67,6 +71,27 @@ if kind == "kernels":
              "weight_grad": lambda nt: sddmm.weight_grad(w.indptr, w.indices, x, dy, n_in, nt),
              "sampled_grad": lambda nt: sddmm.sampled_grad(x, dy, rows, cols, nt)}
     works = {"matmul": w.nnz * b, "weight_grad": w.nnz * b, "sampled_grad": len(rows) * b}
+    for name, call in calls.items():
+        t = {1: [], 2: []}
+        for r in range(reps):
+            for nt in ((1, 2) if r % 2 == 0 else (2, 1)):
+                t0 = time.perf_counter()
+                call(nt)
+                t[nt].append(time.perf_counter() - t0)
+        out[name] = {"work": works[name], "1": t[1], "2": t[2]}
+elif kind == "elements":
+    from sparsekit._cython import elementwise, sampling
+    f, b = spec
+    z = rng.standard_normal((f, b)).astype(np.float32)
+    bias = np.zeros(f, np.float32)
+    rows_bf = rng.standard_normal((b, f)).astype(np.float32)
+    t_out = np.empty((f, b), np.float32)
+    w = erdos_renyi(2000, 2000, 20, rng=0)
+    r_q, c_q = rng.integers(0, 2000, f * b // 16), rng.integers(0, 2000, f * b // 16)
+    calls = {"bias_act_dropout": lambda nt: elementwise.bias_act_dropout(z, bias, 0.6, 0.3, 1, nt),
+             "transpose_into": lambda nt: elementwise.transpose_into(rows_bf, t_out, nt),
+             "contains": lambda nt: sampling.contains(w.indptr, w.indices, r_q, c_q, nt)}
+    works = {"bias_act_dropout": f * b, "transpose_into": f * b, "contains": len(r_q) * 16}
     for name, call in calls.items():
         t = {1: [], 2: []}
         for r in range(reps):
@@ -131,7 +156,8 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.reps < 40:
         ap.error("--rounds must be >= 1 and --reps >= 40")
     started, machine = time.strftime("%Y-%m-%d %H:%M %Z"), describe()
-    cases = [("kernels", spec) for spec in LAYERS] + [("step", spec) for spec in NETS]
+    cases = ([("kernels", spec) for spec in LAYERS] + [("elements", spec) for spec in ELEMENTS]
+             + [("step", spec) for spec in NETS])
     rows = []
     for kind, spec in cases:
         pooled: dict[str, dict] = {}
@@ -142,8 +168,8 @@ def main(argv=None) -> int:
                 p["1"] += got["1"]
                 p["2"] += got["2"]
                 p["ratios"].append(statistics.median(got["1"]) / statistics.median(got["2"]))
-        label = ("{}x{}, ε = {}, batch {}".format(*spec) if kind == "kernels"
-                 else "{}, ε = {}, batch {}".format(*spec))
+        label = {"kernels": "{}x{}, ε = {}, batch {}", "elements": "{} x {} elements",
+                 "step": "{}, ε = {}, batch {}"}[kind].format(*spec)
         for name, p in pooled.items():
             t1, t2 = statistics.median(p["1"]) * 1e6, statistics.median(p["2"]) * 1e6
             rows.append({"case": label, "call": name, "work": p["work"], "one_us": t1,
@@ -161,7 +187,8 @@ def main(argv=None) -> int:
              *generated_header(result),
              "Medians over all rounds pooled; *per round*: each process's own speed-up. *work*: "
              "connections x samples (for a product, its multiply-adds; the backend's "
-             "thresholds count a step or a backward pass twice).", "",
+             "thresholds count a step or a backward pass twice); for the elementwise calls, "
+             "elements (16 per membership test here; the backend counts 4).", "",
              "| case | call | work | 1 thread µs | 2 threads µs | 2-thread speed-up "
              "| per round |", "|---|---|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["call"] not in ("step", "forward"), r["call"],

@@ -39,8 +39,12 @@ class CpuBackend(Backend):
     #: steps 0.56-0.67x at 2^15-2^18, 0.99-1.29x at 2^20, 1.12-1.30x at 2^21; forward passes
     #: 0.55-0.60x at 2^15-2^18, 0.96-1.00x at 2^20, 1.05-1.15x at 2^21.
     min_team_work = 1 << 20
-    #: Elementwise kernels, tiled transposes and membership tests: elements (x 16 for a
-    #: membership test's binary search) below which one thread runs them.
+    #: Elementwise kernels, tiled transposes and membership tests: below this many units one
+    #: thread runs them, a unit being 8 elements of a bias + activation + dropout pass, 16 of a
+    #: transpose, or a quarter of a membership test (a binary search in a row).  Measured
+    #: break-even (thread-breakeven.md): about 2^19 elements for the pass (0.74x at 2^18,
+    #: 0.99x at 2^19, 1.17x at 2^21), 2^19-2^20 for the transpose (0.73x at 2^19, 1.49x at
+    #: 2^21), 4 000-16 000 membership tests (0.28x at 4 096, 1.57x at 16 384).
     min_parallel_elements = 1 << 16
     #: Topology kernels (transpose index, selection, SET's prune, sampling, rebuild) do little
     #: work per entry and open several parallel regions per call; with passive waiting each
@@ -364,7 +368,7 @@ class CpuBackend(Backend):
         b = np.ascontiguousarray(bias, dtype=z.dtype)
         return elementwise.bias_act_dropout(z, b, float(slope), float(rate),
                                             int(seed) & 0xFFFFFFFFFFFFFFFF,
-                                            self._element_threads(z.size))
+                                            self._element_threads(z.size >> 3))
 
     def select(self, values, k: int, largest: bool = True):
         self.check_array("values", values)
@@ -390,7 +394,7 @@ class CpuBackend(Backend):
     def contains(self, w: CSR, rows, cols):
         return sampling.contains(w.indptr, w.indices, np.ascontiguousarray(rows, np.int64),
                                  np.ascontiguousarray(cols, np.int64),
-                                 self._element_threads(len(rows) * 16))
+                                 self._element_threads(len(rows) * 4))
 
     def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):

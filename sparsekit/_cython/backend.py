@@ -28,16 +28,16 @@ class CpuBackend(Backend):
     #: Below this many multiply-adds a product (or ``sampled_grad``) called on its own runs on
     #: one thread.  Its parallel region wakes the other threads first, and with passive waiting
     #: on a virtual machine that costs 30-70 µs, so two threads only pay from about 2^21
-    #: multiply-adds, about 100 µs of work (``benchmarks/results/thread-breakeven.md``: on 2
-    #: cores, two threads took 0.35-0.48x the speed of one at 2^15-2^17, 0.72-0.85x at
-    #: 2^19-2^20, 0.93-1.08x at 2^21 and 1.07-1.28x from 2^22).
+    #: multiply-adds, about 100 µs of work (``benchmarks/results/thread-breakeven.md``, three
+    #: runs on 2 cores: two threads took 0.26-0.66x the speed of one at 2^15-2^17, 0.66-0.87x
+    #: at 2^19-2^20, 0.93-1.08x at 2^21 and 1.07-1.43x from 2^22).
     min_parallel_work = 1 << 21
     #: The same for a whole forward pass, backward pass or training step in one team
     #: (mlp.pyx), in the multiply-adds it does (a step or a backward counts two per connection
     #: and sample, a forward one): its one wake-up is shared by every layer and phase, so a
     #: second thread pays earlier.  Measured per connection and sample (thread-breakeven.md):
-    #: steps 0.56-0.67x at 2^15-2^18, 0.99-1.29x at 2^20, 1.12-1.30x at 2^21; forward passes
-    #: 0.55-0.60x at 2^15-2^18, 0.96-1.00x at 2^20, 1.05-1.15x at 2^21.
+    #: steps 0.49-0.67x at 2^15-2^18, 0.99-1.29x at 2^20, 1.12-1.30x at 2^21; forward passes
+    #: 0.44-0.60x at 2^15-2^18, 0.95-1.00x at 2^20, 1.05-1.19x at 2^21.
     min_team_work = 1 << 20
     #: Elementwise kernels, tiled transposes and membership tests: below this many units one
     #: thread runs them, a unit being 8 elements of a bias + activation + dropout pass, 16 of a

@@ -40,8 +40,8 @@ class CpuBackend(Backend):
     #: 0.44-0.60x at 2^15-2^18, 0.95-1.00x at 2^20, 1.05-1.19x at 2^21.
     min_team_work = 1 << 20
     #: Elementwise kernels, tiled transposes and membership tests: below this many units one
-    #: thread runs them, a unit being 8 elements of a bias + activation + dropout pass, 16 of a
-    #: transpose, or a quarter of a membership test (a binary search in a row).  Measured
+    #: thread runs them: 8 elements of a bias + activation + dropout pass or 16 of a transpose
+    #: count as one unit, a membership test (a binary search in a row) as 4.  Measured
     #: break-even (thread-breakeven.md): about 2^19 elements for the pass (0.74x at 2^18,
     #: 0.99x at 2^19, 1.17x at 2^21), 2^19-2^20 for the transpose (0.73x at 2^19, 1.49x at
     #: 2^21), 4 000-16 000 membership tests (0.28x at 4 096, 1.57x at 16 384).

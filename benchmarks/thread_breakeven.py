@@ -44,7 +44,8 @@ LAYERS = [(128, 64, 10, 32), (256, 256, 10, 32), (256, 256, 10, 133), (512, 512,
 #: transpose, and features x batch / 16 membership tests in a 2000 x 2000 layer at ε = 20
 ELEMENTS = [(128, 128), (256, 256), (512, 512), (1000, 512), (2000, 1024)]
 #: steps: (layer sizes, ε, batch)
-NETS = [("8-64-64-3", 10, 32), ("13-128-128-3", 10, 64), ("13-256-256-3", 10, 133), ("64-256-256-10", 10, 200), ("784-300-100-10", 20, 128),
+NETS = [("8-64-64-3", 10, 32), ("13-128-128-3", 10, 64), ("13-256-256-3", 10, 133),
+        ("64-256-256-10", 10, 200), ("784-300-100-10", 20, 128),
         ("784-1000-1000-1000-10", 20, 32), ("784-1000-1000-1000-10", 20, 128)]
 
 CHILD = """
@@ -61,6 +62,27 @@ from sparsekit.training.step import Engine
 kind, spec, reps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
 out = {}
+
+
+# Seconds per call on 1 and 2 threads, the order of the two swapped every repeat
+# (before(nt), untimed, sets the thread count where call does not take it).
+def alternate(call, before=None):
+    t = {1: [], 2: []}
+    for r in range(reps):
+        for nt in ((1, 2) if r % 2 == 0 else (2, 1)):
+            if before is not None:
+                before(nt)
+            t0 = time.perf_counter()
+            call(nt)
+            t[nt].append(time.perf_counter() - t0)
+    return t
+
+
+def time_calls(calls, works):
+    for name, call in calls.items():
+        t = alternate(call)
+        out[name] = {"work": works[name], "1": t[1], "2": t[2]}
+
 if kind == "kernels":
     n_out, n_in, eps, b = spec
     w = erdos_renyi(n_out, n_in, eps, rng=0)
@@ -71,14 +93,7 @@ if kind == "kernels":
              "weight_grad": lambda nt: sddmm.weight_grad(w.indptr, w.indices, x, dy, n_in, nt),
              "sampled_grad": lambda nt: sddmm.sampled_grad(x, dy, rows, cols, nt)}
     works = {"matmul": w.nnz * b, "weight_grad": w.nnz * b, "sampled_grad": len(rows) * b}
-    for name, call in calls.items():
-        t = {1: [], 2: []}
-        for r in range(reps):
-            for nt in ((1, 2) if r % 2 == 0 else (2, 1)):
-                t0 = time.perf_counter()
-                call(nt)
-                t[nt].append(time.perf_counter() - t0)
-        out[name] = {"work": works[name], "1": t[1], "2": t[2]}
+    time_calls(calls, works)
 elif kind == "elements":
     from sparsekit._cython import elementwise, sampling
     f, b = spec
@@ -92,14 +107,7 @@ elif kind == "elements":
              "transpose_into": lambda nt: elementwise.transpose_into(rows_bf, t_out, nt),
              "contains": lambda nt: sampling.contains(w.indptr, w.indices, r_q, c_q, nt)}
     works = {"bias_act_dropout": f * b, "transpose_into": f * b, "contains": len(r_q) * 16}
-    for name, call in calls.items():
-        t = {1: [], 2: []}
-        for r in range(reps):
-            for nt in ((1, 2) if r % 2 == 0 else (2, 1)):
-                t0 = time.perf_counter()
-                call(nt)
-                t[nt].append(time.perf_counter() - t0)
-        out[name] = {"work": works[name], "1": t[1], "2": t[2]}
+    time_calls(calls, works)
 else:
     sizes, eps, b = spec
     sizes = [int(v) for v in sizes.split("-")]
@@ -126,13 +134,8 @@ else:
     # Inference: one forward pass of the whole network in one team (what predict runs per
     # chunk of rows), alternating every call.
     x_ib = np.ascontiguousarray(x[:b].T)
-    t = {1: [], 2: []}
-    for s in range(reps):
-        for nt in ((1, 2) if s % 2 == 0 else (2, 1)):
-            be.num_threads = nt
-            t0 = time.perf_counter()
-            model.forward_infer(x_ib)
-            t[nt].append(time.perf_counter() - t0)
+    t = alternate(lambda nt: model.forward_infer(x_ib),
+                  before=lambda nt: setattr(be, "num_threads", nt))
     out["forward"] = {"work": sum(layer.nnz for layer in model.layers) * b, "1": t[1], "2": t[2]}
 print(json.dumps(out))
 """

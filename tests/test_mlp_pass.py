@@ -425,8 +425,9 @@ def test_inference_passes_stay_within_the_one_product_memory():
     rng = np.random.default_rng(0)
     wide = make_model(rng, [784, 1000, 1000, 1000, 10], 0.02, np.float32, np.int32)
     assert be.infer_batch(wide.layers, 2048, wide.activations) == be.infer_block
-    # At 100 samples a pass's 3 outputs and derivatives may take 3 arrays of 1000 x 100.
-    assert be.infer_batch(wide.layers, 100, wide.activations) == 3 * 1000 * 100 // (2 * 3010)
+    # At 100 samples a pass's 3 outputs and derivatives may take 3 arrays of 1000 x 100 (49
+    # samples), cut to whole vectors of samples.
+    assert be.infer_batch(wide.layers, 100, wide.activations) == 48
     # Ten equal hidden layers: every layer's output and derivative of a pass may not take more
     # than three arrays of the widest layer at the caller's batch size.
     deep = make_model(rng, [50] + [400] * 10 + [3], 0.02, np.float32, np.int32)
@@ -435,3 +436,20 @@ def test_inference_passes_stay_within_the_one_product_memory():
     assert got >= 1
     tanh = make_model(rng, [20, 30, 4], 0.5, np.float32, np.int32, activation="tanh")
     assert be.infer_batch(tanh.layers, 2048, tanh.activations) == 2048  # the generic path
+
+
+def test_inference_passes_shrink_to_the_cache_but_not_below_infer_min():
+    """Wider layers take fewer samples per pass (their gathered rows stay in L2), never fewer
+    than ``infer_min``, always whole vectors of samples; float64 rows take half as many."""
+    be = CpuBackend(1)
+    rng = np.random.default_rng(1)
+    steps = []
+    for width in (1000, 3000, 10_000, 40_000):
+        model = make_model(rng, [20, width, 10], 2e-4, np.float32, np.int32)
+        steps.append(be.infer_batch(model.layers, 2048, model.activations))
+    assert steps == [256, 80, 64, 64]
+    f64 = make_model(rng, [20, 1000, 10], 0.01, np.float64, np.int64)
+    assert be.infer_batch(f64.layers, 2048, f64.activations) == 128
+    # A caller's batch below a vector is taken whole; above, cut to whole vectors.
+    assert be.infer_batch(f64.layers, 5, f64.activations) == 5
+    assert be.infer_batch(f64.layers, 127, f64.activations) == 120

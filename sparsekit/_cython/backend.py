@@ -286,20 +286,42 @@ class CpuBackend(Backend):
                   for i, layer in enumerate(layers[:-1])]
         return outs, derivs
 
-    #: Samples per fused inference pass, at most: every layer's output then stays in L2.
-    #: Measured (2 threads, 784-1000-1000-1000-10, logits of 10 000 samples): 30 ms at 256,
-    #: 32 at 128, 41 at 512, 74 at 2048, and 82 ms one product at a time.
+    #: Samples per fused inference pass: at most ``infer_block``, and as many as keep one pass's
+    #: input to the widest layer within ``infer_bytes`` (then the rows a product gathers stay
+    #: in L2), but never fewer than ``infer_min``: past the caches every connection gathers a
+    #: row from memory whatever its length, so short rows only multiply the gathers.  Measured
+    #: (2 threads, 784-w-w-w-10, microseconds per sample by samples per pass):
+    #: w = 1 000: 30 ms for 10 000 samples at 256, 32 at 128, 41 at 512, 74 at 2048;
+    #: w = 10 000: 55 / 41 / 32 / 36 / 39 at 16 / 32 / 64 / 128 / 256;
+    #: w = 100 000: 667 / 706 / 1014 / 1074 at 32 / 64 / 128 / 256;
+    #: w = 1 000 000: 36 000 / 19 200 / 14 600 / 16 500 / 14 900 at 16 / 32 / 64 / 128 / 256.
+    #: A pass is also a whole number of vectors (64 bytes) of samples where it can be: a row of
+    #: 127 floats made every gathered load straddle two cache lines (1 961 us per sample at
+    #: w = 100 000 against 1 014 at 128).
     infer_block = 256
+    infer_min = 64
+    infer_bytes = 1 << 20
 
     def infer_batch(self, layers, batch_size: int, activations=()) -> int:
         if not self._fusable_layers(layers, activations):
             return batch_size
+        widths = [layers[0].in_features] + [layer.out_features for layer in layers]
+        return self.infer_samples(widths, layers[0].w.dtype.itemsize, batch_size)
+
+    @classmethod
+    def infer_samples(cls, widths, itemsize: int, batch_size: int) -> int:
+        """Samples per fused inference pass of a network of layer ``widths`` (inputs first)
+        with values of ``itemsize`` bytes, for a caller that may hold ``batch_size`` samples
+        (:meth:`infer_batch`; the memory estimate uses it too)."""
+        widest = max(widths)
+        cached = cls.infer_bytes // max(1, widest * itemsize)
+        step = min(cls.infer_block, max(cls.infer_min, cached))
         # The pass holds an output and a derivative for every layer; keep that within what the
         # one-product path holds for batch_size (about three arrays of the widest layer).
-        widths = [layer.out_features for layer in layers]
-        widest = max(layers[0].in_features, *widths)
-        bound = 3 * widest * batch_size // max(1, 2 * sum(widths))
-        return max(1, min(batch_size, self.infer_block, bound))
+        bound = 3 * widest * batch_size // max(1, 2 * sum(widths[1:]))
+        step = min(batch_size, step, bound)
+        lanes = 64 // itemsize
+        return max(1, step - step % lanes if step >= lanes else step)
 
     def mlp_infer(self, layers, activations, x_ib, buffers=None):
         if not self._fusable(layers, x_ib, activations):

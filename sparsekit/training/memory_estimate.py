@@ -17,10 +17,12 @@ peak is
 * **evolve** — the largest evolving layer's topology update (SET: magnitude selection, the
   sampled positions and the rebuilt arrays: about :data:`SET_BYTES_PER_CONNECTION` bytes per
   connection, measured), plus the step's activations when updates happen inside an epoch.
-* **evaluate** — one evaluation chunk of ``eval_batch_size`` samples streamed through the
-  network (one product at a time, only the current layer's input, pre-activation, activation
-  and derivative live; the CPU's fused inference passes take fewer samples so as to stay
-  within that, :meth:`CpuBackend.infer_batch <sparsekit._cython.backend.CpuBackend.infer_batch>`).
+* **evaluate** — the test set's logits and one inference pass: on the CPU the fused pass of
+  :meth:`CpuBackend.infer_samples <sparsekit._cython.backend.CpuBackend.infer_samples>`
+  samples (at most ``eval_batch_size``; every layer's output and derivative live), on the GPU
+  a chunk of ``eval_batch_size`` samples streamed one product at a time.  A network whose
+  activation is not piecewise linear takes the one-product path on the CPU too, which may
+  hold about three arrays of the widest layer at ``eval_batch_size``: more than predicted.
 * **heap** — while a step's arrays are below glibc's mmap ceiling, freed blocks stay resident
   for reuse: an allowance of :data:`HEAP_FRACTION` of the step's arrays.
 * **data** — the training and test arrays (float32 features, int64 labels) when their sizes are
@@ -37,6 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .._cython.backend import CpuBackend
 
 from ..nn.csr import index_dtype_for
 from ..nn.init import er_connections
@@ -219,7 +223,10 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
         evolve = max(int(nnz * (per + cand)) for _, _, nnz in evolving)
         if scored or evolve_every is not None:  # updates run with the step's arrays alive
             evolve += step
-    evaluate = e * v * (widths[0] + max(n_in + 3 * n_out for n_in, n_out, _ in layers))
+    # The fused inference pass (piecewise-linear activations, the default): its input chunk,
+    # every layer's output and every hidden layer's derivative, for the samples of one pass.
+    p = CpuBackend.infer_samples(widths, v, e) if e else 0
+    evaluate = p * v * (widths[0] + 2 * hidden + widths[-1]) + p * widths[0]  # + isfinite
     evaluate += 2 * n_te * widths[-1] * v if e else 0  # the test set's logits, and a copy
     data = (n_tr + n_te) * (widths[0] * v + 8) + 8 * n_tr  # + the epoch's permutation
     # glibc serves blocks below its mmap ceiling (32 MiB) from the heap and keeps freed ones

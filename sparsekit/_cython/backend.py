@@ -286,40 +286,26 @@ class CpuBackend(Backend):
                   for i, layer in enumerate(layers[:-1])]
         return outs, derivs
 
-    #: Samples per fused inference pass: at most ``infer_block``, and as many as keep one pass's
-    #: input to the widest layer within ``infer_bytes`` (then the rows a product gathers stay
-    #: in L2), but never fewer than ``infer_min``: past the caches every connection gathers a
-    #: row from memory whatever its length, so short rows only multiply the gathers.  Measured
-    #: (2 threads, 784-w-w-w-10, microseconds per sample by samples per pass):
-    #: w = 1 000: 30 ms for 10 000 samples at 256, 32 at 128, 41 at 512, 74 at 2048;
-    #: w = 10 000: 55 / 41 / 32 / 36 / 39 at 16 / 32 / 64 / 128 / 256;
-    #: w = 100 000: 667 / 706 / 1014 / 1074 at 32 / 64 / 128 / 256;
-    #: w = 1 000 000: 36 000 / 19 200 / 14 600 / 16 500 / 14 900 at 16 / 32 / 64 / 128 / 256.
-    #: A pass is also a whole number of vectors (64 bytes) of samples where it can be: a row of
-    #: 127 floats made every gathered load straddle two cache lines (1 961 us per sample at
-    #: w = 100 000 against 1 014 at 128).
-    infer_block = 256
-    infer_min = 64
-    infer_bytes = 1 << 20
+    #: Samples per fused inference pass: at most ``infer_block``, as many as keep a pass's
+    #: input to the widest layer in ``infer_bytes`` (its gathered rows then stay in L2), never
+    #: fewer than ``infer_min`` (past the caches short rows only multiply the gathers), whole
+    #: 64-byte vectors (a 127-float row makes gathered loads straddle lines).  Measured by
+    #: benchmarks/infer_passes.py (results/infer-passes.md).
+    infer_block, infer_min, infer_bytes = 256, 64, 1 << 20
 
     def infer_batch(self, layers, batch_size: int, activations=()) -> int:
         if not self._fusable_layers(layers, activations):
             return batch_size
-        widths = [layers[0].in_features] + [layer.out_features for layer in layers]
-        return self.infer_samples(widths, layers[0].w.dtype.itemsize, batch_size)
+        return self._infer_samples([layers[0].in_features, *(lyr.out_features for lyr in layers)],
+                                   layers[0].w.dtype.itemsize, batch_size)
 
     @classmethod
-    def infer_samples(cls, widths, itemsize: int, batch_size: int) -> int:
-        """Samples per fused inference pass of a network of layer ``widths`` (inputs first)
-        with values of ``itemsize`` bytes, for a caller that may hold ``batch_size`` samples
-        (:meth:`infer_batch`; the memory estimate uses it too)."""
+    def _infer_samples(cls, widths, itemsize: int, batch_size: int) -> int:
+        """:meth:`infer_batch` for layer ``widths`` (inputs first); the memory estimate's too."""
         widest = max(widths)
-        cached = cls.infer_bytes // max(1, widest * itemsize)
-        step = min(cls.infer_block, max(cls.infer_min, cached))
-        # The pass holds an output and a derivative for every layer; keep that within what the
-        # one-product path holds for batch_size (about three arrays of the widest layer).
-        bound = 3 * widest * batch_size // max(1, 2 * sum(widths[1:]))
-        step = min(batch_size, step, bound)
+        step = min(cls.infer_block, max(cls.infer_min, cls.infer_bytes // (widest * itemsize)))
+        # Every layer's output and derivative within the one-product path's ~3 widest arrays:
+        step = min(batch_size, step, 3 * widest * batch_size // max(1, 2 * sum(widths[1:])))
         lanes = 64 // itemsize
         return max(1, step - step % lanes if step >= lanes else step)
 

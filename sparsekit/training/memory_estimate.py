@@ -18,11 +18,11 @@ peak is
   sampled positions and the rebuilt arrays: about :data:`SET_BYTES_PER_CONNECTION` bytes per
   connection, measured), plus the step's activations when updates happen inside an epoch.
 * **evaluate** — the test set's logits and one inference pass: on the CPU the fused pass of
-  :meth:`CpuBackend.infer_samples <sparsekit._cython.backend.CpuBackend.infer_samples>`
+  :meth:`CpuBackend.infer_batch <sparsekit._cython.backend.CpuBackend.infer_batch>`
   samples (at most ``eval_batch_size``; every layer's output and derivative live), on the GPU
-  a chunk of ``eval_batch_size`` samples streamed one product at a time.  A network whose
-  activation is not piecewise linear takes the one-product path on the CPU too, which may
-  hold about three arrays of the widest layer at ``eval_batch_size``: more than predicted.
+  a chunk of ``eval_batch_size`` samples streamed one product at a time.  On the CPU a
+  network whose activation is not piecewise linear takes that one-product path instead; it
+  may hold about three arrays of the widest layer at ``eval_batch_size``, more than predicted.
 * **heap** — while a step's arrays are below glibc's mmap ceiling, freed blocks stay resident
   for reuse: an allowance of :data:`HEAP_FRACTION` of the step's arrays.
 * **data** — the training and test arrays (float32 features, int64 labels) when their sizes are
@@ -225,7 +225,7 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
             evolve += step
     # The fused inference pass (piecewise-linear activations, the default): its input chunk,
     # every layer's output and every hidden layer's derivative, for the samples of one pass.
-    p = CpuBackend.infer_samples(widths, v, e) if e else 0
+    p = CpuBackend._infer_samples(widths, v, e) if e else 0
     evaluate = p * v * (widths[0] + 2 * hidden + widths[-1]) + p * widths[0]  # + isfinite
     evaluate += 2 * n_te * widths[-1] * v if e else 0  # the test set's logits, and a copy
     data = (n_tr + n_te) * (widths[0] * v + 8) + 8 * n_tr  # + the epoch's permutation

@@ -393,6 +393,37 @@ def test_cpu_products_on_wide_batches(cpu_tiling, dtype, index_dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_products_at_every_batch_remainder(dtype):
+    """Every batch from 1 to two register tiles and one more: the rest of a row after its
+    whole tiles is one walk whose last vector is masked (1 to 8 vectors, 1 to all lanes), and
+    no lane of it may read or write past the batch (the masked moves) or into the next row."""
+    be = parallel_cpu(2)
+    rng = np.random.default_rng(19)
+    w_sp = random_csr(rng, 23, 31, 0.3, dtype=dtype)
+    w = to_backend(be, w_sp, dtype, np.int32)
+    lanes = 64 // np.dtype(dtype).itemsize
+    for n_batch in range(1, 2 * 8 * lanes + 2):
+        what = f"batch {n_batch}"
+        x = rng.uniform(-1, 1, (31, n_batch)).astype(dtype)
+        dy = rng.uniform(-1, 1, (23, n_batch)).astype(dtype)
+        y = be.matmul(x, w)
+        assert_close(y, ref.matmul(w_sp, x), ref.matmul(abs(w_sp), abs(x)), 31, dtype,
+                     "matmul " + what)
+        np.testing.assert_array_equal(be.matmul(np.ascontiguousarray(x[:, -1:]), w)[:, 0],
+                                      y[:, -1], err_msg="matmul, last sample alone, " + what)
+        want_dx = ref.matmul_t(w_sp, dy)
+        dx_scale = ref.matmul_t(abs(w_sp), abs(dy))
+        assert_close(be.matmul_t(dy, w), want_dx, dx_scale, 23, dtype, "matmul_t " + what)
+        want_g = ref.weight_grad(w_sp, x, dy)
+        g_scale = ref.weight_grad(w_sp, abs(x), abs(dy))
+        assert_close(be.weight_grad(x, dy, w), want_g, g_scale, n_batch, dtype,
+                     "weight_grad " + what)
+        dx, g = be.backward(x, dy, w, need_dx=True)
+        assert_close(g, want_g, g_scale, n_batch, dtype, "backward grad " + what)
+        assert_close(dx, want_dx, dx_scale, 23, dtype, "backward dx " + what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_tiled_products_do_not_depend_on_thread_count(cpu_tiling, dtype):
     one, two = parallel_cpu(1), parallel_cpu(2)  # the thresholds would keep these on one thread
     rng = np.random.default_rng(16)

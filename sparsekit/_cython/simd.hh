@@ -34,6 +34,31 @@ template <typename V, typename T> static inline V sk_ld(const T* p) {
 template <typename V, typename T> static inline void sk_st(T* p, const V& v) {
     memcpy(p, &v, sizeof v);
 }
+
+/* The first n (1 <= n <= lanes) elements of a vector: loaded with the others 0 and stored
+   without touching the others.  Masked moves do not fault on the lanes left out, so a row's
+   last vector may end anywhere.  With AVX-512 only (SK_MASKED); elsewhere the callers take a
+   scalar tail. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define SK_MASKED 1
+template <typename V, typename T> static inline V sk_ld_n(const T* p, int n) {
+    if constexpr (sizeof(T) == 4) {
+        return (V)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+    } else {
+        return (V)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+    }
+}
+template <typename V, typename T> static inline void sk_st_n(T* p, const V& v, int n) {
+    if constexpr (sizeof(T) == 4) {
+        _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+    } else {
+        _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+    }
+}
+#else
+#define SK_MASKED 0
+#endif
 /* Horizontal sum by halving: a fixed tree, so a fixed rounding order. */
 template <typename T, int B> static inline T sk_hsum(const typename SkPart<T, B>::V& v) {
     if constexpr (B == 2 * (int)sizeof(T)) {

@@ -4,7 +4,8 @@
 
    Register-tiled: a tile is U vectors of one batch-row segment held in registers while the
    non-zeros of a row stream past: each output element is loaded and stored once, and every
-   non-zero costs U gathered loads and U fused multiply-adds.  Every output element is summed in
+   non-zero costs U gathered loads and U fused multiply-adds.  A row's batch is walked in tiles
+   of SK_TILE vectors, then (AVX-512) one walk over the rest with its last vector masked.  Every output element is summed in
    an order fixed by the shapes alone, never by the thread count. */
 #ifndef SPARSEKIT_SPMM_HH
 #define SPARSEKIT_SPMM_HH
@@ -20,9 +21,20 @@
 #endif
 
 /* ---- W @ src and W.T @ src: out[0:U*N] = sum_k val_k * src[idx[k], 0:U*N] --------------- */
-template <typename T, typename I, bool PERM, bool PF, int U, int P>
+/* Vector u of a tile of U starting at s; with MASK the last one holds only `last` elements. */
+template <typename V, typename T, bool MASK>
+static inline __attribute__((always_inline)) V sk_axpy_ld(const T* s, int u, int U, int last) {
+#if SK_MASKED
+    if (MASK && u == U - 1) return sk_ld_n<V>(s + u * (int)(sizeof(V) / sizeof(T)), last);
+#endif
+    return sk_ld<V>(s + u * (int)(sizeof(V) / sizeof(T)));
+}
+
+/* MASK: only the first `last` elements of the U-th vector are read and written (the end of
+   a row, SK_MASKED builds only). */
+template <typename T, typename I, bool PERM, bool PF, int U, int P, bool MASK = false>
 static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
-                                ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out) {
+                                ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out, int last = 0) {
     typedef typename SkVec<T>::V V;
     const int N = SkVec<T>::N;
     V acc[P][U];
@@ -41,18 +53,26 @@ static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrd
             const T v = PERM ? vals[perm[k + p]] : vals[k + p];
             const T* s = src + (ptrdiff_t)idx[k + p] * ld;
             #pragma GCC unroll 16
-            for (int u = 0; u < U; ++u) acc[p][u] += v * sk_ld<V>(s + u * N);
+            for (int u = 0; u < U; ++u) acc[p][u] += v * sk_axpy_ld<V, T, MASK>(s, u, U, last);
         }
     }
     for (; k < k1; ++k) {
         const T v = PERM ? vals[perm[k]] : vals[k];
         const T* s = src + (ptrdiff_t)idx[k] * ld;
         #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[0][u] += v * sk_ld<V>(s + u * N);
+        for (int u = 0; u < U; ++u) acc[0][u] += v * sk_axpy_ld<V, T, MASK>(s, u, U, last);
     }
     sk_fold<V, P, U>(acc);
     #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) sk_st(out + u * N, acc[0][u]);
+    for (int u = 0; u < U; ++u) {
+#if SK_MASKED
+        if (MASK && u == U - 1) {
+            sk_st_n(out + u * N, acc[0][u], last);
+            continue;
+        }
+#endif
+        sk_st(out + u * N, acc[0][u]);
+    }
 }
 
 template <typename T, typename I, bool PERM>
@@ -80,6 +100,25 @@ static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdi
     ptrdiff_t b = 0;
     for (; b + SK_TILE * N <= n; b += SK_TILE * N)
         sk_axpy_tile<T, I, PERM, PF, SK_TILE, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
+    if (b == n) return;
+#if SK_MASKED
+    /* The rest of the row in one walk over the non-zeros: ceil(rest / N) vectors, the last one
+       masked.  A walk per power of two plus a scalar walk for the tail made a whole step 1.5x
+       slower at batch 100 and 1.3-1.45x at 200.  Every lane does the multiply-adds of the
+       scalar tail in the same order, so the bits are the same. */
+    const int rest = (int)(n - b), vecs = (rest + N - 1) / N, last = rest - (vecs - 1) * N;
+    src += b;
+    out += b;
+    switch (vecs) {
+#define SK_AXPY_REST(U) \
+        case U: sk_axpy_tile<T, I, PERM, PF, U, 1, true>(idx, vals, perm, k0, k1, src, ld, out, \
+                                                         last); return;
+        SK_AXPY_REST(1) SK_AXPY_REST(2) SK_AXPY_REST(3) SK_AXPY_REST(4)
+        SK_AXPY_REST(5) SK_AXPY_REST(6) SK_AXPY_REST(7) SK_AXPY_REST(8)
+#undef SK_AXPY_REST
+        default: return;  /* vecs <= SK_TILE, which is 8 with AVX-512 */
+    }
+#else
     const ptrdiff_t r = (n - b) / N;
     if (SK_TILE > 4 && (r & 4)) {
         sk_axpy_tile<T, I, PERM, PF, 4, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
@@ -95,6 +134,7 @@ static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdi
     }
     if (b < n)
         sk_axpy_tail<T, I, PERM>(idx, vals, perm, k0, k1, src + b, ld, out + b, (int)(n - b));
+#endif
 }
 
 /* Rows [r0, r1).  tv = 0: row by row over the whole batch.  tv = 1, 2 or 4: batch tiles of tv
@@ -148,15 +188,16 @@ static void sk_spmm_rows(const I* indptr, const I* idx, const T* vals, const I* 
      acc[:]    = sum_k vals[perm[k]] * g_k               (dx, when DX)
    SCATTER: the gradient goes to g_out[perm[k]] (W's CSR order), else to g_out[k] (the order of
    idx).  FIRST: first segment of the row, so the gradient is written, not accumulated. */
-template <typename T, typename I, bool DX, bool SCATTER, bool FIRST, bool PF, int U, int P>
+template <typename T, typename I, bool DX, bool SCATTER, bool FIRST, bool PF, int U, int P,
+          bool MASK = false>
 static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
                                ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow,
-                               T* dxrow, T* g_out) {
+                               T* dxrow, T* g_out, int last = 0) {
     typedef typename SkVec<T>::V V;
     const int N = SkVec<T>::N;
     V hv[U], acc[P][U];
     #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) hv[u] = sk_ld<V>(hrow + u * N);
+    for (int u = 0; u < U; ++u) hv[u] = sk_axpy_ld<V, T, MASK>(hrow, u, U, last);
     #pragma GCC unroll 16
     for (int p = 0; p < P; ++p)
         #pragma GCC unroll 16
@@ -188,8 +229,9 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
                 V dv[U], hx[U];
                 #pragma GCC unroll 16
                 for (int u = 0; u < U; ++u) {
-                    dv[u] = sk_ld<V>(d + u * N);
-                    hx[u] = DX && U > SK_HOLD_MAX ? sk_ld<V>(hr + u * N) : hv[u];
+                    dv[u] = sk_axpy_ld<V, T, MASK>(d, u, U, last);
+                    hx[u] = DX && U > SK_HOLD_MAX ? sk_axpy_ld<V, T, MASK>(hr, u, U, last)
+                                                  : hv[u];
                 }
                 V g0 = dv[0] * hx[0];
                 V g1 = V{};
@@ -241,7 +283,7 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
             const T* d = src + (ptrdiff_t)idx[kk] * ld;
             V dv[U];
             #pragma GCC unroll 16
-            for (int u = 0; u < U; ++u) dv[u] = sk_ld<V>(d + u * N);
+            for (int u = 0; u < U; ++u) dv[u] = sk_axpy_ld<V, T, MASK>(d, u, U, last);
             V g0 = dv[0] * hv[0];
             V g1 = V{};
             #pragma GCC unroll 16
@@ -261,7 +303,15 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
     if (DX) {
         sk_fold<V, P, U>(acc);
         #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) sk_st(dxrow + u * N, acc[0][u]);
+        for (int u = 0; u < U; ++u) {
+#if SK_MASKED
+            if (MASK && u == U - 1) {
+                sk_st_n(dxrow + u * N, acc[0][u], last);
+                continue;
+            }
+#endif
+            sk_st(dxrow + u * N, acc[0][u]);
+        }
     }
 }
 
@@ -285,16 +335,17 @@ static inline void sk_dot_tail(const I* idx, const I* perm, const T* vals, ptrdi
     if (DX) for (int b = 0; b < n; ++b) dxrow[b] = acc[b];
 }
 
-template <typename T, typename I, bool DX, bool SCATTER, bool PF, int U, int P>
+template <typename T, typename I, bool DX, bool SCATTER, bool PF, int U, int P,
+          bool MASK = false>
 static inline void sk_dot_seg(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
                               ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow, T* dxrow,
-                              T* g_out, bool first) {
+                              T* g_out, bool first, int last = 0) {
     if (first)
-        sk_dot_tile<T, I, DX, SCATTER, true, PF, U, P>(idx, perm, vals, k0, k1, src, ld, hrow,
-                                                       dxrow, g_out);
+        sk_dot_tile<T, I, DX, SCATTER, true, PF, U, P, MASK>(idx, perm, vals, k0, k1, src, ld,
+                                                             hrow, dxrow, g_out, last);
     else
-        sk_dot_tile<T, I, DX, SCATTER, false, PF, U, P>(idx, perm, vals, k0, k1, src, ld, hrow,
-                                                        dxrow, g_out);
+        sk_dot_tile<T, I, DX, SCATTER, false, PF, U, P, MASK>(idx, perm, vals, k0, k1, src, ld,
+                                                              hrow, dxrow, g_out, last);
 }
 
 /* One held row over the batch segment [b0, n_batch); b0 > 0 means earlier segments wrote. */
@@ -307,6 +358,22 @@ static inline void sk_dot_rest(const I* idx, const I* perm, const T* vals, ptrdi
     for (; b + SK_TILE * N <= n; b += SK_TILE * N)
         sk_dot_seg<T, I, DX, SCATTER, PF, SK_TILE, 1>(idx, perm, vals, k0, k1, src + b, ld,
                                                       hrow + b, dxrow + b, g_out, b == 0);
+    if (b == n) return;
+#if SK_MASKED
+    /* The rest of the row in one walk, its last vector masked (see sk_axpy_seg).  The
+       gradient is one dot per segment, so the segments (not only the tail) set its rounding:
+       a batch of 128 or a multiple of it keeps the bits it had with a walk per power of two. */
+    const int rest = (int)(n - b), vecs = (rest + N - 1) / N, last = rest - (vecs - 1) * N;
+    switch (vecs) {
+#define SK_DOT_REST(U, P) \
+        case U: sk_dot_seg<T, I, DX, SCATTER, PF, U, P, true>(idx, perm, vals, k0, k1, src + b, \
+                    ld, hrow + b, DX ? dxrow + b : dxrow, g_out, b == 0, last); return;
+        SK_DOT_REST(1, 4) SK_DOT_REST(2, 2) SK_DOT_REST(3, 1) SK_DOT_REST(4, 1)
+        SK_DOT_REST(5, 1) SK_DOT_REST(6, 1) SK_DOT_REST(7, 1) SK_DOT_REST(8, 1)
+#undef SK_DOT_REST
+        default: return;  /* vecs <= SK_TILE, which is 8 with AVX-512 */
+    }
+#else
     const ptrdiff_t r = (n - b) / N;
     if (SK_TILE > 4 && (r & 4)) {
         sk_dot_seg<T, I, DX, SCATTER, PF, 4, 1>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
@@ -331,6 +398,7 @@ static inline void sk_dot_rest(const I* idx, const I* perm, const T* vals, ptrdi
             sk_dot_tail<T, I, DX, SCATTER, false>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
                                                   dxrow + b, g_out, (int)(n - b));
     }
+#endif
 }
 
 /* Held rows [r0, r1) (hold = x_ib for the backward, dy_ob for the SDDMM), gathered rows from

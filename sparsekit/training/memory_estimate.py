@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._cython.backend import CpuBackend
-
 from ..nn.csr import index_dtype_for
 from ..nn.init import er_connections
 

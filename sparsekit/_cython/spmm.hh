@@ -21,13 +21,25 @@
 #endif
 
 /* ---- W @ src and W.T @ src: out[0:U*N] = sum_k val_k * src[idx[k], 0:U*N] --------------- */
-/* Vector u of a tile of U starting at s; with MASK the last one holds only `last` elements. */
+/* Load and store vector u of a tile of U starting at p; with MASK the last one holds only
+   `last` elements. */
 template <typename V, typename T, bool MASK>
-static inline __attribute__((always_inline)) V sk_axpy_ld(const T* s, int u, int U, int last) {
+static inline __attribute__((always_inline)) V sk_tile_ld(const T* p, int u, int U, int last) {
 #if SK_MASKED
-    if (MASK && u == U - 1) return sk_ld_n<V>(s + u * (int)(sizeof(V) / sizeof(T)), last);
+    if (MASK && u == U - 1) return sk_ld_n<V>(p + u * SkVec<T>::N, last);
 #endif
-    return sk_ld<V>(s + u * (int)(sizeof(V) / sizeof(T)));
+    return sk_ld<V>(p + u * SkVec<T>::N);
+}
+template <typename V, typename T, bool MASK>
+static inline __attribute__((always_inline)) void sk_tile_st(T* p, int u, int U, int last,
+                                                             const V& v) {
+#if SK_MASKED
+    if (MASK && u == U - 1) {
+        sk_st_n(p + u * SkVec<T>::N, v, last);
+        return;
+    }
+#endif
+    sk_st(p + u * SkVec<T>::N, v);
 }
 
 /* MASK: only the first `last` elements of the U-th vector are read and written (the end of
@@ -36,7 +48,6 @@ template <typename T, typename I, bool PERM, bool PF, int U, int P, bool MASK = 
 static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
                                 ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out, int last = 0) {
     typedef typename SkVec<T>::V V;
-    const int N = SkVec<T>::N;
     V acc[P][U];
     #pragma GCC unroll 16
     for (int p = 0; p < P; ++p)
@@ -53,26 +64,18 @@ static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrd
             const T v = PERM ? vals[perm[k + p]] : vals[k + p];
             const T* s = src + (ptrdiff_t)idx[k + p] * ld;
             #pragma GCC unroll 16
-            for (int u = 0; u < U; ++u) acc[p][u] += v * sk_axpy_ld<V, T, MASK>(s, u, U, last);
+            for (int u = 0; u < U; ++u) acc[p][u] += v * sk_tile_ld<V, T, MASK>(s, u, U, last);
         }
     }
     for (; k < k1; ++k) {
         const T v = PERM ? vals[perm[k]] : vals[k];
         const T* s = src + (ptrdiff_t)idx[k] * ld;
         #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[0][u] += v * sk_axpy_ld<V, T, MASK>(s, u, U, last);
+        for (int u = 0; u < U; ++u) acc[0][u] += v * sk_tile_ld<V, T, MASK>(s, u, U, last);
     }
     sk_fold<V, P, U>(acc);
     #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) {
-#if SK_MASKED
-        if (MASK && u == U - 1) {
-            sk_st_n(out + u * N, acc[0][u], last);
-            continue;
-        }
-#endif
-        sk_st(out + u * N, acc[0][u]);
-    }
+    for (int u = 0; u < U; ++u) sk_tile_st<V, T, MASK>(out, u, U, last, acc[0][u]);
 }
 
 template <typename T, typename I, bool PERM>
@@ -197,7 +200,7 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
     const int N = SkVec<T>::N;
     V hv[U], acc[P][U];
     #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) hv[u] = sk_axpy_ld<V, T, MASK>(hrow, u, U, last);
+    for (int u = 0; u < U; ++u) hv[u] = sk_tile_ld<V, T, MASK>(hrow, u, U, last);
     #pragma GCC unroll 16
     for (int p = 0; p < P; ++p)
         #pragma GCC unroll 16
@@ -229,8 +232,8 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
                 V dv[U], hx[U];
                 #pragma GCC unroll 16
                 for (int u = 0; u < U; ++u) {
-                    dv[u] = sk_axpy_ld<V, T, MASK>(d, u, U, last);
-                    hx[u] = DX && U > SK_HOLD_MAX ? sk_axpy_ld<V, T, MASK>(hr, u, U, last)
+                    dv[u] = sk_tile_ld<V, T, MASK>(d, u, U, last);
+                    hx[u] = DX && U > SK_HOLD_MAX ? sk_tile_ld<V, T, MASK>(hr, u, U, last)
                                                   : hv[u];
                 }
                 V g0 = dv[0] * hx[0];
@@ -283,7 +286,7 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
             const T* d = src + (ptrdiff_t)idx[kk] * ld;
             V dv[U];
             #pragma GCC unroll 16
-            for (int u = 0; u < U; ++u) dv[u] = sk_axpy_ld<V, T, MASK>(d, u, U, last);
+            for (int u = 0; u < U; ++u) dv[u] = sk_tile_ld<V, T, MASK>(d, u, U, last);
             V g0 = dv[0] * hv[0];
             V g1 = V{};
             #pragma GCC unroll 16
@@ -303,15 +306,7 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
     if (DX) {
         sk_fold<V, P, U>(acc);
         #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) {
-#if SK_MASKED
-            if (MASK && u == U - 1) {
-                sk_st_n(dxrow + u * N, acc[0][u], last);
-                continue;
-            }
-#endif
-            sk_st(dxrow + u * N, acc[0][u]);
-        }
+        for (int u = 0; u < U; ++u) sk_tile_st<V, T, MASK>(dxrow, u, U, last, acc[0][u]);
     }
 }
 

@@ -40,7 +40,8 @@ CASES = [("tiny 4-4-4-4-3, batch 2", "4-4-4-4-3", 2, 1, "synthetic"),
 CHILD = """
 import json, sys, time
 import numpy as np
-from sparsekit._cython.backend import _PLAN, CpuBackend
+from sparsekit._cython.backend import CpuBackend
+from sparsekit._cython.workspace import PLAN
 from sparsekit.backends.base import Backend
 from sparsekit.nn.model import SparseMLP
 from sparsekit.training.config import TrainConfig
@@ -69,7 +70,7 @@ for s in range(steps):
     mode = "recomputed" if (s // 10) % 2 else "kept"
     idx = perm[(s * bs) % (x.shape[0] - bs):][:bs]
     if mode == "recomputed":
-        engine._buffers.pop(_PLAN, None)
+        engine._buffers.pop(PLAN, None)  # every plan
         engine.flops._last = (None, (0, 0))
     be.softmax_cross_entropy = generic_loss if mode == "recomputed" else kept_loss
     t0 = time.perf_counter()

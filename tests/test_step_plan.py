@@ -14,7 +14,8 @@ import pytest
 import reference as ref
 
 from sparsekit._cython import elementwise
-from sparsekit._cython.backend import _PLAN, CpuBackend
+from sparsekit._cython.backend import CpuBackend
+from sparsekit._cython.workspace import PLAN
 from sparsekit.backends.base import Backend
 from sparsekit.nn.activations import softmax_cross_entropy
 from sparsekit.nn.layers import SparseLayer
@@ -58,8 +59,8 @@ def _evolve(model, rng):
         layer.rebuild(keep, rows, cols, rng.uniform(-0.1, 0.1, n_new).astype(layer.w.dtype))
 
 
-CHANGES = ["none", "evolve", "batch_size", "other_batch_in_buffers", "new_bias_array",
-           "new_input", "no_momentum", "threads"]
+CHANGES = ["none", "evolve", "batch_size", "other_batch_in_buffers", "larger_batch_in_buffers",
+           "new_bias_array", "new_input", "no_momentum", "threads"]
 
 
 @pytest.mark.parametrize("change", CHANGES)
@@ -76,8 +77,10 @@ def test_a_kept_step_plan_gives_the_bits_of_a_fresh_one(change):
             if change == "evolve":
                 for model in (kept, fresh):
                     _evolve(model, np.random.default_rng(7))
-            elif change == "other_batch_in_buffers":  # reallocates the buffers the plan holds
+            elif change == "other_batch_in_buffers":  # overwrites the buffers the plan holds
                 kept.forward_train(np.ascontiguousarray(x[:5].T), [3, 4], buffers=buffers)
+            elif change == "larger_batch_in_buffers":  # reallocates them
+                kept.forward_train(np.ascontiguousarray(x[:30].T), [3, 4], buffers=buffers)
             elif change == "new_bias_array":
                 for model in (kept, fresh):
                     model.layers[1].b = model.layers[1].b.copy()
@@ -102,6 +105,12 @@ def test_a_kept_step_plan_gives_the_bits_of_a_fresh_one(change):
             _same(got[3][0][i][0], want[3][0][i][0], f"step {step}: grad_w {i}")
 
 
+def _only_plan(buffers):
+    plans = buffers[PLAN]
+    assert len(plans) == 1, f"{len(plans)} plans kept"
+    return next(iter(plans.values()))
+
+
 def test_the_plan_is_kept_across_steps_and_dropped_when_its_buffers_go():
     model = _model(3)
     rng = np.random.default_rng(0)
@@ -109,16 +118,18 @@ def test_the_plan_is_kept_across_steps_and_dropped_when_its_buffers_go():
     y = rng.integers(0, 4, 40)
     buffers = {}
     _step(model, x, np.arange(16), y[:16], 0, buffers)
-    plan = buffers[_PLAN]
+    plan = _only_plan(buffers)
     _step(model, x, np.arange(16, 32), y[16:32], 1, buffers)
-    assert buffers[_PLAN] is plan  # same model, input and batch size: kept
+    assert _only_plan(buffers) is plan  # same model, input and batch size: kept
     model.forward_train(np.ascontiguousarray(x[:3].T), [1, 2], buffers=buffers)
-    assert _PLAN not in buffers  # a buffer it held was reallocated
+    assert _only_plan(buffers) is plan  # a smaller batch is a prefix of the same buffers
+    model.forward_train(np.ascontiguousarray(x[:24].T), [1, 2], buffers=buffers)
+    assert PLAN not in buffers  # a larger one reallocated a buffer the plan held
     _step(model, x, np.arange(16), y[:16], 2, buffers)
-    assert buffers[_PLAN] is not plan
+    assert _only_plan(buffers) is not plan
     # a batch the step cannot gather itself (a negative index wraps, as in NumPy) takes the
     # generic path and leaves the plan alone
-    plan = buffers[_PLAN]
+    plan = _only_plan(buffers)
     twin = _model(3)
     for a, b in zip(twin.layers, model.layers):
         a.w.data[...], a.b[...] = b.w.data, b.b
@@ -127,8 +138,37 @@ def test_the_plan_is_kept_across_steps_and_dropped_when_its_buffers_go():
     idx = np.arange(-16, 0)
     got = _step(model, x, idx, y[idx], 3, buffers)
     want = _step(twin, x, idx + 40, y[idx], 3, {})
-    assert buffers[_PLAN] is plan and got[0][0] == want[0][0]
+    assert _only_plan(buffers) is plan and got[0][0] == want[0][0]
     _same(model.layers[0].w.data, twin.layers[0].w.data, "weights after a wrapped batch")
+
+
+def test_a_partial_last_batch_allocates_nothing_after_the_first_epoch(monkeypatch):
+    """An epoch of full batches and a partial last one keeps a plan for each, on one set of
+    buffers, so later epochs allocate nothing and still give a fresh step's bits."""
+    import sparsekit._cython.workspace as workspace
+
+    made = []
+    real = workspace.aligned_empty
+    monkeypatch.setattr(workspace, "aligned_empty", lambda *a, **k: made.append(a) or real(*a, **k))
+    kept, fresh = _model(5), _model(5)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 12)).astype(np.float32)
+    y = rng.integers(0, 4, 40)
+    buffers, later = {}, 0
+    for epoch in range(3):
+        for s, (start, stop) in enumerate([(0, 16), (16, 32), (32, 40)]):
+            idx = rng.permutation(40)[start:stop]
+            before = len(made)
+            got = _step(kept, x, idx, y[idx], 10 * epoch + s, buffers)
+            later += (len(made) - before) if epoch else 0
+            want = _step(fresh, x, idx, y[idx], 10 * epoch + s, {})
+            assert got[0][0] == want[0][0]
+            for i, (a, w) in enumerate(zip(got[1] + got[2], want[1] + want[2])):
+                _same(a, w, f"epoch {epoch} step {s}: activation/derivative {i}")
+            for i, (a, w) in enumerate(zip(kept.layers, fresh.layers)):
+                _same(a.w.data, w.w.data, f"epoch {epoch} step {s}: weights {i}")
+    assert later == 0, f"{later} arrays allocated after the first epoch"
+    assert len(buffers[PLAN]) == 2
 
 
 # --- the loss -----------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._align import aligned_empty
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count
 from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
+from .workspace import buffer as _buffer
+from .workspace import keep_plan, kept_plan
 
 
 class CpuBackend(Backend):
@@ -220,11 +221,12 @@ class CpuBackend(Backend):
     def _step_plan(self, layers, activations, x, idx, dtype, sgd, buffers):
         """What :meth:`mlp_step` decides and allocates before a step (whether the step may
         run in one team, the update in it, the buffers), kept in ``buffers`` for the next step
-        of the same shapes (``_StepPlan``); None when the step must take the generic path.
+        of the same shapes (``workspace.StepPlan``); None when the step must take the generic
+        path.
 
         The key holds every property those depend on, so a kept plan is what recomputing
-        would give; the buffers are the dict's own (``_buffer`` drops the plan when it
-        replaces one), and the model's arrays are read anew at every step, so the plan keeps
+        would give; the buffers are the dict's own (``workspace.buffer`` drops the plans when
+        it grows one), and the model's arrays are read anew at every step, so the plan keeps
         nothing alive.  Recomputing it every step took 10-20 us (``benchmarks/step_overhead.py``
         measures it with the loss kernel and the kept flop count: 23 of a tiny network's 59 us,
         about 45 of the Fashion-MNIST network's).
@@ -237,8 +239,8 @@ class CpuBackend(Backend):
                tuple((w.shape, w.nnz, w.dtype, w.indices.dtype, layer.w_forward is None,
                       "momentum" in layer.state_w, "momentum" in layer.state_b)
                      for layer in layers for w in (layer.w,)))
-        plan = buffers.get(_PLAN)
-        if plan is not None and plan.key == key:
+        plan = kept_plan(buffers, key)
+        if plan is not None:
             return plan
         if idx.shape[0] == 0 or not self._can_gather(layers, activations, x, dtype, buffers):
             return None
@@ -246,12 +248,12 @@ class CpuBackend(Backend):
         x_ib, (_, _, scratch) = self._batch_buffers(x, idx, buffers)
         outs, derivs = self._forward_buffers(layers, n_batch, buffers)
         dzs, gws, gbs = self._backward_buffers(layers, n_batch, buffers)
-        plan = buffers[_PLAN] = _StepPlan(
-            key=key, dtype=np.dtype(dtype), fused_sgd=self._sgd_rule(layers, sgd) is not None,
-            x_ib=x_ib, scratch=scratch, outs=outs, derivs=derivs, dzs=dzs, gws=gws, gbs=gbs,
+        return keep_plan(
+            buffers, key, dtype=np.dtype(dtype),
+            fused_sgd=self._sgd_rule(layers, sgd) is not None, x_ib=x_ib, scratch=scratch,
+            outs=outs, derivs=derivs, dzs=dzs, gws=gws, gbs=gbs,
             slopes=[a.slope for a in activations],
             work=2 * n_batch * sum(layer.nnz for layer in layers))
-        return plan
 
     def softmax_cross_entropy(self, logits_cb, labels_b):
         # Two passes in C around NumPy's exp and log: the same bits as the generic version's
@@ -464,17 +466,6 @@ def _layer_arrays(layer, transpose=None) -> dict:
     return out
 
 
-def _buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
-    """The aligned array ``buffers[key]``, (re)allocated when its shape or dtype changed."""
-    arr = buffers.get(key)  # only ever filled here: aligned and writeable when made
-    if arr is None or arr.shape != shape or arr.dtype != dtype:
-        # A step plan that holds the old array goes too: it would keep it alive, and write
-        # into it while the caller reads the new one.
-        buffers.pop(_PLAN, None)
-        arr = buffers[key] = aligned_empty(shape, dtype)
-    return arr
-
-
 def _batch_rows(x, idx):
     """``idx`` as int64 if every index lies in ``[0, len(x))`` (the passes gather those
     themselves), else None (NumPy's indexing rules: negative indices wrap, others raise)."""
@@ -482,19 +473,3 @@ def _batch_rows(x, idx):
         return None
     rows = np.ascontiguousarray(idx, dtype=np.int64)
     return rows if rows.min() >= 0 and rows.max() < x.shape[0] else None
-
-
-#: The key of :meth:`CpuBackend._step_plan`'s entry in a buffers dict.
-_PLAN = "step_plan"
-
-
-class _StepPlan:
-    """What :meth:`CpuBackend._step_plan` keeps between steps of the same ``key``."""
-
-    __slots__ = ("key", "dtype", "fused_sgd", "x_ib", "scratch", "outs", "derivs", "dzs",
-                 "gws", "gbs", "slopes", "work")
-
-    def __init__(self, **fields) -> None:
-        for name, value in fields.items():
-            setattr(self, name, value)
-

@@ -1,0 +1,71 @@
+"""The arrays a CPU training step keeps from one step to the next, in the caller's ``buffers``
+dict (the engine's, or an inference call's).
+
+Each array is the front of one flat, 64-byte-aligned allocation that only grows, so alternating
+sizes (an epoch's partial last batch, an inference pass's remainder, a layer after pruning)
+reuse memory instead of faulting in fresh pages; and the step's plan (:class:`StepPlan`, what
+``CpuBackend._step_plan`` decides before a step) is kept per shape of step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._align import aligned_empty
+
+#: The key of the step plans (a dict: plan key -> plan) in a buffers dict, and how many it
+#: keeps: an epoch with a partial last batch alternates two.
+PLAN = "step_plan"
+MAX_PLANS = 4
+
+
+def buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
+    """An aligned C-contiguous array of ``shape`` kept in ``buffers`` under ``key``: a prefix
+    view of the key's storage, which is reallocated only to grow (or for another dtype).
+
+    A partial last batch used to reallocate every buffer twice per epoch: 6 % of a small
+    estimator's fit (digits, batch 200).
+    """
+    dtype = np.dtype(dtype)
+    kept = buffers.get(key)  # (flat storage, the last view): only ever filled here
+    if kept is not None and kept[1].shape == shape and kept[1].dtype == dtype:
+        return kept[1]
+    size = math.prod(shape)
+    flat = None if kept is None else kept[0]
+    if flat is None or flat.dtype != dtype or flat.shape[0] < size:
+        # Plans that hold views of the old storage go too: they would keep it alive, and write
+        # into it while the caller reads the new one.
+        buffers.pop(PLAN, None)
+        flat = aligned_empty((size,), dtype)
+    view = flat[:size].reshape(shape)
+    buffers[key] = (flat, view)
+    return view
+
+
+def kept_plan(buffers: dict, key):
+    """The plan kept under ``key``, or None."""
+    return buffers.get(PLAN, {}).get(key)
+
+
+def keep_plan(buffers: dict, key, **fields) -> StepPlan:
+    """Keep a new plan under ``key`` (call it after taking its buffers: growing one drops every
+    plan), evicting the oldest past :data:`MAX_PLANS` (e.g. a topology whose nnz changes at
+    every update)."""
+    plans = buffers.setdefault(PLAN, {})
+    if len(plans) >= MAX_PLANS:
+        plans.pop(next(iter(plans)))
+    plan = plans[key] = StepPlan(key=key, **fields)
+    return plan
+
+
+class StepPlan:
+    """What ``CpuBackend._step_plan`` keeps between steps of the same ``key``."""
+
+    __slots__ = ("key", "dtype", "fused_sgd", "x_ib", "scratch", "outs", "derivs", "dzs",
+                 "gws", "gbs", "slopes", "work")
+
+    def __init__(self, **fields) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)

@@ -19,7 +19,7 @@ from sparsekit._cython.backend import CpuBackend
 from sparsekit.backends.base import Backend
 from sparsekit.nn.layers import SparseLayer
 from sparsekit.nn.model import SparseMLP
-from sparsekit.training.optim import MomentumSGD
+from sparsekit.training.optim import Adam, AdamW, MomentumSGD
 
 # (layer sizes, density, batch): edges (one input, empty layers, one sample, odd batches) and
 # the default network's shape class.
@@ -96,34 +96,82 @@ def test_fused_forward_matches_a_float64_oracle():
                              "logits")
 
 
-@pytest.mark.parametrize("decay", ["coupled", "decoupled"])
-@pytest.mark.parametrize("nesterov", [False, True])
+OPTIMIZERS = {
+    "sgd": lambda: MomentumSGD(0.9, 2e-4),
+    "sgd-nesterov": lambda: MomentumSGD(0.9, 2e-4, nesterov=True),
+    "sgd-decoupled": lambda: MomentumSGD(0.9, 0.01, "decoupled"),
+    "sgd-decoupled-nesterov": lambda: MomentumSGD(0.9, 0.01, "decoupled", True),
+    "adam": lambda: Adam(),
+    "adam-l2": lambda: Adam(weight_decay=1e-3),
+    "adamw": lambda: AdamW(),
+    "adamw-no-decay": lambda: AdamW(weight_decay=0.0),
+}
+
+
+@pytest.mark.parametrize("t", [0, 6])
+@pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_sgd_update_equals_momentum_sgd(decay, nesterov, dtype):
+def test_the_fused_update_has_the_optimizers_bits(name, dtype, t):
+    """The backward's update from ``backend_rule`` against the optimizer's own NumPy update,
+    from state left by earlier steps (``t`` of them)."""
     rng = np.random.default_rng(3)
-    opt = MomentumSGD(0.9, 2e-4 if decay == "coupled" else 0.01, decay, nesterov)
+    opts = [OPTIMIZERS[name]() for _ in range(2)]
     models = [make_model(np.random.default_rng(1), [70, 90, 40, 6], 0.3, dtype, np.int32)
               for _ in range(2)]
-    for m in models:
+    for opt, m in zip(opts, models):
         opt.attach(m)
-        for layer in m.layers:  # a velocity from earlier steps
-            layer.state_w["momentum"][...] = np.random.default_rng(2).standard_normal(layer.nnz)
-            layer.state_b["momentum"][...] = 0.01
+        opt.t = t
+        for layer in m.layers:  # state from earlier steps
+            for k, slot in enumerate(opt.slots):
+                r = np.random.default_rng(2 + k)
+                layer.state_w[slot][...] = r.standard_normal(layer.nnz) ** (k + 1) / 10
+                layer.state_b[slot][...] = r.standard_normal(layer.b.shape[0]) ** (k + 1) / 10
     be = models[0].backend
     x = batch(rng, 70, 64, dtype)
     logits, acts, derivs = be.mlp_forward(models[0].layers, models[0].activations, x, 0.3,
                                           [1, 2], {})
     dlogits = rng.standard_normal(logits.shape).astype(dtype) / 64
     grads = Backend.mlp_backward(be, models[0].layers, acts, derivs, dlogits)[0]
-    opt.step(models[0], grads, 0.05)
+    opts[0].step(models[0], grads, 0.05)
     _, _, applied = be.mlp_backward(models[1].layers, acts, derivs, dlogits, False,
-                                    opt.backend_rule(0.05), {})
+                                    opts[1].backend_rule(0.05), {})
     assert applied
+    opts[1].applied_by_backend()
+    assert opts[0].t == opts[1].t == t + 1
     for a, b in zip(*(m.layers for m in models)):
         same(b.w.data, a.w.data, "weights")
         same(b.b, a.b, "bias")
-        same(b.state_w["momentum"], a.state_w["momentum"], "velocity")
-        same(b.state_b["momentum"], a.state_b["momentum"], "bias velocity")
+        for slot in opts[0].slots:
+            same(b.state_w[slot], a.state_w[slot], f"{slot} of the weights")
+            same(b.state_b[slot], a.state_b[slot], f"{slot} of the bias")
+
+
+def test_an_update_the_backend_cannot_apply_is_left_to_the_optimizer():
+    rng = np.random.default_rng(4)
+    model = make_model(np.random.default_rng(1), [10, 12, 3], 0.5, np.float32, np.int32)
+    be = model.backend
+    x = batch(rng, 10, 16, np.float32)
+    logits, acts, derivs = be.mlp_forward(model.layers, model.activations, x, 0.0, [1], {})
+    dlogits = np.ones_like(logits) / 16
+    before = [layer.w.data.copy() for layer in model.layers]
+    Adam().attach(model)  # Adam's state, SGD's rule
+    assert not be.mlp_backward(model.layers, acts, derivs, dlogits, False,
+                               MomentumSGD().backend_rule(0.05), {})[2]
+    assert not be.mlp_backward(model.layers, acts, derivs, dlogits, False,
+                               ("rmsprop", 0.05), {})[2]
+    for w, layer in zip(before, model.layers):
+        same(layer.w.data, w, "weights")
+    arrays = be._pass_arrays(model.layers, None)
+    with pytest.raises(ValueError, match="update must be"):
+        mlp.backward(arrays, list(acts), list(derivs), [np.empty((12, 16), np.float32), dlogits],
+                     [np.empty(layer.nnz, np.float32) for layer in model.layers],
+                     [np.empty(layer.b.shape[0], np.float32) for layer in model.layers],
+                     ("rmsprop", 0.05))
+
+
+def test_the_backends_update_slots_are_the_optimizers():
+    assert CpuBackend._update_slots == {"sgd": MomentumSGD.slots, "adam": Adam.slots}
+    assert AdamW.slots == Adam.slots
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 100, 128, 129, 1000, 4099])
@@ -237,23 +285,43 @@ def _softmax_loss(y):
     return lambda logits: softmax_cross_entropy(np, logits, y, as_float=False)
 
 
-def _with_momentum(model):
+def _with_momentum(model, update=None):
+    """Every layer with the state ``update``'s kind reads (momentum SGD's by default), not
+    zero, as after earlier steps."""
     for layer in model.layers:
-        layer.state_w["momentum"] = np.full_like(layer.w.data, 0.01)
-        layer.state_b["momentum"] = np.full_like(layer.b, -0.01)
+        if update is not None and update[0] == "adam":
+            layer.state_w["exp_avg"] = np.full_like(layer.w.data, 0.01)
+            layer.state_b["exp_avg"] = np.full_like(layer.b, -0.01)
+            layer.state_w["exp_avg_sq"] = np.full_like(layer.w.data, 1e-4)
+            layer.state_b["exp_avg_sq"] = np.full_like(layer.b, 2e-4)
+        else:
+            layer.state_w["momentum"] = np.full_like(layer.w.data, 0.01)
+            layer.state_b["momentum"] = np.full_like(layer.b, -0.01)
     return model
 
 
+def _rule(opt, t=3, lr=0.05):
+    """``opt``'s update rule at its step ``t``."""
+    opt.t = t - 1
+    return opt.backend_rule(lr)
+
+
+#: Update rules as the optimizers give them: SGD coupled, Nesterov with decoupled decay, Adam
+#: (L2 decay) and AdamW.
+UPDATES = [_rule(MomentumSGD(0.9, 1e-3)), _rule(MomentumSGD(0.9, 1e-3, "decoupled", True)),
+           _rule(Adam(weight_decay=1e-3)), _rule(AdamW(weight_decay=1e-3))]
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("sgd,keep_dz", [(None, True), ((0.05, 0.9, 1e-3, True, False), False),
-                                         ((0.05, 0.9, 1e-3, False, True), True)])
+@pytest.mark.parametrize("update,keep_dz", [(None, True), (UPDATES[0], False), (UPDATES[1], True),
+                                            (UPDATES[2], False), (UPDATES[3], True)])
 @pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, sgd, keep_dz,
+def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, update, keep_dz,
                                                          threads):
     sizes, density, b = CASES[case]
     models = [_with_momentum(make_model(np.random.default_rng(200 + case), sizes, density,
-                                        dtype, idt, threads=threads)) for _ in range(2)]
+                                        dtype, idt, threads=threads), update) for _ in range(2)]
     rng = np.random.default_rng(case)
     n = 2 * b + 3
     x = rng.standard_normal((n, sizes[0])).astype(dtype)
@@ -264,13 +332,13 @@ def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, sgd, 
     for model, step in zip(models, (Backend.mlp_step, CpuBackend.mlp_step)):
         be = model.backend
         results.append(step(be, model.layers, model.activations, x, idx, dtype, 0.3, seeds,
-                            _softmax_loss(y), keep_dz, sgd, {}))
+                            _softmax_loss(y), keep_dz, update, {}))
     (want_loss, want_acts, want_derivs, want_bwd), (got_loss, acts, derivs, bwd) = results
     assert got_loss[0] == want_loss[0]
     same(got_loss[1], want_loss[1], "out")
     for i, (a, w) in enumerate(zip(acts + derivs, want_acts + want_derivs)):
         same(a, w, f"activation/derivative {i}")
-    assert bwd[2] == want_bwd[2] == (sgd is not None)
+    assert bwd[2] == want_bwd[2] == (update is not None)
     for i in range(len(sizes) - 1):
         same(bwd[0][i][0], want_bwd[0][i][0], f"grad_w {i}")
         same(bwd[0][i][1], want_bwd[0][i][1], f"grad_b {i}")
@@ -290,7 +358,7 @@ def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
     x = rng.standard_normal((20, 6)).astype(np.float32)
     idx, y = np.arange(16), rng.integers(0, 3, 16)
     before = [layer.w.data.copy() for layer in layers]
-    sgd = (0.1, 0.9, 0.0, True, False)
+    sgd = ("sgd", 0.1, 0.9, 0.0, True, False)
 
     def failing(logits):
         raise KeyError("from the loss")

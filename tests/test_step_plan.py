@@ -21,7 +21,7 @@ from sparsekit.nn.activations import softmax_cross_entropy
 from sparsekit.nn.layers import SparseLayer
 from sparsekit.nn.model import SparseMLP
 
-SGD = (0.05, 0.9, 1e-3, True, False)
+SGD = ("sgd", 0.05, 0.9, 1e-3, True, False)
 
 
 def _model(seed, sizes=(12, 20, 16, 4), dtype=np.float32, threads=2):
@@ -37,11 +37,11 @@ def _model(seed, sizes=(12, 20, 16, 4), dtype=np.float32, threads=2):
     return SparseMLP.from_layers(layers, activation="allrelu", dropout=0.2)
 
 
-def _step(model, x, idx, y, seed, buffers, sgd=SGD):
+def _step(model, x, idx, y, seed, buffers, update=SGD):
     be = model.backend
     loss = lambda logits: be.softmax_cross_entropy(logits, y)  # noqa: E731
     return be.mlp_step(model.layers, model.activations, x, idx, x.dtype, 0.2, [seed, seed + 1],
-                       loss, False, sgd, buffers)
+                       loss, False, update, buffers)
 
 
 def _same(a, b, what):

@@ -187,15 +187,15 @@ class CpuBackend(Backend):
         return self._fused_forward(layers, activations, x_ib, rate, seeds, buffers, gather)
 
     def mlp_step(self, layers, activations, x, idx, dtype, rate: float, seeds, loss,
-                 keep_dz: bool = False, sgd=None, buffers=None):
-        plan = self._step_plan(layers, activations, x, idx, dtype, sgd, buffers)
+                 keep_dz: bool = False, update=None, buffers=None):
+        plan = self._step_plan(layers, activations, x, idx, dtype, update, buffers)
         rows = None if plan is None else _batch_rows(x, idx)
         if rows is None:
             return super().mlp_step(layers, activations, x, idx, dtype, rate, seeds, loss,
-                                    keep_dz, sgd, buffers)
+                                    keep_dz, update, buffers)
         # One team for the whole step (mlp.step): the loss runs on this thread between the
         # passes while the others wait awake, instead of being woken again for the backward.
-        sgd = sgd if plan.fused_sgd else None
+        update = update if plan.fused_update else None
         outs, derivs = plan.outs, plan.derivs
         result = []
 
@@ -206,19 +206,19 @@ class CpuBackend(Backend):
                     and dlogits.shape == outs[-1].shape and dlogits.flags.c_contiguous)
             return dlogits if fits else None  # else the backward runs after the team
 
-        done = mlp.step(self._pass_arrays(layers, sgd), plan.x_ib, outs, derivs, plan.slopes,
+        done = mlp.step(self._pass_arrays(layers, update), plan.x_ib, outs, derivs, plan.slopes,
                         list(seeds), float(rate), (x, rows, plan.scratch), top_gradient,
-                        plan.dzs[:-1], plan.gws, plan.gbs, sgd, self._team_threads(plan.work))
+                        plan.dzs[:-1], plan.gws, plan.gbs, update, self._team_threads(plan.work))
         value, out, dlogits = result[0]
         acts = [plan.x_ib, *outs[:-1]]
         if done is None:
             return (value, out, dlogits), acts, derivs, self.mlp_backward(
-                layers, acts, derivs, dlogits, keep_dz, sgd, buffers)
+                layers, acts, derivs, dlogits, keep_dz, update, buffers)
         dzs = [*plan.dzs[:-1], dlogits]
         return ((value, out, dlogits), acts, derivs,
-                (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None), sgd is not None))
+                (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None), update is not None))
 
-    def _step_plan(self, layers, activations, x, idx, dtype, sgd, buffers):
+    def _step_plan(self, layers, activations, x, idx, dtype, update, buffers):
         """What :meth:`mlp_step` decides and allocates before a step (whether the step may
         run in one team, the update in it, the buffers), kept in ``buffers`` for the next step
         of the same shapes (``workspace.StepPlan``); None when the step must take the generic
@@ -234,10 +234,10 @@ class CpuBackend(Backend):
         if (buffers is None or not isinstance(idx, np.ndarray) or idx.ndim != 1
                 or not isinstance(x, np.ndarray) or len(layers) > mlp.MAX_STEP_LAYERS):
             return None
-        key = (idx.shape[0], np.dtype(dtype), sgd is not None, x.dtype, x.shape[1:],
-               x.flags.c_contiguous, tuple(activations),
+        key = (idx.shape[0], np.dtype(dtype), None if update is None else update[0], x.dtype,
+               x.shape[1:], x.flags.c_contiguous, tuple(activations),
                tuple((w.shape, w.nnz, w.dtype, w.indices.dtype, layer.w_forward is None,
-                      "momentum" in layer.state_w, "momentum" in layer.state_b)
+                      tuple(layer.state_w), tuple(layer.state_b))
                      for layer in layers for w in (layer.w,)))
         plan = kept_plan(buffers, key)
         if plan is not None:
@@ -250,7 +250,7 @@ class CpuBackend(Backend):
         dzs, gws, gbs = self._backward_buffers(layers, n_batch, buffers)
         return keep_plan(
             buffers, key, dtype=np.dtype(dtype),
-            fused_sgd=self._sgd_rule(layers, sgd) is not None, x_ib=x_ib, scratch=scratch,
+            fused_update=self._update_rule(layers, update) is not None, x_ib=x_ib, scratch=scratch,
             outs=outs, derivs=derivs, dzs=dzs, gws=gws, gbs=gbs,
             slopes=[a.slope for a in activations],
             work=2 * n_batch * sum(layer.nnz for layer in layers))
@@ -320,41 +320,52 @@ class CpuBackend(Backend):
                                            [0] * (len(layers) - 1), buffers)
         return logits
 
-    def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,
+    def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, update=None,
                      buffers=None):
         if not self._fusable(layers, acts[0]) or dlogits_cb.dtype != layers[0].w.dtype:
-            return super().mlp_backward(layers, acts, derivs, dlogits_cb, keep_dz, sgd, buffers)
-        sgd = self._sgd_rule(layers, sgd)
+            return super().mlp_backward(layers, acts, derivs, dlogits_cb, keep_dz, update,
+                                        buffers)
+        update = self._update_rule(layers, update)
         n_batch = acts[0].shape[1]
-        arrays, dzs, gws, gbs = self._backward_arrays(layers, n_batch, sgd,
+        arrays, dzs, gws, gbs = self._backward_arrays(layers, n_batch, update,
                                                       {} if buffers is None else buffers)
         dzs[-1] = np.ascontiguousarray(dlogits_cb)
-        mlp.backward(arrays, list(acts), list(derivs), dzs, gws, gbs, sgd,
+        mlp.backward(arrays, list(acts), list(derivs), dzs, gws, gbs, update,
                      self._pass_threads(layers, 2 * n_batch))
         dzs[-1] = dlogits_cb  # the caller's own array (growth methods compare identities)
-        return list(zip(gws, gbs)), (dzs if keep_dz else None), sgd is not None
+        return list(zip(gws, gbs)), (dzs if keep_dz else None), update is not None
 
-    @staticmethod
-    def _sgd_rule(layers, sgd):
-        """``sgd``, or None when the layers hold another optimizer's state."""
-        if sgd is not None and not all("momentum" in layer.state_w and "momentum" in
-                                       layer.state_b for layer in layers):
+    #: The layer state slots each kind of update rule reads and writes (the optimizers'
+    #: ``slots`` in sparsekit.training.optim), as mlp.pyx's ``mom_*`` and ``sq_*`` arrays.
+    _update_slots = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq")}
+
+    @classmethod
+    def _update_rule(cls, layers, update):
+        """``update``, or None when this backend cannot apply it: another kind, or layers that
+        hold another optimizer's state."""
+        if update is None:
             return None
-        return sgd
+        slots = cls._update_slots.get(update[0])
+        if slots is None or not all(name in layer.state_w and name in layer.state_b
+                                    for layer in layers for name in slots):
+            return None
+        return update
 
-    def _backward_arrays(self, layers, n_batch: int, sgd, buffers):
+    def _backward_arrays(self, layers, n_batch: int, update, buffers):
         """What mlp.backward takes besides the activations: :meth:`_pass_arrays` and
         :meth:`_backward_buffers`."""
-        return (self._pass_arrays(layers, sgd), *self._backward_buffers(layers, n_batch, buffers))
+        return (self._pass_arrays(layers, update),
+                *self._backward_buffers(layers, n_batch, buffers))
 
-    def _pass_arrays(self, layers, sgd):
-        """Each layer's arrays with its transposed index (and velocities with ``sgd``)."""
+    def _pass_arrays(self, layers, update):
+        """Each layer's arrays with its transposed index (and the state ``update`` writes)."""
         arrays = []
+        slots = () if update is None else self._update_slots[update[0]]
         for layer in layers:
             arrays.append(_layer_arrays(layer, self.transpose_index(layer.w)))
-            if sgd is not None:
-                arrays[-1]["mom_w"] = layer.state_w["momentum"]
-                arrays[-1]["mom_b"] = layer.state_b["momentum"]
+            for prefix, name in zip(("mom", "sq"), slots):
+                arrays[-1][f"{prefix}_w"] = layer.state_w[name]
+                arrays[-1][f"{prefix}_b"] = layer.state_b[name]
         return arrays
 
     @staticmethod

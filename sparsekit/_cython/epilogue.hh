@@ -3,8 +3,9 @@
    - sk_act_row: bias + piecewise-linear activation + inverted dropout of one output row;
    - sk_row_sum: the sum of a row in NumPy's order (pairwise, 8 accumulators per block of
      128), so a bias gradient is exactly ``dz_ob.sum(axis=1)``;
-   - sk_sgd_update: momentum SGD in the order of sparsekit.training.optim.MomentumSGD.
-   The last two must not be reassociated or contracted into FMAs (setup.py allows both for the
+   - sk_sgd_update, sk_adam_update: momentum SGD and Adam/AdamW in the order of
+     sparsekit.training.optim.MomentumSGD and Adam.
+   The last three must not be reassociated or contracted into FMAs (setup.py allows both for the
    products), hence the per-function options. */
 #ifndef SPARSEKIT_EPILOGUE_HH
 #define SPARSEKIT_EPILOGUE_HH
@@ -82,6 +83,34 @@ SK_EXACT static void sk_sgd_update(T* p, const T* g, T* v, ptrdiff_t n, T lr, T 
         else pi = pi + vi;
         v[i] = vi;
         p[i] = pi;
+    }
+}
+
+/* Adam in the order of optim.Adam._apply (each NumPy operation rounded as it rounds it):
+   g <- g + wd p (coupled decay) or p <- p (1 - lr wd) first (decoupled, AdamW);
+   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - step m / (sqrt(v) / bc2 + eps).
+   c: b1, 1 - b1, b2, 1 - b2, step = lr / (1 - b1^t), bc2 = sqrt(1 - b2^t), eps, wd, 1 - lr wd
+   (optim.Adam._constants). */
+template <typename T>
+SK_EXACT static void sk_adam_update(T* p, const T* g, T* m, T* v, ptrdiff_t n, const T* c,
+                                    int decoupled) {
+    const T b1 = c[0], nb1 = c[1], b2 = c[2], nb2 = c[3], step = c[4], bc2 = c[5], eps = c[6],
+            wd = c[7], shrink = c[8];
+    const bool l2 = !decoupled && wd != 0, decay = decoupled && wd != 0;
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        const T pi = decay ? p[i] * shrink : p[i];
+        const T gi = l2 ? wd * pi + g[i] : g[i];
+        const T mi = m[i] * b1 + nb1 * gi;
+        const T vi = v[i] * b2 + (gi * gi) * nb2;
+        /* the builtin, not std::sqrt: a function compiled with other options is not inlined
+           here, and the call would keep the loop scalar (10x slower) */
+        T root;
+        if constexpr (sizeof(T) == sizeof(float)) root = (T)__builtin_sqrtf((float)vi);
+        else root = (T)__builtin_sqrt((double)vi);
+        const T u = mi / (root / bc2 + eps);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - u * step;
     }
 }
 

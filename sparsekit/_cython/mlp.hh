@@ -4,8 +4,8 @@
      output row while it is still in L1 (the last layer: bias only);
    - sk_mlp_backward: from the top layer down, the fused backward (dx and the pattern gradient,
      spmm.hh) with dx multiplied by the activation derivative of the layer below and that
-     layer's bias gradient summed while the row is in L1; then, optionally, the momentum SGD
-     update of every layer;
+     layer's bias gradient summed while the row is in L1; then, optionally, the optimizer
+     update of every layer (momentum SGD or Adam/AdamW);
    - sk_mlp_step: both in one team, with the batch's gather first (batch.hh) and the loss called
      back on the master between them.
    Every row is computed by one thread with the same kernels and in the same order as the
@@ -37,15 +37,25 @@ typedef struct {
     void* grad;      /* backward: weight gradient, W's CSR order */
     void* gbias;     /* backward: bias gradient */
     void* g_lin;     /* backward: scratch of the batch-tiled walk (nnz) */
-    void* mom_w;     /* SGD velocity of W and of the bias (NULL: no update) */
-    void* mom_b;
+    void* mom_w;     /* update state of W and of the bias (NULL: no update): SGD's velocity */
+    void* mom_b;     /* or Adam's first moment, */
+    void* sq_w;      /* and Adam's second moment */
+    void* sq_b;
     int tv_f, pf_f, tv_b, pf_b;
 } SkLayerPass;
 
+/* The optimizer update a backward applies after the gradients (optim.py's backend_rule):
+   momentum SGD, or Adam/AdamW with this step's constants (Adam._constants).  Every value is
+   rounded to the pass's type where it is used, as the NumPy update rounds its scalars. */
+enum { SK_UPDATE_SGD = 0, SK_UPDATE_ADAM = 1 };
 typedef struct {
-    double lr, momentum, weight_decay;
+    int kind;
+    double lr, momentum, weight_decay;  /* SGD */
     int coupled, nesterov;
-} SkSgd;
+    double adam[9];  /* b1, 1 - b1, b2, 1 - b2, lr / (1 - b1^t), sqrt(1 - b2^t), eps, wd,
+                        1 - lr wd */
+    int decoupled;
+} SkUpdate;
 
 template <typename T, typename I>
 static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
@@ -149,22 +159,28 @@ static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
 }
 
 template <typename T>
-static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* v, ptrdiff_t n,
-                            const SkSgd& s) {
+static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* m, T* v, ptrdiff_t n,
+                            const SkUpdate& s) {
     const ptrdiff_t chunk = 1 << 14, n_chunks = (n + chunk - 1) / chunk;
-    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
-        const ptrdiff_t i0 = c * chunk, len = (i0 + chunk < n ? chunk : n - i0);
-        sk_sgd_update<T>(p + i0, g + i0, v + i0, len, (T)s.lr, (T)s.momentum, (T)s.weight_decay,
-                         s.coupled, s.nesterov);
+    T c[9];
+    for (int k = 0; k < 9; ++k) c[k] = (T)s.adam[k];
+    for (ptrdiff_t k; (k = sk_claim(team, phase, n_chunks)) >= 0;) {
+        const ptrdiff_t i0 = k * chunk, len = (i0 + chunk < n ? chunk : n - i0);
+        if (s.kind == SK_UPDATE_ADAM)
+            sk_adam_update<T>(p + i0, g + i0, m + i0, v + i0, len, c, s.decoupled);
+        else
+            sk_sgd_update<T>(p + i0, g + i0, m + i0, len, (T)s.lr, (T)s.momentum,
+                             (T)s.weight_decay, s.coupled, s.nesterov);
     }
 }
 
 /* The backward inside a team, on phases phase0 .. phase0 + n_layers (+ 2 n_layers with
-   SGD) - 1.  acts[l]: the input of layer l (acts[0] = x, then the hidden layers' outputs).
+   an update) - 1.  acts[l]: the input of layer l (acts[0] = x, then the hidden layers' outputs).
    The top layer's dz (the loss gradient of the logits) is given; the others are written. */
 template <typename T, typename I>
 static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerPass* layers,
-                             int n_layers, const T* const* acts, ptrdiff_t B, const SkSgd* sgd) {
+                             int n_layers, const T* const* acts, ptrdiff_t B,
+                             const SkUpdate* update) {
     if (tid == 0) {  /* the top layer's bias gradient (a few rows) */
         const SkLayerPass& top = layers[n_layers - 1];
         for (ptrdiff_t o = 0; o < top.n_out; ++o)
@@ -174,28 +190,28 @@ static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerP
     for (int l = n_layers - 1; l >= 0; --l) {
         sk_backward_phase<T, I>(team, phase++, layers[l], l > 0 ? &layers[l - 1] : NULL,
                                 acts[l], B);
-        if (l > 0 || sgd) sk_barrier(team, nt);
+        if (l > 0 || update) sk_barrier(team, nt);
     }
-    if (sgd) {
+    if (update) {
         for (int l = 0; l < n_layers; ++l) {
             const SkLayerPass& L = layers[l];
             sk_update_phase<T>(team, phase++, (T*)L.data, (const T*)L.grad, (T*)L.mom_w,
-                               L.nnz, *sgd);
+                               (T*)L.sq_w, L.nnz, *update);
             sk_update_phase<T>(team, phase++, (T*)L.bias, (const T*)L.gbias, (T*)L.mom_b,
-                               L.n_out, *sgd);
+                               (T*)L.sq_b, L.n_out, *update);
         }
     }
 }
 
 template <typename T, typename I>
 static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const* acts,
-                              ptrdiff_t B, const SkSgd* sgd, int num_threads) {
+                              ptrdiff_t B, const SkUpdate* update, int num_threads) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size(), tid = sk_team_rank();
-        sk_backward_body<T, I>(&team, nt, tid, 0, layers, n_layers, acts, B, sgd);
+        sk_backward_body<T, I>(&team, nt, tid, 0, layers, n_layers, acts, B, update);
         sk_team_leave(&team, tid, nt);
     }
 }
@@ -215,7 +231,7 @@ typedef int (*SkLossFn)(void* ctx);
    instead of once per pass.  Returns what the loss returned. */
 template <typename T, typename I>
 static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, double rate,
-                         const SkGather* gather, const T* const* acts, const SkSgd* sgd,
+                         const SkGather* gather, const T* const* acts, const SkUpdate* update,
                          SkLossFn loss, void* ctx, int num_threads) {
     SkTeam team;
     sk_team_init(&team, num_threads);
@@ -228,7 +244,7 @@ static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, d
         if (tid == 0) go.store(loss(ctx));
         sk_barrier(&team, nt, SK_LOSS_YIELDS);
         if (go.load())
-            sk_backward_body<T, I>(&team, nt, tid, n_layers + 2, layers, n_layers, acts, B, sgd);
+            sk_backward_body<T, I>(&team, nt, tid, n_layers + 2, layers, n_layers, acts, B, update);
         sk_team_leave(&team, tid, nt);
     }
     return go.load();
@@ -248,26 +264,26 @@ static void sk_mlp_forward(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t
 }
 
 static void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
-                            ptrdiff_t B, const SkSgd* sgd, int is_double, int is_int64,
+                            ptrdiff_t B, const SkUpdate* update, int is_double, int is_int64,
                             int num_threads) {
     if (is_double) {
-        if (is_int64) sk_mlp_backward_t<double, int64_t>(layers, n_layers, (const double* const*)acts, B, sgd, num_threads);
-        else sk_mlp_backward_t<double, int32_t>(layers, n_layers, (const double* const*)acts, B, sgd, num_threads);
+        if (is_int64) sk_mlp_backward_t<double, int64_t>(layers, n_layers, (const double* const*)acts, B, update, num_threads);
+        else sk_mlp_backward_t<double, int32_t>(layers, n_layers, (const double* const*)acts, B, update, num_threads);
     } else {
-        if (is_int64) sk_mlp_backward_t<float, int64_t>(layers, n_layers, (const float* const*)acts, B, sgd, num_threads);
-        else sk_mlp_backward_t<float, int32_t>(layers, n_layers, (const float* const*)acts, B, sgd, num_threads);
+        if (is_int64) sk_mlp_backward_t<float, int64_t>(layers, n_layers, (const float* const*)acts, B, update, num_threads);
+        else sk_mlp_backward_t<float, int32_t>(layers, n_layers, (const float* const*)acts, B, update, num_threads);
     }
 }
 
 static int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t B, double rate,
-                       const SkGather* gather, const void* const* acts, const SkSgd* sgd,
+                       const SkGather* gather, const void* const* acts, const SkUpdate* update,
                        SkLossFn loss, void* ctx, int is_double, int is_int64, int num_threads) {
     if (is_double) {
-        if (is_int64) return sk_mlp_step_t<double, int64_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, sgd, loss, ctx, num_threads);
-        return sk_mlp_step_t<double, int32_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, sgd, loss, ctx, num_threads);
+        if (is_int64) return sk_mlp_step_t<double, int64_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, update, loss, ctx, num_threads);
+        return sk_mlp_step_t<double, int32_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, update, loss, ctx, num_threads);
     }
-    if (is_int64) return sk_mlp_step_t<float, int64_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, sgd, loss, ctx, num_threads);
-    return sk_mlp_step_t<float, int32_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, sgd, loss, ctx, num_threads);
+    if (is_int64) return sk_mlp_step_t<float, int64_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, update, loss, ctx, num_threads);
+    return sk_mlp_step_t<float, int32_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, update, loss, ctx, num_threads);
 }
 
 #endif  /* SPARSEKIT_MLP_HH */

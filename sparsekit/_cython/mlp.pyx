@@ -1,5 +1,5 @@
-"""Fused training passes of a sparse MLP: the forward and the backward (+ momentum SGD) of all
-layers in one OpenMP team each, or a whole training step in one (mlp.hh, team.hh).
+"""Fused training passes of a sparse MLP: the forward and the backward (+ the optimizer update)
+of all layers in one OpenMP team each, or a whole training step in one (mlp.hh, team.hh).
 
 One product at a time, a training step of the default 784-1000-1000-1000-10 network opens
 about fifteen parallel regions, and with passive waiting each one wakes the other threads again
@@ -47,10 +47,16 @@ cdef extern from "mlp.hh" nogil:
         void* g_lin
         void* mom_w
         void* mom_b
+        void* sq_w
+        void* sq_b
         int tv_f, pf_f, tv_b, pf_b
-    ctypedef struct SkSgd:
+    ctypedef struct SkUpdate:
+        int kind
         double lr, momentum, weight_decay
         int coupled, nesterov
+        double adam[9]
+        int decoupled
+    int SK_UPDATE_SGD, SK_UPDATE_ADAM
     ctypedef struct SkGather:
         const void* data
         const int64_t* idx
@@ -59,15 +65,16 @@ cdef extern from "mlp.hh" nogil:
                         double rate, const SkGather* gather, int is_double, int is_int64,
                         int num_threads)
     void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
-                         Py_ssize_t B, const SkSgd* sgd, int is_double, int is_int64,
+                         Py_ssize_t B, const SkUpdate* update, int is_double, int is_int64,
                          int num_threads)
     ctypedef int (*SkLossFn)(void* ctx) noexcept nogil
     int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, Py_ssize_t B, double rate,
-                    const SkGather* gather, const void* const* acts, const SkSgd* sgd,
+                    const SkGather* gather, const void* const* acts, const SkUpdate* update,
                     SkLossFn loss, void* ctx, int is_double, int is_int64, int num_threads)
     T sk_row_sum[T](const T* a, Py_ssize_t n)
 
-#: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with SGD uses 3 per layer.
+#: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with an update uses 3 per
+#: layer.
 MAX_LAYERS = 21
 #: ... and a whole step (:func:`step`) 4 per layer and 2 for the batch.
 MAX_STEP_LAYERS = 15
@@ -112,7 +119,7 @@ cdef _types(layers):
 
 cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_in,
                        bint written=False) except *:
-    # written: the pass updates the weights and the bias in place (the SGD update)
+    # written: the pass updates the weights and the bias in place (the optimizer update)
     if layer["n_in"] != n_in:
         raise ValueError(f"layers[{i}] has {layer['n_in']} inputs but gets {n_in}")
     indptr, indices, data = layer["indptr"], layer["indices"], layer["data"]
@@ -127,7 +134,7 @@ cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_i
     if indptr[0] != 0 or indptr[n_out] != nnz:
         raise ValueError(f"layers[{i}]['indptr'] must start at 0 and end at nnz={nnz}")
     L.n_out, L.n_in, L.nnz = n_out, n_in, nnz
-    L.mom_w = L.mom_b = NULL
+    L.mom_w = L.mom_b = L.sq_w = L.sq_b = NULL
     L.g_lin = L.grad = L.gbias = L.dz = L.out = L.deriv = NULL
     L.t_indptr = L.t_rows = L.t_perm = NULL
 
@@ -218,15 +225,16 @@ cdef SkGather* _gather(SkGather* g, gather, dt, Py_ssize_t n_in, Py_ssize_t B) e
 
 
 def backward(list layers, list acts, list derivs, list dzs, list grads, list gbiases,
-             sgd=None, int num_threads=0):
-    """All layers' gradients (and optionally the momentum SGD update) in one team.
+             update=None, int num_threads=0):
+    """All layers' gradients (and optionally the optimizer update) in one team.
 
     Parameters
     ----------
     layers : list of dict
         As for :func:`forward`, plus ``t_indptr``, ``t_rows``, ``t_perm`` (W's transposed index,
-        :func:`sparsekit._cython.spmm.transpose_index`), and with ``sgd`` the velocities
-        ``mom_w`` (aligned with ``data``) and ``mom_b`` (with ``bias``).
+        :func:`sparsekit._cython.spmm.transpose_index`), and with ``update`` its state:
+        ``mom_w`` (aligned with ``data``) and ``mom_b`` (with ``bias``), SGD's velocities or
+        Adam's first moments, and for Adam ``sq_w`` and ``sq_b``, the second moments.
     acts : list of ndarray
         The input of each layer: ``x_ib``, then the hidden activations of :func:`forward`.
     derivs : list of ndarray
@@ -237,9 +245,12 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     grads, gbiases : list of ndarray
         Weight gradient (``nnz``, W's CSR order) and bias gradient (``n_out``) per layer.
         Written.
-    sgd : tuple, optional
-        ``(lr, momentum, weight_decay, coupled, nesterov)``: apply
-        :class:`sparsekit.training.optim.MomentumSGD`'s update to every layer afterwards.
+    update : tuple, optional
+        An optimizer's ``backend_rule`` (:mod:`sparsekit.training.optim`) to apply to every
+        layer afterwards: ``("sgd", lr, momentum, weight_decay, coupled, nesterov)``
+        (:class:`~sparsekit.training.optim.MomentumSGD`) or ``("adam", decoupled, *constants)``
+        (:class:`~sparsekit.training.optim.Adam`, ``AdamW``; the constants of
+        ``Adam._constants``).
     """
     dt, it = _types(layers)
     cdef int n = len(layers), i, nt = check_threads(num_threads)
@@ -256,30 +267,42 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     ptrs = np.zeros(n, dtype=np.uintp)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
-    cdef SkSgd rule
-    cdef SkSgd* rule_ptr = _sgd(&rule, sgd)
+    cdef SkUpdate rule
+    cdef SkUpdate* rule_ptr = _update(&rule, update)
     for i in range(n):
-        _fill_common(&L[i], i, layers[i], dt, it, n_in, sgd is not None)
+        _fill_common(&L[i], i, layers[i], dt, it, n_in, update is not None)
         act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
         n_in = L[i].n_out
-    g_lins = _fill_backward(L, layers, derivs, dzs, grads, gbiases, sgd, dt, it,
+    g_lins = _fill_backward(L, layers, derivs, dzs, grads, gbiases, update, dt, it,
                             acts[0].shape[0], B, True)
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     with nogil:
         sk_mlp_backward(L, n, act_ptrs, B, rule_ptr, is_double, is_int64, nt)
 
 
-cdef SkSgd* _sgd(SkSgd* rule, sgd) except? NULL:
-    """``rule`` filled from ``(lr, momentum, weight_decay, coupled, nesterov)``, or NULL."""
-    if sgd is None:
+cdef SkUpdate* _update(SkUpdate* rule, update) except? NULL:
+    """``rule`` filled from an optimizer's ``backend_rule`` (see :func:`backward`), or NULL."""
+    if update is None:
         return NULL
-    rule.lr, rule.momentum, rule.weight_decay = float(sgd[0]), float(sgd[1]), float(sgd[2])
-    rule.coupled, rule.nesterov = bool(sgd[3]), bool(sgd[4])
+    kind = update[0]
+    if kind == "sgd" and len(update) == 6:
+        rule.kind = SK_UPDATE_SGD
+        rule.lr, rule.momentum, rule.weight_decay = (float(update[1]), float(update[2]),
+                                                     float(update[3]))
+        rule.coupled, rule.nesterov = bool(update[4]), bool(update[5])
+    elif kind == "adam" and len(update) == 11:
+        rule.kind = SK_UPDATE_ADAM
+        rule.decoupled = bool(update[1])
+        for k in range(9):
+            rule.adam[k] = float(update[2 + k])
+    else:
+        raise ValueError(f"update must be ('sgd', lr, momentum, weight_decay, coupled, "
+                         f"nesterov) or ('adam', decoupled, 9 constants), got {update!r}")
     return rule
 
 
 cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, list grads,
-                         list gbiases, sgd, dt, it, Py_ssize_t n_in, Py_ssize_t B,
+                         list gbiases, update, dt, it, Py_ssize_t n_in, Py_ssize_t B,
                          bint top_dz):
     """The backward's fields of every layer (:func:`backward`'s arguments; ``_fill_common``
     done), checked; the top layer's dz only if ``top_dz`` (else the loss sets it).  Returns the
@@ -299,9 +322,12 @@ cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, lis
         L[i].gbias = _ptr("gbiases[{}]", i, gbiases[i], dt, L[i].n_out, -1, True)
         if i < n - 1:
             L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B)
-        if sgd is not None:
+        if update is not None:
             L[i].mom_w = _ptr("layers[{}]['mom_w']", i, layer["mom_w"], dt, L[i].nnz, -1, True)
             L[i].mom_b = _ptr("layers[{}]['mom_b']", i, layer["mom_b"], dt, L[i].n_out, -1, True)
+        if update is not None and update[0] == "adam":
+            L[i].sq_w = _ptr("layers[{}]['sq_w']", i, layer["sq_w"], dt, L[i].nnz, -1, True)
+            L[i].sq_b = _ptr("layers[{}]['sq_b']", i, layer["sq_b"], dt, L[i].n_out, -1, True)
         L[i].tv_b, L[i].pf_b = walk_plan(L[i].n_out, n_in, L[i].nnz, B, dt.itemsize, "backward")
         if L[i].tv_b:
             g_lin = np.empty(L[i].nnz, dtype=dt)
@@ -314,7 +340,7 @@ cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, lis
 
 
 def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, gather, loss,
-         list dzs, list grads, list gbiases, sgd=None, int num_threads=0):
+         list dzs, list grads, list gbiases, update=None, int num_threads=0):
     """A training step in one team: :func:`forward` (filling ``x_ib`` first when ``gather`` is
     given), then ``loss()`` on the calling thread, then :func:`backward`.
 
@@ -344,14 +370,14 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     ptrs = np.zeros(n, dtype=np.uintp)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
-    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, sgd is not None)
-    g_lins = _fill_backward(L, layers, derivs, dzs + [None], grads, gbiases, sgd, dt, it, n_in,
+    cdef SkUpdate rule
+    cdef SkUpdate* rule_ptr = _update(&rule, update)
+    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, update is not None)
+    g_lins = _fill_backward(L, layers, derivs, dzs + [None], grads, gbiases, update, dt, it, n_in,
                             B, False)
     act_ptrs[0] = x
     for i in range(1, n):
         act_ptrs[i] = L[i - 1].out
-    cdef SkSgd rule
-    cdef SkSgd* rule_ptr = _sgd(&rule, sgd)
     cdef _Loss call = _Loss()
     call.fn, call.dt, call.top, call.B = loss, dt, L + (n - 1), B
     cdef void* ctx = <void*>call

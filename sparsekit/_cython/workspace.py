@@ -63,7 +63,7 @@ def keep_plan(buffers: dict, key, **fields) -> StepPlan:
 class StepPlan:
     """What ``CpuBackend._step_plan`` keeps between steps of the same ``key``."""
 
-    __slots__ = ("key", "dtype", "fused_sgd", "x_ib", "scratch", "outs", "derivs", "dzs",
+    __slots__ = ("key", "dtype", "fused_update", "x_ib", "scratch", "outs", "derivs", "dzs",
                  "gws", "gbs", "slopes", "work")
 
     def __init__(self, **fields) -> None:

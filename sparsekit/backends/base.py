@@ -193,10 +193,10 @@ class Backend:
         return self.mlp_forward(layers, activations, x_ib, rate, seeds, buffers)
 
     def mlp_step(self, layers, activations, x, idx, dtype, rate: float, seeds, loss,
-                 keep_dz: bool = False, sgd=None, buffers=None):
+                 keep_dz: bool = False, update=None, buffers=None):
         """A training pass on rows ``idx`` of the batch-major host array ``x``: the forward
         (:meth:`mlp_forward_rows`), ``loss(logits) -> (value, out, dlogits)``, the backward
-        (:meth:`mlp_backward`, with ``keep_dz`` and ``sgd``).
+        (:meth:`mlp_backward`, with ``keep_dz`` and ``update``).
 
         Returns ``((value, out, dlogits), acts, derivs, (grads, dzs, applied))``: what
         ``loss``, :meth:`mlp_forward_rows` and :meth:`mlp_backward` return.  A backend may run
@@ -206,7 +206,7 @@ class Backend:
         logits, acts, derivs = self.mlp_forward_rows(layers, activations, x, idx, dtype, rate,
                                                      seeds, buffers)
         value, out, dlogits = loss(logits)
-        backward = self.mlp_backward(layers, acts, derivs, dlogits, keep_dz, sgd, buffers)
+        backward = self.mlp_backward(layers, acts, derivs, dlogits, keep_dz, update, buffers)
         return (value, out, dlogits), acts, derivs, backward
 
     def softmax_cross_entropy(self, logits_cb, labels_b):
@@ -234,15 +234,15 @@ class Backend:
         at a time (the generic version: all of them)."""
         return batch_size
 
-    def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, sgd=None,
+    def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, update=None,
                      buffers=None):
         """Gradients of every layer for the logits' gradient ``dlogits_cb``.
 
         Returns ``(grads, dzs, applied)``: ``grads[l] = (grad_w, grad_b)``; ``dzs[l]`` each
-        layer's output gradient when ``keep_dz`` (else None).  ``sgd = (lr, momentum,
-        weight_decay, coupled, nesterov)`` invites the backend to apply
-        :class:`~sparsekit.training.optim.MomentumSGD`'s update itself (to ``state_w`` and
-        ``state_b``'s ``"momentum"``); ``applied`` says whether it did (never here).
+        layer's output gradient when ``keep_dz`` (else None).  ``update``, an optimizer's
+        :meth:`~sparsekit.training.optim.Optimizer.backend_rule`, invites the backend to apply
+        that update itself (to the state slots of ``state_w`` and ``state_b`` it names);
+        ``applied`` says whether it did (never here).
         """
         grads, dzs = [], []
         dz = dlogits_cb

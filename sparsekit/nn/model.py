@@ -144,17 +144,17 @@ class SparseMLP:
         return self.backend.mlp_forward(self.layers, self.activations, x_ib, rate, seeds,
                                         buffers)
 
-    def train_pass(self, x, idx, seeds: Sequence[int], loss, *, sgd=None,
+    def train_pass(self, x, idx, seeds: Sequence[int], loss, *, update=None,
                    buffers: dict | None = None):
         """The training forward of rows ``idx`` of the batch-major host array ``x`` (dense or
         ``scipy.sparse`` CSR), ``loss(logits) -> (value, out, dlogits)`` and :meth:`backward`
         in one call (:meth:`Backend.mlp_step
         <sparsekit.backends.base.Backend.mlp_step>`: the CPU backend runs them in one OpenMP
         team).  Returns ``(value, out, grads, (acts, derivs, dlogits))``; ``grads`` is None when
-        the backend applied ``sgd`` itself."""
+        the backend applied ``update`` (an optimizer's ``backend_rule``) itself."""
         (value, out, dlogits), acts, derivs, (grads, dzs, applied) = self.backend.mlp_step(
             self.layers, self.activations, x, idx, self.dtype, self.dropout, seeds, loss,
-            self.keep_dz, sgd, buffers)
+            self.keep_dz, update, buffers)
         if self.keep_dz:
             self.last_dz = dzs
         return value, out, (None if applied else grads), (acts, derivs, dlogits)
@@ -165,16 +165,17 @@ class SparseMLP:
         an array reused by the next call with the same dict."""
         return self.backend.mlp_infer(self.layers, self.activations, x_ib, buffers)
 
-    def backward(self, acts, derivs, dlogits_cb, *, sgd=None, buffers: dict | None = None):
+    def backward(self, acts, derivs, dlogits_cb, *, update=None, buffers: dict | None = None):
         """Gradients ``[(grad_w, grad_b), ...]`` per layer for the logits' gradient.
 
         With ``keep_dz`` true (growth methods that score candidates set it), each layer's output
-        gradient is also kept in ``last_dz``.  ``sgd`` and ``buffers`` are passed to
+        gradient is also kept in ``last_dz``.  ``update`` and ``buffers`` are passed to
         :meth:`Backend.mlp_backward <sparsekit.backends.base.Backend.mlp_backward>`: when the
-        backend applied the SGD update itself, the result is None instead of the gradients.
+        backend applied the optimizer update itself, the result is None instead of the
+        gradients.
         """
         grads, dzs, applied = self.backend.mlp_backward(self.layers, acts, derivs, dlogits_cb,
-                                                        self.keep_dz, sgd, buffers)
+                                                        self.keep_dz, update, buffers)
         if self.keep_dz:
             self.last_dz = dzs
         return None if applied else grads

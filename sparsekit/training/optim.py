@@ -10,6 +10,9 @@ which :meth:`Optimizer.state_dict` turns into JSON for checkpoints.
 
 On the host the updates run over slices of :data:`CHUNK` values with one scratch buffer, so no
 temporary of the size of a layer is made; elsewhere (CuPy) they are whole-array expressions.
+The CPU backend applies momentum SGD and Adam/AdamW inside its backward pass instead
+(:meth:`Optimizer.backend_rule`; ``_cython/epilogue.hh``), in the same order of operations, so
+with the same bits.
 """
 
 from __future__ import annotations
@@ -75,8 +78,10 @@ class Optimizer:
     def backend_rule(self, lr: float) -> tuple | None:
         """This step's update as a rule a backend may apply inside its backward pass
         (:meth:`Backend.mlp_backward <sparsekit.backends.base.Backend.mlp_backward>`), or None
-        when the optimizer has none.  The backend applies it with the same arithmetic as
-        :meth:`update`; :meth:`applied_by_backend` then counts the step."""
+        when the optimizer has none: a tuple whose first item names it (``"sgd"``,
+        ``"adam"``), its state slots (:attr:`slots`) then say which layer arrays it updates.
+        The backend applies it with the same arithmetic as :meth:`update`;
+        :meth:`applied_by_backend` then counts the step."""
         return None
 
     def applied_by_backend(self) -> None:
@@ -139,7 +144,7 @@ class MomentumSGD(Optimizer):
                 "decay": self.decay, "nesterov": self.nesterov}
 
     def backend_rule(self, lr: float) -> tuple:
-        return (float(lr), self.momentum, self.weight_decay, self.decay == "coupled",
+        return ("sgd", float(lr), self.momentum, self.weight_decay, self.decay == "coupled",
                 self.nesterov)
 
     def update(self, param, grad, state, lr):
@@ -218,13 +223,22 @@ class Adam(Optimizer):
     def hyperparams(self) -> dict[str, Any]:
         return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def update(self, param, grad, state, lr):
+    def _constants(self, lr: float, t: int) -> tuple[float, ...]:
+        """The scalars of step ``t``'s update, in double precision (each is rounded to the
+        parameters' dtype where it is used, here and in a backend's fused update):
+        ``b1, 1 - b1, b2, 1 - b2, lr / (1 - b1^t), sqrt(1 - b2^t), eps, wd, 1 - lr wd``."""
         b1, b2 = self.betas
-        t = max(self.t, 1)
+        t = max(t, 1)
+        return (b1, 1 - b1, b2, 1 - b2, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t), self.eps,
+                self.weight_decay, 1 - lr * self.weight_decay)
+
+    def backend_rule(self, lr: float) -> tuple:
+        # the constants of the step applied_by_backend() then counts
+        return ("adam", self.decoupled, *self._constants(float(lr), self.t + 1))
+
+    def update(self, param, grad, state, lr):
         dt = param.dtype.type
-        c = (dt(b1), dt(1 - b1), dt(b2), dt(1 - b2), dt(lr / (1 - b1 ** t)),
-             dt(math.sqrt(1 - b2 ** t)), dt(self.eps), dt(self.weight_decay),
-             dt(1 - lr * self.weight_decay))
+        c = tuple(dt(k) for k in self._constants(lr, self.t))
         m, v = state["exp_avg"], state["exp_avg_sq"]
         if isinstance(param, np.ndarray) and param.shape[0] > CHUNK:
             scratch = np.empty((2, CHUNK), dtype=param.dtype)

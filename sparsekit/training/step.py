@@ -177,10 +177,10 @@ class Engine:
         if idx is None:
             out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
             loss, out, dout = loss_fn(out)
-            grads = model.backward(acts, derivs, dout, sgd=rule, buffers=self._buffers)
+            grads = model.backward(acts, derivs, dout, update=rule, buffers=self._buffers)
             cache = (acts, derivs, dout)
         else:
-            loss, out, grads, cache = model.train_pass(xb, idx, seeds, loss_fn, sgd=rule,
+            loss, out, grads, cache = model.train_pass(xb, idx, seeds, loss_fn, update=rule,
                                                        buffers=self._buffers)
         if grads is not None and self.config.max_grad_norm is not None:
             clip_global_norm(xp, grads, self.config.max_grad_norm)

@@ -521,3 +521,17 @@ def test_inference_passes_shrink_to_the_cache_but_not_below_infer_min():
     # A caller's batch below a vector is taken whole; above, cut to whole vectors.
     assert be.infer_batch(f64.layers, 5, f64.activations) == 5
     assert be.infer_batch(f64.layers, 127, f64.activations) == 120
+
+
+def test_the_index_range_check_finds_every_out_of_range_entry():
+    from sparsekit._cython import elementwise
+
+    assert elementwise.indices_below(np.empty(0, np.int64), 0)
+    for n in (1, 7, 200):
+        ok = np.arange(n, dtype=np.int64)
+        assert elementwise.indices_below(ok, n)
+        for bad in (-1, n, np.iinfo(np.int64).min, np.iinfo(np.int64).max):
+            for at in (0, n // 2, n - 1):
+                a = ok.copy()
+                a[at] = bad
+                assert not elementwise.indices_below(a, n), (n, bad, at)

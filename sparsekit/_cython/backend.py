@@ -483,4 +483,4 @@ def _batch_rows(x, idx):
     if idx.shape[0] == 0 or idx.dtype.kind not in "iu":
         return None
     rows = np.ascontiguousarray(idx, dtype=np.int64)
-    return rows if rows.min() >= 0 and rows.max() < x.shape[0] else None
+    return rows if elementwise.indices_below(rows, x.shape[0]) else None

@@ -10,6 +10,7 @@ from libc.stdint cimport int64_t, uint64_t
 
 import numpy as np
 
+from ._bounds cimport all_below
 from ._types cimport floating
 from .._align import aligned_empty
 from ._checks import check_threads
@@ -82,7 +83,7 @@ def softmax_cross_entropy(const floating[:, ::1] logits_cb, labels_b):
             or labels.dtype.kind not in "iu"):
         return None
     cdef const int64_t[::1] lab = np.ascontiguousarray(labels, dtype=np.int64)
-    if np.asarray(lab).min() < 0 or np.asarray(lab).max() >= C:
+    if not all_below(lab, C):
         return None
     dtype = np.asarray(logits_cb).dtype
     probs_np = np.empty((C, B), dtype)
@@ -115,3 +116,8 @@ def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_thr
     with nogil:
         for c0 in prange(0, f, 64, schedule="static", num_threads=nt):
             sk_transpose_cols(&src[0, 0], b, f, c0, min(c0 + 64, f), &out[0, 0])
+
+
+def indices_below(const int64_t[::1] a, int64_t n):
+    """Whether every entry of ``a`` lies in ``[0, n)`` (one typed pass)."""
+    return all_below(a, n)

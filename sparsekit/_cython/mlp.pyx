@@ -16,6 +16,7 @@ model qualifies (piecewise-linear activations, one value and index type).
 """
 from libc.stdint cimport int64_t, uint64_t
 
+from ._bounds cimport all_below_ptr
 from ._types cimport floating
 
 import numpy as np
@@ -219,7 +220,7 @@ cdef SkGather* _gather(SkGather* g, gather, dt, Py_ssize_t n_in, Py_ssize_t B) e
     g.data = _ptr("gather data", 0, data, dt, n_rows, n_in)
     g.idx = <const int64_t*>_ptr("gather idx", 0, idx, np.dtype(np.int64), B)
     g.rows = _ptr("gather rows", 0, rows, dt, B, n_in, True)
-    if B and (int(idx.min()) < 0 or int(idx.max()) >= n_rows):
+    if not all_below_ptr(g.idx, B, n_rows):
         raise ValueError(f"gather idx must lie in [0, {n_rows}), the rows of gather data")
     return g
 

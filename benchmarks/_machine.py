@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -54,3 +56,12 @@ def rounds_cell(values: list[float], fmt: str) -> str:
     """A table cell: the median of ``values``, then each of them, in brackets."""
     return (f"{fmt.format(statistics.median(values))} "
             f"({', '.join(fmt.format(v) for v in values)})")
+
+
+def save_report(out: Path, stem: str, report: dict, render: Callable[[dict], str]) -> None:
+    """Stamp ``report`` with the load average after the run and write ``out/stem.json`` and
+    ``out/stem.md`` (``render(report)``)."""
+    report["loadavg_after"] = load_average()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(render(report))

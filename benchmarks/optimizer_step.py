@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, generated_header, load_average, rounds_cell
+from _machine import describe, generated_header, rounds_cell, save_report
 
 HERE = Path(__file__).resolve().parent
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -98,10 +98,7 @@ def main(argv=None) -> int:
                    "step_us": run_case(sizes, batch, threads, eps, args.turns)}
             report["runs"].append(res)
             print(json.dumps(res), flush=True)
-    report["loadavg_after"] = load_average()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "optimizer-step.json").write_text(json.dumps(report, indent=1))
-    (args.out / "optimizer-step.md").write_text(render(report))
+    save_report(args.out, "optimizer-step", report, render)
     return 0
 
 

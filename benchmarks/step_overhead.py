@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, generated_header, load_average, rounds_cell
+from _machine import describe, generated_header, rounds_cell, save_report
 
 HERE = Path(__file__).resolve().parent
 #: (name, layer sizes, batch, threads, data): "fmnist" is the real data set, else synthetic.
@@ -137,10 +137,7 @@ def main(argv=None) -> int:
     out = subprocess.run([sys.executable, "-c", LOSS_CHILD], check=True, capture_output=True,
                          text=True, cwd=HERE.parent, env={**os.environ, "OMP_NUM_THREADS": "1"})
     report["loss"] = json.loads(out.stdout.strip().splitlines()[-1])
-    report["loadavg_after"] = load_average()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step-overhead.json").write_text(json.dumps(report, indent=1))
-    (args.out / "step-overhead.md").write_text(render(report))
+    save_report(args.out, "step-overhead", report, render)
     return 0
 
 

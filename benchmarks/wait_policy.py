@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import describe, generated_header, load_average, rounds_cell
+from _machine import describe, generated_header, rounds_cell, save_report
 
 HERE = Path(__file__).resolve().parent
 POLICIES = {"passive": {"OMP_WAIT_POLICY": "passive"},
@@ -114,10 +114,7 @@ def main(argv=None) -> int:
             if burner is not None:
                 burner.kill()
                 burner.wait()
-    report["loadavg_after"] = load_average()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "wait-policy.json").write_text(json.dumps(report, indent=1))
-    (args.out / "wait-policy.md").write_text(render(report, policies, args.load))
+    save_report(args.out, "wait-policy", report, lambda r: render(r, policies, args.load))
     return 0
 
 

@@ -4,6 +4,8 @@
 All-ReLU: ``x`` for x > 0, ``slope * x`` otherwise) and inverted dropout in one pass, and writes
 the local derivative the backward pass multiplies by.  Dropout draws come from a counter-based
 hash of (seed, element index), so they are identical for any thread count and need no state.
+Beside it, the other per-step passes over a batch: ``softmax_cross_entropy``, ``transpose_into``
+and ``indices_below`` (the range check of a batch's row indices).
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint64_t

@@ -5,8 +5,9 @@
    Register-tiled: a tile is U vectors of one batch-row segment held in registers while the
    non-zeros of a row stream past: each output element is loaded and stored once, and every
    non-zero costs U gathered loads and U fused multiply-adds.  A row's batch is walked in tiles
-   of SK_TILE vectors, then (AVX-512) one walk over the rest with its last vector masked.  Every output element is summed in
-   an order fixed by the shapes alone, never by the thread count. */
+   of SK_TILE vectors, then (AVX-512) one walk over the rest with its last vector masked.
+   Every output element is summed in an order fixed by the shapes alone, never by the thread
+   count. */
 #ifndef SPARSEKIT_SPMM_HH
 #define SPARSEKIT_SPMM_HH
 

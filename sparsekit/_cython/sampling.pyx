@@ -8,7 +8,6 @@ seed gives the same positions whatever the thread count, and the same as the hos
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libcpp.algorithm cimport sort
 
 import numpy as np
 
@@ -17,8 +16,9 @@ from .._streams import row_blocks
 from ._checks import check_pattern, check_threads
 
 cdef extern from "sampling.hh":
-    void sk_rank_sort[I](I* a, Py_ssize_t x) nogil
-    void sk_ranks_to_cols[I](const I* cols, Py_ssize_t n, I* ranks, Py_ssize_t u) nogil
+    Py_ssize_t sk_grow_row[I](const I* pat, Py_ssize_t n_pat, const I* old, Py_ssize_t n_old,
+                              Py_ssize_t x, uint64_t key, uint64_t row, int64_t n_cols,
+                              I* out) nogil
 
 cdef extern from "streams.hh":
     uint64_t sk_mix64(uint64_t z) nogil
@@ -148,112 +148,25 @@ def _grow_rows(const index_t[::1] indptr, const index_t[::1] indices,
     the pattern nor already chosen), deduplicated and merged with the chosen ones into the
     slice ``new_ptr[r]:new_ptr[r + 1]`` (length old + extra, offsets written here; ``new_len[r]``
     of it used).  Returns the number of positions chosen so far (the sum of ``new_len``), so a
-    round costs no NumPy pass besides the kernels."""
-    cdef Py_ssize_t n_rows = indptr.shape[0] - 1, r
-    cdef Py_ssize_t total = 0
+    round costs no NumPy pass besides the kernels.  The row's work is ``sk_grow_row``
+    (sampling.hh), on raw pointers."""
+    cdef Py_ssize_t n_rows = indptr.shape[0] - 1, r, j
+    cdef Py_ssize_t total = 0, n
+    if n_rows == 0:
+        return 0
+    # Pointers of possibly empty arrays: a zero-length row never reads its pointer.
+    cdef const index_t* pat = &indices[0] if indices.shape[0] else NULL
+    cdef const index_t* old = &old_cols[0] if old_cols.shape[0] else NULL
+    cdef index_t* out = &new_cols[0] if new_cols.shape[0] else NULL
     with nogil:
         new_ptr[0] = 0
         for r in range(n_rows):
             new_ptr[r + 1] = new_ptr[r] + old_len[r] + extra[r]
         for r in prange(n_rows, schedule="guided", num_threads=nt):
-            new_len[r] = _grow_row(r, indices, indptr[r], indptr[r + 1], old_cols, old_ptr[r],
-                                   old_len[r], extra[r], key, n_cols, new_ptr[r], new_cols)
-            total += new_len[r]
+            n = sk_grow_row(pat + indptr[r], indptr[r + 1] - indptr[r], old + old_ptr[r],
+                            old_len[r], extra[r], key, <uint64_t>r, n_cols, out + new_ptr[r])
+            new_len[r] = n
+            total += n
             for j in range(new_ptr[r], new_ptr[r + 1]):
                 new_rows[j] = <index_t>r
     return total
-
-
-cdef void _count_map(const index_t* cols, Py_ssize_t n, index_t* ranks,
-                     Py_ssize_t u) noexcept nogil:
-    """ranks[i] += #{j : cols[j] - j <= ranks[i]}: rank among the free columns -> column, for
-    long rows or many ranks (sk_ranks_to_cols, O(n * u / lanes), takes the others).
-
-    ``cols`` sorted and distinct, so ``cols[j] - j`` (the free columns before cols[j]) does not
-    decrease and the j counted form a prefix; ranks sorted.  The prefix end is found 16 entries
-    at a time (one vector compare that GCC emits for the fixed-length loop), so a row costs
-    about n / 16 + u steps instead of the n + u dependent steps of a scalar merge."""
-    cdef Py_ssize_t i, t, jp = 0
-    cdef index_t q, cnt
-    for i in range(u):
-        q = ranks[i]
-        while jp + 16 <= n:
-            cnt = 0
-            for t in range(16):
-                cnt = cnt + (cols[jp + t] - <index_t>(jp + t) <= q)
-            jp = jp + cnt
-            if cnt < 16:
-                break
-        else:
-            while jp < n and cols[jp] - <index_t>jp <= q:
-                jp = jp + 1
-        ranks[i] = q + <index_t>jp
-
-
-cdef Py_ssize_t _grow_row(Py_ssize_t r, const index_t[::1] indices, Py_ssize_t p0,
-                          Py_ssize_t p1, const index_t[::1] old_cols, Py_ssize_t c0,
-                          Py_ssize_t n_old, Py_ssize_t x, uint64_t key, Py_ssize_t n_cols,
-                          Py_ssize_t base, index_t[::1] out) noexcept nogil:
-    cdef Py_ssize_t j, u, jp, jc, a, w
-    cdef int64_t col
-    cdef index_t prev, cur
-    cdef uint64_t state, n_free
-    if x == 0:
-        for j in range(n_old):
-            out[base + j] = old_cols[c0 + j]
-        return n_old
-    n_free = <uint64_t>(n_cols - (p1 - p0) - n_old)
-    state = sk_mix64(key ^ sk_mix64(<uint64_t>r + 1))
-    # Ranks among the free columns: draw, sort, keep the distinct ones (front of the slice).
-    for j in range(x):
-        out[base + j] = <index_t>sk_below(&state, n_free)
-    if x <= 64:
-        sk_rank_sort(&out[base], x)
-    else:
-        sort(&out[base], &out[base] + x)
-    # Keep the distinct ones, branch-free: store each value, then advance past a new one.  A
-    # value is new when it differs from the one before it in the sorted input (held in a
-    # register: comparing with the slot just stored would chain every step through memory).
-    u = 1
-    prev = out[base]
-    for j in range(1, x):
-        cur = out[base + j]
-        out[base + u] = cur
-        u = u + (cur != prev)
-        prev = cur
-    if n_old == 0:
-        # Rank q -> column q + #{pattern columns c_j with c_j - j <= q} (c_j - j free columns
-        # lie before c_j).
-        if p1 > p0 and p1 - p0 <= 1024 and u <= 64:
-            sk_ranks_to_cols(&indices[p0], p1 - p0, &out[base], u)
-        elif p1 > p0:
-            _count_map(&indices[p0], p1 - p0, &out[base], u)
-        return u
-    # Rank -> column: skip the pattern's columns and the chosen ones (both sorted, disjoint).
-    jp = p0
-    jc = c0
-    for j in range(u):
-        col = <int64_t>out[base + j] + (jp - p0) + (jc - c0)
-        while True:
-            if jp < p1 and indices[jp] <= col:
-                jp = jp + 1
-                col = col + 1
-            elif jc < c0 + n_old and old_cols[jc] <= col:
-                jc = jc + 1
-                col = col + 1
-            else:
-                break
-        out[base + j] = <index_t>col
-    # Merge with the chosen columns from the back (the new ones sit at the front).
-    a = u - 1
-    jc = n_old - 1
-    w = u + n_old - 1
-    while jc >= 0:
-        if a >= 0 and out[base + a] > old_cols[c0 + jc]:
-            out[base + w] = out[base + a]
-            a = a - 1
-        else:
-            out[base + w] = old_cols[c0 + jc]
-            jc = jc - 1
-        w = w - 1
-    return u + n_old

@@ -78,7 +78,7 @@ class SET(GrowthMethod):
         for layer in layers:
             w = layer.w
             keep = magnitude_keep_mask(be, w.data, self.zeta)
-            n_new = w.nnz - int(keep.sum())
+            n_new = w.nnz - int(be.xp.count_nonzero(keep))
             free = w.shape[0] * w.shape[1] - w.nnz
             if n_new > free:  # a (nearly) full layer: regrow what fits, keep the rest
                 drop = be.xp.flatnonzero(~keep)[free:]

@@ -227,6 +227,37 @@ def test_bad_arrays_get_one_line_errors_before_any_work():
         mlp.forward(arrays, x, outs, [], [0.5], [1], 0.3)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_a_forward_without_derivatives_writes_the_same_activations(dtype, rate):
+    """Inference passes None for the derivatives: the activations keep their bits (dropout
+    included), no derivative buffer is made, and a step, which needs them, refuses None."""
+    rng = np.random.default_rng(7)
+    model = make_model(rng, [40, 33, 20, 7], 0.2, dtype, np.int32)
+    arrays = [{"indptr": layer.w.indptr, "indices": layer.w.indices, "data": layer.w.data,
+               "bias": layer.b, "n_in": layer.in_features} for layer in model.layers]
+    x = batch(rng, 40, 24, dtype)
+
+    def run(with_derivs):
+        outs = [aligned_empty((n, 24), dtype) for n in (33, 20, 7)]
+        derivs = [aligned_empty((n, 24), dtype) if with_derivs else None for n in (33, 20)]
+        mlp.forward(arrays, x, outs, derivs, [0.6, 0.6], [3, 4], rate, 2)
+        return outs
+
+    for i, (got, want) in enumerate(zip(run(False), run(True))):
+        same(got, want, f"output {i}")
+    buffers: dict = {}
+    logits = model.backend.mlp_infer(model.layers, model.activations, x, buffers)
+    same(logits, Backend.mlp_infer(model.backend, model.layers, model.activations, x), "logits")
+    assert not [k for k in buffers if isinstance(k, tuple) and k[0] == "deriv"]
+    with pytest.raises(ValueError, match=r"derivs\[0\] must be a NumPy array"):
+        mlp.step(arrays, x, [aligned_empty((n, 24), dtype) for n in (33, 20, 7)], [None, None],
+                 [0.6, 0.6], [3, 4], 0.0, None, lambda: None,
+                 [aligned_empty((n, 24), dtype) for n in (33, 20)],
+                 [np.zeros(lay.nnz, dtype) for lay in model.layers],
+                 [np.zeros(lay.out_features, dtype) for lay in model.layers], None, 2)
+
 class OneProductAtATime(CpuBackend):
     """The CPU backend without its fused passes."""
 

@@ -267,25 +267,29 @@ class CpuBackend(Backend):
         probs, dlogits, picked = got
         return cross_entropy_of(np, picked, as_float=False), probs, dlogits
 
-    def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers, gather=None):
+    def _fused_forward(self, layers, activations, x_ib, rate, seeds, buffers, gather=None,
+                       derivatives: bool = True):
         """:meth:`mlp_forward` in one team (mlp.pyx), for layers that :meth:`_fusable` admits
-        (``gather``: ``x_ib`` is filled first, see :func:`mlp.forward`)."""
+        (``gather``: ``x_ib`` is filled first, see :func:`mlp.forward`; ``derivatives=False``:
+        the hidden layers' derivatives are neither written nor returned)."""
         n_batch = x_ib.shape[1]
         x = np.ascontiguousarray(x_ib)  # aligned when it comes from feature_major (faster)
-        outs, derivs = self._forward_buffers(layers, n_batch, {} if buffers is None else buffers)
+        outs, derivs = self._forward_buffers(layers, n_batch, {} if buffers is None else buffers,
+                                             derivatives)
         mlp.forward([_layer_arrays(layer) for layer in layers], x, outs, derivs,
                     [a.slope for a in activations], list(seeds), float(rate),
                     self._pass_threads(layers, n_batch), gather)
         return outs[-1], [x_ib, *outs[:-1]], derivs
 
     @staticmethod
-    def _forward_buffers(layers, n_batch: int, buffers):
-        """Every layer's output and every hidden layer's derivative, kept in ``buffers``."""
+    def _forward_buffers(layers, n_batch: int, buffers, derivatives: bool = True):
+        """Every layer's output and every hidden layer's derivative (None for each when not
+        ``derivatives``), kept in ``buffers``."""
         dt = layers[0].w.dtype
         outs = [_buffer(buffers, ("out", i), (layer.out_features, n_batch), dt)
                 for i, layer in enumerate(layers)]
         derivs = [_buffer(buffers, ("deriv", i), (layer.out_features, n_batch), dt)
-                  for i, layer in enumerate(layers[:-1])]
+                  if derivatives else None for i, layer in enumerate(layers[:-1])]
         return outs, derivs
 
     #: Samples per fused inference pass: at most ``infer_block``, as many as keep a pass's
@@ -306,7 +310,8 @@ class CpuBackend(Backend):
         """:meth:`infer_batch` for layer ``widths`` (inputs first); the memory estimate's too."""
         widest = max(widths)
         step = min(cls.infer_block, max(cls.infer_min, cls.infer_bytes // (widest * itemsize)))
-        # Every layer's output and derivative within the one-product path's ~3 widest arrays:
+        # Every layer's output and derivative (as a training pass holds them; inference
+        # writes no derivative) within the one-product path's ~3 widest arrays:
         step = min(batch_size, step, 3 * widest * batch_size // max(1, 2 * sum(widths[1:])))
         lanes = 64 // itemsize
         return max(1, step - step % lanes if step >= lanes else step)
@@ -314,10 +319,11 @@ class CpuBackend(Backend):
     def mlp_infer(self, layers, activations, x_ib, buffers=None):
         if not self._fusable(layers, x_ib, activations):
             return super().mlp_infer(layers, activations, x_ib, buffers)
-        # The training pass at dropout 0 (its derivatives are written and ignored): the same
-        # row kernels and epilogue as the generic path, so the same bits, in one team.
+        # The training pass at dropout 0 without the derivatives: the same row kernels and
+        # epilogue as the generic path, so the same bits, in one team, with one output row
+        # written per neuron instead of two (benchmarks/results/infer-passes.md).
         logits, _, _ = self._fused_forward(layers, activations, x_ib, 0.0,
-                                           [0] * (len(layers) - 1), buffers)
+                                           [0] * (len(layers) - 1), buffers, derivatives=False)
         return logits
 
     def mlp_backward(self, layers, acts, derivs, dlogits_cb, keep_dz: bool = False, update=None,

@@ -19,10 +19,22 @@
 
 /* a = g(z + b), d = g'(z + b) with g(v) = v for v > 0, slope * v otherwise; then inverted
    dropout: an element is dropped when the top 24 bits of its hash are below threshold
-   (rate * 2**24), kept ones scaled by 1 / (1 - rate).  a and d may alias z (in place). */
+   (rate * 2**24), kept ones scaled by 1 / (1 - rate).  a and d may alias z (in place).  d NULL:
+   no derivative is wanted (inference), a gets the same bits. */
 template <typename T>
 static inline void sk_act_row(const T* z, T b, T* a, T* d, ptrdiff_t n, T slope, T scale,
                               uint64_t threshold, uint64_t key) {
+    if (!d) {
+        for (ptrdiff_t j = 0; j < n; ++j) {
+            const T v = z[j] + b;
+            a[j] = (v > 0 ? (T)1 : slope) * v;
+        }
+        if (threshold == 0) return;
+        for (ptrdiff_t j = 0; j < n; ++j)
+            a[j] = (sk_mix64(key + (uint64_t)j * 0x9E3779B97F4A7C15ULL) >> 40) < threshold
+                       ? (T)0 : a[j] * scale;
+        return;
+    }
     for (ptrdiff_t j = 0; j < n; ++j) {
         const T v = z[j] + b;
         const T g = v > 0 ? (T)1 : slope;

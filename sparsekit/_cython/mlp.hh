@@ -30,7 +30,8 @@ typedef struct {
     void* bias;
     ptrdiff_t n_out, n_in, nnz;
     void* out;       /* forward: activation (hidden) or logits (last), n_out x n_batch */
-    void* deriv;     /* forward: activation derivative, n_out x n_batch (hidden only) */
+    void* deriv;     /* forward: activation derivative, n_out x n_batch (hidden only;
+                        NULL in inference) */
     double slope;    /* hidden activation's left slope */
     uint64_t seed;   /* dropout key of this layer and step */
     void* dz;        /* backward: gradient w.r.t. this layer's pre-activation (n_out x n_batch) */
@@ -73,8 +74,8 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
         for (ptrdiff_t o = r0; o < r1; ++o) {
             T* row = out + o * B;
             if (hidden)
-                sk_act_row<T>(row, bias[o], row, (T*)L.deriv + o * B, B, (T)L.slope, scale,
-                              threshold, sk_act_key(L.seed, o, B));
+                sk_act_row<T>(row, bias[o], row, L.deriv ? (T*)L.deriv + o * B : (T*)NULL, B,
+                              (T)L.slope, scale, threshold, sk_act_key(L.seed, o, B));
             else
                 for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] + bias[o];
         }

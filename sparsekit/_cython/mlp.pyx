@@ -155,8 +155,10 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
     outs : list of ndarray
         ``(n_out, n_batch)`` per layer: the hidden activations and, last, the logits (bias
         added).  Written.
-    derivs : list of ndarray
+    derivs : list of ndarray or None
         ``(n_out, n_batch)`` per hidden layer: activation derivative with dropout.  Written.
+        None for a layer whose derivative is not wanted (inference): the pass then writes
+        only the activation, with the same bits.
     slopes : sequence of float
         Left slope of each hidden layer's piecewise-linear activation.
     seeds : sequence of int
@@ -181,7 +183,7 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
     cdef SkGather* g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
-    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B)
+    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, False, True)
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     if B == 0:
         return
@@ -190,9 +192,11 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
 
 
 cdef void _fill_forward(SkLayerPass* L, list layers, list outs, list derivs, slopes, seeds, dt,
-                        it, Py_ssize_t n_in, Py_ssize_t B, bint written=False) except *:
+                        it, Py_ssize_t n_in, Py_ssize_t B, bint written=False,
+                        bint derivs_optional=False) except *:
     """The forward's fields of every layer (:func:`forward`'s arguments), checked (``written``:
-    the weights and biases must be writeable, for the update of :func:`step`)."""
+    the weights and biases must be writeable, for the update of :func:`step`;
+    ``derivs_optional``: a derivative may be None, for a pass that only infers)."""
     cdef int n = len(layers), i
     if len(outs) != n or len(derivs) != n - 1 or len(slopes) != n - 1 or len(seeds) != n - 1:
         raise ValueError("outs needs one array per layer; derivs, slopes and seeds one per "
@@ -201,7 +205,8 @@ cdef void _fill_forward(SkLayerPass* L, list layers, list outs, list derivs, slo
         _fill_common(&L[i], i, layers[i], dt, it, n_in, written)
         L[i].out = _ptr("outs[{}]", i, outs[i], dt, L[i].n_out, B, True)
         if i < n - 1:
-            L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, True)
+            if not (derivs_optional and derivs[i] is None):
+                L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, True)
             L[i].slope = float(slopes[i])
             L[i].seed = int(seeds[i]) & 0xFFFFFFFFFFFFFFFF
         L[i].tv_f, L[i].pf_f = walk_plan(n_in, L[i].n_out, L[i].nnz, B, dt.itemsize, "forward")

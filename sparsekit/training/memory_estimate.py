@@ -19,7 +19,7 @@ peak is
   connection, measured), plus the step's activations when updates happen inside an epoch.
 * **evaluate** — the test set's logits and one inference pass: on the CPU the fused pass of
   :meth:`CpuBackend.infer_batch <sparsekit._cython.backend.CpuBackend.infer_batch>`
-  samples (at most ``eval_batch_size``; every layer's output and derivative live), on the GPU
+  samples (at most ``eval_batch_size``; every layer's output live), on the GPU
   a chunk of ``eval_batch_size`` samples streamed one product at a time.  On the CPU a
   network whose activation is not piecewise linear takes that one-product path instead; it
   may hold about three arrays of the widest layer at ``eval_batch_size``, more than predicted.
@@ -222,10 +222,10 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
         evolve = max(int(nnz * (per + cand)) for _, _, nnz in evolving)
         if scored or evolve_every is not None:  # updates run with the step's arrays alive
             evolve += step
-    # The fused inference pass (piecewise-linear activations, the default): its input chunk,
-    # every layer's output and every hidden layer's derivative, for the samples of one pass.
+    # The fused inference pass (piecewise-linear activations, the default): its input chunk
+    # and every layer's output (no derivatives), for the samples of one pass.
     p = CpuBackend._infer_samples(widths, v, e) if e else 0
-    evaluate = p * v * (widths[0] + 2 * hidden + widths[-1]) + p * widths[0]  # + isfinite
+    evaluate = p * v * (widths[0] + hidden + widths[-1]) + p * widths[0]  # + isfinite
     evaluate += 2 * n_te * widths[-1] * v if e else 0  # the test set's logits, and a copy
     data = (n_tr + n_te) * (widths[0] * v + 8) + 8 * n_tr  # + the epoch's permutation
     # glibc serves blocks below its mmap ceiling (32 MiB) from the heap and keeps freed ones

@@ -4,7 +4,9 @@ dict (the engine's, or an inference call's).
 Each array is the front of one flat, 64-byte-aligned allocation that only grows, so alternating
 sizes (an epoch's partial last batch, an inference pass's remainder, a layer after pruning)
 reuse memory instead of faulting in fresh pages; and the step's plan (:class:`StepPlan`, what
-``CpuBackend._step_plan`` decides before a step) is kept per shape of step.
+``CpuBackend._step_plan`` decides before a step) is kept per shape of step.  Also the two
+conversions a pass's arguments go through: a layer's arrays as :mod:`sparsekit._cython.mlp`
+takes them, and a batch's row indices, checked once for the passes' own gather.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import numpy as np
 
 from .._align import aligned_empty
+from . import elementwise
 
 #: The key of the step plans (a dict: plan key -> plan) in a buffers dict, and how many it
 #: keeps: an epoch with a partial last batch alternates two.
@@ -69,3 +72,22 @@ class StepPlan:
     def __init__(self, **fields) -> None:
         for name, value in fields.items():
             setattr(self, name, value)
+
+
+def layer_arrays(layer, transpose=None) -> dict:
+    """A layer's arrays as :mod:`sparsekit._cython.mlp` takes them."""
+    w = layer.w
+    out = {"indptr": w.indptr, "indices": w.indices, "data": w.data, "bias": layer.b,
+           "n_in": w.shape[1]}
+    if transpose is not None:
+        out["t_indptr"], out["t_rows"], out["t_perm"] = transpose
+    return out
+
+
+def batch_rows(x, idx):
+    """``idx`` as int64 if every index lies in ``[0, len(x))`` (the passes gather those
+    themselves), else None (NumPy's indexing rules: negative indices wrap, others raise)."""
+    if idx.shape[0] == 0 or idx.dtype.kind not in "iu":
+        return None
+    rows = np.ascontiguousarray(idx, dtype=np.int64)
+    return rows if elementwise.indices_below(rows, x.shape[0]) else None

@@ -108,6 +108,94 @@ OPTIMIZERS = {
 }
 
 
+def numpy_step(opt, model, grads, lr):
+    """``Optimizer.step`` as the optimizer's own NumPy code does it (the oracle of the
+    backend's update kernel, which ``step`` itself calls where it can)."""
+    opt.t += 1
+    for layer, (gw, gb) in zip(model.layers, grads):
+        opt.update(layer.w.data, gw, layer.state_w, lr)
+        opt.update(layer.b, gb, layer.state_b, lr)
+
+
+def models_with_state(name, dtype, t, sizes=(70, 90, 40, 6), density=0.3):
+    """Two identical models with optimizer ``name``'s state as left by ``t`` earlier steps."""
+    opts = [OPTIMIZERS[name]() for _ in range(2)]
+    models = [make_model(np.random.default_rng(1), list(sizes), density, dtype, np.int32)
+              for _ in range(2)]
+    for opt, m in zip(opts, models):
+        opt.attach(m)
+        opt.t = t
+        for layer in m.layers:
+            for k, slot in enumerate(opt.slots):
+                r = np.random.default_rng(2 + k)
+                layer.state_w[slot][...] = r.standard_normal(layer.nnz) ** (k + 1) / 10
+                layer.state_b[slot][...] = r.standard_normal(layer.b.shape[0]) ** (k + 1) / 10
+    return opts, models
+
+
+def assert_same_parameters(models, slots):
+    for a, b in zip(*(m.layers for m in models)):
+        same(b.w.data, a.w.data, "weights")
+        same(b.b, a.b, "bias")
+        for slot in slots:
+            same(b.state_w[slot], a.state_w[slot], f"{slot} of the weights")
+            same(b.state_b[slot], a.state_b[slot], f"{slot} of the bias")
+
+
+@pytest.mark.parametrize("t", [0, 6])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_unfused_step_updates_with_the_optimizers_bits(name, dtype, t):
+    """``Optimizer.step`` after a step that could not fuse its update (a gradient hook,
+    clipping, WASAP's server) runs the backend's kernel (``apply_update``): the bits of the
+    optimizer's own NumPy update, on arrays longer than a chunk of either, 1 and 2 threads."""
+    opts, models = models_with_state(name, dtype, t, (300, 700, 6), 0.6)
+    assert models[0].layers[0].nnz > 1 << 16  # several of the kernel's and NumPy's chunks
+    rng = np.random.default_rng(5)
+    grads = [(rng.standard_normal(layer.nnz).astype(dtype) / 10,
+              rng.standard_normal(layer.b.shape[0]).astype(dtype) / 10)
+             for layer in models[0].layers]
+    calls = []
+    be = models[1].backend
+    be.apply_update = lambda *a, _f=be.apply_update: calls.append(1) or _f(*a)
+    numpy_step(opts[0], models[0], grads, 0.05)
+    opts[1].step(models[1], grads, 0.05)
+    assert len(calls) == 2 * len(models[1].layers)  # every array went through the kernel
+    assert opts[0].t == opts[1].t == t + 1
+    assert_same_parameters(models, opts[0].slots)
+    numpy_step(opts[0], models[0], grads, 0.02)
+    models[1].backend.num_threads = 1
+    opts[1].step(models[1], grads, 0.02)
+    assert_same_parameters(models, opts[0].slots)
+
+
+def test_arrays_the_update_kernel_does_not_take_go_to_the_optimizer():
+    """Another dtype, a strided or read-only array: ``apply_update`` declines, and
+    ``Optimizer.step`` still updates, with the NumPy code's result."""
+    be = CpuBackend(2)
+    rule = MomentumSGD().backend_rule(0.1)
+    p, g, v = (np.ones(10, np.float32) for _ in range(3))
+    assert not be.apply_update(rule, p, g.astype(np.float64), [v])
+    assert not be.apply_update(rule, p, np.ones(20, np.float32)[::2], [v])
+    frozen = v.copy()
+    frozen.flags.writeable = False
+    assert not be.apply_update(rule, p, g, [frozen])
+    assert not be.apply_update(("rmsprop", 0.1), p, g, [v])
+    assert not be.apply_update(rule, p, g, [v, v])
+    assert (p == 1).all() and (v == 1).all()
+    assert be.apply_update(rule, p, g, [v]) and not (p == 1).all()
+    from sparsekit._cython import elementwise
+    with pytest.raises(ValueError, match="rule must be"):
+        elementwise.apply_update(("sgd", 0.1), p, g, [v])
+    with pytest.raises(ValueError, match="grad and state arrays"):
+        elementwise.apply_update(rule, p, g[:5], [v])
+    opts, models = models_with_state("adam", np.float32, 2, (9, 8, 3), 0.5)
+    grads = [(np.ones(layer.nnz), np.ones(layer.b.shape[0])) for layer in models[0].layers]
+    numpy_step(opts[0], models[0], grads, 0.05)  # float64 gradients: NumPy casts them
+    opts[1].step(models[1], grads, 0.05)
+    assert_same_parameters(models, opts[0].slots)
+
+
 @pytest.mark.parametrize("t", [0, 6])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -115,35 +203,20 @@ def test_the_fused_update_has_the_optimizers_bits(name, dtype, t):
     """The backward's update from ``backend_rule`` against the optimizer's own NumPy update,
     from state left by earlier steps (``t`` of them)."""
     rng = np.random.default_rng(3)
-    opts = [OPTIMIZERS[name]() for _ in range(2)]
-    models = [make_model(np.random.default_rng(1), [70, 90, 40, 6], 0.3, dtype, np.int32)
-              for _ in range(2)]
-    for opt, m in zip(opts, models):
-        opt.attach(m)
-        opt.t = t
-        for layer in m.layers:  # state from earlier steps
-            for k, slot in enumerate(opt.slots):
-                r = np.random.default_rng(2 + k)
-                layer.state_w[slot][...] = r.standard_normal(layer.nnz) ** (k + 1) / 10
-                layer.state_b[slot][...] = r.standard_normal(layer.b.shape[0]) ** (k + 1) / 10
+    opts, models = models_with_state(name, dtype, t)
     be = models[0].backend
     x = batch(rng, 70, 64, dtype)
     logits, acts, derivs = be.mlp_forward(models[0].layers, models[0].activations, x, 0.3,
                                           [1, 2], {})
     dlogits = rng.standard_normal(logits.shape).astype(dtype) / 64
     grads = Backend.mlp_backward(be, models[0].layers, acts, derivs, dlogits)[0]
-    opts[0].step(models[0], grads, 0.05)
+    numpy_step(opts[0], models[0], grads, 0.05)
     _, _, applied = be.mlp_backward(models[1].layers, acts, derivs, dlogits, False,
                                     opts[1].backend_rule(0.05), {})
     assert applied
     opts[1].applied_by_backend()
     assert opts[0].t == opts[1].t == t + 1
-    for a, b in zip(*(m.layers for m in models)):
-        same(b.w.data, a.w.data, "weights")
-        same(b.b, a.b, "bias")
-        for slot in opts[0].slots:
-            same(b.state_w[slot], a.state_w[slot], f"{slot} of the weights")
-            same(b.state_b[slot], a.state_b[slot], f"{slot} of the bias")
+    assert_same_parameters(models, opts[0].slots)
 
 
 def test_an_update_the_backend_cannot_apply_is_left_to_the_optimizer():

@@ -9,8 +9,10 @@ from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
+from .workspace import batch_rows as _batch_rows
 from .workspace import buffer as _buffer
 from .workspace import keep_plan, kept_plan
+from .workspace import layer_arrays as _layer_arrays
 
 
 class CpuBackend(Backend):
@@ -345,6 +347,22 @@ class CpuBackend(Backend):
     #: ``slots`` in sparsekit.training.optim), as mlp.pyx's ``mom_*`` and ``sq_*`` arrays.
     _update_slots = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq")}
 
+    def apply_update(self, rule, param, grad, slots) -> bool:
+        # The fused update's kernel on one array (a step that could not fuse it: a gradient
+        # hook, clipping, WASAP's server, a model the passes cannot run); arrays it does not
+        # take (another dtype, strided, read-only) are left to the optimizer's NumPy code.
+        names = self._update_slots.get(rule[0]) if rule else None
+        arrays = (param, grad, *slots)
+        if (names is None or len(slots) != len(names) or param.dtype not in VALUE_DTYPES
+                or not all(isinstance(a, np.ndarray) and a.ndim == 1 and a.flags.c_contiguous
+                           and a.dtype == param.dtype and a.shape == param.shape
+                           for a in arrays)
+                or not all(a.flags.writeable for a in (param, *slots))):
+            return False
+        elementwise.apply_update(tuple(rule), param, grad, list(slots),
+                                 self._element_threads(param.shape[0]))
+        return True
+
     @classmethod
     def _update_rule(cls, layers, update):
         """``update``, or None when this backend cannot apply it: another kind, or layers that
@@ -472,21 +490,3 @@ class CpuBackend(Backend):
                for i, s in enumerate(states)]
         return new_w, out
 
-
-def _layer_arrays(layer, transpose=None) -> dict:
-    """A layer's arrays as :mod:`sparsekit._cython.mlp` takes them."""
-    w = layer.w
-    out = {"indptr": w.indptr, "indices": w.indices, "data": w.data, "bias": layer.b,
-           "n_in": w.shape[1]}
-    if transpose is not None:
-        out["t_indptr"], out["t_rows"], out["t_perm"] = transpose
-    return out
-
-
-def _batch_rows(x, idx):
-    """``idx`` as int64 if every index lies in ``[0, len(x))`` (the passes gather those
-    themselves), else None (NumPy's indexing rules: negative indices wrap, others raise)."""
-    if idx.shape[0] == 0 or idx.dtype.kind not in "iu":
-        return None
-    rows = np.ascontiguousarray(idx, dtype=np.int64)
-    return rows if elementwise.indices_below(rows, x.shape[0]) else None

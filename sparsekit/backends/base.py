@@ -256,6 +256,14 @@ class Backend:
                 dz = dx
         return grads[::-1], (dzs[::-1] if keep_dz else None), False
 
+    def apply_update(self, rule, param, grad, slots) -> bool:
+        """Apply an optimizer's update ``rule`` (its
+        :meth:`~sparsekit.training.optim.Optimizer.backend_rule`) to ``param`` in place, with
+        the state arrays ``slots`` in the order of the optimizer's ``slots``; True when done.
+        A backend that cannot (here: never) returns False, and the optimizer updates with its
+        own array code; either way the result has the same bits."""
+        return False
+
     # --- elementwise ------------------------------------------------------------------------
     def bias_act_dropout(self, z_ob, bias, slope: float, rate: float, seed: int):
         """Add bias, apply ``x if x > 0 else slope * x`` and inverted dropout.

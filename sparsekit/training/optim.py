@@ -12,7 +12,8 @@ On the host the updates run over slices of :data:`CHUNK` values with one scratch
 temporary of the size of a layer is made; elsewhere (CuPy) they are whole-array expressions.
 The CPU backend applies momentum SGD and Adam/AdamW inside its backward pass instead
 (:meth:`Optimizer.backend_rule`; ``_cython/epilogue.hh``), in the same order of operations, so
-with the same bits.
+with the same bits; a step that cannot fuse them (a gradient hook, clipping, WASAP's server)
+still updates through the same kernel (:meth:`Optimizer.step`).
 """
 
 from __future__ import annotations
@@ -65,11 +66,19 @@ class Optimizer:
             layer.ensure_state(self.slots)
 
     def step(self, model, grads, lr: float) -> None:
-        """One update of every layer from ``grads = [(grad_w, grad_b), ...]`` at rate ``lr``."""
+        """One update of every layer from ``grads = [(grad_w, grad_b), ...]`` at rate ``lr``:
+        by the model's backend from :meth:`backend_rule` where it can
+        (:meth:`Backend.apply_update <sparsekit.backends.base.Backend.apply_update>`, the same
+        bits), else by :meth:`update`."""
+        rule = self.backend_rule(lr)  # this step's: taken before the step is counted
         self.t += 1
+        be = model.backend
         for layer, (gw, gb) in zip(model.layers, grads):
-            self.update(layer.w.data, gw, layer.state_w, lr)
-            self.update(layer.b, gb, layer.state_b, lr)
+            for param, grad, state in ((layer.w.data, gw, layer.state_w),
+                                       (layer.b, gb, layer.state_b)):
+                if rule is None or not be.apply_update(rule, param, grad,
+                                                       [state[s] for s in self.slots]):
+                    self.update(param, grad, state, lr)
 
     def update(self, param, grad, state: dict, lr: float) -> None:
         """Update ``param`` and its ``state`` arrays in place."""

@@ -1,11 +1,16 @@
-"""The machine description every benchmark writes next to its figures."""
+"""The machine description every benchmark writes next to its figures, and the plumbing the
+benchmarks that run engines in turns share (options, report header, child processes)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,3 +70,28 @@ def save_report(out: Path, stem: str, report: dict, render: Callable[[dict], str
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (out / f"{stem}.md").write_text(render(report))
+
+
+def turns_parser(doc: str, turns: int) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs engines in turns, round after round."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--turns", type=int, default=turns, help="turns of 20 steps per engine")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    return p
+
+
+def new_report(script: str, argv) -> dict:
+    """A report's command, date and machine, with ``runs`` still empty."""
+    return {"command": " ".join([f"python benchmarks/{script}",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": describe(), "runs": []}
+
+
+def child_json(code: str, *args) -> dict:
+    """Run ``code`` in a fresh interpreter at the repository root; its last line, as JSON."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=True,
+                         capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])

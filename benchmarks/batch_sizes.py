@@ -18,16 +18,11 @@ Results: ``benchmarks/results/batch-sizes.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-from _machine import describe, generated_header, rounds_cell, save_report
+import _machine as machine
 
-HERE = Path(__file__).resolve().parent
 BATCHES = (96, 100, 112, 128, 192, 200, 208)
 #: (odd batch, its aligned neighbours)
 ODD = ((100, (96, 112)), (200, (192, 208)))
@@ -72,35 +67,25 @@ print(json.dumps({str(bs): float(np.median(v)) / bs * 1e9 for bs, v in times.ite
 
 
 def run_case(sizes: str, threads: int, turns: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, sizes, str(threads), str(turns),
-                          ",".join(map(str, BATCHES))], check=True, capture_output=True,
-                         text=True, cwd=HERE.parent)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return machine.child_json(CHILD, sizes, threads, turns, ",".join(map(str, BATCHES)))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--turns", type=int, default=15, help="turns of 20 steps per engine")
-    p.add_argument("--out", type=Path, default=HERE / "results")
-    args = p.parse_args(argv)
-    report = {"command": " ".join(["python benchmarks/batch_sizes.py",
-                                   *(argv if argv is not None else sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": describe(), "runs": []}
+    args = machine.turns_parser(__doc__, 15).parse_args(argv)
+    report = machine.new_report("batch_sizes.py", argv)
     for rnd in range(args.rounds):
         for name, sizes, threads in CASES:
             res = {"case": name, "round": rnd, "ns_per_sample": run_case(sizes, threads,
                                                                           args.turns)}
             report["runs"].append(res)
             print(json.dumps(res), flush=True)
-    save_report(args.out, "batch-sizes", report, render)
+    machine.save_report(args.out, "batch-sizes", report, render)
     return 0
 
 
 def render(report: dict) -> str:
     lines = ["## Training step per sample at batch sizes off and on whole vectors (generated)",
-             "", *generated_header(report),
+             "", *machine.generated_header(report),
              "`Engine.train_step`, SET, momentum SGD, synthetic data; one process per (case, "
              "round), one engine per batch size, in turns of 20 steps.  ns per sample (median "
              "step / batch); each cell: the median over rounds, then every round.  *odd / "
@@ -111,9 +96,9 @@ def render(report: dict) -> str:
              "|---|" + "---:|" * (len(BATCHES) + len(ODD))]
     for name, *_ in CASES:
         runs = [r["ns_per_sample"] for r in report["runs"] if r["case"] == name]
-        cells = [rounds_cell([r[str(b)] for r in runs], "{:.0f}") for b in BATCHES]
+        cells = [machine.rounds_cell([r[str(b)] for r in runs], "{:.0f}") for b in BATCHES]
         for odd, (lo, hi) in ODD:
-            cells.append(rounds_cell([2 * r[str(odd)] / (r[str(lo)] + r[str(hi)])
+            cells.append(machine.rounds_cell([2 * r[str(odd)] / (r[str(lo)] + r[str(hi)])
                                       for r in runs], "{:.2f}"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")

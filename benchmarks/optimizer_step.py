@@ -2,11 +2,14 @@
 
 The CPU backend applies momentum SGD and Adam/AdamW inside the step's OpenMP team
 (``Optimizer.backend_rule``, ``_cython/epilogue.hh``); otherwise the optimizer updates every
-layer afterwards with NumPy (``Optimizer.update``: about a dozen array passes per parameter array
-for Adam, five for SGD).  Both give the same bits.  One process per (case, round) holds one
-``Engine`` per (optimizer, mode) on the same data and runs them in turn, 20 steps each, the
-first 2 of each turn left out; "host" is the same engine with ``backend_rule`` returning None.
-Reported: the median step per optimizer and mode, and what fusing saves.
+layer afterwards: with the same kernel on each array (``Backend.apply_update``, after a step
+that could not fuse it: a gradient hook, clipping, WASAP's server), or with NumPy
+(``Optimizer.update``: about a dozen array passes per parameter array for Adam, five for SGD).
+All give the same bits.  One process per (case, round) holds one ``Engine`` per (optimizer,
+mode) on the same data and runs them in turn, 20 steps each, the first 2 of each turn left out;
+"kernel" is the engine stepping with an identity gradient hook, "host" the engine with
+``backend_rule`` returning None.  Reported: the median step per optimizer and mode, and what
+fusing saves.
 
     flock /tmp/bench.lock python benchmarks/optimizer_step.py [--rounds 3] [--turns 30]
 
@@ -15,14 +18,18 @@ Results: ``benchmarks/results/optimizer-step.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _machine import describe, generated_header, rounds_cell, save_report
+from _machine import (
+    child_json,
+    generated_header,
+    new_report,
+    rounds_cell,
+    save_report,
+    turns_parser,
+)
 
 HERE = Path(__file__).resolve().parent
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -50,7 +57,7 @@ x = rng.standard_normal((4096, sizes[0])).astype(np.float32)
 y = rng.integers(0, sizes[-1], 4096)
 engines = {}
 for opt in optimizers:
-    for mode in ("fused", "host"):
+    for mode in ("fused", "kernel", "host"):
         cfg = TrainConfig(epochs=3, batch_size=bs, optimizer=opt, epsilon=eps)
         model = SparseMLP(sizes, backend=CpuBackend(threads), epsilon=eps, seed=0)
         engine = Engine(model, cfg, np.random.default_rng(0))
@@ -67,7 +74,8 @@ for turn in range(turns):
             idx = perm[(step * bs) % (x.shape[0] - bs):][:bs]
             step += 1
             t0 = time.perf_counter()
-            engine.train_step(x, y, idx, engine.config.lr)
+            engine.train_step(x, y, idx, engine.config.lr,
+                              grad_hook=(lambda g: g) if mode == "kernel" else None)
             dt = time.perf_counter() - t0
             if turn and k >= 2:
                 times[f"{opt} {mode}"].append(dt)
@@ -76,22 +84,12 @@ print(json.dumps({k: float(np.median(v)) * 1e6 for k, v in times.items()}))
 
 
 def run_case(sizes: str, batch: int, threads: int, eps: float, turns: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, sizes, str(batch), str(threads), str(eps),
-                          str(turns), ",".join(OPTIMIZERS)], check=True, capture_output=True,
-                         text=True, cwd=HERE.parent)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(CHILD, sizes, batch, threads, eps, turns, ",".join(OPTIMIZERS))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--turns", type=int, default=30, help="turns of 20 steps per engine")
-    p.add_argument("--out", type=Path, default=HERE / "results")
-    args = p.parse_args(argv)
-    report = {"command": " ".join(["python benchmarks/optimizer_step.py",
-                                   *(argv if argv is not None else sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "machine": describe(), "runs": []}
+    args = turns_parser(__doc__, 30).parse_args(argv)
+    report = new_report("optimizer_step.py", argv)
     for rnd in range(args.rounds):
         for name, sizes, batch, threads, eps in CASES:
             res = {"case": name, "round": rnd,
@@ -107,20 +105,24 @@ def render(report: dict) -> str:
              "(generated)", "", *generated_header(report),
              "`Engine.train_step` on synthetic data, SET, each optimizer's default rate and "
              "decay; one process per (case, round), the engines taking turns of 20 steps.  "
-             "\"fused\": the update runs in the step's team; \"host\": the same optimizer's "
-             "NumPy update after it (same bits).  Each cell: the median over rounds, then "
-             "every round; us per step.", "",
-             "| case | optimizer | host | fused | saved | fused / SGD fused |",
-             "|---|---|---:|---:|---:|---:|"]
+             "\"fused\": the update runs in the step's team; \"kernel\": a step with an "
+             "identity gradient hook, the update after it by the same kernel "
+             "(`Backend.apply_update`); \"host\": the optimizer's NumPy update after the "
+             "step (all three the same bits).  Each cell: the median over rounds, then every "
+             "round; us per step.", "",
+             "| case | optimizer | host | kernel | fused | saved (host - fused) | "
+             "fused / SGD fused |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name, *_ in CASES:
         runs = [r["step_us"] for r in report["runs"] if r["case"] == name]
         for opt in OPTIMIZERS:
             host = [r[f"{opt} host"] for r in runs]
+            kernel = [r[f"{opt} kernel"] for r in runs]
             fused = [r[f"{opt} fused"] for r in runs]
             saved = [h - f for h, f in zip(host, fused)]
             rel = [r[f"{opt} fused"] / r["sgd fused"] for r in runs]
             lines.append(f"| {name} | {opt} | {rounds_cell(host, '{:.0f}')} | "
-                         f"{rounds_cell(fused, '{:.0f}')} | {rounds_cell(saved, '{:.0f}')} | "
+                         f"{rounds_cell(kernel, '{:.0f}')} | {rounds_cell(fused, '{:.0f}')} | {rounds_cell(saved, '{:.0f}')} | "
                          f"{rounds_cell(rel, '{:.2f}')} |")
     lines.append("")
     return "\n".join(lines)

@@ -122,7 +122,8 @@ def render(report: dict) -> str:
             saved = [h - f for h, f in zip(host, fused)]
             rel = [r[f"{opt} fused"] / r["sgd fused"] for r in runs]
             lines.append(f"| {name} | {opt} | {rounds_cell(host, '{:.0f}')} | "
-                         f"{rounds_cell(kernel, '{:.0f}')} | {rounds_cell(fused, '{:.0f}')} | {rounds_cell(saved, '{:.0f}')} | "
+                         f"{rounds_cell(kernel, '{:.0f}')} | {rounds_cell(fused, '{:.0f}')} | "
+                         f"{rounds_cell(saved, '{:.0f}')} | "
                          f"{rounds_cell(rel, '{:.2f}')} |")
     lines.append("")
     return "\n".join(lines)

@@ -39,7 +39,8 @@ static inline __attribute__((always_inline)) void sk_rank_sort(I *a, ptrdiff_t x
    ranks inside, so it is n * ceil(u / lanes) vector compares with no dependency between
    ranks and no branch on the data (a merge would mispredict at random interleavings). */
 template <class I>
-static inline __attribute__((always_inline)) void sk_ranks_to_cols(const I *cols, ptrdiff_t n, I *ranks, ptrdiff_t u) {
+static inline __attribute__((always_inline)) void sk_ranks_to_cols(const I *cols, ptrdiff_t n,
+                                                                   I *ranks, ptrdiff_t u) {
     constexpr ptrdiff_t lanes = 64 / sizeof(I);
     alignas(64) I q[64];
     alignas(64) I cnt[64];

@@ -169,6 +169,31 @@ def test_an_unfused_step_updates_with_the_optimizers_bits(name, dtype, t):
     assert_same_parameters(models, opts[0].slots)
 
 
+@pytest.mark.parametrize("n", [0, 1, 17, (1 << 14) - 1, (1 << 14) + 1, 3 << 14])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_the_update_kernel_equals_the_optimizers_update_at_every_length(name, n):
+    """``elementwise.apply_update`` against ``Optimizer.update`` on one array: empty, one value,
+    around the kernel's 16 384-value chunks; 1 and 2 threads, float32."""
+    from sparsekit._cython import elementwise
+
+    rng = np.random.default_rng(n)
+    opt = OPTIMIZERS[name]()
+    opt.t = 3
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    state = {s: np.abs(rng.standard_normal(n)).astype(np.float32) / 10 for s in opt.slots}
+    for threads in (1, 2):
+        want_p, want_state = p.copy(), {k: v.copy() for k, v in state.items()}
+        rule = opt.backend_rule(0.05)  # step t + 1's, which update() below runs at
+        opt.t += 1
+        opt.update(want_p, g, want_state, 0.05)
+        opt.t -= 1
+        got_p, got_state = p.copy(), {k: v.copy() for k, v in state.items()}
+        elementwise.apply_update(rule, got_p, g, [got_state[s] for s in opt.slots], threads)
+        same(got_p, want_p, f"parameters, {threads} thread(s)")
+        for s in opt.slots:
+            same(got_state[s], want_state[s], f"{s}, {threads} thread(s)")
+
+
 def test_arrays_the_update_kernel_does_not_take_go_to_the_optimizer():
     """Another dtype, a strided or read-only array: ``apply_update`` declines, and
     ``Optimizer.step`` still updates, with the NumPy code's result."""

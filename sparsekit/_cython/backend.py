@@ -312,8 +312,9 @@ class CpuBackend(Backend):
         """:meth:`infer_batch` for layer ``widths`` (inputs first); the memory estimate's too."""
         widest = max(widths)
         step = min(cls.infer_block, max(cls.infer_min, cls.infer_bytes // (widest * itemsize)))
-        # Every layer's output and derivative (as a training pass holds them; inference
-        # writes no derivative) within the one-product path's ~3 widest arrays:
+        # Every layer's output, counted twice (for the derivatives the pass wrote before
+        # 04627fa; kept so the pass sizes are those infer_passes.py measured), within the
+        # one-product path's ~3 widest arrays:
         step = min(batch_size, step, 3 * widest * batch_size // max(1, 2 * sum(widths[1:])))
         lanes = 64 // itemsize
         return max(1, step - step % lanes if step >= lanes else step)

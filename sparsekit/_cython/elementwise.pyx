@@ -15,6 +15,7 @@ import numpy as np
 
 from ._bounds cimport all_below
 from ._types cimport floating
+from ._update cimport SK_UPDATE_ADAM, SkUpdate, fill_update, sk_apply_update
 from .._align import aligned_empty
 from ._checks import check_threads
 
@@ -31,11 +32,6 @@ cdef extern from "epilogue.hh" nogil:
     void sk_softmax_shift[T](const T* z, Py_ssize_t C, Py_ssize_t B, T* m, T* out)
     void sk_softmax_finish[T](const T* e, const int64_t* labels, Py_ssize_t C, Py_ssize_t B,
                               T* s, T* probs, T* picked, T* grad)
-    # The optimizer updates the fused backward applies too (mlp.hh's update phase).
-    void sk_sgd_update[T](T* p, const T* g, T* v, Py_ssize_t n, T lr, T mu, T wd, int coupled,
-                          int nesterov)
-    void sk_adam_update[T](T* p, const T* g, T* m, T* v, Py_ssize_t n, const T* c,
-                           int decoupled)
 
 def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
                      uint64_t seed, int num_threads=0):
@@ -131,44 +127,27 @@ def indices_below(const int64_t[::1] a, int64_t n):
     return all_below(a, n)
 
 
-def apply_update(tuple rule, floating[::1] p, const floating[::1] g, list slots,
+def apply_update(tuple rule not None, floating[::1] p, const floating[::1] g, list slots,
                  int num_threads=0):
     """An optimizer's update of ``p`` in place, with its state arrays ``slots`` (momentum SGD:
     ``[velocity]``; Adam/AdamW: ``[exp_avg, exp_avg_sq]``), from ``rule``, the optimizer's
-    ``backend_rule``: the arithmetic of the update the fused backward applies (epilogue.hh),
+    ``backend_rule``: the update the fused backward applies (epilogue.hh's sk_apply_update),
     hence the bits of ``Optimizer.update``, in one pass instead of NumPy's five (SGD) or
     fourteen (Adam).  Every array has ``p``'s length and dtype.
     """
-    cdef Py_ssize_t n = p.shape[0], k, i0, n_chunks, chunk = 1 << 14
-    cdef int nt = check_threads(num_threads), coupled = 0, nesterov = 0, decoupled = 0, adam
-    kind = rule[0] if rule else None
-    if kind not in ("sgd", "adam") or len(rule) != (6 if kind == "sgd" else 11):
-        raise ValueError(f"rule must be an 'sgd' or 'adam' update rule, got {rule!r}")
-    adam = kind == "adam"
+    cdef SkUpdate s
+    fill_update(&s, rule, "rule")
+    cdef int adam = s.kind == SK_UPDATE_ADAM, nt = check_threads(num_threads)
     if len(slots) != 1 + adam:
-        raise ValueError(f"a {kind!r} update needs {1 + adam} state arrays, got {len(slots)}")
-    cdef floating[::1] s0 = slots[0]
-    cdef floating[::1] s1 = slots[1] if adam else slots[0]
-    if g.shape[0] != n or s0.shape[0] != n or s1.shape[0] != n:
+        raise ValueError(f"a {rule[0]!r} update needs {1 + adam} state arrays, got {len(slots)}")
+    cdef floating[::1] m = slots[0]
+    cdef floating[::1] v = slots[1] if adam else slots[0]
+    cdef Py_ssize_t n = p.shape[0], k, i0, chunk = 1 << 14
+    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:
         raise ValueError(f"grad and state arrays must have the parameter's length {n}")
-    cdef floating lr = 0, mu = 0, wd = 0
-    cdef floating c[9]
-    if adam:
-        decoupled = bool(rule[1])
-        for k in range(9):
-            c[k] = <floating>float(rule[2 + k])  # rounded as dtype.type(constant) rounds
-    else:
-        lr, mu, wd = <floating>float(rule[1]), <floating>float(rule[2]), <floating>float(rule[3])
-        coupled, nesterov = bool(rule[4]), bool(rule[5])
     if n == 0:
         return
-    n_chunks = (n + chunk - 1) // chunk
     with nogil:
-        for k in prange(n_chunks, schedule="static", num_threads=nt):
+        for k in prange((n + chunk - 1) // chunk, schedule="static", num_threads=nt):
             i0 = k * chunk
-            if adam:
-                sk_adam_update(&p[i0], &g[i0], &s0[i0], &s1[i0], min(chunk, n - i0), c,
-                               decoupled)
-            else:
-                sk_sgd_update(&p[i0], &g[i0], &s0[i0], min(chunk, n - i0), lr, mu, wd, coupled,
-                              nesterov)
+            sk_apply_update(&p[i0], &g[i0], &m[i0], &v[i0], min(chunk, n - i0), s)

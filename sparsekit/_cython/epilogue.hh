@@ -4,7 +4,7 @@
    - sk_row_sum: the sum of a row in NumPy's order (pairwise, 8 accumulators per block of
      128), so a bias gradient is exactly ``dz_ob.sum(axis=1)``;
    - sk_sgd_update, sk_adam_update: momentum SGD and Adam/AdamW in the order of
-     sparsekit.training.optim.MomentumSGD and Adam.
+     sparsekit.training.optim.MomentumSGD and Adam (sk_apply_update: either, from a rule).
    The last three must not be reassociated or contracted into FMAs (setup.py allows both for the
    products), hence the per-function options. */
 #ifndef SPARSEKIT_EPILOGUE_HH
@@ -123,6 +123,34 @@ SK_EXACT static void sk_adam_update(T* p, const T* g, T* m, T* v, ptrdiff_t n, c
         m[i] = mi;
         v[i] = vi;
         p[i] = pi - u * step;
+    }
+}
+
+/* An optimizer update rule (optim.py's backend_rule, parsed once by _update.pxd): momentum
+   SGD, or Adam/AdamW with this step's constants (Adam._constants). */
+enum { SK_UPDATE_SGD = 0, SK_UPDATE_ADAM = 1 };
+typedef struct {
+    int kind;
+    double lr, momentum, weight_decay;  /* SGD */
+    int coupled, nesterov;
+    double adam[9];  /* b1, 1 - b1, b2, 1 - b2, lr / (1 - b1^t), sqrt(1 - b2^t), eps, wd,
+                        1 - lr wd */
+    int decoupled;
+} SkUpdate;
+
+/* Rule s on n values (m: SGD's velocity or Adam's first moment, v: Adam's second), every
+   constant rounded to T where it is used, as the NumPy update rounds its scalars.  The fused
+   backward's update phase (mlp.hh) and elementwise.apply_update both run it chunk by chunk. */
+template <typename T>
+static inline void sk_apply_update(T* p, const T* g, T* m, T* v, ptrdiff_t n,
+                                   const SkUpdate& s) {
+    if (s.kind == SK_UPDATE_ADAM) {
+        T c[9];
+        for (int k = 0; k < 9; ++k) c[k] = (T)s.adam[k];
+        sk_adam_update<T>(p, g, m, v, n, c, s.decoupled);
+    } else {
+        sk_sgd_update<T>(p, g, m, n, (T)s.lr, (T)s.momentum, (T)s.weight_decay, s.coupled,
+                         s.nesterov);
     }
 }
 

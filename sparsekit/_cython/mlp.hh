@@ -45,19 +45,6 @@ typedef struct {
     int tv_f, pf_f, tv_b, pf_b;
 } SkLayerPass;
 
-/* The optimizer update a backward applies after the gradients (optim.py's backend_rule):
-   momentum SGD, or Adam/AdamW with this step's constants (Adam._constants).  Every value is
-   rounded to the pass's type where it is used, as the NumPy update rounds its scalars. */
-enum { SK_UPDATE_SGD = 0, SK_UPDATE_ADAM = 1 };
-typedef struct {
-    int kind;
-    double lr, momentum, weight_decay;  /* SGD */
-    int coupled, nesterov;
-    double adam[9];  /* b1, 1 - b1, b2, 1 - b2, lr / (1 - b1^t), sqrt(1 - b2^t), eps, wd,
-                        1 - lr wd */
-    int decoupled;
-} SkUpdate;
-
 template <typename T, typename I>
 static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
                              ptrdiff_t B, bool hidden, double rate) {
@@ -163,15 +150,9 @@ template <typename T>
 static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* m, T* v, ptrdiff_t n,
                             const SkUpdate& s) {
     const ptrdiff_t chunk = 1 << 14, n_chunks = (n + chunk - 1) / chunk;
-    T c[9];
-    for (int k = 0; k < 9; ++k) c[k] = (T)s.adam[k];
     for (ptrdiff_t k; (k = sk_claim(team, phase, n_chunks)) >= 0;) {
         const ptrdiff_t i0 = k * chunk, len = (i0 + chunk < n ? chunk : n - i0);
-        if (s.kind == SK_UPDATE_ADAM)
-            sk_adam_update<T>(p + i0, g + i0, m + i0, v + i0, len, c, s.decoupled);
-        else
-            sk_sgd_update<T>(p + i0, g + i0, m + i0, len, (T)s.lr, (T)s.momentum,
-                             (T)s.weight_decay, s.coupled, s.nesterov);
+        sk_apply_update<T>(p + i0, g + i0, m + i0, v ? v + i0 : v, len, s);
     }
 }
 

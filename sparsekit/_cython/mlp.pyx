@@ -17,6 +17,7 @@ model qualifies (piecewise-linear activations, one value and index type).
 from libc.stdint cimport int64_t, uint64_t
 
 from ._bounds cimport all_below_ptr
+from ._update cimport SkUpdate, fill_update
 from ._types cimport floating
 
 import numpy as np
@@ -51,13 +52,6 @@ cdef extern from "mlp.hh" nogil:
         void* sq_w
         void* sq_b
         int tv_f, pf_f, tv_b, pf_b
-    ctypedef struct SkUpdate:
-        int kind
-        double lr, momentum, weight_decay
-        int coupled, nesterov
-        double adam[9]
-        int decoupled
-    int SK_UPDATE_SGD, SK_UPDATE_ADAM
     ctypedef struct SkGather:
         const void* data
         const int64_t* idx
@@ -274,7 +268,7 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
     cdef SkUpdate rule
-    cdef SkUpdate* rule_ptr = _update(&rule, update)
+    cdef SkUpdate* rule_ptr = fill_update(&rule, update, "update")
     for i in range(n):
         _fill_common(&L[i], i, layers[i], dt, it, n_in, update is not None)
         act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
@@ -284,27 +278,6 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     with nogil:
         sk_mlp_backward(L, n, act_ptrs, B, rule_ptr, is_double, is_int64, nt)
-
-
-cdef SkUpdate* _update(SkUpdate* rule, update) except? NULL:
-    """``rule`` filled from an optimizer's ``backend_rule`` (see :func:`backward`), or NULL."""
-    if update is None:
-        return NULL
-    kind = update[0]
-    if kind == "sgd" and len(update) == 6:
-        rule.kind = SK_UPDATE_SGD
-        rule.lr, rule.momentum, rule.weight_decay = (float(update[1]), float(update[2]),
-                                                     float(update[3]))
-        rule.coupled, rule.nesterov = bool(update[4]), bool(update[5])
-    elif kind == "adam" and len(update) == 11:
-        rule.kind = SK_UPDATE_ADAM
-        rule.decoupled = bool(update[1])
-        for k in range(9):
-            rule.adam[k] = float(update[2 + k])
-    else:
-        raise ValueError(f"update must be ('sgd', lr, momentum, weight_decay, coupled, "
-                         f"nesterov) or ('adam', decoupled, 9 constants), got {update!r}")
-    return rule
 
 
 cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, list grads,
@@ -377,7 +350,7 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
     cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
     cdef SkUpdate rule
-    cdef SkUpdate* rule_ptr = _update(&rule, update)
+    cdef SkUpdate* rule_ptr = fill_update(&rule, update, "update")
     _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, update is not None)
     g_lins = _fill_backward(L, layers, derivs, dzs + [None], grads, gbiases, update, dt, it, n_in,
                             B, False)

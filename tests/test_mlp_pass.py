@@ -326,6 +326,90 @@ def test_bad_arrays_get_one_line_errors_before_any_work():
 
 
 
+def _padded(n_rows, b, dtype, ld, fulls=None):
+    """An ``(n_rows, b)`` view, rows ``ld`` apart, of an array filled with NaN (appended to
+    ``fulls``): a pass that read a padding value or wrote past a row would show."""
+    full = aligned_empty((n_rows, ld), dtype)
+    full[...] = np.nan
+    if fulls is not None:
+        fulls.append(full)
+    return full[:, :b]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("b,pad", [(1, 15), (17, 15), (100, 12), (100, 28), (130, 14),
+                                   (128, 16)])
+def test_passes_on_rows_a_padded_stride_apart_give_the_contiguous_bits(b, pad, dtype, idt,
+                                                                      threads):
+    """The backend's step pads every batch array's rows to whole vectors (``ld`` > batch):
+    forward, backward with an update and a whole step give the same bits as on contiguous
+    rows, and leave the padding as it was."""
+    sizes = [40, 33, 20, 7]
+    rng = np.random.default_rng(b + pad)
+    models = [_with_momentum(make_model(np.random.default_rng(5), sizes, 0.2, dtype, idt,
+                                        threads=threads), UPDATES[2]) for _ in range(2)]
+    data = rng.standard_normal((b + 9, sizes[0])).astype(dtype)
+    idx = rng.integers(0, b + 9, b).astype(np.int64)
+    y = rng.integers(0, sizes[-1], b)
+    results = []
+    for model, ld in zip(models, (b, b + pad)):
+        fulls: list = []
+        arrays = [dict(indptr=lay.w.indptr, indices=lay.w.indices, data=lay.w.data,
+                       bias=lay.b, n_in=lay.in_features, mom_w=lay.state_w["exp_avg"],
+                       mom_b=lay.state_b["exp_avg"], sq_w=lay.state_w["exp_avg_sq"],
+                       sq_b=lay.state_b["exp_avg_sq"])
+                  for lay in model.layers]
+        for arr, lay in zip(arrays, model.layers):
+            arr["t_indptr"], arr["t_rows"], arr["t_perm"] = model.backend.transpose_index(lay.w)
+        x_ib = _padded(sizes[0], b, dtype, ld, fulls)
+        outs = [_padded(n, b, dtype, ld, fulls) for n in sizes[1:]]
+        derivs = [_padded(n, b, dtype, ld, fulls) for n in sizes[1:-1]]
+        dzs = [_padded(n, b, dtype, ld, fulls) for n in sizes[1:-1]]
+        grads = [np.zeros(lay.nnz, dtype) for lay in model.layers]
+        gbs = [np.zeros(lay.out_features, dtype) for lay in model.layers]
+        loss = _softmax_loss(y)
+        mlp.step(arrays, x_ib, outs, derivs, [0.6, 0.6], [3, 4], 0.3,
+                 (data, idx, np.empty((b, sizes[0]), dtype)),
+                 lambda loss=loss, outs=outs: loss(outs[-1])[2], dzs,
+                 grads, gbs, UPDATES[2], threads)
+        # the passes one by one on the step's activations: a second update
+        fwd = [_padded(n, b, dtype, ld, fulls) for n in sizes[1:]]
+        fwd_d = [_padded(n, b, dtype, ld, fulls) for n in sizes[1:-1]]
+        mlp.forward(arrays, x_ib, fwd, fwd_d, [0.6, 0.6], [5, 6], 0.3, threads)
+        dz2 = [_padded(n, b, dtype, ld, fulls) for n in sizes[1:-1]] + [loss(fwd[-1])[2]]
+        grads2 = [np.zeros(lay.nnz, dtype) for lay in model.layers]
+        gbs2 = [np.zeros(lay.out_features, dtype) for lay in model.layers]
+        mlp.backward(arrays, [x_ib, *fwd[:-1]], fwd_d, dz2, grads2, gbs2, UPDATES[2], threads)
+        for full in fulls:
+            assert ld == b or np.isnan(full[:, b:]).all(), "a pass wrote into the padding"
+        results.append([x_ib, *outs, *derivs, *dzs, *grads, *gbs, *fwd, *fwd_d, *dz2[:-1],
+                        *grads2, *gbs2, *(lay.w.data for lay in model.layers),
+                        *(lay.b for lay in model.layers)])
+    for i, (got, want) in enumerate(zip(*results[::-1])):
+        same(np.ascontiguousarray(got), want, f"array {i}")
+
+
+def test_a_pass_refuses_batch_arrays_of_another_row_stride():
+    rng = np.random.default_rng(0)
+    model = make_model(rng, [8, 6, 3], 0.5, np.float32, np.int32)
+    arrays = [{"indptr": layer.w.indptr, "indices": layer.w.indices, "data": layer.w.data,
+               "bias": layer.b, "n_in": layer.in_features} for layer in model.layers]
+    x = _padded(8, 20, np.float32, 32)
+    x[...] = rng.standard_normal((8, 20))
+    outs = [_padded(6, 20, np.float32, 32), _padded(3, 20, np.float32, 32)]
+    derivs = [_padded(6, 20, np.float32, 32)]
+    mlp.forward(arrays, x, outs, derivs, [0.5], [1], 0.3)  # one stride: fine
+    with pytest.raises(ValueError, match=r"outs\[1\] must be a C-contiguous float32 array of "
+                                         r"shape \(3, 20\) \(rows 32 values apart\)"):
+        mlp.forward(arrays, x, [outs[0], aligned_empty((3, 20), np.float32)], derivs, [0.5],
+                    [1], 0.3)
+    with pytest.raises(ValueError, match=r"derivs\[0\] must be a C-contiguous"):
+        mlp.forward(arrays, x, outs, [_padded(6, 20, np.float32, 48)], [0.5], [1], 0.3)
+    assert [mlp.batch_stride(b, 4) for b in (1, 16, 17, 100, 200)] == [16, 16, 32, 112, 208]
+    assert [mlp.batch_stride(b, 8) for b in (1, 8, 9, 100)] == [8, 8, 16, 104]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 def test_a_forward_without_derivatives_writes_the_same_activations(dtype, rate):

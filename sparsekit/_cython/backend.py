@@ -9,6 +9,7 @@ from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from ._checks import default_threads
+from .workspace import batch_buffer as _batch_buffer
 from .workspace import batch_rows as _batch_rows
 from .workspace import buffer as _buffer
 from .workspace import keep_plan, kept_plan
@@ -171,9 +172,10 @@ class CpuBackend(Backend):
                 and self._fusable(layers, x, activations)  # x: 2-D, the weights' dtype
                 and x.shape[1] == layers[0].in_features)
 
-    def _batch_buffers(self, x, rows, buffers):
-        """The feature-major batch and the scratch of its gather (see :meth:`mlp_forward_rows`)."""
-        x_ib = _buffer(buffers, "batch", (x.shape[1], rows.shape[0]), x.dtype)
+    def _batch_buffers(self, x, rows, buffers, ld=None):
+        """The feature-major batch (rows ``ld`` apart, see :func:`workspace.batch_buffer`) and
+        the scratch of its gather (see :meth:`mlp_forward_rows`)."""
+        x_ib = _batch_buffer(buffers, "batch", x.shape[1], rows.shape[0], x.dtype, ld)
         scratch = _buffer(buffers, "batch_rows", (rows.shape[0], x.shape[1]), x.dtype)
         return x_ib, (x, rows, scratch)
 
@@ -246,10 +248,14 @@ class CpuBackend(Backend):
             return plan
         if idx.shape[0] == 0 or not self._can_gather(layers, activations, x, dtype, buffers):
             return None
+        # Every batch array of the step has its rows a whole number of 64-byte vectors apart
+        # (the arrays the step returns are views of those): at batch 100 or 200, rows batch
+        # values apart start off a cache line and cost 1.1-1.4x per sample (batch-sizes.md).
         n_batch = idx.shape[0]
-        x_ib, (_, _, scratch) = self._batch_buffers(x, idx, buffers)
-        outs, derivs = self._forward_buffers(layers, n_batch, buffers)
-        dzs, gws, gbs = self._backward_buffers(layers, n_batch, buffers)
+        ld = mlp.batch_stride(n_batch, np.dtype(dtype).itemsize)
+        x_ib, (_, _, scratch) = self._batch_buffers(x, idx, buffers, ld)
+        outs, derivs = self._forward_buffers(layers, n_batch, buffers, ld=ld)
+        dzs, gws, gbs = self._backward_buffers(layers, n_batch, buffers, ld)
         return keep_plan(
             buffers, key, dtype=np.dtype(dtype),
             fused_update=self._update_rule(layers, update) is not None, x_ib=x_ib, scratch=scratch,
@@ -284,13 +290,13 @@ class CpuBackend(Backend):
         return outs[-1], [x_ib, *outs[:-1]], derivs
 
     @staticmethod
-    def _forward_buffers(layers, n_batch: int, buffers, derivatives: bool = True):
+    def _forward_buffers(layers, n_batch: int, buffers, derivatives: bool = True, ld=None):
         """Every layer's output and every hidden layer's derivative (None for each when not
-        ``derivatives``), kept in ``buffers``."""
+        ``derivatives``), kept in ``buffers``, rows ``ld`` apart."""
         dt = layers[0].w.dtype
-        outs = [_buffer(buffers, ("out", i), (layer.out_features, n_batch), dt)
+        outs = [_batch_buffer(buffers, ("out", i), layer.out_features, n_batch, dt, ld)
                 for i, layer in enumerate(layers)]
-        derivs = [_buffer(buffers, ("deriv", i), (layer.out_features, n_batch), dt)
+        derivs = [_batch_buffer(buffers, ("deriv", i), layer.out_features, n_batch, dt, ld)
                   if derivatives else None for i, layer in enumerate(layers[:-1])]
         return outs, derivs
 
@@ -337,7 +343,8 @@ class CpuBackend(Backend):
         update = self._update_rule(layers, update)
         n_batch = acts[0].shape[1]
         arrays, dzs, gws, gbs = self._backward_arrays(layers, n_batch, update,
-                                                      {} if buffers is None else buffers)
+                                                      {} if buffers is None else buffers,
+                                                      mlp.row_stride(acts, n_batch))
         dzs[-1] = np.ascontiguousarray(dlogits_cb)
         mlp.backward(arrays, list(acts), list(derivs), dzs, gws, gbs, update,
                      self._pass_threads(layers, 2 * n_batch))
@@ -376,11 +383,11 @@ class CpuBackend(Backend):
             return None
         return update
 
-    def _backward_arrays(self, layers, n_batch: int, update, buffers):
+    def _backward_arrays(self, layers, n_batch: int, update, buffers, ld=None):
         """What mlp.backward takes besides the activations: :meth:`_pass_arrays` and
         :meth:`_backward_buffers`."""
         return (self._pass_arrays(layers, update),
-                *self._backward_buffers(layers, n_batch, buffers))
+                *self._backward_buffers(layers, n_batch, buffers, ld))
 
     def _pass_arrays(self, layers, update):
         """Each layer's arrays with its transposed index (and the state ``update`` writes)."""
@@ -394,11 +401,11 @@ class CpuBackend(Backend):
         return arrays
 
     @staticmethod
-    def _backward_buffers(layers, n_batch: int, buffers):
-        """The hidden layers' dz buffers (the last entry, the logits' gradient, left None) and
-        the gradient buffers."""
+    def _backward_buffers(layers, n_batch: int, buffers, ld=None):
+        """The hidden layers' dz buffers, rows ``ld`` apart (the last entry, the logits'
+        gradient, left None) and the gradient buffers."""
         dt = layers[0].w.dtype
-        dzs = [_buffer(buffers, ("dz", i), (layer.out_features, n_batch), dt)
+        dzs = [_batch_buffer(buffers, ("dz", i), layer.out_features, n_batch, dt, ld)
                for i, layer in enumerate(layers[:-1])] + [None]
         gws = [_buffer(buffers, ("grad_w", i), (layer.nnz,), dt)
                for i, layer in enumerate(layers)]

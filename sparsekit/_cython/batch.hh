@@ -13,15 +13,15 @@
 #include <string.h>
 
 /* out[c, j] = src[j, c] for features c in [c0, c1) and every sample j < b (src: b x f,
-   out: f x b), in tiles of 16 samples x (c1 - c0) features: with c1 - c0 <= 64 both tiles stay
+   out: f x b with rows ld apart), in tiles of 16 samples x (c1 - c0) features: with c1 - c0 <= 64 both tiles stay
    in L1, where a strided copy of the whole transpose walks one array a value per cache line. */
 template <typename T>
 static inline void sk_transpose_cols(const T* src, ptrdiff_t b, ptrdiff_t f, ptrdiff_t c0,
-                                     ptrdiff_t c1, T* out) {
+                                     ptrdiff_t c1, T* out, ptrdiff_t ld) {
     for (ptrdiff_t j0 = 0; j0 < b; j0 += 16) {
         const ptrdiff_t j1 = j0 + 16 < b ? j0 + 16 : b;
         for (ptrdiff_t c = c0; c < c1; ++c)
-            for (ptrdiff_t j = j0; j < j1; ++j) out[c * b + j] = src[j * f + c];
+            for (ptrdiff_t j = j0; j < j1; ++j) out[c * ld + j] = src[j * f + c];
     }
 }
 

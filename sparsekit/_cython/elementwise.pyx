@@ -22,7 +22,7 @@ from ._checks import check_threads
 cdef extern from "batch.hh" nogil:
     # The fused forward's batch step (mlp.hh) transposes with it too.
     void sk_transpose_cols[T](const T* src, Py_ssize_t b, Py_ssize_t f, Py_ssize_t c0,
-                              Py_ssize_t c1, T* out)
+                              Py_ssize_t c1, T* out, Py_ssize_t ld)
 
 cdef extern from "epilogue.hh" nogil:
     # The row epilogue the fused passes (mlp.hh) apply too: one implementation, same bits.
@@ -119,7 +119,7 @@ def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_thr
         return
     with nogil:
         for c0 in prange(0, f, 64, schedule="static", num_threads=nt):
-            sk_transpose_cols(&src[0, 0], b, f, c0, min(c0 + 64, f), &out[0, 0])
+            sk_transpose_cols(&src[0, 0], b, f, c0, min(c0 + 64, f), &out[0, 0], b)
 
 
 def indices_below(const int64_t[::1] a, int64_t n):

@@ -22,7 +22,9 @@
 #include "team.hh"
 
 /* One layer as mlp.pyx passes it: W (n_out x n_in) in CSR with its transposed index, the
-   bias, the buffers of this pass and the plans of spmm.pyx's _plan.  Pointers are untyped so
+   bias, the buffers of this pass and the plans of spmm.pyx's _plan.  Every batch array of a
+   pass (n rows x B samples) has its rows ld values apart (ld >= B, whole vectors when the
+   backend pads them, so each row starts on a cache line).  Pointers are untyped so
    that Cython can fill one struct for every value and index type. */
 typedef struct {
     const void* indptr; const void* indices; void* data;
@@ -47,7 +49,7 @@ typedef struct {
 
 template <typename T, typename I>
 static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
-                             ptrdiff_t B, bool hidden, double rate) {
+                             ptrdiff_t B, ptrdiff_t ld, bool hidden, double rate) {
     const I* indptr = (const I*)L.indptr;
     T* out = (T*)L.out;
     const T* bias = (const T*)L.bias;
@@ -57,11 +59,11 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
     sk_claim_rows(team, phase, indptr, L.n_out, sk_phase_chunks(team, L.nnz),
                   [&](ptrdiff_t r0, ptrdiff_t r1) {
         sk_spmm_rows<T, I>(indptr, (const I*)L.indices, (const T*)L.data, (const I*)NULL, r0, r1,
-                           src, B, out, L.tv_f, L.pf_f);
+                           src, B, ld, out, L.tv_f, L.pf_f);
         for (ptrdiff_t o = r0; o < r1; ++o) {
-            T* row = out + o * B;
+            T* row = out + o * ld;
             if (hidden)
-                sk_act_row<T>(row, bias[o], row, L.deriv ? (T*)L.deriv + o * B : (T*)NULL, B,
+                sk_act_row<T>(row, bias[o], row, L.deriv ? (T*)L.deriv + o * ld : (T*)NULL, B,
                               (T)L.slope, scale, threshold, sk_act_key(L.seed, o, B));
             else
                 for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] + bias[o];
@@ -83,7 +85,7 @@ typedef struct {
    every thread, and a thread that wakes late joins it instead of the first layer. */
 template <typename T>
 static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g, ptrdiff_t F,
-                             ptrdiff_t B, T* x) {
+                             ptrdiff_t B, ptrdiff_t ld, T* x) {
     const T* data = (const T*)g.data;
     T* rows = (T*)g.rows;
     const ptrdiff_t n_copy = (B + 7) / 8, n_tr = (F + 63) / 64;
@@ -91,56 +93,59 @@ static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g,
         sk_copy_rows<T>(data, F, g.idx, c * 8, c * 8 + 8 < B ? c * 8 + 8 : B, rows);
     sk_barrier(team, nt);
     for (ptrdiff_t c; (c = sk_claim(team, phase + 1, n_tr)) >= 0;)
-        sk_transpose_cols<T>(rows, B, F, c * 64, c * 64 + 64 < F ? c * 64 + 64 : F, x);
+        sk_transpose_cols<T>(rows, B, F, c * 64, c * 64 + 64 < F ? c * 64 + 64 : F, x, ld);
     sk_barrier(team, nt);
 }
 
 /* The forward inside a team, on phases 0 .. n_layers + 1 (the last two for the gather). */
 template <typename T, typename I>
 static void sk_forward_body(SkTeam* team, int nt, SkLayerPass* layers, int n_layers, T* x,
-                            ptrdiff_t B, double rate, const SkGather* gather) {
-    if (gather) sk_gather_phases<T>(team, n_layers, nt, *gather, layers[0].n_in, B, x);
+                            ptrdiff_t B, ptrdiff_t ld, double rate, const SkGather* gather) {
+    if (gather) sk_gather_phases<T>(team, n_layers, nt, *gather, layers[0].n_in, B, ld, x);
     const T* src = x;
     for (int l = 0; l < n_layers; ++l) {
-        sk_forward_phase<T, I>(team, l, layers[l], src, B, l < n_layers - 1, rate);
+        sk_forward_phase<T, I>(team, l, layers[l], src, B, ld, l < n_layers - 1, rate);
         if (l < n_layers - 1) sk_barrier(team, nt);
         src = (const T*)layers[l].out;
     }
 }
 
 template <typename T, typename I>
-static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B,
+static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, ptrdiff_t ld,
                              double rate, const SkGather* gather, int num_threads) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size();
-        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, rate, gather);
+        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, ld, rate, gather);
         sk_team_leave(&team, sk_team_rank(), nt);
     }
 }
 
 template <typename T, typename I>
 static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
-                              const SkLayerPass* below, const T* x, ptrdiff_t B) {
+                              const SkLayerPass* below, const T* x, ptrdiff_t B,
+                              ptrdiff_t ld) {
     const I* t_indptr = (const I*)L.t_indptr;
     T* dx = below ? (T*)below->dz : (T*)NULL;
     sk_claim_rows(team, phase, t_indptr, L.n_in, sk_phase_chunks(team, 2 * L.nnz),
                   [&](ptrdiff_t r0, ptrdiff_t r1) {
         if (L.nnz == 0) {  /* no connection: dx is 0 and there is no gradient */
-            if (dx) for (ptrdiff_t i = r0 * B; i < r1 * B; ++i) dx[i] = 0;
+            if (dx)
+                for (ptrdiff_t i = r0; i < r1; ++i)
+                    for (ptrdiff_t j = 0; j < B; ++j) dx[i * ld + j] = 0;
         } else {
             sk_dot_rows<T, I>(t_indptr, (const I*)L.t_rows, (const I*)L.t_perm, (const T*)L.data,
-                              r0, r1, (const T*)L.dz, x, B, dx, (T*)L.grad, (T*)L.g_lin,
+                              r0, r1, (const T*)L.dz, x, B, ld, dx, (T*)L.grad, (T*)L.g_lin,
                               L.tv_b, L.pf_b);
         }
         if (!dx) return;
         const T* d = (const T*)below->deriv;
         T* gb = (T*)below->gbias;
         for (ptrdiff_t i = r0; i < r1; ++i) {
-            T* row = dx + i * B;
-            for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] * d[i * B + j];
+            T* row = dx + i * ld;
+            for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] * d[i * ld + j];
             gb[i] = sk_row_sum(row, B);
         }
     });
@@ -161,17 +166,17 @@ static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* m, T* 
    The top layer's dz (the loss gradient of the logits) is given; the others are written. */
 template <typename T, typename I>
 static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerPass* layers,
-                             int n_layers, const T* const* acts, ptrdiff_t B,
+                             int n_layers, const T* const* acts, ptrdiff_t B, ptrdiff_t ld,
                              const SkUpdate* update) {
     if (tid == 0) {  /* the top layer's bias gradient (a few rows) */
         const SkLayerPass& top = layers[n_layers - 1];
         for (ptrdiff_t o = 0; o < top.n_out; ++o)
-            ((T*)top.gbias)[o] = sk_row_sum((const T*)top.dz + o * B, B);
+            ((T*)top.gbias)[o] = sk_row_sum((const T*)top.dz + o * ld, B);
     }
     int phase = phase0;
     for (int l = n_layers - 1; l >= 0; --l) {
         sk_backward_phase<T, I>(team, phase++, layers[l], l > 0 ? &layers[l - 1] : NULL,
-                                acts[l], B);
+                                acts[l], B, ld);
         if (l > 0 || update) sk_barrier(team, nt);
     }
     if (update) {
@@ -187,13 +192,14 @@ static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerP
 
 template <typename T, typename I>
 static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const* acts,
-                              ptrdiff_t B, const SkUpdate* update, int num_threads) {
+                              ptrdiff_t B, ptrdiff_t ld, const SkUpdate* update,
+                              int num_threads) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size(), tid = sk_team_rank();
-        sk_backward_body<T, I>(&team, nt, tid, 0, layers, n_layers, acts, B, update);
+        sk_backward_body<T, I>(&team, nt, tid, 0, layers, n_layers, acts, B, ld, update);
         sk_team_leave(&team, tid, nt);
     }
 }
@@ -212,7 +218,8 @@ typedef int (*SkLossFn)(void* ctx);
    master, the backward and the update.  One team, so the other threads are woken once per step
    instead of once per pass.  Returns what the loss returned. */
 template <typename T, typename I>
-static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, double rate,
+static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, ptrdiff_t ld,
+                         double rate,
                          const SkGather* gather, const T* const* acts, const SkUpdate* update,
                          SkLossFn loss, void* ctx, int num_threads) {
     SkTeam team;
@@ -221,12 +228,13 @@ static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, d
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size(), tid = sk_team_rank();
-        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, rate, gather);
+        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, ld, rate, gather);
         sk_barrier(&team, nt);
         if (tid == 0) go.store(loss(ctx));
         sk_barrier(&team, nt, SK_LOSS_YIELDS);
         if (go.load())
-            sk_backward_body<T, I>(&team, nt, tid, n_layers + 2, layers, n_layers, acts, B, update);
+            sk_backward_body<T, I>(&team, nt, tid, n_layers + 2, layers, n_layers, acts, B, ld,
+                                    update);
         sk_team_leave(&team, tid, nt);
     }
     return go.load();
@@ -234,38 +242,39 @@ static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, d
 
 /* x: the feature-major batch, read, or written first when `gather` is given. */
 static void sk_mlp_forward(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t B,
-                           double rate, const SkGather* gather, int is_double, int is_int64,
-                           int num_threads) {
+                           ptrdiff_t ld, double rate, const SkGather* gather, int is_double,
+                           int is_int64, int num_threads) {
     if (is_double) {
-        if (is_int64) sk_mlp_forward_t<double, int64_t>(layers, n_layers, (double*)x, B, rate, gather, num_threads);
-        else sk_mlp_forward_t<double, int32_t>(layers, n_layers, (double*)x, B, rate, gather, num_threads);
+        if (is_int64) sk_mlp_forward_t<double, int64_t>(layers, n_layers, (double*)x, B, ld, rate, gather, num_threads);
+        else sk_mlp_forward_t<double, int32_t>(layers, n_layers, (double*)x, B, ld, rate, gather, num_threads);
     } else {
-        if (is_int64) sk_mlp_forward_t<float, int64_t>(layers, n_layers, (float*)x, B, rate, gather, num_threads);
-        else sk_mlp_forward_t<float, int32_t>(layers, n_layers, (float*)x, B, rate, gather, num_threads);
+        if (is_int64) sk_mlp_forward_t<float, int64_t>(layers, n_layers, (float*)x, B, ld, rate, gather, num_threads);
+        else sk_mlp_forward_t<float, int32_t>(layers, n_layers, (float*)x, B, ld, rate, gather, num_threads);
     }
 }
 
 static void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
-                            ptrdiff_t B, const SkUpdate* update, int is_double, int is_int64,
-                            int num_threads) {
+                            ptrdiff_t B, ptrdiff_t ld, const SkUpdate* update, int is_double,
+                            int is_int64, int num_threads) {
     if (is_double) {
-        if (is_int64) sk_mlp_backward_t<double, int64_t>(layers, n_layers, (const double* const*)acts, B, update, num_threads);
-        else sk_mlp_backward_t<double, int32_t>(layers, n_layers, (const double* const*)acts, B, update, num_threads);
+        if (is_int64) sk_mlp_backward_t<double, int64_t>(layers, n_layers, (const double* const*)acts, B, ld, update, num_threads);
+        else sk_mlp_backward_t<double, int32_t>(layers, n_layers, (const double* const*)acts, B, ld, update, num_threads);
     } else {
-        if (is_int64) sk_mlp_backward_t<float, int64_t>(layers, n_layers, (const float* const*)acts, B, update, num_threads);
-        else sk_mlp_backward_t<float, int32_t>(layers, n_layers, (const float* const*)acts, B, update, num_threads);
+        if (is_int64) sk_mlp_backward_t<float, int64_t>(layers, n_layers, (const float* const*)acts, B, ld, update, num_threads);
+        else sk_mlp_backward_t<float, int32_t>(layers, n_layers, (const float* const*)acts, B, ld, update, num_threads);
     }
 }
 
-static int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t B, double rate,
-                       const SkGather* gather, const void* const* acts, const SkUpdate* update,
-                       SkLossFn loss, void* ctx, int is_double, int is_int64, int num_threads) {
+static int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, ptrdiff_t B, ptrdiff_t ld,
+                       double rate, const SkGather* gather, const void* const* acts,
+                       const SkUpdate* update, SkLossFn loss, void* ctx, int is_double,
+                       int is_int64, int num_threads) {
     if (is_double) {
-        if (is_int64) return sk_mlp_step_t<double, int64_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, update, loss, ctx, num_threads);
-        return sk_mlp_step_t<double, int32_t>(layers, n_layers, (double*)x, B, rate, gather, (const double* const*)acts, update, loss, ctx, num_threads);
+        if (is_int64) return sk_mlp_step_t<double, int64_t>(layers, n_layers, (double*)x, B, ld, rate, gather, (const double* const*)acts, update, loss, ctx, num_threads);
+        return sk_mlp_step_t<double, int32_t>(layers, n_layers, (double*)x, B, ld, rate, gather, (const double* const*)acts, update, loss, ctx, num_threads);
     }
-    if (is_int64) return sk_mlp_step_t<float, int64_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, update, loss, ctx, num_threads);
-    return sk_mlp_step_t<float, int32_t>(layers, n_layers, (float*)x, B, rate, gather, (const float* const*)acts, update, loss, ctx, num_threads);
+    if (is_int64) return sk_mlp_step_t<float, int64_t>(layers, n_layers, (float*)x, B, ld, rate, gather, (const float* const*)acts, update, loss, ctx, num_threads);
+    return sk_mlp_step_t<float, int32_t>(layers, n_layers, (float*)x, B, ld, rate, gather, (const float* const*)acts, update, loss, ctx, num_threads);
 }
 
 #endif  /* SPARSEKIT_MLP_HH */

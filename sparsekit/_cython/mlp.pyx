@@ -57,15 +57,16 @@ cdef extern from "mlp.hh" nogil:
         const int64_t* idx
         void* rows
     void sk_mlp_forward(SkLayerPass* layers, int n_layers, void* x, Py_ssize_t B,
-                        double rate, const SkGather* gather, int is_double, int is_int64,
-                        int num_threads)
+                        Py_ssize_t ld, double rate, const SkGather* gather, int is_double,
+                        int is_int64, int num_threads)
     void sk_mlp_backward(SkLayerPass* layers, int n_layers, const void* const* acts,
-                         Py_ssize_t B, const SkUpdate* update, int is_double, int is_int64,
-                         int num_threads)
+                         Py_ssize_t B, Py_ssize_t ld, const SkUpdate* update, int is_double,
+                         int is_int64, int num_threads)
     ctypedef int (*SkLossFn)(void* ctx) noexcept nogil
-    int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, Py_ssize_t B, double rate,
-                    const SkGather* gather, const void* const* acts, const SkUpdate* update,
-                    SkLossFn loss, void* ctx, int is_double, int is_int64, int num_threads)
+    int sk_mlp_step(SkLayerPass* layers, int n_layers, void* x, Py_ssize_t B, Py_ssize_t ld,
+                    double rate, const SkGather* gather, const void* const* acts,
+                    const SkUpdate* update, SkLossFn loss, void* ctx, int is_double,
+                    int is_int64, int num_threads)
     T sk_row_sum[T](const T* a, Py_ssize_t n)
 
 #: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with an update uses 3 per
@@ -76,28 +77,59 @@ MAX_STEP_LAYERS = 15
 
 
 cdef void* _ptr(str what, int i, a, dtype, Py_ssize_t d0, Py_ssize_t d1=-1,
-               bint written=False) except NULL:
+               bint written=False, Py_ssize_t ld=-1) except NULL:
     """The data pointer of ``a`` after checking it is a C-contiguous, native-order ``dtype``
     array of shape ``(d0,)`` or ``(d0, d1)``, writeable if the pass writes to it; otherwise a
-    one-line ValueError naming it (``what.format(i)``).  The checks use NumPy's C API: they run
-    for every array of every step."""
+    one-line ValueError naming it (``what.format(i)``).  With ``ld`` (a batch array, d1 the
+    batch) its rows must be ``ld`` values apart instead, each contiguous: a view ``[:, :d1]`` of
+    rows padded to whole vectors (:func:`batch_stride`).  The checks use NumPy's C API: they
+    run for every array of every step."""
     cdef cnp.ndarray arr
     cdef int ndim = 1 if d1 < 0 else 2
+    cdef Py_ssize_t item
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{what.format(i)} must be a NumPy array, got {type(a).__name__}")
     arr = <cnp.ndarray>a
-    if (cnp.PyArray_TYPE(arr) != (<cnp.dtype>dtype).type_num
-            or not cnp.PyArray_ISNOTSWAPPED(arr) or cnp.PyArray_NDIM(arr) != ndim
-            or cnp.PyArray_DIMS(arr)[0] != d0 or (ndim == 2 and cnp.PyArray_DIMS(arr)[1] != d1)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+    cdef bint bad = (cnp.PyArray_TYPE(arr) != (<cnp.dtype>dtype).type_num
+                     or not cnp.PyArray_ISNOTSWAPPED(arr) or cnp.PyArray_NDIM(arr) != ndim
+                     or cnp.PyArray_DIMS(arr)[0] != d0
+                     or (ndim == 2 and cnp.PyArray_DIMS(arr)[1] != d1))
+    if not bad and (ld < 0 or ndim == 1):
+        bad = not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+    elif not bad:  # a row stride of 0 or 1 row, or 1 column, is never used
+        item = cnp.PyArray_ITEMSIZE(arr)
+        bad = ((d0 > 1 and cnp.PyArray_STRIDES(arr)[0] != ld * item)
+               or (d1 > 1 and cnp.PyArray_STRIDES(arr)[1] != item))
+    if bad:
         shape = (d0, d1)[:ndim]
+        rows = "" if ld < 0 or ld == d1 else f" (rows {ld} values apart)"
         raise ValueError(f"{what.format(i)} must be a C-contiguous {np.dtype(dtype).name} array "
-                         f"of shape {shape}, got {a.dtype.name} {a.shape}")
+                         f"of shape {shape}{rows}, got {a.dtype.name} {a.shape}")
     if written and not cnp.PyArray_ISWRITEABLE(arr):
         raise ValueError(f"{what.format(i)} is read-only")
     if cnp.PyArray_SIZE(arr) == 0:  # never dereferenced; any non-NULL address will do
         return <void*>1
     return cnp.PyArray_DATA(arr)
+
+
+def batch_stride(Py_ssize_t n_batch, Py_ssize_t itemsize):
+    """The row stride (in values) the passes read fastest for a batch of ``n_batch``: rounded
+    up to whole 64-byte vectors, so every row starts on a cache line.  A row stride of 100
+    floats left three rows in four off a line, and their gathered loads straddle two
+    (``benchmarks/results/batch-sizes.md``: batch 100 cost 1.33-1.38x per sample of 96 or 112)."""
+    cdef Py_ssize_t lanes = max(1, 64 // itemsize)
+    return (n_batch + lanes - 1) // lanes * lanes
+
+
+def row_stride(arrays, Py_ssize_t B):
+    """The row stride (in values) of a pass's batch arrays of batch ``B``: the rows' distance in
+    the first of ``arrays`` with more than one row, else ``B`` (the checks of ``_ptr`` then hold
+    every other array to it)."""
+    for a in arrays:
+        if (isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[0] > 1 and a.itemsize
+                and a.strides[0] % a.itemsize == 0 and a.strides[0] >= B * a.itemsize):
+            return a.strides[0] // a.itemsize
+    return B
 
 
 cdef _types(layers):
@@ -171,22 +203,22 @@ def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rat
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
     if not isinstance(x_ib, np.ndarray) or x_ib.ndim != 2:
         raise ValueError("x_ib must be a 2-D NumPy array (features x batch)")
-    cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
-    cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None)
+    cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0], ld = row_stride([x_ib, *outs], B)
+    cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None, ld)
     cdef SkGather g
     cdef SkGather* g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
     cdef SkLayerPass* L = <SkLayerPass*>cnp.PyArray_DATA(<cnp.ndarray>passes)
-    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, False, True)
+    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, ld, False, True)
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     if B == 0:
         return
     with nogil:
-        sk_mlp_forward(L, n, x, B, rate, g_ptr, is_double, is_int64, nt)
+        sk_mlp_forward(L, n, x, B, ld, rate, g_ptr, is_double, is_int64, nt)
 
 
 cdef void _fill_forward(SkLayerPass* L, list layers, list outs, list derivs, slopes, seeds, dt,
-                        it, Py_ssize_t n_in, Py_ssize_t B, bint written=False,
+                        it, Py_ssize_t n_in, Py_ssize_t B, Py_ssize_t ld, bint written=False,
                         bint derivs_optional=False) except *:
     """The forward's fields of every layer (:func:`forward`'s arguments), checked (``written``:
     the weights and biases must be writeable, for the update of :func:`step`;
@@ -197,10 +229,10 @@ cdef void _fill_forward(SkLayerPass* L, list layers, list outs, list derivs, slo
                          "hidden layer")
     for i in range(n):
         _fill_common(&L[i], i, layers[i], dt, it, n_in, written)
-        L[i].out = _ptr("outs[{}]", i, outs[i], dt, L[i].n_out, B, True)
+        L[i].out = _ptr("outs[{}]", i, outs[i], dt, L[i].n_out, B, True, ld)
         if i < n - 1:
             if not (derivs_optional and derivs[i] is None):
-                L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, True)
+                L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, True, ld)
             L[i].slope = float(slopes[i])
             L[i].seed = int(seeds[i]) & 0xFFFFFFFFFFFFFFFF
         L[i].tv_f, L[i].pf_f = walk_plan(n_in, L[i].n_out, L[i].nnz, B, dt.itemsize, "forward")
@@ -261,6 +293,7 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     if not isinstance(acts[0], np.ndarray) or acts[0].ndim != 2:
         raise ValueError("acts[0] must be a 2-D NumPy array (features x batch)")
     cdef Py_ssize_t B = acts[0].shape[1], n_in = acts[0].shape[0]
+    cdef Py_ssize_t ld = row_stride(acts + dzs[:-1], B)
     if B == 0:
         raise ValueError("acts[0] holds an empty batch")
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
@@ -271,18 +304,19 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     cdef SkUpdate* rule_ptr = fill_update(&rule, update, "update")
     for i in range(n):
         _fill_common(&L[i], i, layers[i], dt, it, n_in, update is not None)
-        act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B)
+        act_ptrs[i] = _ptr("acts[{}]", i, acts[i], dt, n_in, B, False, ld)
         n_in = L[i].n_out
-    g_lins = _fill_backward(L, layers, derivs, dzs, grads, gbiases, update, dt, it,
-                            acts[0].shape[0], B, True)
+    top = _with_stride(dzs[n - 1], ld, B)  # the loss gradient, as the rows above
+    g_lins = _fill_backward(L, layers, derivs, dzs[:n - 1] + [top], grads, gbiases, update, dt,
+                            it, acts[0].shape[0], B, ld, True)
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     with nogil:
-        sk_mlp_backward(L, n, act_ptrs, B, rule_ptr, is_double, is_int64, nt)
+        sk_mlp_backward(L, n, act_ptrs, B, ld, rule_ptr, is_double, is_int64, nt)
 
 
 cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, list grads,
                          list gbiases, update, dt, it, Py_ssize_t n_in, Py_ssize_t B,
-                         bint top_dz):
+                         Py_ssize_t ld, bint top_dz):
     """The backward's fields of every layer (:func:`backward`'s arguments; ``_fill_common``
     done), checked; the top layer's dz only if ``top_dz`` (else the loss sets it).  Returns the
     scratch arrays the pass needs, to be kept alive until it ends."""
@@ -296,11 +330,11 @@ cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, lis
         if layer["t_indptr"][0] != 0 or layer["t_indptr"][n_in] != L[i].nnz:
             raise ValueError(f"layers[{i}]['t_indptr'] must start at 0 and end at nnz")
         if i < n - 1 or top_dz:
-            L[i].dz = _ptr("dzs[{}]", i, dzs[i], dt, L[i].n_out, B, i < n - 1)
+            L[i].dz = _ptr("dzs[{}]", i, dzs[i], dt, L[i].n_out, B, i < n - 1, ld)
         L[i].grad = _ptr("grads[{}]", i, grads[i], dt, L[i].nnz, -1, True)
         L[i].gbias = _ptr("gbiases[{}]", i, gbiases[i], dt, L[i].n_out, -1, True)
         if i < n - 1:
-            L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B)
+            L[i].deriv = _ptr("derivs[{}]", i, derivs[i], dt, L[i].n_out, B, False, ld)
         if update is not None:
             L[i].mom_w = _ptr("layers[{}]['mom_w']", i, layer["mom_w"], dt, L[i].nnz, -1, True)
             L[i].mom_b = _ptr("layers[{}]['mom_b']", i, layer["mom_b"], dt, L[i].n_out, -1, True)
@@ -341,8 +375,8 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
         raise ValueError("x_ib must be a 2-D NumPy array (features x batch) of a non-empty batch")
     if len(dzs) != n - 1 or len(grads) != n or len(gbiases) != n:
         raise ValueError("dzs needs one array per hidden layer, grads and gbiases one per layer")
-    cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0]
-    cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None)
+    cdef Py_ssize_t B = x_ib.shape[1], n_in = x_ib.shape[0], ld = row_stride([x_ib, *outs], B)
+    cdef void* x = _ptr("x_ib", 0, x_ib, dt, n_in, B, gather is not None, ld)
     cdef SkGather g
     cdef SkGather* g_ptr = _gather(&g, gather, dt, n_in, B)
     passes = np.zeros(n * sizeof(SkLayerPass), dtype=np.uint8)
@@ -351,18 +385,19 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     cdef void** act_ptrs = <void**>cnp.PyArray_DATA(<cnp.ndarray>ptrs)
     cdef SkUpdate rule
     cdef SkUpdate* rule_ptr = fill_update(&rule, update, "update")
-    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, update is not None)
+    _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, ld,
+                  update is not None)
     g_lins = _fill_backward(L, layers, derivs, dzs + [None], grads, gbiases, update, dt, it, n_in,
-                            B, False)
+                            B, ld, False)
     act_ptrs[0] = x
     for i in range(1, n):
         act_ptrs[i] = L[i - 1].out
     cdef _Loss call = _Loss()
-    call.fn, call.dt, call.top, call.B = loss, dt, L + (n - 1), B
+    call.fn, call.dt, call.top, call.B, call.ld = loss, dt, L + (n - 1), B, ld
     cdef void* ctx = <void*>call
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     with nogil:
-        sk_mlp_step(L, n, x, B, rate, g_ptr, act_ptrs, rule_ptr, _call_loss, ctx, is_double,
+        sk_mlp_step(L, n, x, B, ld, rate, g_ptr, act_ptrs, rule_ptr, _call_loss, ctx, is_double,
                     is_int64, nt)
     if call.error is not None:
         raise call.error
@@ -371,9 +406,9 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
 
 cdef class _Loss:
     """What :func:`step`'s team calls between its passes (mlp.hh's SkLossFn)."""
-    cdef object fn, dlogits, error, dt
+    cdef object fn, dlogits, rows, error, dt
     cdef SkLayerPass* top
-    cdef Py_ssize_t B
+    cdef Py_ssize_t B, ld
 
 
 cdef int _call_loss(void* ctx) noexcept nogil:
@@ -388,12 +423,26 @@ cdef int _run_loss(_Loss call) noexcept:
         dlogits = call.fn()
         if dlogits is None:
             return 0
-        call.top.dz = _ptr("the loss gradient", 0, dlogits, call.dt, call.top.n_out, call.B)
+        call.rows = _with_stride(dlogits, call.ld, call.B)
+        call.top.dz = _ptr("the loss gradient", 0, call.rows, call.dt, call.top.n_out, call.B,
+                           False, call.ld)
         call.dlogits = dlogits
         return 1
     except BaseException as exc:
         call.error = exc
         return 0
+
+
+def _with_stride(a, Py_ssize_t ld, Py_ssize_t B):
+    """``a`` (the loss gradient: a C-contiguous batch array, as the loss returns it) copied
+    into rows ``ld`` values apart when the pass's other arrays have them (a few rows: the
+    logits'); anything else as it is, for ``_ptr`` to check."""
+    if (ld == B or not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[0] < 2
+            or a.shape[1] != B or not a.flags.c_contiguous):
+        return a
+    rows = np.empty((a.shape[0], ld), dtype=a.dtype)[:, :B]
+    rows[...] = a
+    return rows
 
 
 def row_sums(const floating[:, ::1] z_ob):

@@ -40,7 +40,7 @@ static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* 
                          ptrdiff_t n_rows, const T* src, ptrdiff_t n_batch, T* out, int tv,
                          int pf, ptrdiff_t block, int num_threads) {
     sk_team_rows(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
-        sk_spmm_rows<T, I>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv, pf);
+        sk_spmm_rows<T, I>(indptr, idx, vals, perm, r0, r1, src, n_batch, n_batch, out, tv, pf);
     });
 }
 
@@ -52,8 +52,8 @@ static void sk_dots_team(const I* indptr, const I* idx, const I* perm, const T* 
                          T* grad, T* g_lin, int tv, int pf, ptrdiff_t block,
                          int num_threads) {
     sk_team_rows(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
-        sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin,
-                          tv, pf);
+        sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, n_batch, dx, grad,
+                          g_lin, tv, pf);
     });
 }
 

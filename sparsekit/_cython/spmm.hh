@@ -141,47 +141,49 @@ static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdi
 #endif
 }
 
-/* Rows [r0, r1).  tv = 0: row by row over the whole batch.  tv = 1, 2 or 4: batch tiles of tv
+/* Rows [r0, r1) over the batch [0, n_batch), src rows and out rows ld apart (ld >= n_batch: a
+   stride rounded up to whole vectors keeps every row on a cache-line boundary).  tv = 0: row by
+   row over the whole batch.  tv = 1, 2 or 4: batch tiles of tv
    vectors in the outer loop, so only a tv-vector slice of every gathered row is live (it stays in
    L2 when the whole rows would not); the rest of the batch row by row. */
 template <typename T, typename I, bool PERM, bool PF>
 static void sk_spmm_rows_t(const I* indptr, const I* idx, const T* vals, const I* perm,
-                           ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch, T* out,
-                           int tv) {
+                           ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch,
+                           ptrdiff_t ld, T* out, int tv) {
     const int N = SkVec<T>::N;
     ptrdiff_t b = 0, r;
     if (tv == 4) {
         for (; b + 4 * N <= n_batch; b += 4 * N)
             for (r = r0; r < r1; ++r)
                 sk_axpy_tile<T, I, PERM, PF, 4, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
-                                                   src + b, n_batch, out + r * n_batch + b);
+                                                   src + b, ld, out + r * ld + b);
     } else if (tv == 2) {
         for (; b + 2 * N <= n_batch; b += 2 * N)
             for (r = r0; r < r1; ++r)
                 sk_axpy_tile<T, I, PERM, PF, 2, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
-                                                   src + b, n_batch, out + r * n_batch + b);
+                                                   src + b, ld, out + r * ld + b);
     } else if (tv == 1) {
         for (; b + N <= n_batch; b += N)
             for (r = r0; r < r1; ++r)
                 sk_axpy_tile<T, I, PERM, PF, 1, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
-                                                   src + b, n_batch, out + r * n_batch + b);
+                                                   src + b, ld, out + r * ld + b);
     }
     if (b < n_batch)
         for (r = r0; r < r1; ++r)
-            sk_axpy_seg<T, I, PERM, PF>(idx, vals, perm, indptr[r], indptr[r + 1], src + b,
-                                        n_batch, n_batch - b, out + r * n_batch + b);
+            sk_axpy_seg<T, I, PERM, PF>(idx, vals, perm, indptr[r], indptr[r + 1], src + b, ld,
+                                        n_batch - b, out + r * ld + b);
 }
 
 template <typename T, typename I>
 static void sk_spmm_rows(const I* indptr, const I* idx, const T* vals, const I* perm,
-                         ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch, T* out,
-                         int tv, int pf) {
+                         ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch,
+                         ptrdiff_t ld, T* out, int tv, int pf) {
     if (perm == NULL) {
-        if (pf) sk_spmm_rows_t<T, I, false, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
-        else sk_spmm_rows_t<T, I, false, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
+        if (pf) sk_spmm_rows_t<T, I, false, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
+        else sk_spmm_rows_t<T, I, false, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
     } else {
-        if (pf) sk_spmm_rows_t<T, I, true, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
-        else sk_spmm_rows_t<T, I, true, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, out, tv);
+        if (pf) sk_spmm_rows_t<T, I, true, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
+        else sk_spmm_rows_t<T, I, true, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
     }
 }
 
@@ -344,13 +346,13 @@ static inline void sk_dot_seg(const I* idx, const I* perm, const T* vals, ptrdif
                                                               hrow, dxrow, g_out, last);
 }
 
-/* One held row over the batch segment [b0, n_batch); b0 > 0 means earlier segments wrote. */
+/* One held row over the batch segment [b, n) (gathered rows ld apart); b > 0 means earlier
+   segments wrote. */
 template <typename T, typename I, bool DX, bool SCATTER, bool PF>
 static inline void sk_dot_rest(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
-                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t b,
+                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t n, ptrdiff_t b,
                                const T* hrow, T* dxrow, T* g_out) {
     const int N = SkVec<T>::N;
-    const ptrdiff_t n = ld;
     for (; b + SK_TILE * N <= n; b += SK_TILE * N)
         sk_dot_seg<T, I, DX, SCATTER, PF, SK_TILE, 1>(idx, perm, vals, k0, k1, src + b, ld,
                                                       hrow + b, dxrow + b, g_out, b == 0);
@@ -398,19 +400,20 @@ static inline void sk_dot_rest(const I* idx, const I* perm, const T* vals, ptrdi
 }
 
 /* Held rows [r0, r1) (hold = x_ib for the backward, dy_ob for the SDDMM), gathered rows from
-   src.  tv as in sk_spmm_rows_t; with tv > 0 the gradient is accumulated per segment in the
-   order of idx (g_lin) and, when SCATTER, moved to W's order at the end of the block. */
+   src, over the batch [0, n_batch), with src, hold and dx rows ld apart.  tv as in
+   sk_spmm_rows_t; with tv > 0 the gradient is accumulated per segment in the order of idx
+   (g_lin) and, when SCATTER, moved to W's order at the end of the block. */
 template <typename T, typename I, bool DX, bool SCATTER, bool PF>
 static void sk_dot_rows_t(const I* indptr, const I* idx, const I* perm, const T* vals,
                           ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
-                          ptrdiff_t n_batch, T* dx, T* grad, T* g_lin, int tv) {
+                          ptrdiff_t n_batch, ptrdiff_t ld, T* dx, T* grad, T* g_lin, int tv) {
     const int N = SkVec<T>::N;
     ptrdiff_t r;
     if (tv == 0) {
         for (r = r0; r < r1; ++r)
             sk_dot_rest<T, I, DX, SCATTER, PF>(idx, perm, vals, indptr[r], indptr[r + 1], src,
-                                               n_batch, 0, hold + r * n_batch,
-                                               DX ? dx + r * n_batch : NULL, grad);
+                                               ld, n_batch, 0, hold + r * ld,
+                                               DX ? dx + r * ld : NULL, grad);
         return;
     }
     T* g = SCATTER ? g_lin : grad;
@@ -419,7 +422,7 @@ static void sk_dot_rows_t(const I* indptr, const I* idx, const I* perm, const T*
         for (; b + U * N <= n_batch; b += U * N) \
             for (r = r0; r < r1; ++r) \
                 sk_dot_seg<T, I, DX, false, PF, U, P>(idx, perm, vals, indptr[r], indptr[r + 1], \
-                    src + b, n_batch, hold + r * n_batch + b, DX ? dx + r * n_batch + b : NULL, \
+                    src + b, ld, hold + r * ld + b, DX ? dx + r * ld + b : NULL, \
                     g, b == 0);
     if (tv == 4) { SK_DOT_TILED(4, 1) }
     else if (tv == 2) { SK_DOT_TILED(2, 2) }
@@ -428,8 +431,8 @@ static void sk_dot_rows_t(const I* indptr, const I* idx, const I* perm, const T*
     if (b < n_batch)
         for (r = r0; r < r1; ++r)
             sk_dot_rest<T, I, DX, false, PF>(idx, perm, vals, indptr[r], indptr[r + 1], src,
-                                             n_batch, b, hold + r * n_batch,
-                                             DX ? dx + r * n_batch : NULL, g);
+                                             ld, n_batch, b, hold + r * ld,
+                                             DX ? dx + r * ld : NULL, g);
     if (SCATTER)
         for (ptrdiff_t k = indptr[r0]; k < indptr[r1]; ++k) grad[perm[k]] = g_lin[k];
 }
@@ -437,17 +440,18 @@ static void sk_dot_rows_t(const I* indptr, const I* idx, const I* perm, const T*
 template <typename T, typename I>
 static void sk_dot_rows(const I* indptr, const I* idx, const I* perm, const T* vals,
                         ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
-                        ptrdiff_t n_batch, T* dx, T* grad, T* g_lin, int tv, int pf) {
+                        ptrdiff_t n_batch, ptrdiff_t ld, T* dx, T* grad, T* g_lin, int tv,
+                        int pf) {
     /* perm == NULL: SDDMM on W's own rows (gradient in idx order, no dx). */
     if (perm == NULL) {
-        if (pf) sk_dot_rows_t<T, I, false, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, false, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+        if (pf) sk_dot_rows_t<T, I, false, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, false, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
     } else if (dx != NULL) {
-        if (pf) sk_dot_rows_t<T, I, true, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, true, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+        if (pf) sk_dot_rows_t<T, I, true, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, true, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
     } else {
-        if (pf) sk_dot_rows_t<T, I, false, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, false, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, dx, grad, g_lin, tv);
+        if (pf) sk_dot_rows_t<T, I, false, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, false, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
     }
 }
 

@@ -47,6 +47,15 @@ def buffer(buffers: dict, key, shape, dtype) -> np.ndarray:
     return view
 
 
+def batch_buffer(buffers: dict, key, n_rows: int, n_batch: int, dtype, ld: int | None = None):
+    """A ``(n_rows, n_batch)`` batch array kept in ``buffers`` (see :func:`buffer`) whose rows
+    are ``ld`` values apart (``ld >= n_batch``; None: ``n_batch``, C-contiguous): the view
+    ``[:, :n_batch]`` of an ``(n_rows, ld)`` array, which the fused passes take as it is."""
+    if ld is None or ld == n_batch:
+        return buffer(buffers, key, (n_rows, n_batch), dtype)
+    return buffer(buffers, key, (n_rows, ld), dtype)[:, :n_batch]
+
+
 def kept_plan(buffers: dict, key):
     """The plan kept under ``key``, or None."""
     return buffers.get(PLAN, {}).get(key)

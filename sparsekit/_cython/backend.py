@@ -8,15 +8,16 @@ from ..backends.base import Backend, _check_rebuild_args, _take, as_count
 from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
-from ._checks import default_threads
+from .threads import ThreadThresholds
 from .workspace import batch_buffer as _batch_buffer
 from .workspace import batch_rows as _batch_rows
 from .workspace import buffer as _buffer
 from .workspace import keep_plan, kept_plan
 from .workspace import layer_arrays as _layer_arrays
+from .workspace import transpose_inverse as _transpose_inverse
 
 
-class CpuBackend(Backend):
+class CpuBackend(ThreadThresholds, Backend):
     """Cython kernels on NumPy arrays.
 
     Parameters
@@ -28,55 +29,6 @@ class CpuBackend(Backend):
 
     name = "cpu"
     xp = np
-
-    #: Below this many multiply-adds a product (or ``sampled_grad``) called on its own runs on
-    #: one thread.  Its parallel region wakes the other threads first, and with passive waiting
-    #: on a virtual machine that costs 30-70 µs, so two threads only pay from about 2^21
-    #: multiply-adds, about 100 µs of work (``benchmarks/results/thread-breakeven.md``, three
-    #: runs on 2 cores: two threads took 0.26-0.66x the speed of one at 2^15-2^17, 0.66-0.87x
-    #: at 2^19-2^20, 0.93-1.08x at 2^21 and 1.07-1.43x from 2^22).
-    min_parallel_work = 1 << 21
-    #: The same for a whole forward pass, backward pass or training step in one team
-    #: (mlp.pyx), in the multiply-adds it does (a step or a backward counts two per connection
-    #: and sample, a forward one): its one wake-up is shared by every layer and phase, so a
-    #: second thread pays earlier.  Measured per connection and sample (thread-breakeven.md):
-    #: steps 0.49-0.67x at 2^15-2^18, 0.99-1.29x at 2^20, 1.12-1.30x at 2^21; forward passes
-    #: 0.44-0.60x at 2^15-2^18, 0.95-1.00x at 2^20, 1.05-1.19x at 2^21.
-    min_team_work = 1 << 20
-    #: Elementwise kernels, tiled transposes and membership tests: below this many units one
-    #: thread runs them: 8 elements of a bias + activation + dropout pass or 16 of a transpose
-    #: count as one unit, a membership test (a binary search in a row) as 4.  Measured
-    #: break-even (thread-breakeven.md): about 2^19 elements for the pass (0.74x at 2^18,
-    #: 0.99x at 2^19, 1.17x at 2^21), 2^19-2^20 for the transpose (0.73x at 2^19, 1.49x at
-    #: 2^21), 4 000-16 000 membership tests (0.28x at 4 096, 1.57x at 16 384).
-    min_parallel_elements = 1 << 16
-    #: Topology kernels (transpose index, selection, SET's prune, sampling, rebuild) do little
-    #: work per entry and open several parallel regions per call; with passive waiting each
-    #: one waits for a thread to wake up.  Below this many entries one thread is faster
-    #: (measured on 2 cores, 3000 x 3000 at ε = 20, 120 000 entries: prune 0.27 ms on one
-    #: thread vs 0.47 ms on two, transpose index 0.34 vs 0.43, sampling 36 000 positions 0.65
-    #: vs 0.75; at 400 000 entries two threads win 1.2-1.7x).
-    min_parallel_entries = 1 << 18
-
-    def __init__(self, num_threads: int | None = None) -> None:
-        self.num_threads = int(num_threads) if num_threads else default_threads()
-
-    def _threads(self, work: int, floor: int | None = None) -> int:
-        """Threads for ``work``: all of them from ``floor`` (default ``min_parallel_work``)."""
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads must be >= 0 (0 = OpenMP default), got "
-                             f"{self.num_threads}")
-        return self.num_threads if work >= (self.min_parallel_work if floor is None
-                                            else floor) else 1
-
-    def _team_threads(self, work: int) -> int:
-        return self._threads(work, self.min_team_work)
-
-    def _element_threads(self, elements: int) -> int:
-        return self._threads(elements, self.min_parallel_elements)
-
-    def _topology_threads(self, entries: int) -> int:
-        return self._threads(entries, self.min_parallel_entries)
 
     def feature_major(self, x, idx, dtype, buffers=None):
         if (buffers is None or not isinstance(x, np.ndarray) or x.ndim != 2
@@ -395,6 +347,8 @@ class CpuBackend(Backend):
         slots = () if update is None else self._update_slots[update[0]]
         for layer in layers:
             arrays.append(_layer_arrays(layer, self.transpose_index(layer.w)))
+            if self.num_threads > 1 and layer.nnz <= self.gather_max_nnz:
+                arrays[-1]["t_inv"] = _transpose_inverse(layer.w, self.transpose_index(layer.w))
             for prefix, name in zip(("mom", "sq"), slots):
                 arrays[-1][f"{prefix}_w"] = layer.state_w[name]
                 arrays[-1][f"{prefix}_b"] = layer.state_b[name]

@@ -29,6 +29,7 @@
 typedef struct {
     const void* indptr; const void* indices; void* data;
     const void* t_indptr; const void* t_rows; const void* t_perm;
+    const void* t_inv;  /* t_perm's inverse (W position -> transposed position), or NULL */
     void* bias;
     ptrdiff_t n_out, n_in, nnz;
     void* out;       /* forward: activation (hidden) or logits (last), n_out x n_batch */
@@ -39,7 +40,8 @@ typedef struct {
     void* dz;        /* backward: gradient w.r.t. this layer's pre-activation (n_out x n_batch) */
     void* grad;      /* backward: weight gradient, W's CSR order */
     void* gbias;     /* backward: bias gradient */
-    void* g_lin;     /* backward: scratch of the batch-tiled walk (nnz) */
+    void* g_lin;     /* backward: the gradient in the transposed index's order (nnz), when
+                        the pass gathers it (sk_gathers), or the batch-tiled walk's scratch */
     void* mom_w;     /* update state of W and of the bias (NULL: no update): SGD's velocity */
     void* mom_b;     /* or Adam's first moment, */
     void* sq_w;      /* and Adam's second moment */
@@ -123,22 +125,36 @@ static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t 
     }
 }
 
+/* Whether the backward writes layer L's gradient in the transposed index's order (g_lin) and
+   gathers it into W's order afterwards (grad[i] = g_lin[t_inv[i]], in chunks of W's order),
+   instead of writing grad[t_perm[k]] as it goes.  On more than one thread, the scattered writes
+   put nearly every cache line of grad in both cores' hands: a 1000 x 1000 fused backward took
+   as long on 2 threads as on 1 on an Intel Xeon guest (ordered claims, sk_claim_ordered, cut
+   that to the line where each W row's entries change thread, about one line in three).  On one
+   thread the scatter costs nothing, so it stays.  The same values either way. */
+static inline bool sk_gathers(const SkLayerPass& L, int nt) {
+    return nt > 1 && L.t_inv != NULL && L.g_lin != NULL && L.nnz > 0;
+}
+
 template <typename T, typename I>
 static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
                               const SkLayerPass* below, const T* x, ptrdiff_t B,
-                              ptrdiff_t ld) {
+                              ptrdiff_t ld, int tid, int nt) {
     const I* t_indptr = (const I*)L.t_indptr;
     T* dx = below ? (T*)below->dz : (T*)NULL;
-    sk_claim_rows(team, phase, t_indptr, L.n_in, sk_phase_chunks(team, 2 * L.nnz),
-                  [&](ptrdiff_t r0, ptrdiff_t r1) {
+    const bool gather = sk_gathers(L, nt);
+    /* ordered claims: the gradient is written through t_perm (see sk_claim_ordered) */
+    sk_claim_rows<true>(team, phase, t_indptr, L.n_in, sk_phase_chunks(team, 2 * L.nnz),
+                        [&](ptrdiff_t r0, ptrdiff_t r1) {
         if (L.nnz == 0) {  /* no connection: dx is 0 and there is no gradient */
             if (dx)
                 for (ptrdiff_t i = r0; i < r1; ++i)
                     for (ptrdiff_t j = 0; j < B; ++j) dx[i * ld + j] = 0;
         } else {
             sk_dot_rows<T, I>(t_indptr, (const I*)L.t_rows, (const I*)L.t_perm, (const T*)L.data,
-                              r0, r1, (const T*)L.dz, x, B, ld, dx, (T*)L.grad, (T*)L.g_lin,
-                              L.tv_b, L.pf_b);
+                              r0, r1, (const T*)L.dz, x, B, ld, dx,
+                              (T*)(gather ? L.g_lin : L.grad), (T*)L.g_lin, L.tv_b, L.pf_b,
+                              !gather);
         }
         if (!dx) return;
         const T* d = (const T*)below->deriv;
@@ -148,7 +164,26 @@ static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
             for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] * d[i * ld + j];
             gb[i] = sk_row_sum(row, B);
         }
-    });
+    }, tid, nt);
+}
+
+/* Layer L's weights after its backward, in chunks of W's order: the gradient gathered into
+   W's order (when sk_gathers), then the update (when given) while the chunk is in L1. */
+template <typename T, typename I>
+static void sk_weight_phase(SkTeam* team, int phase, const SkLayerPass& L, bool gather,
+                            const SkUpdate* update) {
+    const ptrdiff_t chunk = 1 << 12, n = L.nnz, n_chunks = (n + chunk - 1) / chunk;
+    T* grad = (T*)L.grad;
+    const T* g_t = (const T*)L.g_lin;
+    const I* inv = (const I*)L.t_inv;
+    for (ptrdiff_t k; (k = sk_claim(team, phase, n_chunks)) >= 0;) {
+        const ptrdiff_t i0 = k * chunk, len = (i0 + chunk < n ? chunk : n - i0);
+        if (gather)
+            for (ptrdiff_t i = i0; i < i0 + len; ++i) grad[i] = g_t[inv[i]];
+        if (update)
+            sk_apply_update<T>((T*)L.data + i0, grad + i0, (T*)L.mom_w + i0,
+                               L.sq_w ? (T*)L.sq_w + i0 : (T*)NULL, len, *update);
+    }
 }
 
 template <typename T>
@@ -173,20 +208,21 @@ static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerP
         for (ptrdiff_t o = 0; o < top.n_out; ++o)
             ((T*)top.gbias)[o] = sk_row_sum((const T*)top.dz + o * ld, B);
     }
+    bool any_gather = false;
+    for (int l = 0; l < n_layers; ++l) any_gather = any_gather || sk_gathers(layers[l], nt);
     int phase = phase0;
     for (int l = n_layers - 1; l >= 0; --l) {
         sk_backward_phase<T, I>(team, phase++, layers[l], l > 0 ? &layers[l - 1] : NULL,
-                                acts[l], B, ld);
-        if (l > 0 || update) sk_barrier(team, nt);
+                                acts[l], B, ld, tid, nt);
+        if (l > 0 || update || any_gather) sk_barrier(team, nt);
     }
-    if (update) {
-        for (int l = 0; l < n_layers; ++l) {
-            const SkLayerPass& L = layers[l];
-            sk_update_phase<T>(team, phase++, (T*)L.data, (const T*)L.grad, (T*)L.mom_w,
-                               (T*)L.sq_w, L.nnz, *update);
+    for (int l = 0; l < n_layers; ++l) {
+        const SkLayerPass& L = layers[l];
+        const bool gather = sk_gathers(L, nt);
+        if (gather || update) sk_weight_phase<T, I>(team, phase++, L, gather, update);
+        if (update)
             sk_update_phase<T>(team, phase++, (T*)L.bias, (const T*)L.gbias, (T*)L.mom_b,
                                (T*)L.sq_b, L.n_out, *update);
-        }
     }
 }
 

@@ -37,6 +37,7 @@ cdef extern from "mlp.hh" nogil:
         const void* t_indptr
         const void* t_rows
         const void* t_perm
+        const void* t_inv
         void* bias
         Py_ssize_t n_out, n_in, nnz
         void* out
@@ -163,7 +164,7 @@ cdef void _fill_common(SkLayerPass* L, int i, dict layer, dt, it, Py_ssize_t n_i
     L.n_out, L.n_in, L.nnz = n_out, n_in, nnz
     L.mom_w = L.mom_b = L.sq_w = L.sq_b = NULL
     L.g_lin = L.grad = L.gbias = L.dz = L.out = L.deriv = NULL
-    L.t_indptr = L.t_rows = L.t_perm = NULL
+    L.t_indptr = L.t_rows = L.t_perm = L.t_inv = NULL
 
 
 def forward(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate,
@@ -264,7 +265,9 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
     ----------
     layers : list of dict
         As for :func:`forward`, plus ``t_indptr``, ``t_rows``, ``t_perm`` (W's transposed index,
-        :func:`sparsekit._cython.spmm.transpose_index`), and with ``update`` its state:
+        :func:`sparsekit._cython.spmm.transpose_index`), optionally ``t_inv``, the inverse of
+        ``t_perm`` (with it, on more than one thread, the gradient is written in the transposed
+        order and gathered into W's, see mlp.hh's ``sk_gathers``), and with ``update`` its state:
         ``mom_w`` (aligned with ``data``) and ``mom_b`` (with ``bias``), SGD's velocities or
         Adam's first moments, and for Adam ``sq_w`` and ``sq_b``, the second moments.
     acts : list of ndarray
@@ -308,7 +311,7 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
         n_in = L[i].n_out
     top = _with_stride(dzs[n - 1], ld, B)  # the loss gradient, as the rows above
     g_lins = _fill_backward(L, layers, derivs, dzs[:n - 1] + [top], grads, gbiases, update, dt,
-                            it, acts[0].shape[0], B, ld, True)
+                            it, acts[0].shape[0], B, ld, True, nt)
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
     with nogil:
         sk_mlp_backward(L, n, act_ptrs, B, ld, rule_ptr, is_double, is_int64, nt)
@@ -316,7 +319,7 @@ def backward(list layers, list acts, list derivs, list dzs, list grads, list gbi
 
 cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, list grads,
                          list gbiases, update, dt, it, Py_ssize_t n_in, Py_ssize_t B,
-                         Py_ssize_t ld, bint top_dz):
+                         Py_ssize_t ld, bint top_dz, int nt):
     """The backward's fields of every layer (:func:`backward`'s arguments; ``_fill_common``
     done), checked; the top layer's dz only if ``top_dz`` (else the loss sets it).  Returns the
     scratch arrays the pass needs, to be kept alive until it ends."""
@@ -329,6 +332,9 @@ cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, lis
         L[i].t_perm = _ptr("layers[{}]['t_perm']", i, layer["t_perm"], it, L[i].nnz, -1)
         if layer["t_indptr"][0] != 0 or layer["t_indptr"][n_in] != L[i].nnz:
             raise ValueError(f"layers[{i}]['t_indptr'] must start at 0 and end at nnz")
+        t_inv = layer.get("t_inv") if nt > 1 else None
+        if t_inv is not None:
+            L[i].t_inv = _ptr("layers[{}]['t_inv']", i, t_inv, it, L[i].nnz, -1)
         if i < n - 1 or top_dz:
             L[i].dz = _ptr("dzs[{}]", i, dzs[i], dt, L[i].n_out, B, i < n - 1, ld)
         L[i].grad = _ptr("grads[{}]", i, grads[i], dt, L[i].nnz, -1, True)
@@ -342,7 +348,7 @@ cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, lis
             L[i].sq_w = _ptr("layers[{}]['sq_w']", i, layer["sq_w"], dt, L[i].nnz, -1, True)
             L[i].sq_b = _ptr("layers[{}]['sq_b']", i, layer["sq_b"], dt, L[i].n_out, -1, True)
         L[i].tv_b, L[i].pf_b = walk_plan(L[i].n_out, n_in, L[i].nnz, B, dt.itemsize, "backward")
-        if L[i].tv_b:
+        if L[i].tv_b or L[i].t_inv != NULL:
             g_lin = np.empty(L[i].nnz, dtype=dt)
             g_lins.append(g_lin)
             L[i].g_lin = cnp.PyArray_DATA(<cnp.ndarray>g_lin)
@@ -388,7 +394,7 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     _fill_forward(L, layers, outs, derivs, slopes, seeds, dt, it, n_in, B, ld,
                   update is not None)
     g_lins = _fill_backward(L, layers, derivs, dzs + [None], grads, gbiases, update, dt, it, n_in,
-                            B, ld, False)
+                            B, ld, False, nt)
     act_ptrs[0] = x
     for i in range(1, n):
         act_ptrs[i] = L[i - 1].out

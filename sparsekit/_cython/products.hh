@@ -19,16 +19,18 @@
 
 /* body(r0, r1) over rows [0, n_rows) of a pattern (indptr), in chunks of at most `block`
    non-zeros (spmm.pyx's BLOCK_NNZ: a batch-tiled walk re-reads a chunk's indices once per tile,
-   so its gathered tiles should stay in cache) claimed by the threads of one team. */
-template <typename I, typename Body>
+   so its gathered tiles should stay in cache) claimed by the threads of one team (ORDERED: by
+   sk_claim_ordered, for a product that writes through a permutation). */
+template <bool ORDERED = false, typename I, typename Body>
 static void sk_team_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t block, int num_threads,
                          Body body) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
-        sk_claim_rows(&team, 0, indptr, n_rows,
-                      sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block), body);
+        sk_claim_rows<ORDERED>(&team, 0, indptr, n_rows,
+                               sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block), body,
+                               sk_team_rank(), sk_team_size());
         sk_team_leave(&team, sk_team_rank(), sk_team_size());
     }
 }
@@ -51,7 +53,7 @@ static void sk_dots_team(const I* indptr, const I* idx, const I* perm, const T* 
                          ptrdiff_t n_rows, const T* src, const T* hold, ptrdiff_t n_batch, T* dx,
                          T* grad, T* g_lin, int tv, int pf, ptrdiff_t block,
                          int num_threads) {
-    sk_team_rows(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
+    sk_team_rows<true>(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
         sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, n_batch, dx, grad,
                           g_lin, tv, pf);
     });

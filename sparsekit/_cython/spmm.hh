@@ -441,11 +441,15 @@ template <typename T, typename I>
 static void sk_dot_rows(const I* indptr, const I* idx, const I* perm, const T* vals,
                         ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
                         ptrdiff_t n_batch, ptrdiff_t ld, T* dx, T* grad, T* g_lin, int tv,
-                        int pf) {
-    /* perm == NULL: SDDMM on W's own rows (gradient in idx order, no dx). */
-    if (perm == NULL) {
+                        int pf, bool scatter = true) {
+    /* perm == NULL: SDDMM on W's own rows (gradient in idx order, no dx); !scatter: the
+       gradient in idx order too (grad[k], not grad[perm[k]]), with dx. */
+    if (perm == NULL || (!scatter && dx == NULL)) {
         if (pf) sk_dot_rows_t<T, I, false, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
         else sk_dot_rows_t<T, I, false, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
+    } else if (!scatter) {
+        if (pf) sk_dot_rows_t<T, I, true, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
+        else sk_dot_rows_t<T, I, true, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
     } else if (dx != NULL) {
         if (pf) sk_dot_rows_t<T, I, true, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
         else sk_dot_rows_t<T, I, true, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -42,6 +43,8 @@
 #define SK_YIELDS 50
 #endif
 #define SK_MAX_PHASES 64
+/* Segments of a phase claimed in order (sk_claim_ordered): one per thread, up to this many. */
+#define SK_MAX_SEGMENTS 16
 /* Work of a row besides its non-zeros (its store and epilogue), in non-zeros, when rows are
    cut into chunks of about equal work (sk_chunk_rows). */
 #define SK_ROW_COST 4
@@ -52,6 +55,10 @@ struct SkTeam {
     std::atomic<int> sleepers;
     std::atomic<int> left;      /* threads other than the master that are leaving the team */
     std::atomic<ptrdiff_t> next[SK_MAX_PHASES];  /* chunk counter of each phase */
+    /* sk_claim_ordered's segments: chunks taken from the front (low 32 bits) and from the
+       back (high 32 bits); one phase at a time uses them, `seg_phase` says which */
+    std::atomic<uint64_t> seg[SK_MAX_SEGMENTS];
+    std::atomic<int> seg_phase;
     int threads_asked;  /* fixed before the team starts: chunking must not depend on the team */
 };
 
@@ -61,6 +68,8 @@ static inline void sk_team_init(SkTeam* t, int threads_asked) {
     t->sleepers.store(0);
     t->left.store(0);
     for (int i = 0; i < SK_MAX_PHASES; ++i) t->next[i].store(0);
+    for (int i = 0; i < SK_MAX_SEGMENTS; ++i) t->seg[i].store(0);
+    t->seg_phase.store(-1);
     t->threads_asked = threads_asked > 0 ? threads_asked : 1;
 }
 
@@ -163,6 +172,46 @@ static inline ptrdiff_t sk_claim(SkTeam* t, int phase, ptrdiff_t n_chunks) {
     return c < n_chunks ? c : -1;
 }
 
+/* Claim a chunk of phase `phase` so that each thread's chunks are mostly consecutive: the
+   chunks are cut into one segment per thread (at most SK_MAX_SEGMENTS), a thread takes its own
+   segment's chunks from the front and, when that is empty, the other segments' from the back
+   (so a thread that wakes late still takes fewer chunks).  For a pass that writes through a
+   permutation (the fused backward's gradient, in W's order): with chunks dealt out in turn,
+   every cache line of the gradient was written by both threads and moved between the cores on
+   nearly every write (a 1000 x 1000 backward took as long on 2 threads as on 1 on an Intel
+   Xeon guest); with consecutive chunks per thread a W row's entries split at one point.  Only
+   one phase at a time may use it, and a barrier must separate two such phases (the segments
+   are reset by the first thread to claim in a new phase, before any other can: see below). */
+static inline ptrdiff_t sk_claim_ordered(SkTeam* t, int phase, ptrdiff_t n_chunks, int tid,
+                                         int nt) {
+    const int n_seg = nt < SK_MAX_SEGMENTS ? (nt > 0 ? nt : 1) : SK_MAX_SEGMENTS;
+    /* The first thread to claim in this phase resets the segments.  The others wait for it:
+       they arrive after the barrier before this phase, so the reset is a few stores away. */
+    int seen = t->seg_phase.load(std::memory_order_acquire);
+    if (seen != phase) {
+        if (t->next[phase].fetch_add(1, std::memory_order_acq_rel) == 0) {
+            for (int i = 0; i < n_seg; ++i) t->seg[i].store(0, std::memory_order_relaxed);
+            t->seg_phase.store(phase, std::memory_order_release);
+        } else {
+            while (t->seg_phase.load(std::memory_order_acquire) != phase) SK_RELAX();
+        }
+    }
+    for (int k = 0; k < n_seg; ++k) {
+        const int s = (tid + k) % n_seg;
+        const bool own = k == 0 && tid < n_seg;
+        const ptrdiff_t lo = n_chunks * s / n_seg, hi = n_chunks * (s + 1) / n_seg;
+        uint64_t cur = t->seg[s].load(std::memory_order_relaxed);
+        for (;;) {
+            const ptrdiff_t front = (ptrdiff_t)(cur & 0xffffffffu), back = (ptrdiff_t)(cur >> 32);
+            if (lo + front >= hi - back) break;  /* segment empty */
+            const uint64_t next = own ? cur + 1 : cur + ((uint64_t)1 << 32);
+            if (t->seg[s].compare_exchange_weak(cur, next, std::memory_order_relaxed))
+                return own ? lo + front : hi - 1 - back;
+        }
+    }
+    return -1;
+}
+
 /* Rows [*r0, *r1) of chunk c when rows are split into n_chunks of about equal work, the work
    of rows [0, r) being indptr[r] + row_cost * r (non-zeros plus a per-row cost). */
 template <typename I>
@@ -188,11 +237,15 @@ static inline void sk_chunk_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t ro
 }
 
 /* body(r0, r1) for each chunk of rows of phase `phase` this thread claims (n_chunks of about
-   equal work, sk_chunk_rows; empty chunks are skipped). */
-template <typename I, typename Body>
+   equal work, sk_chunk_rows; empty chunks are skipped); with ORDERED, claimed by
+   sk_claim_ordered for thread tid of nt. */
+template <bool ORDERED = false, typename I, typename Body>
 static inline void sk_claim_rows(SkTeam* t, int phase, const I* indptr, ptrdiff_t n_rows,
-                                 ptrdiff_t n_chunks, Body body) {
-    for (ptrdiff_t c; (c = sk_claim(t, phase, n_chunks)) >= 0;) {
+                                 ptrdiff_t n_chunks, Body body, int tid = 0, int nt = 1) {
+    for (;;) {
+        const ptrdiff_t c = ORDERED ? sk_claim_ordered(t, phase, n_chunks, tid, nt)
+                                    : sk_claim(t, phase, n_chunks);
+        if (c < 0) return;
         ptrdiff_t r0, r1;
         sk_chunk_rows(indptr, n_rows, SK_ROW_COST, c, n_chunks, &r0, &r1);
         if (r0 < r1) body(r0, r1);

@@ -93,6 +93,18 @@ def layer_arrays(layer, transpose=None) -> dict:
     return out
 
 
+def transpose_inverse(w, transpose) -> np.ndarray:
+    """The inverse of the transpose index's permutation (W's position -> the transposed
+    order's; ``transpose`` is ``w``'s index), cached on the CSR like the index: the fused
+    backward gathers the gradient into W's order with it (mlp.hh ``sk_gathers``)."""
+    if w._transpose_inv is None:
+        perm = transpose[2]
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(perm.shape[0], dtype=perm.dtype)
+        w._transpose_inv = inv
+    return w._transpose_inv
+
+
 def batch_rows(x, idx):
     """``idx`` as int64 if every index lies in ``[0, len(x))`` (the passes gather those
     themselves), else None (NumPy's indexing rules: negative indices wrap, others raise)."""

@@ -58,6 +58,8 @@ class CSR:
     shape: tuple[int, int]
     check: bool = field(default=True, repr=False)
     _transpose: Any = field(default=None, init=False, repr=False)
+    #: the inverse of the transpose index's permutation (a backend's cache, like ``_transpose``)
+    _transpose_inv: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.shape = (int(self.shape[0]), int(self.shape[1]))
@@ -161,7 +163,7 @@ class CSR:
     def with_data(self, data) -> CSR:
         """Same pattern (and cached transpose), new values."""
         out = CSR(self.indptr, self.indices, data, self.shape, check=False)
-        out._transpose = self._transpose
+        out._transpose, out._transpose_inv = self._transpose, self._transpose_inv
         return out
 
     def copy(self) -> CSR:

@@ -11,7 +11,9 @@ peak is
   index arrays per connection): 20 bytes per connection at float32 / int32 on the CPU.
 * **workspace** (CPU) — what the training engine reuses from step to step: every hidden
   layer's activation, derivative and output gradient (which growth methods that score
-  candidates read), the logits, and every layer's weight gradient (4 bytes per connection).
+  candidates read), the logits, and every layer's weight gradient (4 bytes per connection);
+  for layers of at most ``CpuBackend.gather_max_nnz`` connections also the fused backward's
+  gradient in the transposed order and that order's inverse permutation.
 * **step** — what one optimizer step allocates besides: the input batch (gathered, then
   transposed) and the output's probabilities and gradient.
 * **evolve** — the largest evolving layer's topology update (SET: magnitude selection, the
@@ -212,6 +214,11 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     # layer's weight and bias gradient.
     workspace = b * v * (3 * hidden + widths[-1]) + sum(nnz * v + n_out * v
                                                         for _, n_out, nnz in layers)
+    # Layers small enough for the fused backward to gather their gradient (on more than one
+    # thread) keep the transpose's inverse permutation and write the gradient once more in the
+    # transposed order: an index and a value per connection, at most 2^18 of each per layer.
+    cap = CpuBackend.gather_max_nnz
+    workspace += sum(min(nnz, cap) * (i + v) for (_, _, nnz), i in zip(layers, idx))
     # A step's own arrays: the input batch (copied twice: gathered rows, then transposed) and
     # the output's probabilities and gradient.
     step = b * v * (2 * widths[0] + 2 * widths[-1])

@@ -26,6 +26,9 @@ MOD_NAMES = [
     "sparsekit._cython.elementwise",
     "sparsekit._cython.mlp",
 ]
+#: Modules of integer and selection code (SET's prune, the sampler, the CSR rebuild).
+TOPOLOGY_MODULES = {"sparsekit._cython.select", "sparsekit._cython.sampling",
+                    "sparsekit._cython.rebuild"}
 KERNEL_DIR = Path("sparsekit", "_cython")
 HEADERS = sorted(str(p) for p in KERNEL_DIR.glob("*.hh"))
 
@@ -89,8 +92,17 @@ class BuildExt(build_ext):
                 f"kernels will run on ONE thread.\nInstall an OpenMP-capable compiler (gcc, or "
                 f"clang with libomp) and rebuild for multithreaded kernels.\n{banner}\n\n"
             )
+        # The topology kernels' loops are vectorised by GCC, not written with vector types, and
+        # GCC 12 tunes some AVX-512 CPUs to 256-bit vectors (an Intel Xeon guest: rocketlake).
+        # Asking for 512 bits made SET's prune, sampling and rebuild 25, 28 and 11 % faster
+        # there at 10 000^2, 1 % (integer and selection code: the same results at any width).
+        # The other modules keep the compiler's choice: their explicit kernels use 512-bit
+        # vectors already, and a vectorised float sum's order must not move.
+        wide = ("-march=native" in compile_flags
+                and _compiler_accepts(self.compiler, ["-mprefer-vector-width=512"]))
         for ext in self.extensions:
-            ext.extra_compile_args = compile_flags
+            ext.extra_compile_args = compile_flags + (
+                ["-mprefer-vector-width=512"] if wide and ext.name in TOPOLOGY_MODULES else [])
             ext.extra_link_args = link_flags
         super().build_extensions()
 

@@ -77,12 +77,27 @@ template <typename T, int U> static inline void sk_prefetch(const T* q) {
     #pragma GCC unroll 16
     for (int u = 0; u < U; u += step) __builtin_prefetch(q + u * SkVec<T>::N);
 }
-/* Sum of P partial accumulators in a fixed tree. */
+/* Pins a value where it is: GCC may not regroup the additions that made it with those that
+   use it (-fassociative-math otherwise lets it regroup a chain of additions, and it did so
+   differently in two instantiations of spmm.hh's sk_dot_tile that differ only in where the
+   gradient is stored: one dx value in 4 290 changed in its last bit).  No instruction. */
+template <typename V>
+static inline __attribute__((always_inline)) void sk_keep_order(V& v) {
+    __asm__("" : "+v"(v));
+}
+
+/* Sum of P partial accumulators in a fixed tree (each inner sum pinned, see sk_keep_order). */
 template <typename V, int P, int U> static inline void sk_fold(V (&acc)[P][U]) {
     #pragma GCC unroll 16
     for (int u = 0; u < U; ++u) {
-        if (P == 4) acc[0][u] = (acc[0][u] + acc[1 % P][u]) + (acc[2 % P][u] + acc[3 % P][u]);
-        else if (P == 2) acc[0][u] = acc[0][u] + acc[1 % P][u];
+        if (P == 4) {
+            V lo = acc[0][u] + acc[1 % P][u], hi = acc[2 % P][u] + acc[3 % P][u];
+            sk_keep_order(lo);
+            sk_keep_order(hi);
+            acc[0][u] = lo + hi;
+        } else if (P == 2) {
+            acc[0][u] = acc[0][u] + acc[1 % P][u];
+        }
     }
 }
 

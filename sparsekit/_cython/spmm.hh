@@ -302,7 +302,10 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
             if (DX) {
                 const T v = vals[perm[kk]];
                 #pragma GCC unroll 16
-                for (int u = 0; u < U; ++u) acc[p][u] += v * dv[u];
+                for (int u = 0; u < U; ++u) {
+                    acc[p][u] += v * dv[u];
+                    sk_keep_order(acc[p][u]);  /* P sums in the same order in every build */
+                }
             }
         }
     }

@@ -12,11 +12,12 @@ class ThreadThresholds:
 
     #: Below this many multiply-adds a product (or ``sampled_grad``) called on its own runs on
     #: one thread.  Its parallel region wakes the other threads first, and with passive waiting
-    #: on a virtual machine that costs 30-70 µs, so two threads only pay from about 2^21
-    #: multiply-adds, about 100 µs of work (``benchmarks/results/thread-breakeven.md``, three
-    #: runs on 2 cores: two threads took 0.26-0.66x the speed of one at 2^15-2^17, 0.66-0.87x
-    #: at 2^19-2^20, 0.93-1.08x at 2^21 and 1.07-1.43x from 2^22).
-    min_parallel_work = 1 << 21
+    #: on a virtual machine that costs 30-70 µs, so two threads only pay from about 2^21-2^22
+    #: multiply-adds (``benchmarks/results/thread-breakeven.md``, 2 cores of an AMD EPYC guest:
+    #: two threads took 0.26-0.66x the speed of one at 2^15-2^17, 0.66-0.87x at 2^19-2^20,
+    #: 0.93-1.08x at 2^21 and 1.07-1.43x from 2^22; ``results/xeon/thread-breakeven.md``, an
+    #: Intel Xeon guest: 0.74-0.86x at 2^20.3-2^21.3, 1.00x at 2^22.3, 1.36-1.43x at 2^23.3).
+    min_parallel_work = 1 << 22
     #: The same for a whole forward pass, backward pass or training step in one team
     #: (mlp.pyx), in the multiply-adds it does (a step or a backward counts two per connection
     #: and sample, a forward one): its one wake-up is shared by every layer and phase, so a

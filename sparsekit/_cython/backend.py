@@ -346,9 +346,10 @@ class CpuBackend(ThreadThresholds, Backend):
         arrays = []
         slots = () if update is None else self._update_slots[update[0]]
         for layer in layers:
-            arrays.append(_layer_arrays(layer, self.transpose_index(layer.w)))
+            transpose = self.transpose_index(layer.w)
+            arrays.append(_layer_arrays(layer, transpose))
             if self.num_threads > 1 and layer.nnz <= self.gather_max_nnz:
-                arrays[-1]["t_inv"] = _transpose_inverse(layer.w, self.transpose_index(layer.w))
+                arrays[-1]["t_inv"] = _transpose_inverse(layer.w, transpose)
             for prefix, name in zip(("mom", "sq"), slots):
                 arrays[-1][f"{prefix}_w"] = layer.state_w[name]
                 arrays[-1][f"{prefix}_b"] = layer.state_b[name]

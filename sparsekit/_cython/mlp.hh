@@ -167,32 +167,19 @@ static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
     }, tid, nt);
 }
 
-/* Layer L's weights after its backward, in chunks of W's order: the gradient gathered into
-   W's order (when sk_gathers), then the update (when given) while the chunk is in L1. */
+/* n parameters after the backward, in chunks claimed by the team: with g_t, the gradient first
+   gathered into g from the transposed order (g[i] = g_t[inv[i]], when sk_gathers), then, with
+   an update, the update while the chunk is in L1.  Chunks of 4096 values, so a 1000 x 1000
+   layer's gather is split over the threads. */
 template <typename T, typename I>
-static void sk_weight_phase(SkTeam* team, int phase, const SkLayerPass& L, bool gather,
-                            const SkUpdate* update) {
-    const ptrdiff_t chunk = 1 << 12, n = L.nnz, n_chunks = (n + chunk - 1) / chunk;
-    T* grad = (T*)L.grad;
-    const T* g_t = (const T*)L.g_lin;
-    const I* inv = (const I*)L.t_inv;
+static void sk_update_phase(SkTeam* team, int phase, T* p, T* g, T* m, T* v, ptrdiff_t n,
+                            const SkUpdate* update, const T* g_t = NULL, const I* inv = NULL) {
+    const ptrdiff_t chunk = 1 << 12, n_chunks = (n + chunk - 1) / chunk;
     for (ptrdiff_t k; (k = sk_claim(team, phase, n_chunks)) >= 0;) {
         const ptrdiff_t i0 = k * chunk, len = (i0 + chunk < n ? chunk : n - i0);
-        if (gather)
-            for (ptrdiff_t i = i0; i < i0 + len; ++i) grad[i] = g_t[inv[i]];
-        if (update)
-            sk_apply_update<T>((T*)L.data + i0, grad + i0, (T*)L.mom_w + i0,
-                               L.sq_w ? (T*)L.sq_w + i0 : (T*)NULL, len, *update);
-    }
-}
-
-template <typename T>
-static void sk_update_phase(SkTeam* team, int phase, T* p, const T* g, T* m, T* v, ptrdiff_t n,
-                            const SkUpdate& s) {
-    const ptrdiff_t chunk = 1 << 14, n_chunks = (n + chunk - 1) / chunk;
-    for (ptrdiff_t k; (k = sk_claim(team, phase, n_chunks)) >= 0;) {
-        const ptrdiff_t i0 = k * chunk, len = (i0 + chunk < n ? chunk : n - i0);
-        sk_apply_update<T>(p + i0, g + i0, m + i0, v ? v + i0 : v, len, s);
+        if (g_t)
+            for (ptrdiff_t i = i0; i < i0 + len; ++i) g[i] = g_t[inv[i]];
+        if (update) sk_apply_update<T>(p + i0, g + i0, m + i0, v ? v + i0 : v, len, *update);
     }
 }
 
@@ -219,10 +206,13 @@ static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerP
     for (int l = 0; l < n_layers; ++l) {
         const SkLayerPass& L = layers[l];
         const bool gather = sk_gathers(L, nt);
-        if (gather || update) sk_weight_phase<T, I>(team, phase++, L, gather, update);
+        if (gather || update)
+            sk_update_phase<T, I>(team, phase++, (T*)L.data, (T*)L.grad, (T*)L.mom_w, (T*)L.sq_w,
+                                  L.nnz, update, gather ? (const T*)L.g_lin : (const T*)NULL,
+                                  (const I*)L.t_inv);
         if (update)
-            sk_update_phase<T>(team, phase++, (T*)L.bias, (const T*)L.gbias, (T*)L.mom_b,
-                               (T*)L.sq_b, L.n_out, *update);
+            sk_update_phase<T, I>(team, phase++, (T*)L.bias, (T*)L.gbias, (T*)L.mom_b,
+                                  (T*)L.sq_b, L.n_out, update);
     }
 }
 
@@ -255,9 +245,8 @@ typedef int (*SkLossFn)(void* ctx);
    instead of once per pass.  Returns what the loss returned. */
 template <typename T, typename I>
 static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, ptrdiff_t ld,
-                         double rate,
-                         const SkGather* gather, const T* const* acts, const SkUpdate* update,
-                         SkLossFn loss, void* ctx, int num_threads) {
+                         double rate, const SkGather* gather, const T* const* acts,
+                         const SkUpdate* update, SkLossFn loss, void* ctx, int num_threads) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     std::atomic<int> go(0);

@@ -1,13 +1,11 @@
-/* Float bits for the selection (select.pyx) and the gather of a rebuild (rebuild.pyx): keys are
-   compared as unsigned integers, and values are chosen by masks, not branches. */
+/* Float bits for the gather of a rebuild (rebuild.pyx): values are chosen by masks, not
+   branches.  (The selection's keys are in select.hh.) */
 #ifndef SPARSEKIT_BITS_HH
 #define SPARSEKIT_BITS_HH
 
 #include <stdint.h>
 #include <string.h>
 
-static inline uint64_t sk_bits32(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
-static inline uint64_t sk_bits64(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
 /* a if pick_b == 0 else b (pick_b is 0 or 1), on the bits: GCC turns a float select into a
    branch, which mispredicts when kept and new entries interleave at random. */
 template <typename F, typename U> static inline F sk_pick(F a, F b, int64_t pick_b) {

@@ -17,108 +17,45 @@ import numpy as np
 from ._types cimport floating
 from ._checks import check_threads
 
-cdef extern from "bits.hh":
-    uint64_t sk_bits32(float x) nogil
-    uint64_t sk_bits64(double x) nogil
-    const uint64_t SIGN32 "0x80000000ULL"
-    const uint64_t MASK32 "0xFFFFFFFFULL"
-    const uint64_t SIGN64 "0x8000000000000000ULL"
-    const uint64_t MAG32 "0x7FFFFFFFULL"
-    const uint64_t INF32 "0x7F800000ULL"
+cdef extern from *:
     const uint64_t MAG64 "0x7FFFFFFFFFFFFFFFULL"
     const uint64_t INF64 "0x7FF0000000000000ULL"
+
+
+cdef extern from "select.hh" nogil:
+    void sk_histogram[T](const T* x, Py_ssize_t lo, Py_ssize_t hi, int mode, int shift,
+                         Py_ssize_t nbins, int64_t* hist)
+    uint64_t sk_key[T](T x, int mode)
+    void sk_collect[T](const T* x, Py_ssize_t lo, Py_ssize_t hi, int mode, int shift,
+                       const int64_t* bins, uint64_t* keys0, int64_t* idx0, int64_t* p0,
+                       uint64_t* keys1, int64_t* idx1, int64_t* p1)
 
 
 cdef enum:
     NBINS = 4096  # radix bins of the first selection pass (12 bits)
 
 
-cdef inline uint64_t _bits(floating x) noexcept nogil:
-    if floating is float:
-        return sk_bits32(x)
-    else:
-        return sk_bits64(x)
-
-
-cdef inline uint64_t _key(floating x, int mode, int* cls, int* valid) noexcept nogil:
-    """Unsigned key of ``x``, its class (0 or 1) and whether it may be selected, branch-free
-    (random signs would mispredict every branch).
-
-    mode 0/1: one class, keys in increasing/decreasing order of value (-0.0 ties with 0.0);
-    mode 2: class 0 holds the positive and class 1 the negative values, key = bits of |x|, so
-    the smallest keys are the values closest to zero; zeros and NaN are not selectable.
-    """
-    cdef uint64_t b = _bits(x), mag, mask
-    if floating is float:
-        mag = b & MAG32
-        if mode == 2:
-            cls[0] = <int>(b >> 31)
-            valid[0] = (mag - 1) < INF32  # 0 < |x| <= inf
-            return mag
-        b = b if mag else 0  # bits, not floats: the build ignores signed zeros
-        mask = ((0 - (b >> 31)) & MASK32) | SIGN32
-        b = b ^ mask
-        cls[0] = 0
-        valid[0] = 1
-        return (b ^ MASK32) if mode == 1 else b
-    else:
-        mag = b & MAG64
-        if mode == 2:
-            cls[0] = <int>(b >> 63)
-            valid[0] = (mag - 1) < INF64
-            return mag
-        b = b if mag else 0
-        mask = (0 - (b >> 63)) | SIGN64
-        b = b ^ mask
-        cls[0] = 0
-        valid[0] = 1
-        return (~b) if mode == 1 else b
-
-
 cdef void _histograms(const floating[::1] v, int mode, int shift, int n_chunks,
-                      int64_t[:, :, ::1] hist, int nt) noexcept nogil:
-    """``hist[chunk, class, bin]``: counts of the top key bits, chunk by chunk."""
-    cdef Py_ssize_t n = v.shape[0], ch, i, lo, hi
-    cdef uint64_t key
-    cdef int c, ok
-    cdef int64_t* h
-    for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
-        lo = n * ch // n_chunks
-        hi = n * (ch + 1) // n_chunks
-        c = 0  # assigned here so that OpenMP makes c and ok private (_key sets them)
-        ok = 0
-        h = &hist[ch, 0, 0]
-        for i in range(lo, hi):
-            key = _key(v[i], mode, &c, &ok)
-            h[c * NBINS + <Py_ssize_t>(key >> shift)] += ok
+                      int64_t[:, ::1] hist) noexcept nogil:
+    """``hist[chunk, class * NBINS + bin]``: counts of the top key bits, chunk by chunk (and
+    a spare count at ``2 * NBINS``, see select.hh)."""
+    cdef Py_ssize_t n = v.shape[0], ch
+    for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_chunks):
+        sk_histogram(&v[0], n * ch // n_chunks, n * (ch + 1) // n_chunks, mode, shift, NBINS,
+                     &hist[ch, 0])
 
 
 cdef void _collect(const floating[::1] v, int mode, int shift, int n_chunks,
                    const int64_t[::1] bins, const int64_t[:, ::1] offsets,
-                   uint64_t[:, ::1] keys, int64_t[:, ::1] idx, int nt) noexcept nogil:
+                   uint64_t[:, ::1] keys, int64_t[:, ::1] idx) noexcept nogil:
     """Copy the keys (and indices) of each class's threshold bin, in index order."""
-    cdef Py_ssize_t n = v.shape[0], ch, i, lo, hi
+    cdef Py_ssize_t n = v.shape[0], ch
     cdef int64_t p0, p1
-    cdef uint64_t key
-    cdef int c, ok
-    for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
-        lo = n * ch // n_chunks
-        hi = n * (ch + 1) // n_chunks
-        c = 0  # assigned here so that OpenMP makes c and ok private (_key sets them)
-        ok = 0
+    for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_chunks):
         p0 = offsets[ch, 0]  # (scalars: a C array would be shared between the threads)
         p1 = offsets[ch, 1]
-        for i in range(lo, hi):
-            key = _key(v[i], mode, &c, &ok)
-            if ok and <int64_t>(key >> shift) == bins[c]:
-                if c == 0:
-                    keys[0, p0] = key
-                    idx[0, p0] = i
-                    p0 = p0 + 1
-                else:
-                    keys[1, p1] = key
-                    idx[1, p1] = i
-                    p1 = p1 + 1
+        sk_collect(&v[0], n * ch // n_chunks, n * (ch + 1) // n_chunks, mode, shift, &bins[0],
+                   &keys[0, 0], &idx[0, 0], &p0, &keys[1, 0], &idx[1, 0], &p1)
 
 
 cdef uint64_t _finish(uint64_t* keys, int64_t* idx, uint64_t* tmp, int64_t n_bin,
@@ -151,14 +88,17 @@ cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, 
     the passes on arrays of a few thousand values (GSE scores its candidates on every update).
     """
     cdef Py_ssize_t n = v.shape[0]
+    # One chunk, and so one thread, below 64k values: waking a second thread costs more there
+    # (tens of microseconds on a VM) than it saves.
     cdef int n_chunks = nt if n >= 65536 else 1
     cdef int shift, c, ch
     if floating is float:
         shift = 20 - (mode == 2)
     else:
         shift = 52 - (mode == 2)
-    hist_a = np.zeros((n_chunks, 2, NBINS), dtype=np.int64)
-    cdef int64_t[:, :, ::1] hist = hist_a
+    # per chunk 2 x NBINS counts, and a spare one for the values that cannot be selected
+    hist_a = np.zeros((n_chunks, 2 * NBINS + 8), dtype=np.int64)
+    cdef int64_t[:, ::1] hist = hist_a
     cdef int64_t ks[2]
     cdef int64_t bins[2]
     cdef int64_t befores[2]
@@ -169,16 +109,16 @@ cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, 
     cdef int64_t[:, ::1] offsets = offsets_a
     # The totals: chunk 0's counts when there is one chunk, else their sum in an array apart
     # (each chunk's own counts give its offset in the bin below).
-    totals_a = hist_a[0] if n_chunks == 1 else np.empty((2, NBINS), dtype=np.int64)
+    totals_a = hist_a[0, :2 * NBINS].reshape(2, NBINS) if n_chunks == 1 else np.empty((2, NBINS), dtype=np.int64)
     cdef int64_t[:, ::1] tot = totals_a
     with nogil:
-        _histograms(v, mode, shift, n_chunks, hist, nt)
+        _histograms(v, mode, shift, n_chunks, hist)
         if n_chunks > 1:
             for c in range(2):
                 for b in range(NBINS):
                     count = 0
                     for ch in range(n_chunks):
-                        count += hist[ch, c, b]
+                        count += hist[ch, c * NBINS + b]
                     tot[c, b] = count
         for c in range(2):
             size_c = 0
@@ -201,7 +141,7 @@ cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, 
                     break
                 cum += count
             for ch in range(1, n_chunks):
-                offsets[ch, c] = offsets[ch - 1, c] + hist[ch - 1, c, bins[c]]
+                offsets[ch, c] = offsets[ch - 1, c] + hist[ch - 1, c * NBINS + bins[c]]
     width = max(sizes[0], sizes[1], 1)
     keys_a = np.empty((2, width), dtype=np.uint64)
     idx_a = np.empty((2, width), dtype=np.int64)
@@ -214,7 +154,7 @@ cdef _radix_thresholds(const floating[::1] v, int mode, int n_cls, double zeta, 
     cdef int64_t n_tie = 0, k_in
     cdef uint64_t t
     with nogil:
-        _collect(v, mode, shift, n_chunks, bins_v, offsets, keys, idx, nt)
+        _collect(v, mode, shift, n_chunks, bins_v, offsets, keys, idx)
     out = []
     for c in range(n_cls):
         if ks[c] <= 0:
@@ -251,8 +191,7 @@ def select(const floating[::1] values, Py_ssize_t k, bint largest=True, int num_
     cdef const int64_t[::1] ties = ties_a
     cdef Py_ssize_t ch, i, lo, hi, p, q, q_end, n_ties = ties.shape[0]
     cdef int64_t cnt
-    cdef uint64_t key
-    cdef int c, ok, take
+    cdef int take
     # Each chunk's output offset: selected values below the threshold and ties before it (one
     # chunk starts at 0 and needs no count).
     starts_a = np.empty(n_chunks + 1, dtype=np.int64)
@@ -261,14 +200,12 @@ def select(const floating[::1] values, Py_ssize_t k, bint largest=True, int num_
     cdef int64_t[::1] tie_pos_w = tie_pos_a
     with nogil:
         if n_chunks > 1:
-            for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+            for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_chunks):
                 lo = n * ch // n_chunks
                 hi = n * (ch + 1) // n_chunks
-                c = 0  # private to each thread (see _histograms)
-                ok = 0
                 cnt = 0
                 for i in range(lo, hi):
-                    cnt = cnt + (_key(values[i], mode, &c, &ok) < t)
+                    cnt = cnt + (sk_key(values[i], mode) < t)
                 below[ch + 1] = cnt
         else:
             below[1] = k - n_ties  # all but the ties lie below the threshold
@@ -286,17 +223,14 @@ def select(const floating[::1] values, Py_ssize_t k, bint largest=True, int num_
     cdef const int64_t[::1] starts = starts_a
     cdef const int64_t[::1] tie_pos = tie_pos_a
     with nogil:
-        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_chunks):
             lo = n * ch // n_chunks
             hi = n * (ch + 1) // n_chunks
-            c = 0  # private to each thread (see _histograms)
-            ok = 0
             p = starts[ch]
             q = tie_pos[ch]
             q_end = tie_pos[ch + 1]
             for i in range(lo, hi):
-                key = _key(values[i], mode, &c, &ok)
-                take = key < t
+                take = sk_key(values[i], mode) < t
                 if q < q_end and ties[q] == i:
                     take = 1
                     q = q + 1
@@ -353,7 +287,7 @@ def sign_prune_keep(const floating[::1] data, double zeta, int num_threads=0):
     cdef Py_ssize_t ch, i, lo, hi
     cdef int c
     with nogil:
-        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=nt):
+        for ch in prange(n_chunks, schedule="static", chunksize=1, num_threads=n_chunks):
             lo = n * ch // n_chunks
             hi = n * (ch + 1) // n_chunks
             if floating is float:

@@ -1,0 +1,196 @@
+/* The memory limits the CPU kernels run against, measured on this machine (cache_limits.py
+   compiles and runs it; it prints one JSON object per line).
+
+   read: one core sums a buffer of a given size over and over with 64-byte vector loads (8
+   independent accumulators), best of 5 timed runs; the size sets which level serves it (L1,
+   L2, what lies beyond).  The gathered rows of a product at batch 128 are 512-byte reads of a
+   buffer like these.
+
+   handoff: one core writes a buffer, then another core (pinned) reads it, as the next phase of
+   a training step reads the activations the other thread wrote; against the same core reading
+   a buffer it wrote itself.  The two cores take turns through an atomic flag.
+
+   gather: 512-byte rows read in a random order from a 512 MiB buffer, as the products of a
+   layer of a million neurons read their operand. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <time.h>
+
+typedef float vec __attribute__((vector_size(64)));
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static float sum_buffer(const float *buf, size_t bytes) {
+    vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+    const vec *v = (const vec *)__builtin_assume_aligned(buf, 64);
+    const size_t n = bytes / sizeof(vec);
+    for (size_t i = 0; i < n; i += 8) {
+        a0 += v[i];
+        a1 += v[i + 1];
+        a2 += v[i + 2];
+        a3 += v[i + 3];
+        a4 += v[i + 4];
+        a5 += v[i + 5];
+        a6 += v[i + 6];
+        a7 += v[i + 7];
+    }
+    const vec s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+    float r = 0;
+    for (int j = 0; j < 16; ++j) r += s[j];
+    return r;
+}
+
+static void fill_buffer(float *buf, size_t bytes, float v) {
+    vec x;
+    for (int j = 0; j < 16; ++j) x[j] = v;
+    for (size_t i = 0; i < bytes / sizeof(float); i += 16) memcpy(buf + i, &x, sizeof x);
+}
+
+static void pin(int cpu) {
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpu, &s);
+    pthread_setaffinity_np(pthread_self(), sizeof s, &s);
+}
+
+static volatile float sink;
+
+static void read_bandwidth(size_t bytes) {
+    float *buf = aligned_alloc(64, bytes);
+    fill_buffer(buf, bytes, 1.0f);
+    size_t reps = (size_t)(2e9 / (double)bytes);
+    if (reps < 4) reps = 4;
+    double best = 1e30;
+    for (int t = 0; t < 5; ++t) {
+        const double t0 = now();
+        float acc = 0;
+        for (size_t r = 0; r < reps; ++r) {
+            acc += sum_buffer(buf, bytes);
+            __asm__ volatile("" : : "r"(buf) : "memory");  /* read it again: no hoisting */
+        }
+        const double dt = now() - t0;
+        sink = acc;
+        if (dt < best) best = dt;
+    }
+    printf("{\"kind\": \"read\", \"bytes\": %zu, \"gb_per_s\": %.2f}\n", bytes,
+           (double)bytes * (double)reps / best / 1e9);
+    free(buf);
+}
+
+/* Rows of 512 bytes (batch 128, float32) read in a random order from a buffer of `bytes`, as a
+   product gathers its operand's rows; 8 rows in flight.  Huge pages where the kernel gives
+   them (NumPy asks for them too on arrays this large). */
+static void gather_bandwidth(size_t bytes) {
+    const size_t row = 512, n_rows = bytes / row, n_idx = 1 << 22;
+    float *buf = aligned_alloc(1 << 21, bytes);
+#ifdef MADV_HUGEPAGE
+    madvise(buf, bytes, MADV_HUGEPAGE);
+#endif
+    fill_buffer(buf, bytes, 1.0f);
+    uint32_t *idx = malloc(n_idx * sizeof *idx);
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < n_idx; ++i) {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        idx[i] = (uint32_t)(s % n_rows);
+    }
+    double best = 1e30;
+    for (int t = 0; t < 3; ++t) {
+        const double t0 = now();
+        float acc = 0;
+        for (size_t i = 0; i < n_idx; i += 8) {
+            vec a = {0};
+            for (int u = 0; u < 8; ++u) {
+                const vec *r = (const vec *)(buf + (size_t)idx[i + u] * (row / sizeof(float)));
+                a += ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+            }
+            acc += a[0];
+        }
+        const double dt = now() - t0;
+        sink = acc;
+        if (dt < best) best = dt;
+    }
+    printf("{\"kind\": \"gather\", \"bytes\": %zu, \"gb_per_s\": %.2f}\n", bytes,
+           (double)n_idx * (double)row / best / 1e9);
+    free(idx);
+    free(buf);
+}
+
+static struct {
+    float *buf;
+    size_t bytes;
+    int rounds, cpu;
+    atomic_int turn;
+    double other, own;
+} H;
+
+static void *reader(void *arg) {
+    (void)arg;
+    pin(H.cpu);
+    double other = 0, own = 0;
+    float acc = 0;
+    for (int r = 0; r < H.rounds; ++r) {
+        while (atomic_load(&H.turn) != 1) {}
+        double t0 = now();
+        acc += sum_buffer(H.buf, H.bytes);       /* written by the other core */
+        other += now() - t0;
+        fill_buffer(H.buf, H.bytes, 2.0f);
+        t0 = now();
+        acc += sum_buffer(H.buf, H.bytes);       /* written by this core */
+        own += now() - t0;
+        atomic_store(&H.turn, 0);
+    }
+    sink = acc;
+    H.other = other / H.rounds;
+    H.own = own / H.rounds;
+    return NULL;
+}
+
+static void handoff(size_t bytes, int cpu0, int cpu1) {
+    H.buf = aligned_alloc(64, bytes);
+    H.bytes = bytes;
+    H.rounds = 200;
+    H.cpu = cpu1;
+    atomic_store(&H.turn, 0);
+    pthread_t th;
+    pthread_create(&th, NULL, reader, NULL);
+    pin(cpu0);
+    for (int r = 0; r < H.rounds; ++r) {
+        while (atomic_load(&H.turn) != 0) {}
+        fill_buffer(H.buf, bytes, 1.0f);
+        atomic_store(&H.turn, 1);
+    }
+    pthread_join(th, NULL);
+    printf("{\"kind\": \"handoff\", \"bytes\": %zu, \"other_core_us\": %.2f, "
+           "\"own_core_us\": %.2f}\n", bytes, H.other * 1e6, H.own * 1e6);
+    free(H.buf);
+}
+
+int main(void) {
+    const size_t read_sizes[] = {16 << 10, 32 << 10, 256 << 10, 512 << 10, 1 << 20,
+                                 8 << 20, 64 << 20};
+    for (size_t i = 0; i < sizeof read_sizes / sizeof *read_sizes; ++i)
+        read_bandwidth(read_sizes[i]);
+    gather_bandwidth((size_t)512 << 20);
+    cpu_set_t s;
+    sched_getaffinity(0, sizeof s, &s);
+    int cpus[2], n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < 2; ++c)
+        if (CPU_ISSET(c, &s)) cpus[n++] = c;
+    if (n == 2) {
+        const size_t sizes[] = {64 << 10, 256 << 10, 512 << 10, 1 << 20};
+        for (size_t i = 0; i < sizeof sizes / sizeof *sizes; ++i)
+            handoff(sizes[i], cpus[0], cpus[1]);
+    }
+    return 0;
+}

@@ -51,15 +51,18 @@ typedef struct {
 
 template <typename T, typename I>
 static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
-                             ptrdiff_t B, ptrdiff_t ld, bool hidden, double rate) {
+                             ptrdiff_t B, ptrdiff_t ld, bool hidden, double rate, int tid,
+                             int nt) {
     const I* indptr = (const I*)L.indptr;
     T* out = (T*)L.out;
     const T* bias = (const T*)L.bias;
     /* in double, as elementwise.pyx: the rate's float32 rounding would move the threshold */
     const uint64_t threshold = (uint64_t)(rate * 16777216.0);
     const T scale = (T)(1.0 / (1.0 - rate));
-    sk_claim_rows(team, phase, indptr, L.n_out, sk_phase_chunks(team, L.nnz),
-                  [&](ptrdiff_t r0, ptrdiff_t r1) {
+    /* ordered claims: each thread keeps about the same rows step after step, and they are the
+       columns its backward claims, so the activations it reads there are in its own cache */
+    sk_claim_rows<true>(team, phase, indptr, L.n_out, sk_phase_chunks(team, L.nnz),
+                        [&](ptrdiff_t r0, ptrdiff_t r1) {
         sk_spmm_rows<T, I>(indptr, (const I*)L.indices, (const T*)L.data, (const I*)NULL, r0, r1,
                            src, B, ld, out, L.tv_f, L.pf_f);
         for (ptrdiff_t o = r0; o < r1; ++o) {
@@ -70,7 +73,7 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
             else
                 for (ptrdiff_t j = 0; j < B; ++j) row[j] = row[j] + bias[o];
         }
-    });
+    }, tid, nt);
 }
 
 /* Where the forward's batch comes from when the pass gathers it itself: rows idx of the
@@ -94,7 +97,8 @@ static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g,
     for (ptrdiff_t c; (c = sk_claim(team, phase, n_copy)) >= 0;)
         sk_copy_rows<T>(data, F, g.idx, c * 8, c * 8 + 8 < B ? c * 8 + 8 : B, rows);
     sk_barrier(team, nt);
-    for (ptrdiff_t c; (c = sk_claim(team, phase + 1, n_tr)) >= 0;)
+    /* ordered, as the forward's rows: the first layer's backward reads x by these features */
+    for (ptrdiff_t c; (c = sk_claim_ordered(team, phase + 1, n_tr, sk_team_rank(), nt)) >= 0;)
         sk_transpose_cols<T>(rows, B, F, c * 64, c * 64 + 64 < F ? c * 64 + 64 : F, x, ld);
     sk_barrier(team, nt);
 }
@@ -106,7 +110,8 @@ static void sk_forward_body(SkTeam* team, int nt, SkLayerPass* layers, int n_lay
     if (gather) sk_gather_phases<T>(team, n_layers, nt, *gather, layers[0].n_in, B, ld, x);
     const T* src = x;
     for (int l = 0; l < n_layers; ++l) {
-        sk_forward_phase<T, I>(team, l, layers[l], src, B, ld, l < n_layers - 1, rate);
+        sk_forward_phase<T, I>(team, l, layers[l], src, B, ld, l < n_layers - 1, rate,
+                               sk_team_rank(), nt);
         if (l < n_layers - 1) sk_barrier(team, nt);
         src = (const T*)layers[l].out;
     }
@@ -172,10 +177,12 @@ static void sk_backward_phase(SkTeam* team, int phase, const SkLayerPass& L,
    an update, the update while the chunk is in L1.  Chunks of 4096 values, so a 1000 x 1000
    layer's gather is split over the threads. */
 template <typename T, typename I>
-static void sk_update_phase(SkTeam* team, int phase, T* p, T* g, T* m, T* v, ptrdiff_t n,
-                            const SkUpdate* update, const T* g_t = NULL, const I* inv = NULL) {
+static void sk_update_phase(SkTeam* team, int phase, int tid, int nt, T* p, T* g, T* m, T* v,
+                            ptrdiff_t n, const SkUpdate* update, const T* g_t = NULL,
+                            const I* inv = NULL) {
     const ptrdiff_t chunk = 1 << 12, n_chunks = (n + chunk - 1) / chunk;
-    for (ptrdiff_t k; (k = sk_claim(team, phase, n_chunks)) >= 0;) {
+    /* ordered: a thread updates about the rows its forward computes (sk_claim_ordered) */
+    for (ptrdiff_t k; (k = sk_claim_ordered(team, phase, n_chunks, tid, nt)) >= 0;) {
         const ptrdiff_t i0 = k * chunk, len = (i0 + chunk < n ? chunk : n - i0);
         if (g_t)
             for (ptrdiff_t i = i0; i < i0 + len; ++i) g[i] = g_t[inv[i]];
@@ -207,11 +214,12 @@ static void sk_backward_body(SkTeam* team, int nt, int tid, int phase0, SkLayerP
         const SkLayerPass& L = layers[l];
         const bool gather = sk_gathers(L, nt);
         if (gather || update)
-            sk_update_phase<T, I>(team, phase++, (T*)L.data, (T*)L.grad, (T*)L.mom_w, (T*)L.sq_w,
-                                  L.nnz, update, gather ? (const T*)L.g_lin : (const T*)NULL,
+            sk_update_phase<T, I>(team, phase++, tid, nt, (T*)L.data, (T*)L.grad, (T*)L.mom_w,
+                                  (T*)L.sq_w, L.nnz, update,
+                                  gather ? (const T*)L.g_lin : (const T*)NULL,
                                   (const I*)L.t_inv);
         if (update)
-            sk_update_phase<T, I>(team, phase++, (T*)L.bias, (T*)L.gbias, (T*)L.mom_b,
+            sk_update_phase<T, I>(team, phase++, tid, nt, (T*)L.bias, (T*)L.gbias, (T*)L.mom_b,
                                   (T*)L.sq_b, L.n_out, update);
     }
 }

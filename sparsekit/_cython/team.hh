@@ -55,10 +55,9 @@ struct SkTeam {
     std::atomic<int> sleepers;
     std::atomic<int> left;      /* threads other than the master that are leaving the team */
     std::atomic<ptrdiff_t> next[SK_MAX_PHASES];  /* chunk counter of each phase */
-    /* sk_claim_ordered's segments: chunks taken from the front (low 32 bits) and from the
-       back (high 32 bits); one phase at a time uses them, `seg_phase` says which */
-    std::atomic<uint64_t> seg[SK_MAX_SEGMENTS];
-    std::atomic<int> seg_phase;
+    /* sk_claim_ordered's segments of each phase: chunks taken from the front (low 32 bits) and
+       from the back (high 32 bits) */
+    std::atomic<uint64_t> seg[SK_MAX_PHASES][SK_MAX_SEGMENTS];
     int threads_asked;  /* fixed before the team starts: chunking must not depend on the team */
 };
 
@@ -67,9 +66,12 @@ static inline void sk_team_init(SkTeam* t, int threads_asked) {
     t->gen.store(0);
     t->sleepers.store(0);
     t->left.store(0);
-    for (int i = 0; i < SK_MAX_PHASES; ++i) t->next[i].store(0);
-    for (int i = 0; i < SK_MAX_SEGMENTS; ++i) t->seg[i].store(0);
-    t->seg_phase.store(-1);
+    /* relaxed: the parallel region that follows publishes them (a sequentially consistent
+       store is an xchg, and there are a thousand) */
+    for (int i = 0; i < SK_MAX_PHASES; ++i) {
+        t->next[i].store(0, std::memory_order_relaxed);
+        for (int j = 0; j < SK_MAX_SEGMENTS; ++j) t->seg[i][j].store(0, std::memory_order_relaxed);
+    }
     t->threads_asked = threads_asked > 0 ? threads_asked : 1;
 }
 
@@ -175,37 +177,31 @@ static inline ptrdiff_t sk_claim(SkTeam* t, int phase, ptrdiff_t n_chunks) {
 /* Claim a chunk of phase `phase` so that each thread's chunks are mostly consecutive: the
    chunks are cut into one segment per thread (at most SK_MAX_SEGMENTS), a thread takes its own
    segment's chunks from the front and, when that is empty, the other segments' from the back
-   (so a thread that wakes late still takes fewer chunks).  For a pass that writes through a
-   permutation (the fused backward's gradient, in W's order): with chunks dealt out in turn,
-   every cache line of the gradient was written by both threads and moved between the cores on
-   nearly every write (a 1000 x 1000 backward took as long on 2 threads as on 1 on an Intel
-   Xeon guest); with consecutive chunks per thread a W row's entries split at one point.  Only
-   one phase at a time may use it, and a barrier must separate two such phases (the segments
-   are reset by the first thread to claim in a new phase, before any other can: see below). */
+   (so a thread that wakes late still takes fewer chunks).  Two reasons:
+   - a pass that writes through a permutation (the fused backward's gradient, in W's order):
+     with chunks dealt out in turn, every cache line of the gradient was written by both threads
+     and moved between the cores on nearly every write (a 1000 x 1000 backward took as long on
+     2 threads as on 1 on an Intel Xeon guest); with consecutive chunks per thread a W row's
+     entries split at one point;
+   - a thread keeps about the same part of every array from step to step and from phase to
+     phase (the forward's rows of a layer are the backward's columns of the next, and the
+     update's chunks of W follow its rows), and reads it from its own cache: a line the other
+     core wrote took 6x as long to read there (benchmarks/cache_limits.py).
+   Each phase has its own segments, so phases may follow each other without a barrier. */
 static inline ptrdiff_t sk_claim_ordered(SkTeam* t, int phase, ptrdiff_t n_chunks, int tid,
                                          int nt) {
     const int n_seg = nt < SK_MAX_SEGMENTS ? (nt > 0 ? nt : 1) : SK_MAX_SEGMENTS;
-    /* The first thread to claim in this phase resets the segments.  The others wait for it:
-       they arrive after the barrier before this phase, so the reset is a few stores away. */
-    int seen = t->seg_phase.load(std::memory_order_acquire);
-    if (seen != phase) {
-        if (t->next[phase].fetch_add(1, std::memory_order_acq_rel) == 0) {
-            for (int i = 0; i < n_seg; ++i) t->seg[i].store(0, std::memory_order_relaxed);
-            t->seg_phase.store(phase, std::memory_order_release);
-        } else {
-            while (t->seg_phase.load(std::memory_order_acquire) != phase) SK_RELAX();
-        }
-    }
+    std::atomic<uint64_t>* seg = t->seg[phase];
     for (int k = 0; k < n_seg; ++k) {
         const int s = (tid + k) % n_seg;
         const bool own = k == 0 && tid < n_seg;
         const ptrdiff_t lo = n_chunks * s / n_seg, hi = n_chunks * (s + 1) / n_seg;
-        uint64_t cur = t->seg[s].load(std::memory_order_relaxed);
+        uint64_t cur = seg[s].load(std::memory_order_relaxed);
         for (;;) {
             const ptrdiff_t front = (ptrdiff_t)(cur & 0xffffffffu), back = (ptrdiff_t)(cur >> 32);
             if (lo + front >= hi - back) break;  /* segment empty */
             const uint64_t next = own ? cur + 1 : cur + ((uint64_t)1 << 32);
-            if (t->seg[s].compare_exchange_weak(cur, next, std::memory_order_relaxed))
+            if (seg[s].compare_exchange_weak(cur, next, std::memory_order_relaxed))
                 return own ? lo + front : hi - 1 - back;
         }
     }

@@ -11,7 +11,10 @@
    a buffer it wrote itself.  The two cores take turns through an atomic flag.
 
    gather: 512-byte rows read in a random order from a 512 MiB buffer, as the products of a
-   layer of a million neurons read their operand. */
+   layer of a million neurons read their operand.
+
+   shared_gather: both cores gathering rows of a 512 KiB buffer at once, each from its own copy
+   or both from the same one, as the two threads of a product share its operand. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -126,6 +129,70 @@ static void gather_bandwidth(size_t bytes) {
     free(buf);
 }
 
+/* Both cores gather 512-byte rows at random from a 512 KiB buffer at the same time, each from
+   its own copy or both from one (as the threads of a product share its operand), against one
+   core alone; ns per row. */
+static struct {
+    float *bufs[2];
+    uint32_t *idx;
+    size_t n_idx;
+    int same, cpus[2];
+    double ns[2];
+} G;
+
+static void pin(int cpu);
+
+static double gather_rows(const float *buf, size_t off) {
+    const double t0 = now();
+    vec a = {0};
+    for (size_t i = 0; i < G.n_idx; ++i) {
+        const vec *r = (const vec *)(buf + (size_t)G.idx[(i + off) % G.n_idx] * 128);
+        a += ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    }
+    sink = a[0];
+    return (now() - t0) / (double)G.n_idx * 1e9;
+}
+
+static void *gatherer(void *arg) {
+    const int t = (int)(intptr_t)arg;
+    pin(G.cpus[t]);
+    G.ns[t] = gather_rows(G.same ? G.bufs[0] : G.bufs[t], (size_t)t * 12345);
+    return NULL;
+}
+
+static void shared_gather(int cpu0, int cpu1) {
+    const size_t bytes = 512 << 10, n_rows = bytes / 512;
+    G.n_idx = (size_t)1 << 23;
+    G.idx = malloc(G.n_idx * sizeof *G.idx);
+    uint64_t s = 0x2545F4914F6CDD1Dull;
+    for (size_t i = 0; i < G.n_idx; ++i) {
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        G.idx[i] = (uint32_t)(s % n_rows);
+    }
+    for (int t = 0; t < 2; ++t) {
+        G.bufs[t] = aligned_alloc(64, bytes);
+        fill_buffer(G.bufs[t], bytes, 1.0f);
+    }
+    G.cpus[0] = cpu0;
+    G.cpus[1] = cpu1;
+    pin(cpu0);
+    gather_rows(G.bufs[0], 0);
+    const double alone = gather_rows(G.bufs[0], 0);
+    double both[2][2];
+    for (G.same = 0; G.same < 2; ++G.same) {
+        pthread_t th[2];
+        for (int t = 0; t < 2; ++t) pthread_create(&th[t], NULL, gatherer, (void *)(intptr_t)t);
+        for (int t = 0; t < 2; ++t) pthread_join(th[t], NULL);
+        both[G.same][0] = G.ns[0];
+        both[G.same][1] = G.ns[1];
+    }
+    printf("{\"kind\": \"shared_gather\", \"bytes\": %zu, \"alone_ns\": %.3f, "
+           "\"own_copies_ns\": [%.3f, %.3f], \"one_copy_ns\": [%.3f, %.3f]}\n", bytes, alone,
+           both[0][0], both[0][1], both[1][0], both[1][1]);
+    for (int t = 0; t < 2; ++t) free(G.bufs[t]);
+    free(G.idx);
+}
+
 static struct {
     float *buf;
     size_t bytes;
@@ -191,6 +258,7 @@ int main(void) {
         const size_t sizes[] = {64 << 10, 256 << 10, 512 << 10, 1 << 20};
         for (size_t i = 0; i < sizeof sizes / sizeof *sizes; ++i)
             handoff(sizes[i], cpus[0], cpus[1]);
+        shared_gather(cpus[0], cpus[1]);
     }
     return 0;
 }

@@ -9,7 +9,9 @@ Compiles ``cache_limits.c`` with the system C compiler (``$CC``, else ``cc``) an
   of a layer of a million neurons;
 - **hand-off** between two cores: the time for one core to read a buffer the other core has
   just written (what each phase of a 2-thread training step does with the previous phase's
-  output), against the same core reading a buffer it wrote itself.
+  output), against the same core reading a buffer it wrote itself;
+- **shared gathers**: both cores gathering rows from one 512 KiB buffer at once, against each
+  from its own copy (the two threads of a product share its operand).
 
 Reproduce (quiet machine)::
 
@@ -77,6 +79,12 @@ def report(rows: list[dict], command: str, machine: dict) -> str:
             lines.append(f"| {kib:,} KiB | {r['other_core_us']:.1f} us ({other:.1f} GB/s) | "
                          f"{r['own_core_us']:.1f} us ({own:.1f} GB/s) | "
                          f"{r['other_core_us'] / r['own_core_us']:.1f}x |")
+    for r in (r for r in rows if r["kind"] == "shared_gather"):
+        own, one = r["own_copies_ns"], r["one_copy_ns"]
+        lines += ["", f"Both cores gathering 512-byte rows from a {r['bytes'] >> 10:,} KiB buffer "
+                  f"at once (ns a row, each core): one core alone {r['alone_ns']:.2f}; each from "
+                  f"its own copy {own[0]:.2f} / {own[1]:.2f}; both from the same copy "
+                  f"**{one[0]:.2f} / {one[1]:.2f}** ({sum(one) / sum(own):.2f}x own copies)."]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,10 @@ Compiles ``cache_limits.c`` with the system C compiler (``$CC``, else ``cc``) an
   just written (what each phase of a 2-thread training step does with the previous phase's
   output), against the same core reading a buffer it wrote itself;
 - **shared gathers**: both cores gathering rows from one 512 KiB buffer at once, against each
-  from its own copy (the two threads of a product share its operand).
+  from its own copy (the two threads of a product share its operand);
+- **phases**: the two cores taking turns as a 2-thread step's phases do, each writing half of a
+  layer's output and then gathering rows from all of it, against gathering from an output that
+  is not rewritten.
 
 Reproduce (quiet machine)::
 
@@ -85,6 +88,13 @@ def report(rows: list[dict], command: str, machine: dict) -> str:
                   f"at once (ns a row, each core): one core alone {r['alone_ns']:.2f}; each from "
                   f"its own copy {own[0]:.2f} / {own[1]:.2f}; both from the same copy "
                   f"**{one[0]:.2f} / {one[1]:.2f}** ({sum(one) / sum(own):.2f}x own copies)."]
+    for r in (r for r in rows if r["kind"] == "phases"):
+        lines += ["", f"Phases of a 2-thread step: each core writes half of a {r['bytes'] >> 10:,} "
+                  f"KiB layer output, then gathers {r['gathers']:,} rows at random from all of it "
+                  f"(µs a phase, core 0): the gathers take {r['static_gather_us']:.1f} when the "
+                  f"output is not rewritten and **{r['rewritten_gather_us']:.1f}** when it is "
+                  f"(half its rows then come from the other core); writing the half takes "
+                  f"{r['rewritten_write_us']:.1f}."]
     return "\n".join(lines) + "\n"
 
 

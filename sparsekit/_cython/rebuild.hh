@@ -5,6 +5,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <type_traits>
+
+#include "counts.hh"
 
 /* Row sizes up to which sk_merge_row places entries by counting (sk_place_row_t): the new
    columns fill vectors of insertion counts, and the old entries' per-row tables live on the
@@ -49,6 +53,29 @@ static inline int sk_walk_row_t(const I *indices, const uint8_t *keep, const I *
     return bad;
 }
 
+/* ins[j] = the old columns left of new column j (nb: the new columns copied), for n_new <=
+   SK_PLACE_MAX_NEW: counted for all j at once, one vector compare per old entry and vector of
+   new columns (counts.hh). */
+template <class I>
+static inline void sk_insertion_counts(const I *old, ptrdiff_t n_old, const I *new_cols,
+                                       ptrdiff_t n_new, I *nb, I *ins) {
+    static_assert(SK_PLACE_MAX_NEW == 64, "counts.hh counts up to 64 values");
+    for (ptrdiff_t j = 0; j < n_new; ++j) nb[j] = new_cols[j];
+    sk_count_keys<false>(n_old, [old](ptrdiff_t i) { return old[i]; }, nb, n_new, ins);
+}
+
+/* Whether new column c, inserted before old entry `at` of the row's n_old (from a), is that
+   entry's position and the entry is kept: the old entry right of an insertion point may be the
+   same position.  Read in bounds: a row without old entries has none, and its arrays may be
+   NULL. */
+template <class I>
+static inline int sk_lands_on_kept(const I *indices, const uint8_t *keep, ptrdiff_t a,
+                                   ptrdiff_t n_old, ptrdiff_t at, I c) {
+    if (!n_old) return 0;
+    const ptrdiff_t q = a + (at < n_old ? at : n_old - 1);
+    return (int)((at < n_old) & (indices[q] == c) & keep[q]);
+}
+
 /* The same merge with one data-dependent branch per row, for at most SK_PLACE_MAX_NEW new and
    SK_PLACE_MAX_OLD old entries.  Each output slot is computed, not found:
    - ins[j], the old entries left of new column j: counted for all j at once, one vector
@@ -66,20 +93,12 @@ static inline int sk_place_row_t(const I *indices, const uint8_t *keep, const I 
                                  const T *data, const T *new_vals, ptrdiff_t a, ptrdiff_t a_end,
                                  ptrdiff_t b, ptrdiff_t b_end, ptrdiff_t p, I *out_idx,
                                  T *out_data, int64_t *src, const T *st_in, T *st_out) {
-    constexpr ptrdiff_t lanes = 64 / sizeof(I);
     const ptrdiff_t n_old = a_end - a, n_new = b_end - b;
-    const ptrdiff_t width = (n_new + lanes - 1) / lanes * lanes;
     alignas(64) I nb[SK_PLACE_MAX_NEW];
     alignas(64) I ins[SK_PLACE_MAX_NEW];
     int32_t new_at[SK_PLACE_MAX_OLD + 1];
     int32_t kept_before[SK_PLACE_MAX_OLD + 1];
-    for (ptrdiff_t j = 0; j < n_new; ++j) nb[j] = new_cols[b + j];
-    for (ptrdiff_t j = n_new; j < width; ++j) nb[j] = 0;  /* padding: counts unused */
-    for (ptrdiff_t j = 0; j < width; ++j) ins[j] = 0;
-    for (ptrdiff_t i = 0; i < n_old; ++i) {
-        const I g = indices[a + i];
-        for (ptrdiff_t j = 0; j < width; ++j) ins[j] += (I)(g < nb[j]);
-    }
+    sk_insertion_counts(indices + a, n_old, new_cols + b, n_new, nb, ins);
     int bad = 0;
     int32_t kept = 0;
     for (ptrdiff_t i = 0; i < n_old; ++i) {
@@ -92,12 +111,7 @@ static inline int sk_place_row_t(const I *indices, const uint8_t *keep, const I 
     for (ptrdiff_t j = 0; j < n_new; ++j) {
         const ptrdiff_t at = (ptrdiff_t)ins[j];
         new_at[at] += 1;
-        /* the old entry right of the insertion point may be the same position (read in
-           bounds: a row without old entries has none, and its arrays may be NULL) */
-        if (n_old) {
-            const ptrdiff_t q = a + (at < n_old ? at : n_old - 1);
-            bad |= (int)((at < n_old) & (indices[q] == nb[j]) & keep[q]);
-        }
+        bad |= sk_lands_on_kept(indices, keep, a, n_old, at, nb[j]);
     }
     ptrdiff_t last = n_old;  /* one past the last kept entry */
     while (last > 0 && !keep[a + last - 1]) --last;
@@ -120,6 +134,57 @@ static inline int sk_place_row_t(const I *indices, const uint8_t *keep, const I 
     return bad;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+/* sk_place_row_t for float values and int32 columns without src, with AVX-512: the kept old
+   entries between two new ones are a run of the row, so each run is compressed to the output
+   (16 entries a step, its keep flags as the mask) and the new entry written after it.  A SET
+   update has a new entry every three or four old ones, so a row is about as many short vector
+   steps as it has new entries, instead of a scalar store per old entry. */
+template <bool STATE>
+static inline int sk_place_row_v(const int32_t *indices, const uint8_t *keep,
+                                 const int32_t *new_cols, const float *data,
+                                 const float *new_vals, ptrdiff_t a, ptrdiff_t a_end, ptrdiff_t b,
+                                 ptrdiff_t b_end, ptrdiff_t p, int32_t *out_idx, float *out_data,
+                                 const float *st_in, float *st_out) {
+    const ptrdiff_t n_old = a_end - a, n_new = b_end - b;
+    alignas(64) int32_t nb[SK_PLACE_MAX_NEW];
+    alignas(64) int32_t ins[SK_PLACE_MAX_NEW];
+    sk_insertion_counts(indices + a, n_old, new_cols + b, n_new, nb, ins);
+    int bad = 0;
+    ptrdiff_t q = p, s = a;
+    for (ptrdiff_t j = 0; j <= n_new; ++j) {
+        const ptrdiff_t e = a + (j < n_new ? (ptrdiff_t)ins[j] : n_old);
+        for (; s < e; s += 16) {  /* the run old[s:e], kept entries only; masked: no read past e */
+            const int len = e - s < 16 ? (int)(e - s) : 16;
+            const __mmask16 in = (__mmask16)((1u << len) - 1);
+            const __m128i k8 = _mm_maskz_loadu_epi8(in, keep + s);
+            const __mmask16 kept = _mm_test_epi8_mask(k8, k8);
+            const __mmask16 out = (__mmask16)((1u << __builtin_popcount(kept)) - 1);
+            _mm512_mask_storeu_epi32(out_idx + q, out, _mm512_maskz_compress_epi32(
+                kept, _mm512_maskz_loadu_epi32(in, indices + s)));
+            _mm512_mask_storeu_ps(out_data + q, out, _mm512_maskz_compress_ps(
+                kept, _mm512_maskz_loadu_ps(in, data + s)));
+            if (STATE)
+                _mm512_mask_storeu_ps(st_out + q, out, _mm512_maskz_compress_ps(
+                    kept, _mm512_maskz_loadu_ps(in, st_in + s)));
+            q += __builtin_popcount(kept);
+        }
+        s = e;
+        if (j == n_new) break;
+        bad |= sk_lands_on_kept(indices, keep, a, n_old, (ptrdiff_t)ins[j], nb[j]);
+        out_idx[q] = nb[j];
+        out_data[q] = new_vals[b + j];
+        if (STATE) st_out[q] = 0;
+        ++q;
+    }
+    return bad;
+}
+#define SK_PLACE_VECTOR 1
+#else
+#define SK_PLACE_VECTOR 0
+#endif
+
 /* One row of a rebuild: counted placement for rows of ordinary size, the walk otherwise. */
 template <bool SRC, bool STATE, class T, class I>
 static inline int sk_merge_row_t(const I *indices, const uint8_t *keep, const I *new_cols,
@@ -127,9 +192,15 @@ static inline int sk_merge_row_t(const I *indices, const uint8_t *keep, const I 
                                  ptrdiff_t b, ptrdiff_t b_end, ptrdiff_t p, ptrdiff_t p_end,
                                  I *out_idx, T *out_data, int64_t *src, const T *st_in,
                                  T *st_out) {
-    if (b_end > b && b_end - b <= SK_PLACE_MAX_NEW && a_end - a <= SK_PLACE_MAX_OLD)
+    if (b_end > b && b_end - b <= SK_PLACE_MAX_NEW && a_end - a <= SK_PLACE_MAX_OLD) {
+#if SK_PLACE_VECTOR
+        if constexpr (!SRC && std::is_same<T, float>::value && std::is_same<I, int32_t>::value)
+            return sk_place_row_v<STATE>(indices, keep, new_cols, data, new_vals, a, a_end, b,
+                                         b_end, p, out_idx, out_data, st_in, st_out);
+#endif
         return sk_place_row_t<SRC, STATE>(indices, keep, new_cols, data, new_vals, a, a_end, b,
                                           b_end, p, out_idx, out_data, src, st_in, st_out);
+    }
     return sk_walk_row_t<SRC, STATE>(indices, keep, new_cols, data, new_vals, a, a_end, b, b_end,
                                      p, p_end, out_idx, out_data, src, st_in, st_out);
 }

@@ -8,7 +8,28 @@
 #include <algorithm>
 #include <limits>
 
+#include "counts.hh"
 #include "streams.hh"
+
+/* Ranks of the NV vectors of t starting at vector v0 (see sk_rank_sort), held in registers
+   while the x values stream past (counts.hh says why). */
+template <int NV, class I>
+static inline void sk_ranks_v(const I *t, ptrdiff_t x, int v0, I *r) {
+    typedef I V __attribute__((vector_size(64)));
+    constexpr int lanes = 64 / (int)sizeof(I);
+    V tv[NV], at[NV], acc[NV];
+    for (int v = 0; v < NV; ++v) {
+        memcpy(&tv[v], t + (v0 + v) * lanes, sizeof(V));
+        for (int i = 0; i < lanes; ++i) at[v][i] = (I)((v0 + v) * lanes + i);
+        acc[v] = tv[v] & 0;
+    }
+    for (ptrdiff_t j = 0; j < x; ++j) {
+        const I w = t[j], jj = (I)j;
+        for (int v = 0; v < NV; ++v)
+            acc[v] -= (V)(w < tv[v]) | ((V)(w == tv[v]) & (V)(jj < at[v]));  /* true is -1 */
+    }
+    for (int v = 0; v < NV; ++v) memcpy(r + (v0 + v) * lanes, &acc[v], sizeof(V));
+}
 
 /* Sort x <= 64 values in place by rank counting: rank[i] = #{j : a[j] < a[i]} + #{j < i :
    a[j] == a[i]}.  The loop over i runs on whole vectors of ranks (the tail padded with the
@@ -21,14 +42,17 @@ static inline __attribute__((always_inline)) void sk_rank_sort(I *a, ptrdiff_t x
     constexpr ptrdiff_t lanes = 64 / sizeof(I);
     alignas(64) I t[64];
     alignas(64) I r[64];
-    const ptrdiff_t n = (x + lanes - 1) / lanes * lanes;
+    const ptrdiff_t nv = (x + lanes - 1) / lanes;
     for (ptrdiff_t i = 0; i < x; ++i) t[i] = a[i];
-    for (ptrdiff_t i = x; i < n; ++i) t[i] = std::numeric_limits<I>::max();
-    for (ptrdiff_t i = 0; i < n; ++i) r[i] = 0;
-    for (ptrdiff_t j = 0; j < x; ++j) {
-        const I v = t[j];
-        for (ptrdiff_t i = 0; i < n; ++i)
-            r[i] += (I)((v < t[i]) | ((v == t[i]) & (j < i)));
+    for (ptrdiff_t i = x; i < (nv > 4 ? 8 : nv) * lanes; ++i) t[i] = std::numeric_limits<I>::max();
+    switch (nv) {
+        case 1: sk_ranks_v<1>(t, x, 0, r); break;
+        case 2: sk_ranks_v<2>(t, x, 0, r); break;
+        case 3: sk_ranks_v<3>(t, x, 0, r); break;
+        case 4: sk_ranks_v<4>(t, x, 0, r); break;
+        default:  /* 64-bit values, 5 to 8 vectors */
+            sk_ranks_v<4>(t, x, 0, r);
+            sk_ranks_v<4>(t, x, 4, r);
     }
     for (ptrdiff_t i = 0; i < x; ++i) a[r[i]] = t[i];
 }
@@ -36,22 +60,16 @@ static inline __attribute__((always_inline)) void sk_rank_sort(I *a, ptrdiff_t x
 /* Ranks among a row's free columns -> columns, for u <= 64 sorted ranks and a row of n
    sorted, distinct pattern columns: column = rank + #{j : cols[j] - j <= rank} (cols[j] - j
    free columns lie before cols[j]).  The count runs over j outside and over whole vectors of
-   ranks inside, so it is n * ceil(u / lanes) vector compares with no dependency between
-   ranks and no branch on the data (a merge would mispredict at random interleavings). */
+   ranks inside (counts.hh), so it is n * ceil(u / lanes) vector compares with no dependency
+   between ranks and no branch on the data (a merge would mispredict at random
+   interleavings). */
 template <class I>
 static inline __attribute__((always_inline)) void sk_ranks_to_cols(const I *cols, ptrdiff_t n,
                                                                    I *ranks, ptrdiff_t u) {
-    constexpr ptrdiff_t lanes = 64 / sizeof(I);
     alignas(64) I q[64];
     alignas(64) I cnt[64];
-    const ptrdiff_t m = (u + lanes - 1) / lanes * lanes;
     for (ptrdiff_t i = 0; i < u; ++i) q[i] = ranks[i];
-    for (ptrdiff_t i = u; i < m; ++i) q[i] = 0;
-    for (ptrdiff_t i = 0; i < m; ++i) cnt[i] = 0;
-    for (ptrdiff_t j = 0; j < n; ++j) {
-        const I g = (I)(cols[j] - (I)j);
-        for (ptrdiff_t i = 0; i < m; ++i) cnt[i] += (I)(g <= q[i]);
-    }
+    sk_count_keys<true>(n, [cols](ptrdiff_t j) { return (I)(cols[j] - (I)j); }, q, u, cnt);
     for (ptrdiff_t i = 0; i < u; ++i) ranks[i] = q[i] + cnt[i];
 }
 

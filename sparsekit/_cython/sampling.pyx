@@ -125,7 +125,10 @@ def _row_counts(const int64_t[::1] avail, Py_ssize_t need, rng, int nt):
     cdef uint64_t state, n_b, top_b
     cdef int64_t left
     with nogil:
-        for b in prange(n_blocks, schedule="dynamic", chunksize=1, num_threads=nt):
+        # Consecutive blocks per thread: dealt out in turn, neighbouring blocks' rows shared
+        # the cache lines at every block boundary between the cores (10 000 rows, 2 threads:
+        # 0.54 ms against 0.40 so).  The blocks draw about equally, so a static split is even.
+        for b in prange(n_blocks, schedule="static", num_threads=nt):
             r0 = bounds[b]
             n_b = <uint64_t>(bounds[b + 1] - r0)
             top_b = <uint64_t>top[b]

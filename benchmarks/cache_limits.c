@@ -58,7 +58,7 @@ static float sum_buffer(const float *buf, size_t bytes) {
 }
 
 static void fill_buffer(float *buf, size_t bytes, float v) {
-    vec x;
+    vec x = {0};
     for (int j = 0; j < 16; ++j) x[j] = v;
     for (size_t i = 0; i < bytes / sizeof(float); i += 16) memcpy(buf + i, &x, sizeof x);
 }
@@ -94,6 +94,16 @@ static void read_bandwidth(size_t bytes) {
     free(buf);
 }
 
+/* n row numbers below n_rows, at random (xorshift64 from `seed`); the caller frees them. */
+static uint32_t *random_rows(size_t n, size_t n_rows, uint64_t seed) {
+    uint32_t *idx = malloc(n * sizeof *idx);
+    for (size_t i = 0; i < n; ++i) {
+        seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+        idx[i] = (uint32_t)(seed % n_rows);
+    }
+    return idx;
+}
+
 /* Rows of 512 bytes (batch 128, float32) read in a random order from a buffer of `bytes`, as a
    product gathers its operand's rows; 8 rows in flight.  Huge pages where the kernel gives
    them (NumPy asks for them too on arrays this large). */
@@ -104,12 +114,7 @@ static void gather_bandwidth(size_t bytes) {
     madvise(buf, bytes, MADV_HUGEPAGE);
 #endif
     fill_buffer(buf, bytes, 1.0f);
-    uint32_t *idx = malloc(n_idx * sizeof *idx);
-    uint64_t s = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i < n_idx; ++i) {
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-        idx[i] = (uint32_t)(s % n_rows);
-    }
+    uint32_t *idx = random_rows(n_idx, n_rows, 0x9E3779B97F4A7C15ull);
     double best = 1e30;
     for (int t = 0; t < 3; ++t) {
         const double t0 = now();
@@ -166,12 +171,7 @@ static void *gatherer(void *arg) {
 static void shared_gather(int cpu0, int cpu1) {
     const size_t bytes = 512 << 10, n_rows = bytes / 512;
     G.n_idx = (size_t)1 << 23;
-    G.idx = malloc(G.n_idx * sizeof *G.idx);
-    uint64_t s = 0x2545F4914F6CDD1Dull;
-    for (size_t i = 0; i < G.n_idx; ++i) {
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-        G.idx[i] = (uint32_t)(s % n_rows);
-    }
+    G.idx = random_rows(G.n_idx, n_rows, 0x2545F4914F6CDD1Dull);
     for (int t = 0; t < 2; ++t) {
         G.bufs[t] = aligned_alloc(64, bytes);
         fill_buffer(G.bufs[t], bytes, 1.0f);
@@ -300,12 +300,7 @@ static void *phase_body(void *arg) {
 static void phases(int cpu0, int cpu1) {
     const size_t rows = 1024, per = 20000;
     P.buf = aligned_alloc(64, rows * 512);
-    P.idx = malloc(2 * per * sizeof *P.idx);
-    uint64_t s = 0x5DEECE66Dull;
-    for (size_t i = 0; i < 2 * per; ++i) {
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-        P.idx[i] = (uint32_t)(s % rows);
-    }
+    P.idx = random_rows(2 * per, rows, 0x5DEECE66Dull);
     P.cpus[0] = cpu0;
     P.cpus[1] = cpu1;
     P.rounds = 2000;

@@ -89,8 +89,8 @@ typedef struct {
    64 features (batch.hh).  In the forward's team, so the copy of the scattered rows runs on
    every thread, and a thread that wakes late joins it instead of the first layer. */
 template <typename T>
-static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g, ptrdiff_t F,
-                             ptrdiff_t B, ptrdiff_t ld, T* x) {
+static void sk_gather_phases(SkTeam* team, int phase, int tid, int nt, const SkGather& g,
+                             ptrdiff_t F, ptrdiff_t B, ptrdiff_t ld, T* x) {
     const T* data = (const T*)g.data;
     T* rows = (T*)g.rows;
     const ptrdiff_t n_copy = (B + 7) / 8, n_tr = (F + 63) / 64;
@@ -98,20 +98,21 @@ static void sk_gather_phases(SkTeam* team, int phase, int nt, const SkGather& g,
         sk_copy_rows<T>(data, F, g.idx, c * 8, c * 8 + 8 < B ? c * 8 + 8 : B, rows);
     sk_barrier(team, nt);
     /* ordered, as the forward's rows: the first layer's backward reads x by these features */
-    for (ptrdiff_t c; (c = sk_claim_ordered(team, phase + 1, n_tr, sk_team_rank(), nt)) >= 0;)
+    for (ptrdiff_t c; (c = sk_claim_ordered(team, phase + 1, n_tr, tid, nt)) >= 0;)
         sk_transpose_cols<T>(rows, B, F, c * 64, c * 64 + 64 < F ? c * 64 + 64 : F, x, ld);
     sk_barrier(team, nt);
 }
 
 /* The forward inside a team, on phases 0 .. n_layers + 1 (the last two for the gather). */
 template <typename T, typename I>
-static void sk_forward_body(SkTeam* team, int nt, SkLayerPass* layers, int n_layers, T* x,
-                            ptrdiff_t B, ptrdiff_t ld, double rate, const SkGather* gather) {
-    if (gather) sk_gather_phases<T>(team, n_layers, nt, *gather, layers[0].n_in, B, ld, x);
+static void sk_forward_body(SkTeam* team, int nt, int tid, SkLayerPass* layers, int n_layers,
+                            T* x, ptrdiff_t B, ptrdiff_t ld, double rate,
+                            const SkGather* gather) {
+    if (gather) sk_gather_phases<T>(team, n_layers, tid, nt, *gather, layers[0].n_in, B, ld, x);
     const T* src = x;
     for (int l = 0; l < n_layers; ++l) {
-        sk_forward_phase<T, I>(team, l, layers[l], src, B, ld, l < n_layers - 1, rate,
-                               sk_team_rank(), nt);
+        sk_forward_phase<T, I>(team, l, layers[l], src, B, ld, l < n_layers - 1, rate, tid,
+                               nt);
         if (l < n_layers - 1) sk_barrier(team, nt);
         src = (const T*)layers[l].out;
     }
@@ -124,9 +125,9 @@ static void sk_mlp_forward_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t 
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
-        const int nt = sk_team_size();
-        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, ld, rate, gather);
-        sk_team_leave(&team, sk_team_rank(), nt);
+        const int nt = sk_team_size(), tid = sk_team_rank();
+        sk_forward_body<T, I>(&team, nt, tid, layers, n_layers, x, B, ld, rate, gather);
+        sk_team_leave(&team, tid, nt);
     }
 }
 
@@ -261,7 +262,7 @@ static int sk_mlp_step_t(SkLayerPass* layers, int n_layers, T* x, ptrdiff_t B, p
     #pragma omp parallel num_threads(num_threads)
     {
         const int nt = sk_team_size(), tid = sk_team_rank();
-        sk_forward_body<T, I>(&team, nt, layers, n_layers, x, B, ld, rate, gather);
+        sk_forward_body<T, I>(&team, nt, tid, layers, n_layers, x, B, ld, rate, gather);
         sk_barrier(&team, nt);
         if (tid == 0) go.store(loss(ctx));
         sk_barrier(&team, nt, SK_LOSS_YIELDS);

@@ -14,7 +14,7 @@
 
 #include "simd.hh"
 
-/* Unsigned keys of the values of T, as in _key: mode 0/1 one class, keys increasing/decreasing
+/* Unsigned keys of the values of T: mode 0/1 one class, keys increasing/decreasing
    with the value (-0.0 ties with 0.0); mode 2 the positive values in class 0 and the negative
    ones in class 1, key = bits of |x|, and only 0 < |x| <= inf selectable. */
 template <class T> struct SkKeyBits;

@@ -166,6 +166,49 @@ def test_sparse_input_gives_the_dense_result(blobs):
     np.testing.assert_array_equal(dense.predict_proba(x), sparse.predict_proba(sp.csc_array(x)))
 
 
+@pytest.mark.parametrize("standardize", ["auto", True])
+def test_dense_and_sparse_input_are_transformed_alike(blobs, standardize):
+    """One input map per fit, whatever the format of later inputs: after a dense fit a sparse
+    X is centred too (densified a block of rows at a time); after a sparse fit nothing is."""
+    x, y = blobs
+    x = np.where(np.abs(x) > 2, x + 3, 0.0)
+    xs = sp.csr_matrix(x)
+    kw = dict(backend=one_thread(), random_state=1, standardize=standardize, **FAST)
+    dense_fit = SparseMLPClassifier(**kw).fit(x, y)
+    assert dense_fit._x_mean is not None
+    np.testing.assert_allclose(dense_fit.predict_proba(xs), dense_fit.predict_proba(x),
+                               rtol=1e-6, atol=1e-7)
+    sparse_fit = SparseMLPClassifier(**kw).fit(xs, y)
+    assert sparse_fit._x_mean is None
+    np.testing.assert_allclose(sparse_fit.predict_proba(x), sparse_fit.predict_proba(xs),
+                               rtol=1e-6, atol=1e-7)
+    before = x.copy()
+    sparse_fit.predict(x)
+    np.testing.assert_array_equal(x, before)  # the caller's array is not scaled in place
+
+
+def test_blocks_of_a_centred_sparse_input_join_in_order(blobs, monkeypatch):
+    from sparsekit.sklearn import base
+
+    x, y = blobs
+    clf = SparseMLPClassifier(backend=one_thread(), random_state=0, **FAST).fit(x, y)
+    whole = clf.predict_proba(sp.csr_matrix(x))
+    monkeypatch.setattr(base, "SPARSE_BLOCK_VALUES", 7 * x.shape[1])  # 7 rows a block
+    np.testing.assert_array_equal(clf.predict_proba(sp.csr_matrix(x)), whole)
+
+
+@pytest.mark.parametrize("ours,theirs", [("linear", "identity"), ("sigmoid", "logistic")])
+def test_scikit_learns_activation_names_are_accepted(blobs, ours, theirs):
+    x, y = blobs
+    kw = dict(backend=one_thread(), random_state=0, **FAST)
+    a = SparseMLPClassifier(activation=ours, **kw).fit(x, y)
+    b = SparseMLPClassifier(activation=theirs, **kw).fit(x, y)
+    assert b.get_params()["activation"] == theirs
+    np.testing.assert_array_equal(a.predict_proba(x), b.predict_proba(x))
+    with pytest.raises(ValueError, match="activation must be one of .*'logistic'.*got 'softmax'"):
+        SparseMLPClassifier(activation="softmax", **kw).fit(x, y)
+
+
 def test_microarray_sized_sparse_input_is_never_densified(monkeypatch):
     """200 samples x 20 000 features: fit and predict densify one mini-batch at a time."""
     n, d, batch = 200, 20_000, 32

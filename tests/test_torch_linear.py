@@ -86,6 +86,35 @@ def test_state_dict_loads_another_size_and_keeps_the_parameter():
     torch.testing.assert_close(small(x), big(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("n_in,n_out", [(8, 8), (12, 4), (12, 9)])
+def test_state_dict_of_another_shape_is_refused_and_nothing_changes(n_in, n_out):
+    src = skt.SparseLinear(12, 8, epsilon=3.0, seed=0)
+    dst = skt.SparseLinear(n_in, n_out, epsilon=3.0, seed=1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(RuntimeError, match="size mismatch|not one of a"):
+        dst.load_state_dict(src.state_dict())
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    dst(torch.randn(2, n_in))  # still a working layer
+
+
+def test_values_without_their_pattern_are_refused():
+    a = skt.SparseLinear(12, 8, epsilon=1.0, seed=0)
+    b = skt.SparseLinear(12, 8, epsilon=3.0, seed=1)
+    with pytest.raises(RuntimeError, match="load the pattern and the values together"):
+        a.load_state_dict({"values": b.values.detach()}, strict=False)
+    a(torch.randn(2, 12))
+
+
+def test_a_second_backward_is_refused_not_silently_wrong():
+    layer = skt.SparseLinear(6, 4, epsilon=2.0, seed=1, dtype=torch.float64)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (gx ** 2).sum().backward()
+
+
 def test_to_moves_values_and_converts_dtype():
     layer = skt.SparseLinear(10, 6, epsilon=2.0, seed=0)
     x = torch.randn(4, 10)

@@ -38,6 +38,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..nn.activations import NAMES as ACTIVATIONS
 from ..nn.model import SparseMLP
 from ..training.config import TrainConfig
 from ..training.loop import check_run_memory
@@ -62,6 +63,11 @@ STD_FLOOR = 0.3
 #: sets puts iris (2.8), redundant_noise (3.9), Fashion-MNIST (4.5) and the pre-scaled
 #: regression sets (1.0) below it, seattle-weather (9.9) above it.
 COMMON_SCALE_SPREAD = 5.0
+#: Values of a sparse ``X`` densified at once when it has to be centred (``_forward``).
+SPARSE_BLOCK_VALUES = 2**19
+#: scikit-learn's names for two of sparsekit's activations (``activation="logistic"`` runs
+#: ``"sigmoid"``), so that code written for its MLPs runs unchanged.
+SKLEARN_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid"}
 
 #: Defaults shared by both estimators, chosen by the sweep of ``benchmarks/tabular.py``
 #: (``benchmarks/results/tabular.md``).
@@ -187,6 +193,10 @@ class _SparseMLPBase(BaseEstimator):
     def _check_params(self) -> None:
         """The checks that TrainConfig does not make (scikit-learn's own parameters)."""
         self._hidden_sizes()
+        if not (isinstance(self.activation, str)
+                and (self.activation in ACTIVATIONS or self.activation in SKLEARN_ACTIVATIONS)):
+            raise ValueError(f"activation must be one of {(*SKLEARN_ACTIVATIONS, *ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
         for name, low in (("max_iter", 1), ("n_iter_no_change", 1)):
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
@@ -225,7 +235,8 @@ class _SparseMLPBase(BaseEstimator):
         """The :class:`TrainConfig` of these parameters for mini-batches of ``batch_size``."""
         sgd = self.solver == "sgd"
         return TrainConfig(
-            epsilon=self.epsilon, activation=self.activation, alpha=self.slope,
+            epsilon=self.epsilon, alpha=self.slope,
+            activation=SKLEARN_ACTIVATIONS.get(self.activation, self.activation),
             dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self.dtype,
             method=self.method, method_params=self.method_params or {}, zeta=self.zeta,
             optimizer=self.solver, lr=self.learning_rate_init, momentum=self.momentum,
@@ -379,8 +390,8 @@ class _SparseMLPBase(BaseEstimator):
 
     # --- input standardisation ---------------------------------------------------------------
     def _fit_input_scaling(self, X) -> None:
-        """Per-feature mean and divisor of the first call's ``X`` (``standardize``); a sparse
-        ``X`` is only scaled, never centred, so that it stays sparse.
+        """Per-feature mean and divisor of the first call's ``X`` (``standardize``); no mean
+        when that ``X`` is sparse, so that sparse input stays sparse (:meth:`_scale_inputs`).
 
         Standardising divides a feature by its standard deviation, but by at least
         :data:`STD_FLOOR` times the median standard deviation of the non-constant features,
@@ -409,16 +420,25 @@ class _SparseMLPBase(BaseEstimator):
 
     def _scale_inputs(self, X, dtype=None):
         """``X`` standardised with the first call's statistics, in ``dtype`` (default the
-        network's precision): one copy; a sparse ``X`` keeps its pattern."""
+        network's precision): one copy.  The map is the same for dense and sparse ``X``: after
+        a sparse first call nothing is centred, so a sparse ``X`` keeps its pattern; after a
+        dense one a sparse ``X`` is centred too, and so becomes dense (:meth:`_forward` hands
+        it over a block of rows at a time)."""
         if getattr(self, "_x_scale", None) is None:
             return X
         dtype = np.dtype(self.model_.dtype if dtype is None else dtype)
         inv = (1.0 / self._x_scale).astype(dtype)
+        mean = self._x_mean
         if sp.issparse(X):
-            out = X.astype(dtype, copy=True).tocsr()
-            out.data *= inv[out.indices]
-            return out
-        out = np.asarray(X, dtype=dtype) - self._x_mean.astype(dtype)
+            if mean is None:
+                out = X.astype(dtype, copy=True).tocsr()
+                out.data *= inv[out.indices]
+                return out
+            X = X.toarray()
+        if mean is None:
+            out = np.array(X, dtype=dtype, copy=True)
+        else:
+            out = np.asarray(X, dtype=dtype) - mean.astype(dtype)
         out *= inv
         return out
 
@@ -431,4 +451,9 @@ class _SparseMLPBase(BaseEstimator):
         """Network outputs (n_samples, n_outputs) in float64 for validated ``X``."""
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=_DTYPES)
+        if sp.issparse(X) and getattr(self, "_x_mean", None) is not None and X.shape[0]:
+            # centred, a sparse X turns dense: a block of rows at a time, as model.logits does
+            rows = max(1, SPARSE_BLOCK_VALUES // max(X.shape[1], 1))
+            return np.concatenate([self._logits(self._scale_inputs(X[i:i + rows]))
+                                   for i in range(0, X.shape[0], rows)])
         return self._logits(self._scale_inputs(X))

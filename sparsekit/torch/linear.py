@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..io import interop
 from ..nn import layers as _layers
@@ -59,6 +60,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the kernels are not differentiable: a second backward is refused
     def backward(ctx, grad_out):
         (values,) = ctx.saved_tensors
         be = ctx.backend
@@ -309,7 +311,41 @@ class SparseLinear(nn.Module):
         return (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), crow._version, col._version,
                 vals.shape[0], vals.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _saved_pattern_error(self, state_dict, prefix) -> str | None:
+        """What is wrong with the pattern a state dict would load into this layer (its own
+        index buffers and values standing in for any it lacks), or None: it must be a valid
+        CSR of this layer's shape, with one value per connection."""
+        t = {key: state_dict.get(prefix + key, getattr(self, key))
+             for key in ("crow_indices", "col_indices", "values")}
+        for key, v in t.items():
+            if not isinstance(v, torch.Tensor) or v.ndim != 1:
+                return f"{prefix}{key} must be a 1-D tensor"
+        if any(v.is_meta for v in t.values()):
+            return None  # no data to check yet
+        n_rows, nnz = t["crow_indices"].shape[0] - 1, t["col_indices"].shape[0]
+        if n_rows != self.out_features:
+            return (f"size mismatch for {prefix}crow_indices: the state dict has {n_rows + 1} "
+                    f"row offsets, this layer of out_features={self.out_features} takes "
+                    f"{self.out_features + 1}")
+        if t["values"].shape[0] != nnz:
+            return (f"{prefix}values has {t['values'].shape[0]} entries but {prefix}col_indices "
+                    f"{nnz}: load the pattern and the values together")
+        try:
+            CSR(t["crow_indices"].detach().cpu().numpy(), t["col_indices"].detach().cpu().numpy(),
+                np.zeros(nnz, dtype=np.float32), (self.out_features, self.in_features))
+        except (ValueError, TypeError) as exc:
+            return (f"the pattern in the state dict is not one of a {self.out_features} x "
+                    f"{self.in_features} layer: {exc}")
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Checked first, so that a pattern of another shape (nn.Linear's "size mismatch") is
+        # refused with the layer left as it was.
+        problem = self._saved_pattern_error(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(problem)
+            return
         # A saved layer may hold another number of connections (an evolved or Top-KAST layer):
         # take its sizes first, then let nn.Module copy the tensors in.
         saved = state_dict.get(prefix + "values")
@@ -321,7 +357,8 @@ class SparseLinear(nn.Module):
                 self.col_indices = torch.empty(col.shape, dtype=self.col_indices.dtype,
                                                device=self.col_indices.device)
         self._pattern_cache = self._forward_w = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(..., in_features)``.

@@ -431,3 +431,51 @@ def test_raw_wrappers_handle_empty_operands():
         assert sddmm.sampled_grad(x, dy, empty, empty).shape == (0,)
         a, d = elementwise.bias_act_dropout(dy, np.zeros(n_out), 0.5, 0.5, 1)
         assert a.shape == d.shape == (n_out, n_batch)
+
+
+# --- the training front door --------------------------------------------------------------------
+def test_a_huge_epsilon_or_gamma_means_every_position_not_an_overflow():
+    import sparsekit
+    from sparsekit.nn.init import er_connections
+
+    assert er_connections(8, 64, 1e308) == 8 * 64  # the ER cap, where epsilon * (n_in + n_out)
+    d = sparsekit.load_dataset("digits")  # overflows a float
+    res = sparsekit.train([64, 8, 10], d, epochs=1, epsilon=1e308, method="gse",
+                          method_params={"gamma": 1e308})
+    assert res.model.n_connections[0] == 64 * 8
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        er_connections(8, 64, float("nan"))
+
+
+def test_train_names_a_bad_callback_log_or_run_dir():
+    import sparsekit
+
+    d = sparsekit.load_dataset("digits")
+    for kw, msg in ((dict(callbacks=5), "callbacks must be a sequence"),
+                    (dict(callbacks=[5]), r"callbacks\[0\] is not callable"),
+                    (dict(callbacks=print), "wrap a single one in a list"),
+                    (dict(log=5), "log must be a callable"),
+                    (dict(run_dir=5), "run_dir must be a path")):
+        with pytest.raises(TypeError, match=msg):
+            sparsekit.train([64, 8, 10], d, epochs=1, **kw)
+
+
+def test_empty_data_files_are_one_line_errors(tmp_path):
+    import struct
+
+    from sparsekit.io.datasets import load_dataset
+    from sparsekit.io.idx import read_idx
+
+    (tmp_path / "empty.idx").write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">III", 0, 28, 28))
+    assert read_idx(tmp_path / "empty.idx").shape == (0, 28, 28)
+    np.savez(tmp_path / "e.npz", x_train=np.zeros((0, 20), np.float32),
+             y_train=np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="x_train has no rows"):
+        load_dataset(str(tmp_path / "e.npz"))
+
+
+def test_synthetic_refuses_a_huge_n_informative_at_once():
+    from sparsekit.io.datasets import load_dataset
+
+    with pytest.raises(ValueError, match="n_features .* must be >= n_informative"):
+        load_dataset("synthetic", n_informative=10**12)  # 2 ** 10**12 is never computed

@@ -160,6 +160,53 @@ def test_cli_fresh_run_refuses_an_existing_run_folder(tiny_npz, tmp_path):
     assert code == EXIT_ERROR and "already holds a run" in err and "--resume" in err
 
 
+def test_cli_a_run_that_failed_before_its_first_epoch_leaves_a_reusable_folder(tiny_npz,
+                                                                               tmp_path):
+    out = tmp_path / "r"
+    code, err = cli_train(tiny_npz, out, "--batch-size", 5000)  # fails after owning the folder
+    assert code == EXIT_ERROR and "exceeds" in err and (out / "config.json").exists()
+    code, err = cli_train(tiny_npz, out)  # no checkpoint there: nothing to lose
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["train"]["batch_size"] == 40
+
+
+def test_cli_run_keeps_its_data_file_from_any_working_directory(tiny_npz, tmp_path,
+                                                                 monkeypatch):
+    (tmp_path / "a").mkdir()
+    local = tmp_path / "a" / "d.npz"
+    local.write_bytes(tiny_npz.read_bytes())
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli_train("d.npz", tmp_path / "r")[0] == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["dataset"] == str(local.resolve())
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")  # holds no d.npz
+    code, err = cli("train", "--resume", tmp_path / "r", "--epochs", 2, "--no-plot")
+    assert code == 0, err
+    code, err = cli("train", "--resume", tmp_path / "r", "--dataset", local, "--epochs", 2,
+                    "--no-plot")
+    assert code == 0, err  # the same file, named another way, is no difference
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`sparsekit train ... | head -1`: no traceback for each line that can no longer be
+    written."""
+    cmd = (f"{sys.executable} -m sparsekit train --dataset digits --hidden 8 --epochs 4 "
+           f"--no-plot --out {tmp_path / 'r'} | head -1")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.startswith("sparsekit: digits"), proc.stdout
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_cli_a_config_json_with_a_bad_dataset_is_a_one_line_error(run, tmp_path):
+    folder = tmp_path / "r"
+    shutil.copytree(run, folder)
+    (folder / "config.json").write_text(json.dumps(
+        {"dataset": 5, "data_dir": None, "hidden": [16], "backend": "cpu", "train": {}}))
+    code, err = cli("evaluate", folder)
+    assert code == EXIT_ERROR and err.count("\n") == 1 and "dataset must be a string" in err
+
+
 @pytest.mark.parametrize("parallel", [None, "wasap"])
 def test_train_fresh_run_refuses_a_folder_holding_a_run(run, tmp_path, parallel):
     if parallel:  # one rank, in this process (tests/test_mpi.py runs it under mpiexec)
@@ -291,6 +338,22 @@ def test_a_checkpoint_without_training_state_cannot_be_resumed(run, tmp_path, mi
             _set(["train_state", missing], KeyError))
     with pytest.raises(ValueError, match=f"no resumable training state.*{missing}"):
         train(SIZES, data(), run_dir=folder, resume=True)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (["train_state", "optimizer"], None, "training state cannot be restored"),
+    (["train_state", "optimizer"], [1, 2], "training state cannot be restored"),
+    (["train_state", "history"], [{}, {}], r"records are not numbered 1\.\.2"),
+])
+def test_a_malformed_training_state_is_refused_before_training(run, tmp_path, path, value,
+                                                                message):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    rewrite(run / "checkpoint.npz", folder / "checkpoint.npz", _set(path, value))
+    before = (folder / "checkpoint.npz").read_bytes()
+    with pytest.raises(ValueError, match=message):
+        train(SIZES, data(), run_dir=folder, resume=True, epochs=3)
+    assert (folder / "checkpoint.npz").read_bytes() == before
 
 
 def test_rng_state_garbage_is_a_clear_error(run, tmp_path):

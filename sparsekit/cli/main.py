@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import time
 import types
@@ -199,6 +200,9 @@ def read_run_config(run_dir: Path) -> dict:
     keys = ("dataset", "data_dir", "hidden", "backend", "train")
     if not isinstance(saved, dict) or any(k not in saved for k in keys):
         raise ValueError(f"{path} lacks some of the keys {', '.join(keys)}")
+    for key, optional in (("dataset", False), ("data_dir", True), ("backend", False)):
+        if not (isinstance(saved[key], str) or (optional and saved[key] is None)):
+            raise ValueError(f"{path}: {key} must be a string, got {saved[key]!r}")
     return saved
 
 
@@ -209,7 +213,8 @@ def resume_differences(args, saved: dict, config) -> list[str]:
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         diffs.append(f"out: the run's folder is {args.resume}, given {args.out}")
     for key in ("dataset", "hidden"):
-        if key in given and getattr(args, key) != saved[key]:
+        value = _absolute(args.dataset) if key == "dataset" else args.hidden
+        if key in given and value != saved[key] and getattr(args, key) != saved[key]:
             diffs.append(f"{key}: run has {saved[key]!r}, given {getattr(args, key)!r}")
     from ..training.config import TrainConfig
     from ..training.loop import config_differences
@@ -250,19 +255,28 @@ def cmd_train(args) -> int:
         if "backend" in given:
             saved["backend"] = args.backend
         if "data_dir" in given:
-            saved["data_dir"] = args.data_dir
+            saved["data_dir"] = _absolute(args.data_dir)
     else:
         config = train_config(args)  # before any folder or data: bad values exit 2
         check_flags(args)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(config.parallel)))
         run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{config.method_name}-{stamp}")
-        saved = {"dataset": args.dataset, "data_dir": args.data_dir, "hidden": args.hidden,
+        saved = {"dataset": _absolute(args.dataset), "data_dir": _absolute(args.data_dir),
+                 "hidden": args.hidden,
                  "backend": args.backend or "cpu", "train": config.to_dict()}
     # Data errors exit before any folder is made; then the folder is locked (rank 0 under MPI).
     data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
     with contextlib.ExitStack() as stack:
         _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
         return _run(args, config, saved, run_dir, data)
+
+
+def _absolute(path):
+    """A dataset file or data folder as an absolute path, so that ``evaluate`` and ``--resume``
+    from another working directory read the same data (a dataset name stays a name)."""
+    if path is None or not Path(path).exists():
+        return path
+    return str(Path(path).resolve())
 
 
 def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> None:
@@ -273,9 +287,9 @@ def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> No
 
     def own():
         stack.enter_context(run_folder_lock(run_dir, "run folder"))
-        if fresh:
+        if fresh:  # a folder whose run never finished an epoch has nothing to lose
             refuse_existing_run(run_dir, f"continue it with --resume {run_dir} or choose "
-                                "another --out", ("config.json", CHECKPOINT))
+                                "another --out", (CHECKPOINT,))
         write_text_atomic(run_dir / "config.json", json.dumps(saved, indent=1))
 
     if not parallel:
@@ -365,6 +379,11 @@ def main(argv=None) -> int:
     from .._errors import EXPECTED_ERRORS
     from .options import EXIT_INTERRUPTED, logger, parse_args, quiet_stdout, setup_logging
 
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # Like any Unix filter: output piped into a reader that stops (`| head`) ends the
+        # command quietly instead of a traceback per line.  A run killed so loses at most its
+        # current epoch, as with any kill; `--resume` continues it.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = parse_args(_parser(), argv)  # adds --quiet/--verbose and train's --config; exits 2
     setup_logging(args.quiet, args.verbose)
     logger.debug("arguments: %s", vars(args))

@@ -184,7 +184,8 @@ class GSE(GradientGrowth):
         be = layer.backend
         w = layer.w
         row_w, col_w = activity_marginals(be, x_ib, dz_ob, self.sampler, rng)
-        rows, cols = sample_candidates(be, w, math.ceil(self.gamma * w.nnz), rng, row_w, col_w)
+        rows, cols = sample_candidates(be, w, math.ceil(min(self.gamma * w.nnz, 2.0**62)), rng,
+                                       row_w, col_w)  # a huge gamma: every free position
         scores = be.xp.abs(be.sampled_grad(x_ib, dz_ob, rows, cols))
         return rows, cols, scores
 

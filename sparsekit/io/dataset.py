@@ -205,6 +205,8 @@ def _stratified_split(y: np.ndarray, test_fraction: float,
 def _finish(x_train, y_train, x_test, y_test, standardize: bool, **meta: Any) -> Dataset:
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
     x_test = np.ascontiguousarray(x_test, dtype=np.float32)
+    if x_train.ndim == 2 and x_train.shape[0] == 0:
+        raise ValueError("x_train has no rows")  # before the statistics divide by its size
     if standardize:
         _standardize(x_train, x_test)
     return Dataset(x_train, y_train, x_test, y_test, **meta)

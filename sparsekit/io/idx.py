@@ -51,7 +51,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                 raise ValueError(f"{path}: truncated or corrupt IDX file (header {dims} needs "
                                  f"{expected} bytes, file holds {actual % 2**32 if is_gz else actual})")
             out = np.empty(dims, dtype=dtype)
-            view, got = memoryview(out).cast("B"), 0
+            # (an empty array has nothing to read, and its memoryview cannot be cast)
+            view, got = memoryview(out.reshape(-1)).cast("B"), 0
             while got < out.nbytes:
                 n = f.readinto(view[got:])
                 if not n:

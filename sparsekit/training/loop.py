@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -122,6 +123,7 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         The model, one history record per epoch and the run folder.
     """
     cfg = make_config(config, options)
+    callbacks = _check_hooks(callbacks, log, run_dir)
     if cfg.parallel is not None:
         from ..parallel import train_wasap
 
@@ -172,9 +174,12 @@ def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: 
         raise ValueError(f"{path} holds no resumable training state (no {', '.join(missing)}); "
                          "a model saved with SparseMLP.save can be trained further by passing "
                          "it to train() without resume")
-    if len(state["history"]) != state["epoch"]:
-        raise ValueError(f"{path}: its history has {len(state['history'])} records for "
-                         f"{state['epoch']} epochs")
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != state["epoch"]:
+        n = len(history) if isinstance(history, list) else "no list of"
+        raise ValueError(f"{path}: its history has {n} records for {state['epoch']} epochs")
+    if any(not isinstance(r, dict) or r.get("epoch") != i + 1 for i, r in enumerate(history)):
+        raise ValueError(f"{path}: its history records are not numbered 1..{len(history)}")
     try:
         saved = TrainConfig.from_dict(state["config"])
     except (TypeError, ValueError) as exc:
@@ -194,6 +199,26 @@ def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: 
 
 def _n_rows(x) -> int:
     return int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else len(x)
+
+
+def _check_hooks(callbacks, log, run_dir) -> tuple:
+    """``callbacks`` as a tuple, after checking it and ``log`` and ``run_dir`` (one-line
+    errors naming the argument, before any work)."""
+    if callable(callbacks) or isinstance(callbacks, (str, bytes)):
+        raise TypeError("callbacks must be a sequence of callables; wrap a single one in a list")
+    try:
+        callbacks = tuple(callbacks)
+    except TypeError:
+        raise TypeError(f"callbacks must be a sequence of callables, got "
+                        f"{type(callbacks).__name__}") from None
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{i}] is not callable ({type(cb).__name__})")
+    if log is not None and not callable(log):
+        raise TypeError(f"log must be a callable taking one line, got {type(log).__name__}")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
+    return callbacks
 
 
 def _train(model, data, cfg: TrainConfig, use_saved: bool, options, callbacks, run_dir,
@@ -231,7 +256,7 @@ def _train(model, data, cfg: TrainConfig, use_saved: bool, options, callbacks, r
     if state is not None:
         try:
             engine.load_state_dict(state)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed field
             raise ValueError(f"{run_dir / CHECKPOINT}: its training state cannot be restored "
                              f"({exc})") from None
     # Sparse input stays CSR: the engine densifies one batch at a time.

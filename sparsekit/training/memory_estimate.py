@@ -225,8 +225,11 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     evolve = 0
     if method != "static":
         per = SCORED_BYTES_PER_CONNECTION if scored else SET_BYTES_PER_CONNECTION
-        cand = SCORED_BYTES_PER_CANDIDATE * gamma if scored else 0
-        evolve = max(int(nnz * (per + cand)) for _, _, nnz in evolving)
+        # candidates: gamma * nnz absent positions, at most every absent one (a huge gamma)
+        evolve = max(int(nnz * per + (SCORED_BYTES_PER_CANDIDATE * min(gamma * nnz,
+                                                                       n_in * n_out - nnz)
+                                      if scored else 0))
+                     for n_in, n_out, nnz in evolving)
         if scored or evolve_every is not None:  # updates run with the step's arrays alive
             evolve += step
     # The fused inference pass (piecewise-linear activations, the default): its input chunk

@@ -213,9 +213,10 @@ def resume_differences(args, saved: dict, config) -> list[str]:
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         diffs.append(f"out: the run's folder is {args.resume}, given {args.out}")
     for key in ("dataset", "hidden"):
-        value = _absolute(args.dataset) if key == "dataset" else args.hidden
-        if key in given and value != saved[key] and getattr(args, key) != saved[key]:
-            diffs.append(f"{key}: run has {saved[key]!r}, given {getattr(args, key)!r}")
+        value = getattr(args, key)
+        same = value == saved[key] or (key == "dataset" and _absolute(value) == saved[key])
+        if key in given and not same:
+            diffs.append(f"{key}: run has {saved[key]!r}, given {value!r}")
     from ..training.config import TrainConfig
     from ..training.loop import config_differences
 

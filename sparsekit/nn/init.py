@@ -15,7 +15,7 @@ def er_connections(n_out: int, n_in: int, epsilon: float) -> int:
     """Connections of an ER layer: ``min(n_in * n_out, round(epsilon * (n_in + n_out)))``."""
     if n_out < 1 or n_in < 1:
         raise ValueError(f"layer shape must be positive, got ({n_out}, {n_in})")
-    if not epsilon > 0 or epsilon != epsilon:
+    if not epsilon > 0:  # NaN too
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     wanted = float(epsilon) * (n_in + n_out)  # inf for a huge epsilon: then the layer is dense
     return int(n_in * n_out if wanted >= n_in * n_out else round(wanted))

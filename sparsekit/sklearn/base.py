@@ -422,8 +422,8 @@ class _SparseMLPBase(BaseEstimator):
         """``X`` standardised with the first call's statistics, in ``dtype`` (default the
         network's precision): one copy.  The map is the same for dense and sparse ``X``: after
         a sparse first call nothing is centred, so a sparse ``X`` keeps its pattern; after a
-        dense one a sparse ``X`` is centred too, and so becomes dense (:meth:`_forward` hands
-        it over a block of rows at a time)."""
+        dense one a sparse ``X`` is centred too, and so becomes dense: whole when fitting
+        further, a block of rows at a time when predicting (:meth:`_forward`)."""
         if getattr(self, "_x_scale", None) is None:
             return X
         dtype = np.dtype(self.model_.dtype if dtype is None else dtype)

@@ -86,7 +86,7 @@ def test_state_dict_loads_another_size_and_keeps_the_parameter():
     torch.testing.assert_close(small(x), big(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("n_in,n_out", [(8, 8), (12, 4), (12, 9)])
+@pytest.mark.parametrize("n_in,n_out", [(8, 8), (12, 4), (12, 9), (16, 8)])
 def test_state_dict_of_another_shape_is_refused_and_nothing_changes(n_in, n_out):
     src = skt.SparseLinear(12, 8, epsilon=3.0, seed=0)
     dst = skt.SparseLinear(n_in, n_out, epsilon=3.0, seed=1)
@@ -96,6 +96,23 @@ def test_state_dict_of_another_shape_is_refused_and_nothing_changes(n_in, n_out)
     for k, v in dst.state_dict().items():
         assert torch.equal(v, before[k]), k
     dst(torch.randn(2, n_in))  # still a working layer
+
+
+def test_a_narrower_layers_state_is_refused_after_a_round_trip_through_torch_save():
+    # its pattern is a valid pattern of the wider layer: only the recorded shape tells them apart
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(skt.SparseLinear(12, 8, epsilon=3.0, seed=0).state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer)
+    wide = skt.SparseLinear(16, 8, epsilon=3.0, seed=1)
+    with pytest.raises(RuntimeError, match="8 x 12, this layer is 8 x 16"):
+        wide.load_state_dict(state)
+    model = torch.nn.Sequential(skt.SparseLinear(12, 8, epsilon=3.0, seed=0))
+    twin = torch.nn.Sequential(skt.SparseLinear(12, 8, epsilon=3.0, seed=2))
+    twin.load_state_dict(model.state_dict())  # same shape under a prefix: loads
+    torch.testing.assert_close(twin[0].values, model[0].values)
 
 
 def test_values_without_their_pattern_are_refused():

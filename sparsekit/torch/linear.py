@@ -311,10 +311,25 @@ class SparseLinear(nn.Module):
         return (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), crow._version, col._version,
                 vals.shape[0], vals.device)
 
-    def _saved_pattern_error(self, state_dict, prefix) -> str | None:
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The layer's shape goes into the state dict's metadata (kept by torch.save), not in a
+        # tensor: a narrower layer's pattern is a valid pattern of a wider one, and only the
+        # shape tells them apart.
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None:
+            metadata.setdefault(prefix[:-1], {})["shape"] = [self.out_features, self.in_features]
+
+    def _saved_pattern_error(self, state_dict, prefix, metadata=None) -> str | None:
         """What is wrong with the pattern a state dict would load into this layer (its own
         index buffers and values standing in for any it lacks), or None: it must be a valid
-        CSR of this layer's shape, with one value per connection."""
+        CSR of this layer's shape, with one value per connection, saved from a layer of this
+        shape (when the state dict's ``metadata`` records it)."""
+        shape = (metadata or {}).get("shape")
+        if shape is not None and list(shape) != [self.out_features, self.in_features]:
+            return (f"size mismatch for {prefix or 'the layer'}: the state dict holds a layer of "
+                    f"out_features x in_features = {shape[0]} x {shape[1]}, this layer is "
+                    f"{self.out_features} x {self.in_features}")
         t = {key: state_dict.get(prefix + key, getattr(self, key))
              for key in ("crow_indices", "col_indices", "values")}
         for key, v in t.items():
@@ -342,7 +357,7 @@ class SparseLinear(nn.Module):
                               unexpected_keys, error_msgs):
         # Checked first, so that a pattern of another shape (nn.Linear's "size mismatch") is
         # refused with the layer left as it was.
-        problem = self._saved_pattern_error(state_dict, prefix)
+        problem = self._saved_pattern_error(state_dict, prefix, local_metadata)
         if problem is not None:
             error_msgs.append(problem)
             return

@@ -160,11 +160,19 @@ def test_cli_fresh_run_refuses_an_existing_run_folder(tiny_npz, tmp_path):
     assert code == EXIT_ERROR and "already holds a run" in err and "--resume" in err
 
 
+def test_cli_a_run_too_large_for_its_data_or_memory_makes_no_folder(tiny_npz, tmp_path):
+    out = tmp_path / "r"
+    code, err = cli_train(tiny_npz, out, "--batch-size", 5000)
+    assert code == EXIT_ERROR and "exceeds the" in err and not out.exists()
+    code, err = cli_train(tiny_npz, out, "--hidden", 100000, 100000, "--epsilon", 1e6)
+    assert code == EXIT_ERROR and "does not fit in memory" in err and not out.exists()
+
+
 def test_cli_a_run_that_failed_before_its_first_epoch_leaves_a_reusable_folder(tiny_npz,
                                                                                tmp_path):
     out = tmp_path / "r"
-    code, err = cli_train(tiny_npz, out, "--batch-size", 5000)  # fails after owning the folder
-    assert code == EXIT_ERROR and "exceeds" in err and (out / "config.json").exists()
+    assert cli_train(tiny_npz, out, "--batch-size", 20)[0] == 0
+    (out / "checkpoint.npz").unlink()  # as a run killed in its first epoch leaves it
     code, err = cli_train(tiny_npz, out)  # no checkpoint there: nothing to lose
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["train"]["batch_size"] == 40

@@ -234,6 +234,7 @@ def resume_differences(args, saved: dict, config) -> list[str]:
 def cmd_train(args) -> int:
     from ..io.datasets import load_dataset
     from ..training.config import TrainConfig
+    from ..training.loop import check_run
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -265,11 +266,29 @@ def cmd_train(args) -> int:
         saved = {"dataset": _absolute(args.dataset), "data_dir": _absolute(args.data_dir),
                  "hidden": args.hidden,
                  "backend": args.backend or "cpu", "train": config.to_dict()}
-    # Data errors exit before any folder is made; then the folder is locked (rank 0 under MPI).
+    # Data errors, a batch larger than the data and a run too large for the memory exit before
+    # any folder is made; then the folder is locked (rank 0 under MPI).
     data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
+    sizes, run_config = _run_config(args, config, saved, data)
+    if not args.resume and not config.parallel:  # WASAP's rank 0 checks in train_wasap
+        check_run(sizes, run_config, data.x_train.shape[0], data.x_test.shape[0])
     with contextlib.ExitStack() as stack:
         _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
-        return _run(args, config, saved, run_dir, data)
+        return _run(args, config, run_config, saved, run_dir, data, sizes)
+
+
+def _run_config(args, config, saved: dict, data):
+    """The layer sizes and the :class:`TrainConfig` the run trains with (the backend, its
+    threads, the progress bar and memory limits of this command)."""
+    from ..backends import get_backend
+
+    backend = get_backend(saved["backend"])
+    if args.threads and hasattr(backend, "num_threads"):
+        backend.num_threads = args.threads
+    progress = not args.no_progress and sys.stderr.isatty()
+    return [data.n_features, *saved["hidden"], data.n_classes], config.replace(
+        backend=backend, progress=progress, gpu_memory_limit=args.gpu_memory_limit,
+        memory_limit=args.memory_limit)
 
 
 def _absolute(path):
@@ -313,27 +332,20 @@ def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> No
         raise SystemExit(EXIT_ERROR)
 
 
-def _run(args, config, saved: dict, run_dir: Path, data) -> int:
-    """Train in the held ``run_dir`` and write the plot."""
-    from ..backends import get_backend
+def _run(args, config, run_config, saved: dict, run_dir: Path, data, sizes) -> int:
+    """Train ``run_config`` in the held ``run_dir`` and write the plot."""
     from ..training.history import CHECKPOINT
     from ..training.loop import train
 
     rank = _rank(config.parallel)  # under mpiexec every rank runs this; 0 writes
-    backend = get_backend(saved["backend"])
-    if args.threads and hasattr(backend, "num_threads"):
-        backend.num_threads = args.threads
-    sizes = [data.n_features, *saved["hidden"], data.n_classes]
+    backend = run_config.backend
     if rank == 0:
         print(f"sparsekit: {saved['dataset']} ({data.x_train.shape[0]} train, "
               f"{data.x_test.shape[0]} test), layers {sizes}, backend {backend.name}, "
               f"optimizer {config.optimizer}, run folder {run_dir}", flush=True)
     resume = bool(args.resume) and (run_dir / CHECKPOINT).exists()
-    progress = not args.no_progress and sys.stderr.isatty()
-    result = train(sizes, data, config.replace(
-        backend=backend, progress=progress, gpu_memory_limit=args.gpu_memory_limit,
-        memory_limit=args.memory_limit), run_dir=run_dir, resume=resume,
-        log=_epoch_log(config))
+    result = train(sizes, data, run_config, run_dir=run_dir, resume=resume,
+                   log=_epoch_log(config))
     if not args.no_plot and result.history and rank == 0:
         from .plot import plot_history
 

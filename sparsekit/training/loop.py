@@ -64,6 +64,17 @@ def build_model(model, config: TrainConfig, seed) -> SparseMLP:
                      **config.model_options)
 
 
+def check_run(model, config: TrainConfig, n_train: int, n_test: int) -> None:
+    """What a run checks of its size before the model is built (``model``: layer sizes, a
+    model, or None for a resumed one): a batch that fits the training samples, a peak memory
+    that fits (:func:`check_run_memory`).  The command line makes these checks before it
+    creates the run folder as well."""
+    if n_train < config.batch_size:  # before the memory check, which would blame the batch
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {n_train} training "
+                         "samples")
+    check_run_memory(model, config, n_train, n_test)
+
+
 def check_run_memory(model, config: TrainConfig, n_train: int, n_test: int) -> None:
     """Refuse, before the model is built, a run whose estimated peak does not fit."""
     check_memory(model, config.backend, config.memory_limit,
@@ -231,11 +242,8 @@ def _train(model, data, cfg: TrainConfig, use_saved: bool, options, callbacks, r
     if resume:
         model, state, cfg = resume_state(run_dir / CHECKPOINT, model, cfg, use_saved, options)
         history = list(state["history"])
-    n_train = _n_rows(x_tr)
-    if n_train < cfg.batch_size:  # before the memory check, which would blame the batch's size
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n_train} training samples")
-    check_run_memory(None if resume else model, cfg, n_train,
-                     0 if x_te is None else _n_rows(x_te))
+    check_run(None if resume else model, cfg, _n_rows(x_tr),
+              0 if x_te is None else _n_rows(x_te))
     if not resume:
         model = build_model(model, cfg, init_seed)
     n_classes = model.layer_sizes[-1]

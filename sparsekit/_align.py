@@ -31,5 +31,6 @@ def feature_major_batch(x, idx, dtype) -> np.ndarray:
     if hasattr(part, "toarray"):
         part = part.toarray()
     out = aligned_empty((part.shape[1], part.shape[0]), dtype)
-    np.copyto(out, part.T, casting="unsafe")
+    with np.errstate(over="ignore"):  # values beyond dtype's range become inf: callers check
+        np.copyto(out, part.T, casting="unsafe")
     return out

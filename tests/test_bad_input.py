@@ -479,3 +479,22 @@ def test_synthetic_refuses_a_huge_n_informative_at_once():
 
     with pytest.raises(ValueError, match="n_features .* must be >= n_informative"):
         load_dataset("synthetic", n_informative=10**12)  # 2 ** 10**12 is never computed
+
+
+def test_inputs_that_overflow_the_network_are_named_not_predicted():
+    from sparsekit import SparseMLP
+
+    model = SparseMLP([4, 8, 3], seed=0)
+    huge = np.array([[0.0, 1e300, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"beyond float32's range \(1e\+300, first at row 0, "
+                                         r"column 1\)"):
+        model.predict(huge)
+    with pytest.raises(ValueError, match=r"NaN or inf \(first at row 0, column 1\)"):
+        model.predict(np.array([[0.0, np.inf, 0.0, 0.0]]))
+    # finite in float32, but the outputs overflow: refused, not predicted as class 0
+    edge = np.full((3, 4), 3e38, dtype=np.float32)
+    edge[0] = 0.0
+    with pytest.raises(ValueError, match="outputs overflow to inf or NaN from row 1"):
+        model.predict(edge)
+    with pytest.raises(ValueError, match="outputs overflow"):
+        model.evaluate(edge, np.zeros(3, dtype=np.int64))

@@ -139,3 +139,58 @@ def test_engine_counts_steps_and_epochs_and_keeps_state_aligned():
     # The estimators' pass: every sample once, a last partial batch included.
     fit = engine.train_epoch(x, y, drop_last=False, sort_batches=True)
     assert fit["samples"] == len(x) and fit["steps"] == -(-len(x) // 64)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_a_sample_weight_weighs_the_loss_as_repeating_the_sample(backend, loss):
+    # An integer weight k counts a sample's loss k times: the weighted step's loss and
+    # gradients are those of the batch with each sample repeated k times (0: left out).
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 7))
+    weights = np.array([0, 1, 2, 3, 1, 0, 2, 1, 1, 4, 2, 1], dtype=np.float64)
+    y = rng.integers(0, 3, 12) if loss == "cross_entropy" else rng.standard_normal((12, 3))
+
+    def step(xs, ys, sample_weight):
+        model = SparseMLP([7, 10, 3], epsilon=3, dropout=0.0, dtype="float64", seed=0,
+                          backend=backend)
+        engine = Engine(model, TrainConfig(dropout=0.0, dtype="float64"),
+                        np.random.default_rng(0), loss=loss)
+        idx = np.arange(xs.shape[0])
+        tb = engine.targets(ys, idx)
+        sw = None if sample_weight is None else backend.asarray(sample_weight)
+        value, _, grads, _ = engine.gradients(xs, tb, [0], idx=idx, weights=sw)
+        return float(value), [backend.to_numpy(g) for pair in grads for g in pair]
+
+    reps = weights.astype(int)
+    want_value, want = step(x.repeat(reps, axis=0), y.repeat(reps, axis=0), None)
+    got_value, got = step(x, y, weights)
+    assert got_value == pytest.approx(want_value, rel=1e-12)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-14)
+    # scaling every weight changes nothing; all-zero weights: no loss, no gradient
+    assert step(x, y, 2.5 * weights)[0] == pytest.approx(want_value, rel=1e-12)
+    zero_value, zero = step(x, y, np.zeros(12))
+    assert zero_value == 0.0 and not any(np.any(g) for g in zero)
+
+
+def test_sample_weights_weigh_the_epochs_loss_and_equal_ones_change_nothing():
+    x, y, _, _ = blobs(n=200)
+
+    def engine():
+        return Engine(SparseMLP([16, 24, 3], epsilon=3, seed=0), TrainConfig(batch_size=100),
+                      np.random.default_rng(0))
+
+    def epoch(sample_weight):
+        run = engine()
+        fit = run.train_epoch(x, y, drop_last=False, sample_weight=sample_weight)
+        return fit, digest(run.model)
+
+    plain, plain_digest = epoch(None)
+    ones, ones_digest = epoch(np.ones(len(x)))
+    assert ones_digest == plain_digest and ones["loss"] == pytest.approx(plain["loss"])
+    # In stored order, a second batch of weight zero leaves the epoch's loss at the first's.
+    first = engine()
+    loss, _, _ = first.train_step(x, y, np.arange(100), first.lr_at(0.0))
+    fit = engine().train_epoch(x, y, drop_last=False, shuffle=False,
+                               sample_weight=np.repeat([1.0, 0.0], 100))
+    assert fit["loss"] == pytest.approx(float(loss), rel=1e-6) and fit["loss"] > 0

@@ -205,11 +205,14 @@ class SparseMLP:
             host = feature_major_batch(x, slice(start, start + step), self.dtype)
             if not np.isfinite(host).all():  # one pass over a chunk already in cache
                 col, row = np.argwhere(~np.isfinite(host))[0]
-                raise ValueError(f"x contains NaN or inf (first at row {start + row}, "
-                                 f"column {col})")
+                value = _value(x, start + row, col)
+                what = ("NaN or inf (" if not np.isfinite(value)
+                        else f"values beyond {self.dtype.name}'s range ({value:.3g}, ")
+                raise ValueError(f"x contains {what}first at row {start + row}, column {col})")
             chunk = be.asarray(host)
             logits = self.forward_infer(chunk, buffers)
             out[start:start + step] = be.to_numpy(logits).T
+            _check_finite_outputs(out[start:start + step], host, start)
         return out
 
     def predict_proba(self, x, batch_size: int = 2048) -> np.ndarray:
@@ -256,3 +259,22 @@ class SparseMLP:
     def __repr__(self) -> str:
         return (f"SparseMLP({self.layer_sizes}, connections={self.n_connections}, "
                 f"activation={self.activation_name}, backend={self.backend.name})")
+
+
+def _check_finite_outputs(out_bo, host_ib, start: int) -> None:
+    """Refuse outputs that overflowed to inf or NaN from finite inputs (values near the
+    precision's limit, or diverged weights): predicting the first class and a NaN loss for
+    them would be a silent wrong answer."""
+    bad = ~np.isfinite(out_bo)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        largest = float(np.abs(host_ib[:, row]).max()) if host_ib.shape[0] else 0.0
+        raise ValueError(f"x: the network's outputs overflow to inf or NaN from row "
+                         f"{start + row} (largest |value| in that row {largest:.3g}); scale "
+                         f"the inputs down, or the weights diverged")
+
+
+def _value(x, row: int, col: int) -> float:
+    """``x[row, col]`` of a dense array or a scipy.sparse matrix, as a float."""
+    return float(x[row, col])
+

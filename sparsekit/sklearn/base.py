@@ -21,6 +21,17 @@ no-improvement count and the best weights.
     ``alpha / batch_size`` instead of ``alpha / m`` (the optimizer's decay is set once per
     call).  At the defaults (``alpha = 1e-4``, batches of up to 200) the penalty's gradient is
     5e-7 of a weight per full batch, so neither difference is visible in practice.
+
+``sample_weight``
+    As in scikit-learn, each step minimises its batch's weighted mean loss
+    ``sum_i w_i * loss_i / sum_i w_i`` (:func:`~sparsekit.training.step.weighted_loss`), and
+    the penalty is divided by a batch's expected weight instead of its size: ``weight_decay = alpha /
+    (batch_size * mean(w))`` for the call's training samples (scikit-learn divides by each
+    batch's own weight sum), so that scaling every weight by ``c`` weakens the penalty ``c``
+    times, as in scikit-learn.  The weights also weight the mean and variance that standardise
+    the inputs (and the regressor's targets) and the early-stopping validation score; the
+    epoch's loss in ``loss_curve_`` is the weighted mean over the epoch.  Equal weights train
+    exactly as no weights (the same bits), apart from that penalty.
 """
 
 from __future__ import annotations
@@ -35,34 +46,19 @@ from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.sparsefuncs import mean_variance_axis
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from ..nn.activations import NAMES as ACTIVATIONS
 from ..nn.model import SparseMLP
 from ..training.config import TrainConfig
 from ..training.loop import check_run_memory
 from ..training.runner import EpochRunner
+from .scaling import input_scaling, scale_inputs
 
 logger = logging.getLogger("sparsekit")
 
 _DTYPES = [np.float64, np.float32]
 SOLVERS = ("sgd", "adam", "adamw")
-#: Smallest divisor of a standardised feature, as a share of the median standard deviation of
-#: the non-constant features (``benchmarks/results/tabular.md``: +1.7 points on Fashion-MNIST,
-#: +1.1 on seattle-weather, +0.5 on digits against plain standardisation, no set worse).
-STD_FLOOR = 0.3
-#: ``standardize="auto"``: when the 90th percentile of the non-constant features' standard
-#: deviations is at most this many times the 10th, the features are taken to share one scale
-#: (pixels, counts of one kind, make_classification's columns) and are all divided by the
-#: median standard deviation, so that their relative spread -- often the signal: informative
-#: columns spread wider than noise ones -- survives; otherwise (mixed units: wine's spread is
-#: 51, breast_cancer's 5 000, digits' 30 with its blank border pixels) each is standardised.
-#: Measured with ``benchmarks/tabular.py`` (7 seeds, GSE): make_classification with 1 000
-#: features 0.80 -> 0.85, with 100 features 0.87 -> 0.89; the spread of the bundled and Vega
-#: sets puts iris (2.8), redundant_noise (3.9), Fashion-MNIST (4.5) and the pre-scaled
-#: regression sets (1.0) below it, seattle-weather (9.9) above it.
-COMMON_SCALE_SPREAD = 5.0
 #: Values of a sparse ``X`` densified at once when it has to be centred (``_forward``).
 SPARSE_BLOCK_VALUES = 2**19
 #: scikit-learn's names for two of sparsekit's activations (``activation="logistic"`` runs
@@ -170,14 +166,17 @@ class _SparseMLPBase(BaseEstimator):
                         state[name] = arr.copy()
 
     # --- hooks for the subclasses ----------------------------------------------------------
-    def _encode_targets(self, y, first: bool, classes=None) -> np.ndarray:
+    def _encode_targets(self, y, first: bool, classes=None, sample_weight=None) -> np.ndarray:
+        """``y`` as the network's targets; the first call fixes the encoding (the regressor's
+        standardisation, weighted by ``sample_weight``)."""
         raise NotImplementedError
 
     def _n_outputs(self) -> int:
         raise NotImplementedError
 
-    def _validation_score(self, X, target) -> float:
-        """Accuracy (classifier) or R² (regressor) of the current network on encoded targets."""
+    def _validation_score(self, X, target, sample_weight=None) -> float:
+        """Accuracy (classifier) or R² (regressor) of the current network on encoded targets,
+        weighted by ``sample_weight`` when given."""
         raise NotImplementedError
 
     # --- parameters ------------------------------------------------------------------------
@@ -273,36 +272,51 @@ class _SparseMLPBase(BaseEstimator):
         return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=_DTYPES,
                              multi_output=self._loss == "mse", y_numeric=self._loss == "mse")
 
-    def _fit(self, X, y, *, incremental: bool, classes=None):
+    def _fit(self, X, y, *, incremental: bool, classes=None, sample_weight=None):
         self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "model_") or not (self.warm_start or incremental)
         X, y = self._validate(X, y, reset=first)
-        target = self._encode_targets(y, first=first, classes=classes)
+        sw = None
+        if sample_weight is not None:
+            sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                      ensure_non_negative=True, copy=True)
+        stats_sw = _unequal(sw)  # equal weights: exactly the unweighted statistics
+        target = self._encode_targets(y, first=first, classes=classes, sample_weight=stats_sw)
         if first:
             self._train_config(1)  # a bad value fails before anything is computed
-            self._fit_input_scaling(X)
+            self._fit_input_scaling(X, stats_sw)
         X = self._scale_inputs(X, np.dtype(self.dtype) if first else None)
         rs = check_random_state(self.random_state)
         early = self.early_stopping
+        sw_tr = sw_val = None
         if early:
             stratify = y if is_classifier(self) else None
-            X_tr, X_val, t_tr, t_val = train_test_split(
-                X, target, random_state=rs, test_size=self.validation_fraction,
-                stratify=stratify)
+            parts = train_test_split(X, target, *(() if sw is None else (sw,)), random_state=rs,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_tr, X_val, t_tr, t_val = parts[:4]
+            if sw is not None:
+                sw_tr, sw_val = parts[4:]
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
         else:
-            X_tr, t_tr, X_val, t_val = X, target, None, None
+            X_tr, t_tr, X_val, t_val, sw_tr = X, target, None, None, sw
+        weight_scale = 1.0
+        if sw_tr is not None:
+            weight_scale = float(sw_tr.mean())
+            if not weight_scale > 0:
+                raise ValueError("sample_weight is zero for every training sample left after "
+                                 "the early-stopping validation split")
         n = X_tr.shape[0]
         batch_size = self._resolve_batch_size(n)
         if first:
             self._initialize(X.shape[1], n, 0 if X_val is None else X_val.shape[0],
                              batch_size, rs)
         runner = self._runner
-        runner.set_weight_decay(self.alpha / batch_size)
+        runner.set_weight_decay(self.alpha / (batch_size * weight_scale))
+        sw_tr, sw_val = _unequal(sw_tr), _unequal(sw_val)
         if early and getattr(self, "validation_scores_", None) is None:  # warm, switched on
             self.validation_scores_, self.best_validation_score_ = [], -np.inf
         elif not early and getattr(self, "best_loss_", None) is None:
@@ -317,14 +331,14 @@ class _SparseMLPBase(BaseEstimator):
         self.n_iter_ = 0
         for _ in range(self.max_iter):
             loss = runner.run_epoch(X_tr, t_tr, log, batch_size=batch_size,
-                                    shuffle=bool(self.shuffle))
+                                    shuffle=bool(self.shuffle), sample_weight=sw_tr)
             self.n_iter_ += 1
             self.t_ += n
             self.loss_ = loss
             self.loss_curve_.append(loss)
             if verbose:
                 print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-            self._update_no_improvement_count(early, X_val, t_val, verbose)
+            self._update_no_improvement_count(early, X_val, t_val, verbose, sw_val)
             if self._no_improvement_count > self.n_iter_no_change:
                 what = "Validation score" if early else "Training loss"
                 if verbose:
@@ -344,12 +358,13 @@ class _SparseMLPBase(BaseEstimator):
             self._best = None
         return self
 
-    def _update_no_improvement_count(self, early: bool, X_val, t_val, verbose: bool) -> None:
+    def _update_no_improvement_count(self, early: bool, X_val, t_val, verbose: bool,
+                                     sw_val=None) -> None:
         """scikit-learn's rule: an epoch counts as no improvement when the validation score is
         below the best one + ``tol`` (``early_stopping``), or the training loss above the best
         one - ``tol``; the best validation epoch's weights are kept."""
         if early:
-            score = self._validation_score(X_val, t_val)
+            score = self._validation_score(X_val, t_val, sw_val)
             self.validation_scores_.append(score)
             if verbose:
                 print(f"Validation score: {score:f}")
@@ -370,7 +385,7 @@ class _SparseMLPBase(BaseEstimator):
 
     _best = None
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train for up to ``max_iter`` epochs (continuing the current network if
         ``warm_start``), stopping as scikit-learn's MLP does (see ``n_iter_no_change``).
 
@@ -380,67 +395,30 @@ class _SparseMLPBase(BaseEstimator):
             Training data; sparse matrices are densified one mini-batch at a time only.
         y : array-like of shape (n_samples,) (or (n_samples, n_outputs) for the regressor)
             Target values.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample's loss (None: all equal); see the module
+            notes on what else it weights.
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     # --- input standardisation ---------------------------------------------------------------
-    def _fit_input_scaling(self, X) -> None:
-        """Per-feature mean and divisor of the first call's ``X`` (``standardize``); no mean
-        when that ``X`` is sparse, so that sparse input stays sparse (:meth:`_scale_inputs`).
-
-        Standardising divides a feature by its standard deviation, but by at least
-        :data:`STD_FLOOR` times the median standard deviation of the non-constant features,
-        so nearly constant ones (the border pixels of an image) are not blown up into noise as
-        large as the informative ones.  ``"auto"`` divides every feature by that median
-        instead when the features share a scale (:data:`COMMON_SCALE_SPREAD`).
-        """
-        if not self.standardize:
-            self._x_mean = self._x_scale = None
-            return
-        if sp.issparse(X):
-            _, var = mean_variance_axis(X, axis=0)
-            mean = None
-        else:
-            mean, var = X.mean(axis=0), X.var(axis=0)
-        std = np.sqrt(np.asarray(var, dtype=np.float64))
-        varying = std[std > 0]
-        median = float(np.median(varying)) if varying.size else 1.0
-        self._x_mean = mean
-        if self.standardize == "auto" and varying.size:
-            p10, p90 = np.percentile(varying, [10, 90])
-            if p90 <= COMMON_SCALE_SPREAD * p10:
-                self._x_scale = np.full_like(std, median)
-                return
-        self._x_scale = np.maximum(std, STD_FLOOR * median)
+    def _fit_input_scaling(self, X, sample_weight=None) -> None:
+        """The first call's per-feature mean and divisor (:func:`.scaling.input_scaling`)."""
+        self._x_mean, self._x_scale = input_scaling(X, self.standardize, sample_weight)
 
     def _scale_inputs(self, X, dtype=None):
         """``X`` standardised with the first call's statistics, in ``dtype`` (default the
-        network's precision): one copy.  The map is the same for dense and sparse ``X``: after
-        a sparse first call nothing is centred, so a sparse ``X`` keeps its pattern; after a
-        dense one a sparse ``X`` is centred too, and so becomes dense: whole when fitting
-        further, a block of rows at a time when predicting (:meth:`_forward`)."""
-        if getattr(self, "_x_scale", None) is None:
-            return X
+        network's precision): one copy (:func:`.scaling.scale_inputs`).  After a dense first
+        call a sparse ``X`` is centred too and so becomes dense: whole when fitting further, a
+        block of rows at a time when predicting (:meth:`_forward`)."""
         dtype = np.dtype(self.model_.dtype if dtype is None else dtype)
-        inv = (1.0 / self._x_scale).astype(dtype)
-        mean = self._x_mean
-        if sp.issparse(X):
-            if mean is None:
-                out = X.astype(dtype, copy=True).tocsr()
-                out.data *= inv[out.indices]
-                return out
-            X = X.toarray()
-        if mean is None:
-            out = np.array(X, dtype=dtype, copy=True)
-        else:
-            out = np.asarray(X, dtype=dtype) - mean.astype(dtype)
-        out *= inv
-        return out
+        return scale_inputs(X, getattr(self, "_x_mean", None), getattr(self, "_x_scale", None),
+                            dtype)
 
     # --- prediction ------------------------------------------------------------------------
     def _logits(self, X) -> np.ndarray:
@@ -457,3 +435,12 @@ class _SparseMLPBase(BaseEstimator):
             return np.concatenate([self._logits(self._scale_inputs(X[i:i + rows]))
                                    for i in range(0, X.shape[0], rows)])
         return self._logits(self._scale_inputs(X))
+
+
+
+def _unequal(sample_weight):
+    """``sample_weight``, or None when every weight is the same: a weighted mean is then the
+    plain mean, and computing it as one would change the last bits of training."""
+    if sample_weight is None or not sample_weight.size:
+        return None
+    return None if (sample_weight == sample_weight[0]).all() else sample_weight

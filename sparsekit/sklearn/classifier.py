@@ -48,7 +48,7 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
     def _n_outputs(self) -> int:
         return len(self.classes_)
 
-    def _encode_targets(self, y, first: bool, classes=None) -> np.ndarray:
+    def _encode_targets(self, y, first: bool, classes=None, sample_weight=None) -> np.ndarray:
         check_classification_targets(y)
         if first:
             labels = np.unique(y) if classes is None else np.unique(np.asarray(classes))
@@ -67,10 +67,13 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
                              f"{np.unique(np.asarray(y)[unseen])!r}")
         return pos.astype(np.int64)
 
-    def _validation_score(self, X, target) -> float:
-        return float((self._logits(X).argmax(axis=1) == target).mean())
+    def _validation_score(self, X, target, sample_weight=None) -> float:
+        right = self._logits(X).argmax(axis=1) == target
+        if sample_weight is None or not sample_weight.sum() > 0:
+            return float(right.mean())
+        return float(np.average(right, weights=sample_weight))
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Train one epoch on ``(X, y)``, creating the network on the first call.
 
         Parameters
@@ -79,6 +82,8 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
             Training data.
         y : array-like of shape (n_samples,)
             Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample's loss (None: all equal), as in :meth:`fit`.
         classes : array-like of shape (n_classes,), optional
             Every class that will ever appear; required on the first call, as the output layer
             is sized from it.
@@ -90,7 +95,7 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
         """
         if not hasattr(self, "model_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities.

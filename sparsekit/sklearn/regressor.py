@@ -8,6 +8,7 @@ from sklearn.metrics import r2_score
 
 from ._doc import ATTRIBUTES, PARAMETERS
 from .base import _SparseMLPBase
+from .scaling import weighted_mean_var
 
 
 class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
@@ -58,24 +59,29 @@ class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
     def _n_outputs(self) -> int:
         return self.n_outputs_
 
-    def _encode_targets(self, y, first: bool, classes=None) -> np.ndarray:
+    def _encode_targets(self, y, first: bool, classes=None, sample_weight=None) -> np.ndarray:
         y = np.asarray(y, dtype=np.float64)
         y2 = y.reshape(-1, 1) if y.ndim == 1 else y
         if first:
             self.n_outputs_ = y2.shape[1]
             self._y_1d = y.ndim == 1
-            self._y_mean = y2.mean(axis=0)
-            scale = y2.std(axis=0)
+            if sample_weight is None:
+                self._y_mean, scale = y2.mean(axis=0), y2.std(axis=0)
+            else:
+                self._y_mean, var = weighted_mean_var(y2, sample_weight)
+                scale = np.sqrt(var)
             self._y_scale = np.where(scale > 0, scale, 1.0)
         elif y2.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y2.shape[1]} outputs, expected {self.n_outputs_}")
         return (y2 - self._y_mean) / self._y_scale
 
-    def _validation_score(self, X, target) -> float:
+    def _validation_score(self, X, target, sample_weight=None) -> float:
         # R² does not change when targets and predictions share an affine map per output.
-        return float(r2_score(target, self._logits(X)))
+        if sample_weight is not None and not sample_weight.sum() > 0:
+            sample_weight = None
+        return float(r2_score(target, self._logits(X), sample_weight=sample_weight))
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """Train one epoch on ``(X, y)``, creating the network on the first call.
 
         Parameters
@@ -84,13 +90,15 @@ class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
             Training data.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets; the first call fixes their number and standardisation.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each sample's loss (None: all equal), as in :meth:`fit`.
 
         Returns
         -------
         self : object
             The updated estimator.
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X) -> np.ndarray:
         """Predicted targets.

@@ -73,18 +73,21 @@ class EpochRunner:
             engine.optimizer.weight_decay = engine.config.weight_decay
 
     def run_epoch(self, x, target: np.ndarray, log: Callable[[str], Any] | None = None, *,
-                  batch_size: int | None = None, shuffle: bool = True) -> float:
+                  batch_size: int | None = None, shuffle: bool = True,
+                  sample_weight: np.ndarray | None = None) -> float:
         """One pass over ``(x, target)`` in mini-batches; returns the mean loss per sample.
 
         ``x`` is a dense ``(n, n_features)`` array or a ``scipy.sparse`` CSR matrix; ``target``
         holds int64 class indices (``cross_entropy``) or ``(n, n_outputs)`` floats (``mse``).
         ``batch_size`` (default the config's) is clipped to the number of samples; a last
         partial batch is trained on too.  ``shuffle=False`` visits the samples in order.
+        ``sample_weight`` (float64, one per sample) weights each sample's loss
+        (:meth:`Engine.train_epoch <sparsekit.training.step.Engine.train_epoch>`).
         """
         engine = self.engine
         bs = min(int(batch_size or engine.config.batch_size), x.shape[0])
         fit = engine.train_epoch(x, target, drop_last=False, sort_batches=True,
-                                 batch_size=bs, shuffle=shuffle)
+                                 batch_size=bs, shuffle=shuffle, sample_weight=sample_weight)
         engine.end_epoch(prune=False)
         if log is not None:
             log(f"epoch {engine.epoch:>3}  {self.loss} loss {fit['loss']:.4f}  "

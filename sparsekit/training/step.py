@@ -46,6 +46,36 @@ def mse(xp, out_ob, target_ob, as_float: bool = True):
     return (float(loss) if as_float else loss), out_ob, diff / out_ob.dtype.type(n)
 
 
+def sample_losses(xp, out_ob, target, loss: str):
+    """Each sample's loss, from the outputs a loss function returned (probabilities for
+    ``cross_entropy``, as :func:`~sparsekit.nn.activations.cross_entropy_of` clips them;
+    the linear outputs for ``mse``): a vector of the batch's length, on the device."""
+    if loss == "cross_entropy":
+        picked = out_ob[target, xp.arange(out_ob.shape[1])]
+        return -xp.log(xp.maximum(picked, 1e-12))
+    diff = out_ob - target
+    return 0.5 * (diff * diff).sum(axis=0)
+
+
+def weighted_loss(loss_fn, xp, weights_b, target, loss: str):
+    """``loss_fn`` (mean over the batch and its gradient) turned into the weighted mean
+    ``sum_i w_i * loss_i / sum_i w_i`` and its gradient, as scikit-learn's MLPs weight samples.
+
+    The gradient is scaled in place, column by column, by ``w_i * n / sum(w)`` (it was divided
+    by ``n``), so the CPU step's reused buffer stays the one its backward reads.  A batch whose
+    weights are all zero has loss 0 and a zero gradient.
+    """
+    def fn(logits):
+        _, out, dout = loss_fn(logits)
+        total = weights_b.sum()
+        safe = xp.where(total > 0, total, 1.0)
+        scale = weights_b * (weights_b.shape[0] / safe)
+        dout *= scale.astype(dout.dtype)[None, :]
+        value = (weights_b * sample_losses(xp, out, target, loss).astype(weights_b.dtype)).sum()
+        return value / safe, out, dout
+    return fn
+
+
 def clip_global_norm(xp, grads, max_norm: float) -> None:
     """Scale every ``(grad_w, grad_b)`` in place so that their joint L2 norm is <= ``max_norm``.
 
@@ -155,7 +185,7 @@ class Engine:
             tb = np.ascontiguousarray(tb.T, dtype=self.model.dtype)
         return self.model.backend.asarray(tb)
 
-    def gradients(self, xb, tb, seeds, rule=None, idx=None):
+    def gradients(self, xb, tb, seeds, rule=None, idx=None, weights=None):
         """Forward, loss and backward: ``(loss, out, grads, cache)``; ``loss`` stays on the
         device and ``cache`` is what gradient-guided growth methods read (valid until the next
         step: the arrays are reused).
@@ -164,7 +194,8 @@ class Engine:
         lets the backend apply the update inside its backward pass; ``grads`` is then None.
         ``idx``: ``xb`` is the whole batch-major input and the batch its rows ``idx``, which
         the backend gathers itself, and the three run as one pass
-        (:meth:`~sparsekit.nn.model.SparseMLP.train_pass`).
+        (:meth:`~sparsekit.nn.model.SparseMLP.train_pass`).  ``weights``: the batch's sample
+        weights (float64, on the device), for the weighted mean loss (:func:`weighted_loss`).
         """
         model = self.model
         xp = model.backend.xp
@@ -174,6 +205,8 @@ class Engine:
         else:
             def loss_fn(logits):
                 return mse(xp, logits, tb, as_float=False)
+        if weights is not None:
+            loss_fn = weighted_loss(loss_fn, xp, weights, tb, self.loss)
         if idx is None:
             out, acts, derivs = model.forward_train(xb, seeds, buffers=self._buffers)
             loss, out, dout = loss_fn(out)
@@ -196,21 +229,25 @@ class Engine:
         self.flops.step(self.model)
 
     def train_step(self, x, target, idx, lr: float, *, rank: int = 0,
-                   grad_hook: Callable[[list], list] | None = None):
+                   grad_hook: Callable[[list], list] | None = None, sample_weight=None):
         """The training step on rows ``idx`` of ``(x, target)`` at rate ``lr``: batch, dropout
         seeds, forward, loss, backward, ``grad_hook``, optimizer update, growth ``after_step``.
 
-        Returns ``(loss, correct, stats)``: the batch's mean loss and (classification) count
-        of right answers, both still on the device, and the growth method's statistics.
+        ``sample_weight`` (float64, one per row of ``x``): the step minimises the weighted
+        mean loss of the batch instead of the mean.  Returns ``(loss, correct, stats)``: the
+        batch's (weighted) mean loss and (classification) count of right answers, both still
+        on the device, and the growth method's statistics.
         """
         tb = self.targets(target, idx)
+        weights = (None if sample_weight is None
+                   else self.model.backend.asarray(sample_weight[idx]))
         seeds = self.rng.integers(0, 2**63, size=len(self.model.layers) - 1)
         if rank:
             seeds = rank_seeds(seeds, rank)
         # Without a hook or clipping between gradient and update, the backend may fuse them.
         rule = (self.optimizer.backend_rule(lr)
                 if grad_hook is None and self.config.max_grad_norm is None else None)
-        loss, out, grads, cache = self.gradients(x, tb, seeds, rule, idx=idx)
+        loss, out, grads, cache = self.gradients(x, tb, seeds, rule, idx=idx, weights=weights)
         if grad_hook is not None:
             grads = grad_hook(grads)
         self.apply(grads, lr)
@@ -233,7 +270,7 @@ class Engine:
                     grad_hook: Callable[[list], list] | None = None,
                     lr_scale: Callable[[float], float] | None = None,
                     progress: bool = False, batch_size: int | None = None,
-                    shuffle: bool = True) -> dict[str, Any]:
+                    shuffle: bool = True, sample_weight=None) -> dict[str, Any]:
         """One shuffled pass over ``x`` (or its rows ``rows``) in mini-batches.
 
         Parameters
@@ -263,6 +300,10 @@ class Engine:
             Visit the samples in a new random order (True, one ``permutation`` draw from the
             generator) or in their stored order, drawing nothing (the estimators'
             ``shuffle=False``).
+        sample_weight : float64 array of shape (n_samples,), optional
+            Each sample's weight (indexed like ``x``): every step minimises its batch's
+            weighted mean loss (:meth:`train_step`), and the epoch's ``loss`` is the mean of
+            the batches' losses weighted by their total weight.
 
         Returns
         -------
@@ -286,6 +327,7 @@ class Engine:
         t0 = time.perf_counter()
         perm = self.rng.permutation(n) if shuffle else np.arange(n)
         loss_sum, last, correct, grow = 0.0, None, xp.zeros((), dtype=xp.int64), {}
+        weighted, weight_sum = 0.0, 0.0  # sum over batches of loss x total weight, and weight
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
             if sort_batches:
@@ -295,7 +337,10 @@ class Engine:
             frac = self.epoch + s / steps
             lr = self.lr_at(frac) * (lr_scale(frac) if lr_scale is not None else 1.0)
             loss, right, stats = self.train_step(x, target, idx, lr, rank=rank,
-                                                 grad_hook=grad_hook)
+                                                 grad_hook=grad_hook, sample_weight=sample_weight)
+            if sample_weight is not None:
+                batch_weight = float(sample_weight[idx].sum())
+                weighted, weight_sum = weighted + loss * batch_weight, weight_sum + batch_weight
             if len(idx) == bs:
                 loss_sum += loss
             else:
@@ -312,6 +357,8 @@ class Engine:
         full = (steps - (last is not None)) * bs
         mean = ((float(loss_sum) * bs + (float(last[0]) * last[1] if last else 0.0)) / n
                 if not drop_last else float(loss_sum) / steps)
+        if sample_weight is not None:
+            mean = float(weighted) / weight_sum if weight_sum > 0 else 0.0
         if not np.isfinite(mean):
             raise FloatingPointError(
                 f"training loss became {mean} in epoch {self.epoch + 1}; lower the learning "

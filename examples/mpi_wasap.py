@@ -9,8 +9,6 @@ Every rank runs this script; rank 0 prints, evaluates and returns the averaged m
 run from the command line: ``mpiexec -n 4 sparsekit train --parallel wasap ...``.
 """
 
-import inspect
-
 from _common import parser, unavailable
 
 import sparsekit
@@ -23,8 +21,6 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="default 20 (fast: 4)")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
-    if "parallel" not in inspect.signature(sparsekit.train).parameters:
-        unavailable("this sparsekit has no parallel training (train(parallel=...))")
     try:
         from sparsekit.parallel import world_rank
 

@@ -99,8 +99,8 @@ def test_alpha_matches_scikit_learns_gradient_term(blobs):
     (dict(batch_size="big"), "batch_size"), (dict(alpha=-1.0), "alpha"),
     (dict(tol=-1.0), "tol"), (dict(validation_fraction=1.0), "validation_fraction"),
     (dict(n_iter_no_change=0), "n_iter_no_change"), (dict(shuffle="yes"), "shuffle"),
-    (dict(slope=-1.0), "alpha must be > 0 for allrelu"), (dict(beta_1=1.0), "betas"),
-    (dict(learning_rate_init=0.0), "lr"), (dict(epsilon=0.0), "epsilon"),
+    (dict(slope=-1.0), "slope must be > 0 for allrelu"), (dict(beta_1=1.0), "beta_1"),
+    (dict(learning_rate_init=0.0), "learning_rate_init"), (dict(epsilon=0.0), "epsilon"),
 ])
 def test_bad_parameters_fail_at_fit_naming_them(blobs, bad, match):
     x, y = blobs
@@ -278,7 +278,7 @@ def test_features_of_one_scale_keep_their_relative_spread(blobs, sparse):
     assert (auto._x_mean is None) == sparse  # a sparse X is only scaled
     per_feature = small(max_iter=1, standardize=True).fit(data, y)
     np.testing.assert_allclose(per_feature._x_scale, np.maximum(std, 0.3 * np.median(std)))
-    with pytest.raises(ValueError, match="standardize must be True or False"):
+    with pytest.raises(ValueError, match="standardize must be True, False or 'auto'"):
         small(standardize="yes").fit(x, y)
 
 

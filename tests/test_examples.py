@@ -1,7 +1,6 @@
 """Every example in examples/ runs in its fast mode; one whose feature (or data) is missing here
 is skipped with the reason, never imitated."""
 
-import inspect
 import os
 import shutil
 import subprocess
@@ -47,8 +46,6 @@ def mpiexec() -> str | None:
 
 
 def mpi_missing() -> str:
-    if "parallel" not in inspect.signature(sparsekit.train).parameters:
-        return "parallel training (train(parallel='wasap')) is not implemented yet"
     if mpiexec() is None:
         return "mpiexec not found (pip install 'sparsekit[mpi]')"
     probe = subprocess.run([sys.executable, "-c", "from mpi4py import MPI"],

@@ -364,5 +364,78 @@ def test_values_beyond_float32_are_standardised_in_float64_or_refused(blobs, spa
     raw = SparseMLPClassifier(backend=one_thread(), standardize=False, **FAST)
     with pytest.raises(ValueError, match=r"beyond float32's range \(row 0, column 2"):
         raw.fit(as_input(wide), y)
-    with pytest.raises(ValueError, match="variance of column 2 overflows float64"):
-        clone(clf).fit(as_input(outlier), y)
+    # values whose squares overflow float64 still have a standard deviation: fitted on, the
+    # outlier is standardised like any other value
+    refit = clone(clf).fit(as_input(outlier), y)
+    assert np.isfinite(refit._x_scale).all() and refit.score(as_input(outlier), y) > 0.9
+
+
+def test_weighted_statistics_of_sparse_float32_input_are_the_dense_ones(blobs):
+    x, y = blobs
+    weights = np.random.default_rng(0).uniform(0, 2, 240)
+    x32 = x.astype(np.float32)
+    dense = SparseMLPClassifier(backend=one_thread(), standardize=True, max_iter=1)
+    sparse = clone(dense)
+    dense.fit(x32, y, sample_weight=weights)
+    sparse.fit(sp.csr_matrix(x32), y, sample_weight=weights)
+    np.testing.assert_allclose(sparse._x_scale, dense._x_scale, rtol=1e-5)
+
+
+def test_regressor_targets_beyond_the_square_root_of_float64_are_scaled_not_inf():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 5))
+    params = dict(backend=one_thread(), random_state=0, max_iter=3)
+    plain = SparseMLPRegressor(**params).fit(x, x[:, 0])
+    huge = SparseMLPRegressor(**params).fit(x, x[:, 0] * 1e160)  # y**2 overflows float64
+    np.testing.assert_allclose(huge.predict(x) / 1e160, plain.predict(x), rtol=1e-4, atol=1e-6)
+
+
+def test_a_refit_that_fails_leaves_the_estimator_unfitted_not_half_new(blobs):
+    from sklearn.exceptions import NotFittedError
+
+    x, y = blobs
+    clf = SparseMLPClassifier(backend=one_thread(), random_state=0, **FAST).fit(x, y)
+    with pytest.raises(ValueError):  # 8 samples: too few for a stratified validation split
+        clf.set_params(early_stopping=True).fit(x[:8] * 1000 + 50, y[:8])
+    with pytest.raises(NotFittedError):
+        clf.predict(x)  # not the old network behind the new call's standardisation
+
+
+@pytest.mark.parametrize("weights, message", [
+    (np.r_[1e308, 1e308, np.ones(238)], "sample_weight sums to inf"),
+    (np.r_[1e-300, np.full(239, 2e-300)], "weights this small .* overflow float32"),
+])
+def test_weights_that_overflow_are_named(blobs, weights, message):
+    x, y = blobs
+    clf = SparseMLPClassifier(backend=one_thread(), **FAST)
+    with pytest.raises(ValueError, match=message):
+        clf.fit(x, y, sample_weight=weights)
+    assert not hasattr(clf, "model_")
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(slope=np.nan), "slope must be a finite number"),
+    (dict(learning_rate_init=0), "learning_rate_init must be > 0"),
+    (dict(beta_2=1.5), r"beta_2 must lie in \[0, 1\)"),
+    (dict(adam_epsilon=0), "adam_epsilon must be > 0"),
+    (dict(standardize="yes"), "standardize must be True, False or 'auto'"),
+])
+def test_bad_parameters_are_named_as_the_estimator_names_them(blobs, params, message):
+    x, y = blobs
+    with pytest.raises(ValueError, match=message):
+        SparseMLPClassifier(backend=one_thread(), **{**FAST, **params}).fit(x, y)
+
+
+def test_numpy_dtypes_are_accepted(blobs):
+    x, y = blobs
+    clf = SparseMLPClassifier(backend=one_thread(), dtype=np.float64, **FAST).fit(x, y)
+    assert clf.model_.dtype == np.float64 and clf.get_params()["dtype"] is np.float64
+
+
+def test_divergence_is_reported_as_such_whatever_the_growth_method():
+    x = np.random.default_rng(0).standard_normal((200, 4))
+    for method in ("gse", "set"):
+        reg = SparseMLPRegressor((8,), solver="sgd", learning_rate_init=1e4, method=method,
+                                 max_iter=5, random_state=0, backend=one_thread())
+        with pytest.raises(FloatingPointError, match="lower the learning rate"):
+            reg.fit(x, x[:, 0])

@@ -50,7 +50,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ..nn.activations import NAMES as ACTIVATIONS
 from ..nn.model import SparseMLP
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, check_float
 from ..training.loop import check_run_memory
 from ..training.runner import EpochRunner
 from .scaling import input_scaling, scale_inputs
@@ -208,8 +208,19 @@ class _SparseMLPBase(BaseEstimator):
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         for name in ("shuffle", "early_stopping", "nesterovs_momentum", "warm_start"):
             _check_bool(name, getattr(self, name))
-        if not (isinstance(self.standardize, str) and self.standardize == "auto"):
-            _check_bool("standardize", self.standardize)
+        if not (isinstance(self.standardize, str) and self.standardize == "auto") and \
+                not isinstance(self.standardize, (bool, np.bool_)):
+            raise ValueError(f"standardize must be True, False or 'auto', got "
+                             f"{self.standardize!r}")
+        # Checked here under the estimator's names (TrainConfig calls them alpha, lr, betas and
+        # adam_eps, and alpha is the L2 penalty here).
+        check_float("slope", self.slope)
+        if self.activation == "allrelu" and not self.slope > 0:
+            raise ValueError(f"slope must be > 0 for allrelu, got {self.slope!r}")
+        check_float("learning_rate_init", self.learning_rate_init, low=0, low_open=True)
+        for name in ("beta_1", "beta_2"):
+            check_float(name, getattr(self, name), low=0, high=1, high_open=True)
+        check_float("adam_epsilon", self.adam_epsilon, low=0, low_open=True)
         tol = self.tol
         if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
             raise ValueError(f"tol must be a number >= 0, got {tol!r}")
@@ -219,6 +230,16 @@ class _SparseMLPBase(BaseEstimator):
         alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha >= 0:
             raise ValueError(f"alpha (the L2 penalty) must be a number >= 0, got {alpha!r}")
+
+    def _dtype_name(self):
+        """``dtype`` as TrainConfig names it (``np.float32`` or ``np.dtype("float32")``:
+        ``"float32"``); anything else unchanged, for TrainConfig to refuse."""
+        if self.dtype is None:  # np.dtype(None) would be float64
+            return None
+        try:
+            return np.dtype(self.dtype).name
+        except TypeError:
+            return self.dtype
 
     def _resolve_batch_size(self, n_samples: int) -> int:
         """scikit-learn's rule: ``"auto"`` is ``min(200, n_samples)``; a larger int is clipped
@@ -236,7 +257,7 @@ class _SparseMLPBase(BaseEstimator):
         return TrainConfig(
             epsilon=self.epsilon, alpha=self.slope,
             activation=SKLEARN_ACTIVATIONS.get(self.activation, self.activation),
-            dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self.dtype,
+            dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self._dtype_name(),
             method=self.method, method_params=self.method_params or {}, zeta=self.zeta,
             optimizer=self.solver, lr=self.learning_rate_init, momentum=self.momentum,
             nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
@@ -277,17 +298,22 @@ class _SparseMLPBase(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "model_") or not (self.warm_start or incremental)
+        if first:  # a fit that fails from here on leaves the estimator unfitted, not half new
+            for name in ("model_", "_runner"):
+                self.__dict__.pop(name, None)
         X, y = self._validate(X, y, reset=first)
         sw = None
         if sample_weight is not None:
             sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
                                       ensure_non_negative=True, copy=True)
+            if not np.isfinite(sw.sum()):
+                raise ValueError("sample_weight sums to inf; scale the weights down")
         stats_sw = _unequal(sw)  # equal weights: exactly the unweighted statistics
         target = self._encode_targets(y, first=first, classes=classes, sample_weight=stats_sw)
         if first:
             self._train_config(1)  # a bad value fails before anything is computed
             self._fit_input_scaling(X, stats_sw)
-        X = self._scale_inputs(X, np.dtype(self.dtype) if first else None)
+        X = self._scale_inputs(X, np.dtype(self._dtype_name()) if first else None)
         rs = check_random_state(self.random_state)
         early = self.early_stopping
         sw_tr = sw_val = None
@@ -311,11 +337,17 @@ class _SparseMLPBase(BaseEstimator):
                                  "the early-stopping validation split")
         n = X_tr.shape[0]
         batch_size = self._resolve_batch_size(n)
+        decay = self.alpha / (batch_size * weight_scale)
+        dtype = np.dtype(self._dtype_name()) if first else self.model_.dtype
+        if not decay <= np.finfo(dtype).max:
+            raise ValueError(f"sample_weight: weights this small (mean {weight_scale:.3g}) make "
+                             f"the L2 penalty alpha / (batch_size * mean weight) overflow "
+                             f"{dtype}; scale the weights up, or set alpha=0")
         if first:
             self._initialize(X.shape[1], n, 0 if X_val is None else X_val.shape[0],
                              batch_size, rs)
         runner = self._runner
-        runner.set_weight_decay(self.alpha / (batch_size * weight_scale))
+        runner.set_weight_decay(decay)
         sw_tr, sw_val = _unequal(sw_tr), _unequal(sw_val)
         if early and getattr(self, "validation_scores_", None) is None:  # warm, switched on
             self.validation_scores_, self.best_validation_score_ = [], -np.inf

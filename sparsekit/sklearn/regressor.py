@@ -8,7 +8,7 @@ from sklearn.metrics import r2_score
 
 from ._doc import ATTRIBUTES, PARAMETERS
 from .base import _SparseMLPBase
-from .scaling import weighted_mean_var
+from .scaling import mean_std
 
 
 class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
@@ -65,11 +65,11 @@ class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
         if first:
             self.n_outputs_ = y2.shape[1]
             self._y_1d = y.ndim == 1
-            if sample_weight is None:
-                self._y_mean, scale = y2.mean(axis=0), y2.std(axis=0)
-            else:
-                self._y_mean, var = weighted_mean_var(y2, sample_weight)
-                scale = np.sqrt(var)
+            mean, scale = mean_std(y2, sample_weight)
+            if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
+                raise ValueError("y: its mean or standard deviation overflows float64; scale "
+                                 "it down")
+            self._y_mean = mean
             self._y_scale = np.where(scale > 0, scale, 1.0)
         elif y2.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y2.shape[1]} outputs, expected {self.n_outputs_}")

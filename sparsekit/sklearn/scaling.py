@@ -37,6 +37,34 @@ def weighted_mean_var(X, sample_weight):
     return mean, var
 
 
+def mean_std(X, sample_weight=None):
+    """Per-column ``(mean, std)`` of ``X`` (dense, or CSR: mean None) under ``sample_weight``.
+
+    Values beyond about 1e154 overflow the variance's squares: then the statistics are those
+    of each column divided by its largest magnitude, scaled back.
+    """
+    def plain(X):
+        if sp.issparse(X):
+            weights = None if sample_weight is None else sample_weight.astype(X.dtype)
+            _, var = mean_variance_axis(X, axis=0, weights=weights)
+            return None, np.sqrt(np.asarray(var, dtype=np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, var = (weighted_mean_var(X, sample_weight) if sample_weight is not None
+                         else (X.mean(axis=0), X.var(axis=0)))
+        return mean, np.sqrt(np.asarray(var, dtype=np.float64))
+
+    mean, std = plain(X)
+    if np.isfinite(std).all() and (mean is None or np.isfinite(mean).all()):
+        return mean, std
+    big = (abs(X).max(axis=0).toarray().ravel() if sp.issparse(X)
+           else np.abs(X).max(axis=0)).astype(np.float64)
+    big[~(big > 0)] = 1.0
+    shrunk = (X.astype(np.float64) @ sp.diags(1.0 / big)).tocsr() if sp.issparse(X) \
+        else X / big
+    mean, std = plain(shrunk)
+    return (None if mean is None else mean * big), std * big
+
+
 def input_scaling(X, standardize, sample_weight=None):
     """``(mean, scale)`` per feature of ``X`` for ``standardize`` (True, False or "auto"):
     ``(None, None)`` when not standardising, no mean when ``X`` is sparse; weighted by
@@ -50,18 +78,11 @@ def input_scaling(X, standardize, sample_weight=None):
     """
     if not standardize:
         return None, None
-    if sp.issparse(X):
-        _, var = mean_variance_axis(X, axis=0, weights=sample_weight)
-        mean = None
-    elif sample_weight is None:
-        mean, var = X.mean(axis=0), X.var(axis=0)
-    else:
-        mean, var = weighted_mean_var(X, sample_weight)
-    std = np.sqrt(np.asarray(var, dtype=np.float64))
-    if not np.isfinite(std).all():
+    mean, std = mean_std(X, sample_weight)
+    if not np.isfinite(std).all():  # a column spanning float64's whole range
         col = int(np.flatnonzero(~np.isfinite(std))[0])
-        raise ValueError(f"X: the variance of column {col} overflows float64 (values too large "
-                         "to standardise); scale it down")
+        raise ValueError(f"X: the standard deviation of column {col} overflows float64; scale "
+                         "it down")
     varying = std[std > 0]
     median = float(np.median(varying)) if varying.size else 1.0
     if standardize == "auto" and varying.size:

@@ -254,7 +254,21 @@ class Engine:
         del grads  # free before a topology update, and before the next step's forward
         correct = (out.argmax(axis=0) == tb).sum() if self.loss == "cross_entropy" else None
         del out
-        return loss, correct, self.after_step(cache)
+        try:
+            stats = self.after_step(cache)
+        except ValueError:
+            # A growth method scoring a diverged network meets NaN first; say what happened
+            # (the loss is read only here: no device synchronisation on the normal path).
+            if np.isfinite(float(loss)):
+                raise
+            raise self.diverged(float(loss)) from None
+        return loss, correct, stats
+
+    def diverged(self, loss: float) -> FloatingPointError:
+        """The error for a training loss that became ``loss`` (inf or NaN)."""
+        return FloatingPointError(
+            f"training loss became {loss} in epoch {self.epoch + 1}; lower the learning rate "
+            f"(lr, now {self.config.lr})")
 
     def after_step(self, cache=None) -> dict | None:
         """The growth method's per-step hook; advances the step counter."""
@@ -360,9 +374,7 @@ class Engine:
         if sample_weight is not None:
             mean = float(weighted) / weight_sum if weight_sum > 0 else 0.0
         if not np.isfinite(mean):
-            raise FloatingPointError(
-                f"training loss became {mean} in epoch {self.epoch + 1}; lower the learning "
-                f"rate (lr, now {self.config.lr})")
+            raise self.diverged(mean)
         return {"loss": mean, "loss_sum": float(loss_sum), "correct": float(correct),
                 "samples": full + (last[1] if last else 0), "steps": steps,
                 "time_train": time.perf_counter() - t0, "grow": grow}

@@ -168,6 +168,28 @@ def test_topkast_ends_with_its_forward_set():
     assert dyn.step() is None  # past total_steps nothing runs
 
 
+def test_topkast_forward_set_follows_the_parameter_in_copies_and_edits():
+    import copy
+
+    net = make_net(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    dyn = skt.DynamicSparsity(net, opt, "topkast", every=5, total_steps=100, seed=0)
+    for s in range(3):
+        train_step(net, opt, s)
+        dyn.step()
+    layer = dyn.modules[0]
+    assert layer._forward_w is not None and layer._forward_w.nnz < layer.nnz
+    x = torch.randn(4, layer.in_features)
+    twin = copy.deepcopy(layer)
+    y = twin(x).detach()
+    with torch.no_grad():
+        twin.values.mul_(2.0)
+    torch.testing.assert_close(twin(x) - twin.bias, 2 * (y - twin.bias))
+    with torch.no_grad():
+        layer.values.zero_()
+    torch.testing.assert_close(layer(x), layer.bias.expand(4, -1).detach())
+
+
 def test_errors_name_the_problem():
     dense = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(), torch.nn.Linear(24, 3))
     stale = torch.optim.SGD(dense.parameters(), lr=0.1)

@@ -52,7 +52,7 @@ def test_forward_set_uses_a_subpattern_and_grads_cover_every_entry():
     w = layer.pattern()
     slots = np.sort(np.random.default_rng(0).choice(w.nnz, w.nnz // 2, replace=False))
     a = sub_pattern(layer.backend, w, slots)
-    layer._forward_w = a
+    layer._forward_w, layer._forward_slots = a, slots
     x = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
     g = torch.randn(5, 7, dtype=torch.float64)
     (layer(x) * g).sum().backward()
@@ -63,6 +63,11 @@ def test_forward_set_uses_a_subpattern_and_grads_cover_every_entry():
     full_grad = g.T @ x.detach()  # dL/dW at every position; compared at W's entries only
     torch.testing.assert_close(layer.values.grad,
                                full_grad[entry_rows(layer), layer.col_indices.long()])
+    # A's values are W's own: editing the parameter (or a copy's) changes the output
+    with torch.no_grad():
+        layer.values.mul_(0.5)
+    torch.testing.assert_close(layer(x).detach(), 0.5 * (x.detach() @ a_dense.T)
+                               + layer.bias.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_density_constructor_counts_and_masked_dense_reference():
@@ -249,3 +254,77 @@ def test_cuda_gradcheck_and_dynamic_sparsity_on_the_device():
             assert m.values.is_cuda and m.col_indices.is_cuda
             for k in ("exp_avg", "exp_avg_sq"):
                 assert opt.state[m.values][k].shape == m.values.shape
+
+
+def test_the_output_is_an_ordinary_tensor_for_in_place_ops_and_view():
+    net = torch.nn.Sequential(skt.SparseLinear(30, 20, epsilon=3, seed=0),
+                              torch.nn.ReLU(inplace=True), torch.nn.Linear(20, 2))
+    x = torch.randn(5, 30)
+    y = net[0](x)
+    assert y.is_contiguous() and y.view(-1).shape == (100,)
+    net(x).sum().backward()  # in-place ReLU after the layer, under autograd
+    assert net[0].values.grad is not None
+
+
+def test_inference_mode_loading_and_building_leave_a_working_layer():
+    x = torch.randn(5, 30)
+    src = skt.SparseLinear(30, 20, epsilon=6, seed=0)
+    layer = skt.SparseLinear(30, 20, epsilon=3, seed=1)  # another number of connections
+    with torch.inference_mode():
+        layer.load_state_dict(src.state_dict())
+        built = skt.SparseLinear(30, 20, epsilon=3, seed=0)
+        built(x)
+    torch.testing.assert_close(layer(x), src(x))
+    layer(x).sum().backward()  # and it still trains
+
+
+def test_loading_another_number_of_connections_drops_the_old_gradient():
+    x = torch.randn(5, 30)
+    layer = skt.SparseLinear(30, 20, epsilon=3, seed=1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).sum().backward()
+    opt.step()
+    layer.load_state_dict(skt.SparseLinear(30, 20, epsilon=6, seed=0).state_dict())
+    assert layer.values.grad is None
+    layer(x).sum().backward()
+    assert layer.values.grad.shape == layer.values.shape
+
+
+def test_values_or_pattern_alone_are_refused_even_when_not_strict():
+    a = skt.SparseLinear(30, 20, epsilon=3, seed=0)
+    b = skt.SparseLinear(30, 20, epsilon=3, seed=1)  # same nnz, another pattern
+    assert a.nnz == b.nnz
+    before = b.values.detach().clone()
+    with pytest.raises(RuntimeError, match="load the pattern and the values together"):
+        b.load_state_dict(dict(a.named_parameters()), strict=False)
+    assert torch.equal(b.values, before)
+    b.load_state_dict({"bias": a.bias.detach()}, strict=False)  # the bias alone is fine
+
+
+def test_unsupported_inputs_and_dtypes_are_named():
+    layer = skt.SparseLinear(4, 3, epsilon=1, seed=0)
+    with pytest.raises(ValueError, match="got a scalar"):
+        layer(torch.tensor(1.0))
+    half = skt.SparseLinear(4, 3, epsilon=1, seed=0).bfloat16()
+    with pytest.raises(ValueError, match="float32 or float64, but its values are torch.bfloat16"):
+        half(torch.randn(2, 4, dtype=torch.bfloat16))
+
+
+def test_importing_the_torch_layers_does_not_load_dynamo():
+    import subprocess
+    import sys
+
+    code = "import sys, sparsekit.torch; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"  # torch.compiler.disable is applied once torch.compile is in use
+
+
+def test_torch_compile_runs_the_layer_eagerly_and_compiles_the_rest():
+    net = torch.nn.Sequential(skt.SparseLinear(30, 20, epsilon=3, seed=0), torch.nn.ReLU(),
+                              torch.nn.Linear(20, 2))
+    x = torch.randn(5, 30)
+    compiled = torch.compile(net, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), net(x))
+    compiled(x).sum().backward()
+    assert net[0].values.grad is not None

@@ -100,3 +100,26 @@ def test_one_rule_on_a_layer_whose_dense_weight_would_take_160_gb():
     assert res.returncode == 0, res.stderr[-2000:]
     peak_kib = int(res.stdout.split()[-1])
     assert peak_kib < 100 * 1024, f"peak RSS grew by {peak_kib / 1024:.0f} MiB"
+
+
+def test_a_layer_used_twice_gets_one_replacement_and_frozen_layers_stay_frozen():
+    lin = torch.nn.Linear(8, 8)
+    frozen = torch.nn.Linear(8, 3).requires_grad_(False)
+    net = skt.sparsify(torch.nn.Sequential(lin, torch.nn.ReLU(), lin, frozen), epsilon=1,
+                       seed=0)
+    assert isinstance(net[0], skt.SparseLinear) and net[0] is net[2]
+    assert not net[3].values.requires_grad and not net[3].bias.requires_grad
+    # skipping either name of a shared layer keeps every use dense
+    lin2 = torch.nn.Linear(8, 8)
+    kept = skt.sparsify(torch.nn.Sequential(lin2, torch.nn.ReLU(), lin2), skip="2", seed=0)
+    assert kept[0] is lin2 and kept[2] is lin2
+
+
+def test_a_sparsified_transformer_layer_runs_in_eval_mode():
+    layer = skt.sparsify(torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
+                         epsilon=2, seed=0)
+    assert isinstance(layer.linear1, skt.SparseLinear)
+    x = torch.randn(2, 3, 16)
+    layer.eval()
+    with torch.no_grad():  # the conditions of torch's fused inference path
+        assert layer(x).shape == (2, 3, 16)

@@ -230,6 +230,12 @@ class TopKAST(GrowthMethod):
             out.append(st.a_size if st is not None and layer.w is st.b else layer.nnz)
         return out
 
+    def forward_slots(self, i: int):
+        """Positions in layer ``i``'s values of the entries of its forward set A (increasing,
+        on the layer's device), or None where A is the whole layer."""
+        st = self._states.get(i)
+        return None if st is None or st.a is None else st.a_slots
+
     def finalize(self, model) -> None:
         """Reduce every Top-KAST layer to its forward set A (values and momentum kept)."""
         for i, st in self._states.items():

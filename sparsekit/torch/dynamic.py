@@ -238,7 +238,8 @@ class DynamicSparsity:
 
     def _write_back(self) -> None:
         """Hand changed topologies and their optimizer state back to the modules."""
-        for m, layer in zip(self.modules, self._model.layers):
+        forward_slots = getattr(self.method, "forward_slots", None)
+        for i, (m, layer) in enumerate(zip(self.modules, self._model.layers)):
             if layer.w is not m.pattern():
                 m._set_topology(layer.w)
                 m.values.grad = None  # shaped like the old topology
@@ -246,6 +247,10 @@ class DynamicSparsity:
                 for k, arr in layer.state_w.items():
                     state[k] = _bridge.tensor(arr)
             m._forward_w = layer.w_forward
+            m._forward_slots = (None if layer.w_forward is None or forward_slots is None
+                                else forward_slots(i))
+            if m._forward_slots is None:
+                m._forward_w = None
 
     def _arm(self) -> None:
         """Ask the layers to keep the next step's inputs and output gradients when the method

@@ -11,6 +11,9 @@ activations, so each pass transposes its input once.
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import numpy as np
 import torch
 from torch import nn
@@ -23,6 +26,25 @@ from ..nn.init import erdos_renyi, init_values, uniform_pattern
 from . import _bridge
 
 _DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _eager_under_compile(fn):
+    """``fn`` run eagerly inside ``torch.compile`` (Dynamo cannot trace the kernels, which read
+    the tensors' memory): the model compiles around it.  ``torch.compiler.disable`` is applied
+    on the first call made once Dynamo is loaded, so that importing sparsekit.torch does not
+    load it (0.9 s)."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if "torch._dynamo" not in sys.modules:  # nothing can be compiling
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call
 
 
 class _Capture:
@@ -52,7 +74,9 @@ class _SparseLinearFunction(torch.autograd.Function):
             z_ob = _bridge.tensor(backend.matmul(x_ib, w if w_fwd is None else w_fwd))
         if bias is not None:  # in place on the fresh product: no second output-sized array
             z_ob.add_(bias.detach()[:, None])
-        y = z_ob.T
+        # Batch-major and contiguous, as nn.Linear's: a transposed view would refuse .view()
+        # and, created inside a Function, in-place ops after the layer (ReLU(inplace=True)).
+        y = z_ob.T.contiguous()
         ctx.save_for_backward(values)  # autograd then refuses values changed in place before
         ctx.x_ib, ctx.pattern, ctx.w_fwd, ctx.backend, ctx.capture = (x_ib, pattern, w_fwd,
                                                                       backend, capture)
@@ -183,8 +207,14 @@ class SparseLinear(nn.Module):
         self.bias = (nn.Parameter(torch.from_numpy(np.array(bias, dtype=w.dtype)))
                      if bias is not None else None)
         self._pattern_cache = None
-        self._forward_w = None  # Top-KAST's forward set, set by DynamicSparsity
+        # Top-KAST's forward set (a sub-pattern of W) and the positions of its entries in
+        # ``values``, set by DynamicSparsity; its values are gathered from ``values`` at every
+        # forward, so edits, copies and conversions of the parameter take effect.
+        self._forward_w = self._forward_slots = None
         self._capture = None    # a _Capture while a DynamicSparsity wants this step's gradients
+        # nn.TransformerEncoderLayer's fused inference path reads linear1.weight directly; any
+        # forward hook inside it turns that path off, so this layer keeps a no-op one.
+        self.register_forward_pre_hook(_no_fused_paths)
 
     # --- construction from / export to other formats -----------------------------------------
     @classmethod
@@ -283,7 +313,7 @@ class SparseLinear(nn.Module):
         index.
         """
         crow, col, vals = self.crow_indices, self.col_indices, self.values
-        key = (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), crow._version, col._version,
+        key = (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), _version(crow), _version(col),
                vals.shape[0], vals.device)
         if self._pattern_cache is None or self._pattern_cache[0] != key:
             devices = {crow.device, col.device, vals.device}
@@ -308,7 +338,7 @@ class SparseLinear(nn.Module):
 
     def _cache_key(self):
         crow, col, vals = self.crow_indices, self.col_indices, self.values
-        return (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), crow._version, col._version,
+        return (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), _version(crow), _version(col),
                 vals.shape[0], vals.device)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -332,6 +362,11 @@ class SparseLinear(nn.Module):
                     f"{self.out_features} x {self.in_features}")
         t = {key: state_dict.get(prefix + key, getattr(self, key))
              for key in ("crow_indices", "col_indices", "values")}
+        given = [prefix + key in state_dict for key in t]
+        if any(given) and not all(given):
+            return (f"{prefix}values, {prefix}crow_indices and {prefix}col_indices go together: "
+                    "load the pattern and the values together (the state dict has only "
+                    f"{', '.join(k for k, g in zip(t, given) if g)})")
         for key, v in t.items():
             if not isinstance(v, torch.Tensor) or v.ndim != 1:
                 return f"{prefix}{key} must be a 1-D tensor"
@@ -365,16 +400,21 @@ class SparseLinear(nn.Module):
         # take its sizes first, then let nn.Module copy the tensors in.
         saved = state_dict.get(prefix + "values")
         if saved is not None and saved.shape != self.values.shape:
-            self.values.data = torch.empty(saved.shape, dtype=self.values.dtype,
-                                           device=self.values.device)
-            col = state_dict.get(prefix + "col_indices")
-            if col is not None:
-                self.col_indices = torch.empty(col.shape, dtype=self.col_indices.dtype,
-                                               device=self.col_indices.device)
-        self._pattern_cache = self._forward_w = None
+            # not inference tensors, even when loaded under torch.inference_mode(): the layer
+            # must train afterwards
+            with torch.inference_mode(False):
+                self.values.data = torch.empty(saved.shape, dtype=self.values.dtype,
+                                               device=self.values.device)
+                col = state_dict.get(prefix + "col_indices")
+                if col is not None:
+                    self.col_indices = torch.empty(col.shape, dtype=self.col_indices.dtype,
+                                                   device=self.col_indices.device)
+            self.values.grad = None  # shaped like the old pattern
+        self._pattern_cache = self._forward_w = self._forward_slots = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
+    @_eager_under_compile
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(..., in_features)``.
 
@@ -390,6 +430,11 @@ class SparseLinear(nn.Module):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0:
+            raise ValueError(f"input must have shape (..., {self.in_features}), got a scalar")
+        if self.values.dtype not in _DTYPES:
+            raise ValueError(f"SparseLinear computes in float32 or float64, but its values are "
+                             f"{self.values.dtype}; convert it with .float() or .double()")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, expected {self.in_features}")
         if x.device != self.values.device:
@@ -401,7 +446,12 @@ class SparseLinear(nn.Module):
         lead = x.shape[:-1]
         w_fwd = self._forward_w
         if w_fwd is not None and w_fwd.xp is not self.backend.xp:
-            w_fwd = self._forward_w = None  # moved to another device: forward with all of W
+            # moved to another device: forward with all of W
+            w_fwd = self._forward_w = self._forward_slots = None
+        if w_fwd is not None:
+            with _bridge.on_device(x.device):
+                values = _bridge.view(self.values.detach(), w_fwd.xp)
+                w_fwd = w_fwd.with_data(values[self._forward_slots])
         y = _SparseLinearFunction.apply(x.reshape(-1, self.in_features), self.values,
                                         self.bias, self.pattern(), w_fwd, self.backend,
                                         self._capture if torch.is_grad_enabled() else None)
@@ -410,3 +460,14 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"nnz={self.nnz}, bias={self.bias is not None}")
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t``'s in-place version counter (-1 for inference tensors, which have none)."""
+    return -1 if t.is_inference() else t._version
+
+
+def _no_fused_paths(module, args) -> None:
+    """A forward pre-hook that does nothing (see :meth:`SparseLinear._install`)."""
+    return None
+

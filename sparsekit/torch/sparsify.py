@@ -95,6 +95,10 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         new = SparseLinear(lin.in_features, lin.out_features, epsilon, lin.bias is not None,
                            density=density, init=init, fan_in=fan_in,
                            seed=np.random.default_rng(child), dtype=dtype, backend=backend)
+        # a frozen layer stays frozen
+        new.values.requires_grad_(lin.weight.requires_grad)
+        if new.bias is not None:
+            new.bias.requires_grad_(lin.bias.requires_grad)
         return new if device.type == "meta" else new.to(device)
 
     if isinstance(module, nn.Linear):
@@ -103,11 +107,18 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
     for mod in module.modules():
         if isinstance(mod, nn.MultiheadAttention):
             inside_mha.update(id(m) for m in mod.modules())
-    targets = [(name, mod) for name, mod in module.named_modules()
-               if isinstance(mod, nn.Linear) and id(mod) not in inside_mha
-               and not skipped(name, mod)]
-    for name, lin in targets:
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attr, replace(name, lin))
+    # Every name a layer goes by (a layer used twice, tied weights): one replacement shared by
+    # all of them, or none when any of its names is skipped.
+    names: dict[int, list[str]] = {}
+    for name, mod in module.named_modules(remove_duplicate=False):
+        if isinstance(mod, nn.Linear) and id(mod) not in inside_mha:
+            names.setdefault(id(mod), []).append(name)
+    for uses in names.values():
+        lin = module.get_submodule(uses[0])
+        if any(skipped(name, lin) for name in uses):
+            continue
+        new = replace(uses[0], lin)
+        for name in uses:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
     return module

@@ -443,7 +443,7 @@ def test_a_huge_epsilon_or_gamma_means_every_position_not_an_overflow():
     res = sparsekit.train([64, 8, 10], d, epochs=1, epsilon=1e308, method="gse",
                           method_params={"gamma": 1e308})
     assert res.model.n_connections[0] == 64 * 8
-    with pytest.raises(ValueError, match="epsilon must be > 0"):
+    with pytest.raises(ValueError, match="epsilon must be a number > 0"):
         er_connections(8, 64, float("nan"))
 
 
@@ -498,3 +498,15 @@ def test_inputs_that_overflow_the_network_are_named_not_predicted():
         model.predict(edge)
     with pytest.raises(ValueError, match="outputs overflow"):
         model.evaluate(edge, np.zeros(3, dtype=np.int64))
+
+
+def test_an_epsilon_that_leaves_a_layer_without_connections_is_refused():
+    from sparsekit import SparseMLP, estimate_memory
+
+    with pytest.raises(ValueError, match="gives a 3 x 16 layer no connections"):
+        SparseMLP([40, 16, 3], epsilon=0.01)
+    with pytest.raises(ValueError, match="epsilon must be a number > 0, got '5'"):
+        SparseMLP([40, 16, 3], epsilon="5")
+    with pytest.raises(ValueError, match="layer_sizes must be a sequence of positive integers, "
+                                         "got '784,10'"):
+        estimate_memory("784,10")

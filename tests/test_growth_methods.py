@@ -516,3 +516,17 @@ def test_huge_layer_update_in_onnz_memory(n, method):
     dense_bytes = n * n * 4
     assert peak < dense_bytes / 20, f"peak {peak / 1e9:.2f} GB vs dense {dense_bytes / 1e9:.0f} GB"
     assert peak / expected_nnz < 200, f"{peak / expected_nnz:.0f} bytes per connection"
+
+
+def test_set_every_steps_does_not_evolve_after_the_final_step():
+    from sparsekit import train
+    from sparsekit.io.datasets import load_dataset
+
+    data = load_dataset("synthetic", n_samples=600, n_features=20, n_classes=3,
+                        n_clusters_per_class=2, seed=0)
+    steps = data.x_train.shape[0] // 50
+    last = train([20, 32, 3], data, epochs=3, batch_size=50, epsilon=4, seed=0, method="set",
+                 evolve_every=steps).history[-1]
+    assert last.get("growth_replaced") is None  # the last epoch ends on its final step
+    with pytest.raises(ValueError, match="init must be one of"):
+        train([20, 32, 3], data, epochs=1, method="set", method_params={"init": "he_unifrom"})

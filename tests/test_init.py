@@ -12,8 +12,8 @@ from sparsekit.nn.init import er_connections, erdos_renyi, init_values
 def test_er_connections():
     assert er_connections(1000, 784, 20) == 35_680
     assert er_connections(10, 1000, 20) == 10_000  # capped: the layer is dense
-    assert er_connections(1, 1, 0.1) == 0
-    for args in [(0, 5, 20), (5, 0, 20), (5, 5, 0), (5, 5, -1.0), (5, 5, float("nan"))]:
+    for args in [(0, 5, 20), (5, 0, 20), (5, 5, 0), (5, 5, -1.0), (5, 5, float("nan")),
+                 (1, 1, 0.1)]:  # the last: a layer without connections
         with pytest.raises(ValueError):
             er_connections(*args)
 

@@ -35,6 +35,16 @@ class GrowthMethod:
         """JSON-serialisable parameters (recorded in history and checkpoints)."""
         return {}
 
+    def state_dict(self) -> dict:
+        """What :meth:`setup` cannot re-derive from the model when a run resumes
+        (JSON-serialisable; saved in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take :meth:`state_dict`'s result before the resumed run's :meth:`setup`."""
+        if state:
+            raise ValueError(f"method {self.name!r} keeps no state, got {sorted(state)}")
+
 
 _METHODS: dict[str, Callable[..., GrowthMethod]] = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn.init import init_values
+from ..nn.init import FAN_INS, INITS, init_values
 from .base import GrowthMethod, register_method
 
 
@@ -31,7 +31,8 @@ class SET(GrowthMethod):
     evolve_output : bool, default False
         The reference code never evolves the layer feeding the output; set True to evolve it.
     last_epoch : bool, default False
-        Also evolve after the final epoch (the reference does not).
+        Also evolve after the final epoch, or with ``every_steps`` after the final step (the
+        reference does not: connections regrown then are never trained).
     init, fan_in : str
         Distribution of regrown values (see :func:`sparsekit.nn.init.init_values`).
 
@@ -51,6 +52,10 @@ class SET(GrowthMethod):
             raise ValueError(f"zeta must lie in [0, 1), got {zeta}")
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}")
+        if init not in INITS:  # checked here, not at the first update an epoch later
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if fan_in not in FAN_INS:
+            raise ValueError(f"fan_in must be one of {FAN_INS}, got {fan_in!r}")
         self.zeta, self.every_steps = float(zeta), every_steps
         self.evolve_output, self.last_epoch = bool(evolve_output), bool(last_epoch)
         self.init, self.fan_in = init, fan_in
@@ -60,8 +65,17 @@ class SET(GrowthMethod):
                 "evolve_output": self.evolve_output, "last_epoch": self.last_epoch,
                 "init": self.init, "fan_in": self.fan_in}
 
+    _total_steps = None
+
+    def setup(self, model, steps_per_epoch, epochs, rng=None) -> None:
+        self._total_steps = steps_per_epoch * epochs
+
     def after_step(self, model, step, epoch, rng, cache=None):
-        if self.every_steps and (step + 1) % self.every_steps == 0:
+        # As after the last epoch (last_epoch): not after the final step, whose regrown
+        # connections would never be trained.
+        final = self._total_steps is not None and step + 1 >= self._total_steps
+        if self.every_steps and (step + 1) % self.every_steps == 0 and (
+                not final or self.last_epoch):
             return self.evolve(model, rng)
         return None
 

@@ -149,17 +149,38 @@ class TopKAST(GrowthMethod):
                              f"connections, fewer than its forward set's {a_size}")
         return b
 
+    def state_dict(self) -> dict:
+        """Each Top-KAST layer's forward-set size |A|: after neuron pruning, or in a layer the
+        user built, it follows from no budget the resumed run could recompute."""
+        return {"forward_sizes": [[int(i), int(st.a_size)] for i, st in self._states.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        sizes = state.get("forward_sizes", []) if isinstance(state, dict) else None
+        if not (isinstance(sizes, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(type(v) is int and v >= 0 for v in p)
+                for p in sizes)):
+            raise ValueError(f"topkast state must hold forward_sizes [[layer, size], ...], got "
+                             f"{state!r}")
+        self._resumed_sizes = dict(map(tuple, sizes))
+
+    _resumed_sizes: dict = {}
+
     def _sizes(self, model, i: int) -> tuple[int, int]:
         """``(|A|, |B|)`` of layer i."""
         w = model.layers[i].w
         n_out, n_in = w.shape
         total = n_out * n_in
+        if i in self._resumed_sizes:  # a resumed run: B is the layer as saved
+            return min(self._resumed_sizes[i], w.nnz), w.nnz
         if self.forward_density is not None:
             a = max(1, round(self.forward_density * total))
         else:
             # The ER budget; a layer already at its B size is a resumed Top-KAST run, and any
             # other size is a user-built layer whose own size is the forward budget.
-            a = er_connections(n_out, n_in, model.epsilon)
+            try:
+                a = er_connections(n_out, n_in, model.epsilon)
+            except ValueError:  # no ER budget at this epsilon: the layer's own size is
+                a = w.nnz
             if w.nnz not in (a, self._b_size(a, total, i)):
                 a = w.nnz
         return a, self._b_size(a, total, i)
@@ -182,6 +203,7 @@ class TopKAST(GrowthMethod):
                 rows, cols = layer.backend.sample_absent(layer.w, b_size - layer.nnz, rng)
                 replace_connections(layer, layer.backend.xp.empty(0, dtype=np.int64), rows, cols)
             self._states[i] = self._install(layer, a_size)
+        self._resumed_sizes = {}
 
     def after_step(self, model, step, epoch, rng, cache=None):
         self.schedule.require_setup()

@@ -56,11 +56,12 @@ class Dataset:
         set_ = object.__setattr__  # frozen: normalise fields once, here
         set_(self, "n_classes", int(self.n_classes))
         xtr, ytr = check_xy(self.x_train, self.y_train, n_classes=self.n_classes,
-                            names=("x_train", "y_train"))
+                            names=("x_train", "y_train"), dtype=np.float32)
         if xtr.shape[0] == 0:
             raise ValueError("x_train has no rows")
         xte, yte = check_xy(self.x_test, self.y_test, n_features=xtr.shape[1],
-                            n_classes=self.n_classes, names=("x_test", "y_test"))
+                            n_classes=self.n_classes, names=("x_test", "y_test"),
+                            dtype=np.float32)
         for key, val, dtype in (("x_train", xtr, np.float32), ("y_train", ytr, np.int64),
                                 ("x_test", xte, np.float32), ("y_test", yte, np.int64)):
             set_(self, key, np.ascontiguousarray(val, dtype=dtype))
@@ -87,8 +88,8 @@ def is_sparse(x: Any) -> bool:
 
 
 def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: int | None = None,
-             *, names: tuple[str, str] = ("x", "y"),
-             sparse: bool = False) -> tuple[Any, np.ndarray | None]:
+             *, names: tuple[str, str] = ("x", "y"), sparse: bool = False,
+             dtype=None) -> tuple[Any, np.ndarray | None]:
     """Validate features and integer labels, raising a one-line ``ValueError`` naming the argument.
 
     Parameters
@@ -103,6 +104,9 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
     sparse : bool
         Accept a ``scipy.sparse`` ``x`` and return it as CSR (its stored values checked);
         otherwise such an ``x`` is refused with a message saying so.
+    dtype : numpy dtype, optional
+        The precision ``x`` will be computed in: values beyond its range (finite in float64,
+        inf once cast) are refused too.
 
     Returns
     -------
@@ -114,16 +118,33 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
         if not sparse:
             raise ValueError(f"{xn} is a scipy.sparse matrix where a dense array is needed "
                              "(train() and the estimators take sparse input)")
-        return _check_sparse_x(x, n_features, xn), check_labels(y, x.shape[0], n_classes,
-                                                                 names)
+        return (_check_sparse_x(x, n_features, xn, dtype),
+                check_labels(y, x.shape[0], n_classes, names))
     x = _check_matrix(np.asarray(x), n_features, xn)
+    limit = _limit(x, dtype)
     step = _block(x.shape[1])
     for s in range(0, x.shape[0], step):
-        bad = ~np.isfinite(x[s:s + step])
+        block = x[s:s + step]
+        bad = ~np.isfinite(block) if limit is None else ~(np.abs(block) <= limit)
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise ValueError(f"{xn} contains NaN or inf (first at row {s + r}, column {c})")
+            raise ValueError(_bad_value(xn, block[r, c], s + r, c, dtype))
     return x, check_labels(y, x.shape[0], n_classes, names)
+
+
+def _limit(x, dtype):
+    """The largest magnitude ``x`` may hold to fit ``dtype``, or None: any finite value."""
+    if dtype is None or np.dtype(dtype).itemsize >= x.dtype.itemsize:
+        return None
+    return np.finfo(dtype).max
+
+
+def _bad_value(xn: str, value, row: int, col: int, dtype) -> str:
+    """The message for a value that is NaN, inf or beyond ``dtype``'s range."""
+    if np.isfinite(value):
+        return (f"{xn} contains values beyond {np.dtype(dtype).name}'s range ({float(value):.3g}, "
+                f"first at row {row}, column {col}); scale them down")
+    return f"{xn} contains NaN or inf (first at row {row}, column {col})"
 
 
 def _check_matrix(x: Any, n_features: int | None, xn: str):
@@ -140,14 +161,16 @@ def _check_matrix(x: Any, n_features: int | None, xn: str):
     return x
 
 
-def _check_sparse_x(x: Any, n_features: int | None, xn: str):
-    """A scipy.sparse ``x`` as CSR: 2-D, real, finite stored values, ``n_features`` columns."""
+def _check_sparse_x(x: Any, n_features: int | None, xn: str, dtype=None):
+    """A scipy.sparse ``x`` as CSR: 2-D, real, finite stored values (within ``dtype``'s
+    range), ``n_features`` columns."""
     x = _check_matrix(x.tocsr(), n_features, xn)
-    if not np.isfinite(x.data).all():
-        k = int(np.flatnonzero(~np.isfinite(x.data))[0])
+    limit = _limit(x, dtype)
+    bad = ~np.isfinite(x.data) if limit is None else ~(np.abs(x.data) <= limit)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
         row = int(np.searchsorted(x.indptr, k, side="right")) - 1
-        raise ValueError(f"{xn} contains NaN or inf (first at row {row}, column "
-                         f"{int(x.indices[k])})")
+        raise ValueError(_bad_value(xn, x.data[k], row, int(x.indices[k]), dtype))
     return x
 
 
@@ -252,7 +275,7 @@ def from_arrays(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = No
     """
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test must be given together")
-    x_train = check_xy(x_train, names=("x_train", "y_train"))[0]
+    x_train = check_xy(x_train, names=("x_train", "y_train"), dtype=np.float32)[0]
     ys, classes = [y_train, y_test][: 1 if y_test is None else 2], None
     if n_classes is None:
         ys, classes = _encode_labels(ys)
@@ -263,7 +286,8 @@ def from_arrays(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = No
         x_train, x_test, y_train, y_test = x_train[tr], x_train[te], y_train[tr], y_train[te]
     else:
         x_test, y_test = check_xy(x_test, ys[1], n_features=x_train.shape[1],
-                                  n_classes=n_classes, names=("x_test", "y_test"))
+                                  n_classes=n_classes, names=("x_test", "y_test"),
+                                  dtype=np.float32)
     if standardize:  # _standardize works in place: never on the caller's arrays
         x_train, x_test = (np.array(a, dtype=np.float32, order="C") for a in (x_train, x_test))
     return _finish(x_train, y_train, x_test, y_test, standardize, n_classes=n_classes, name=name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ..backends import Backend, get_backend
@@ -15,10 +17,14 @@ def er_connections(n_out: int, n_in: int, epsilon: float) -> int:
     """Connections of an ER layer: ``min(n_in * n_out, round(epsilon * (n_in + n_out)))``."""
     if n_out < 1 or n_in < 1:
         raise ValueError(f"layer shape must be positive, got ({n_out}, {n_in})")
-    if not epsilon > 0:  # NaN too
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon > 0:
+        raise ValueError(f"epsilon must be a number > 0, got {epsilon!r}")  # NaN too
     wanted = float(epsilon) * (n_in + n_out)  # inf for a huge epsilon: then the layer is dense
-    return int(n_in * n_out if wanted >= n_in * n_out else round(wanted))
+    count = int(n_in * n_out if wanted >= n_in * n_out else round(wanted))
+    if count < 1:  # a layer without connections passes nothing on: never what was meant
+        raise ValueError(f"epsilon={epsilon} gives a {n_out} x {n_in} layer no connections "
+                         f"(epsilon * (n_in + n_out) = {wanted:.3g}); raise epsilon")
+    return count
 
 
 def init_values(rows, w_shape: tuple[int, int], rng: np.random.Generator, dtype,

@@ -235,6 +235,8 @@ class SparseMLP:
         from ..io.dataset import check_labels
 
         n = x.shape[0] if hasattr(x, "shape") and len(x.shape) else len(x)
+        if y is None:
+            raise ValueError("y is None: evaluate needs the labels of x")
         y = check_labels(y, n, self.layer_sizes[-1])
         if n == 0:
             raise ValueError("x has no rows: there is nothing to evaluate")

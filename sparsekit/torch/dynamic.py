@@ -187,7 +187,7 @@ class DynamicSparsity:
         (plain Python values: ``torch.save`` / ``torch.load(weights_only=True)`` keep them)."""
         return {"method": self.method.name, "params": self.method.params(), "steps": self._step,
                 "every": self.every, "total_steps": self.total_steps,
-                "rng": self._rng.bit_generator.state}
+                "rng": self._rng.bit_generator.state, "method_state": self.method.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue a saved run (after loading the model's and the optimizer's state)."""
@@ -198,6 +198,7 @@ class DynamicSparsity:
                                  f"DynamicSparsity has {key}={mine!r}")
         self._rng.bit_generator.state = state["rng"]
         self._step = int(state["steps"])
+        self.method.load_state_dict(state.get("method_state", {}))
         self._sync()
         self._setup()
 

@@ -131,9 +131,9 @@ def _layers(model_or_sizes, epsilon: float) -> list[tuple[int, int, int]]:
     layers = getattr(model_or_sizes, "layers", None)
     if layers is not None:
         return [(layer.w.shape[1], layer.w.shape[0], layer.w.nnz) for layer in layers]
-    sizes = [int(s) for s in model_or_sizes]
-    if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(f"layer_sizes needs >= 2 positive sizes, got {list(model_or_sizes)}")
+    from .config import check_layer_sizes  # a string is an error, not its characters
+
+    sizes = check_layer_sizes(model_or_sizes)
     return [(n_in, n_out, er_connections(n_out, n_in, epsilon))
             for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 

@@ -400,7 +400,7 @@ class Engine:
         """Counters, generator and optimizer scalars (JSON); the arrays live in the model."""
         return {"epoch": self.epoch, "step": self.step, "rng": self.rng.bit_generator.state,
                 "optimizer": self.optimizer.state_dict(), "method": self.growth.name,
-                "method_params": self.growth.params()}
+                "method_params": self.growth.params(), "method_state": self.growth.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the model already holds the saved arrays)."""
@@ -412,6 +412,11 @@ class Engine:
             raise ValueError(f"the checkpoint was trained with momentum SGD, not "
                              f"{self.optimizer.name!r}")
         self.optimizer.attach(self.model)
+        method_state = state.get("method_state", {})  # checkpoints before it: nothing to take
+        if not isinstance(method_state, dict):
+            raise ValueError(f"method_state must be a mapping, got {method_state!r}")
+        self.growth.load_state_dict(method_state)
+        self._planned = False  # the method sets up again, with what it just took
 
 
 def _progress_bar(total: int, desc: str):

@@ -39,6 +39,16 @@ from sparsekit.training.config import TrainConfig, check_layer_sizes
     ({"fan_in": "sparse"}, "fan_in must be one of"),
     ({"dtype": "float16"}, "dtype must be one of"),
     ({"progress": "yes"}, "progress must be true or false"),
+    ({"backend": "tpu"}, "backend must be one of"),
+    ({"backend": 5}, "backend must be a name or a Backend"),
+    ({"memory_limit": "lots"}, "memory_limit must be a size like"),
+    ({"memory_limit": "150%"}, r"memory_limit percentage must lie in \(0, 100\]"),
+    ({"gpu_memory_limit": -5}, "gpu_memory_limit must be > 0 bytes"),
+    ({"method": "static", "method_params": {"zeta": 0.1}}, "method 'static' takes no"),
+    ({"method": "set", "method_params": {"init": "he_unifrom"}}, "init must be one of"),
+    ({"parallel": "wasap", "method": "gse"}, "parallel='wasap' supports methods 'set'"),
+    ({"parallel": "wasap", "wasap_mode": "async", "prune_start": 1},
+     "prune_start .* is not supported with wasap mode 'async'"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_option(options, match):
     with pytest.raises(ValueError, match=match) as info:

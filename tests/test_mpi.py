@@ -200,6 +200,30 @@ def test_killed_worker_ends_job_quickly(tmp_path, mode):
     assert f"rank 1: pid {victim}" in out + err
 
 
+def test_ctrl_c_ends_the_job_with_the_interrupt_exit_code(tmp_path):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    run = tmp_path / "run"
+    cmd = [_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), "--epochs", "100000", "--out",
+           str(run), "--pid-dir", str(pid_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        _pid_of_rank(pid_dir, 1, proc)
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not (run / "checkpoint.npz").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "job did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # mpiexec forwards it to every rank, as Ctrl-C does
+        out, err = proc.communicate(timeout=FAIL_BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err[-500:]
+    assert "interrupted (the run folder continues with --resume)" in err
+
+
 @pytest.mark.parametrize("how", ["raise", "exit"])
 def test_failing_rank_ends_job_with_its_rank_and_cause(how):
     start = time.monotonic()
@@ -255,9 +279,27 @@ def test_ranks_on_a_node_share_its_cores(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["threads"] == max(1, cores // 2)
 
 
+def test_ranks_that_loaded_different_data_stop_at_once():
+    proc = mpirun(2, "--uneven-data", timeout=120)
+    assert proc.returncode != 0 and "the ranks loaded different data" in proc.stderr
+
+
 def test_async_needs_two_ranks():
     proc = mpirun(1, "--mode", "async")
     assert proc.returncode != 0 and "needs at least 2 ranks" in proc.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--wasap-mode", "async"], "needs at least 2 ranks"),
+    (["--method", "gse"], "supports methods 'set' and 'static'"),
+    (["--wasap-mode", "async", "--prune-start", "1"], "not supported with wasap mode 'async'"),
+])
+def test_wasap_usage_errors_exit_2_before_any_folder(tmp_path, flags, message):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "sparsekit", "train", "--parallel", "wasap",
+                           "--dataset", "synthetic", "--out", str(run), *flags],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+    assert proc.returncode == 2 and message in proc.stderr and not run.exists()
 
 
 def test_command_line(tmp_path):
@@ -287,3 +329,9 @@ def test_command_line(tmp_path):
                               capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env()))
     assert "holds a finished WASAP-SGD run" in again.stdout
     assert f"done: test accuracy {acc}%" in again.stdout
+    before = (run / "config.json").read_text()
+    longer = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "sparsekit", "train",
+                             "--resume", str(run), "--epochs", "4", "--no-progress", "--no-plot"],
+                            capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+    assert longer.returncode != 0 and "cannot train further" in longer.stderr
+    assert (run / "config.json").read_text() == before  # the folder still says 2 epochs

@@ -113,14 +113,19 @@ def test_the_lock_dies_with_its_process(holder):
     folder, proc = holder
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with run_folder_lock(folder), run_folder_lock(folder):  # free, and re-entrant in-process
+    # free, and re-entrant in this thread where the holder allows it (the command line's)
+    with run_folder_lock(folder, allow_nested=True), run_folder_lock(folder):
         pass
+    with run_folder_lock(folder), pytest.raises(RuntimeError, match="in use by this process"):
+        with run_folder_lock(folder):
+            pass
 
 
 def test_stale_temporaries_are_removed_on_the_next_start(tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()
-    stale = [folder / ".checkpoint.npz.tmp-99999", folder / ".history.json.tmp-4"]
+    stale = [folder / ".checkpoint.npz.tmp-99999", folder / ".history.json.tmp-4",
+             folder / ".config.json.tmp-4-140211"]
     for p in stale:
         p.write_bytes(b"half a file")
     keep = folder / "notes.tmp-1"
@@ -638,3 +643,58 @@ def test_a_failing_rank_reports_expected_errors_in_one_line(exc, traceback):
     assert r.returncode != 0
     assert f"sparsekit[rank 1/2]: {exc}: " in r.stderr and "the cause" in r.stderr
     assert ("Traceback" in r.stderr) == traceback, r.stderr
+
+
+def test_a_second_thread_or_a_run_inside_a_callback_cannot_write_the_folder(tmp_path):
+    import threading
+
+    folder = tmp_path / "r"
+    results = {}
+
+    def go(seed):
+        try:
+            train([12, 16, 3], data(), epochs=3, batch_size=8, seed=seed, run_dir=folder)
+            results[seed] = "finished"
+        except RuntimeError as exc:
+            results[seed] = str(exc)
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values())[0] == "finished"
+    assert "in use" in sorted(results.values())[1]
+
+    inner = tmp_path / "m"
+
+    def nested(record, model):  # a run started from a callback, into the same folder
+        train([12, 16, 3], data(), epochs=1, batch_size=8, run_dir=inner, resume=True)
+
+    with pytest.raises(RuntimeError, match="a run whose callbacks started this one"):
+        train([12, 16, 3], data(), epochs=1, batch_size=8, run_dir=inner, callbacks=[nested])
+
+
+def test_resume_takes_the_runs_own_method_params_and_refuses_fewer_epochs(tmp_path):
+    kw = dict(epochs=2, batch_size=40, epsilon=3, seed=1, method="gse",
+              method_params={"gamma": 2.0})
+    train([12, 16, 3], data(), run_dir=tmp_path, callbacks=[lambda r, m: True], **kw)
+    done = train([12, 16, 3], data(), run_dir=tmp_path, resume=True,
+                 method_params={"gamma": 2.0})  # over the run's config, not the defaults
+    assert len(done.history) == 2
+    with pytest.raises(ValueError, match="epochs=1 is fewer than the 2 it has trained"):
+        train([12, 16, 3], data(), run_dir=tmp_path, resume=True, epochs=1)
+
+
+def test_test_features_without_labels_and_values_beyond_float32_are_refused():
+    x, y, xt, yt = data()
+    with pytest.raises(ValueError, match="x_test and y_test must be given together"):
+        train([12, 16, 3], (x, y, xt, None), epochs=1, batch_size=40)
+    with pytest.raises(ValueError, match="evaluate needs the labels"):
+        SparseMLP([12, 16, 3], seed=0).evaluate(xt, None)
+    wide = x.astype(np.float64)
+    wide[3, 5] = 1e39
+    with pytest.raises(ValueError, match=r"x_train contains values beyond float32's range "
+                                         r"\(1e\+39, first at row 3, column 5\)"):
+        train([12, 16, 3], (wide, y), epochs=1, batch_size=40)
+    assert train([12, 16, 3], (wide / 1e30, y), epochs=1, batch_size=40, dtype="float64").history

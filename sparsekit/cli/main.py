@@ -253,6 +253,7 @@ def cmd_train(args) -> int:
         if args.epochs is not None:
             config = config.replace(epochs=args.epochs)
             saved["train"] = config.to_dict()
+            _check_extendable(run_dir, config.epochs)
         given = getattr(args, "given", ())
         if "backend" in given:
             saved["backend"] = args.backend
@@ -266,6 +267,13 @@ def cmd_train(args) -> int:
         saved = {"dataset": _absolute(args.dataset), "data_dir": _absolute(args.data_dir),
                  "hidden": args.hidden,
                  "backend": args.backend or "cpu", "train": config.to_dict()}
+    if config.parallel and config.wasap_mode == "async":
+        from ..parallel import world_size
+
+        if world_size() < 2:  # train_wasap says so too, but only after the folder is made
+            raise UsageError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the "
+                             "others compute); start it with mpiexec -n N, N >= 2, or use "
+                             "--wasap-mode sync")
     # Data errors, a batch larger than the data and a run too large for the memory exit before
     # any folder is made; then the folder is locked (rank 0 under MPI).
     data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
@@ -291,12 +299,50 @@ def _run_config(args, config, saved: dict, data):
         memory_limit=args.memory_limit)
 
 
+def _check_extendable(run_dir: Path, epochs: int) -> None:
+    """Refuse ``--epochs`` a finished WASAP-SGD run cannot reach, before its folder changes
+    (train_wasap refuses it too, but under mpiexec an error there ends every rank at once)."""
+    from ..io.checkpoint import peek_train_state
+    from ..training.history import CHECKPOINT
+
+    try:
+        state = peek_train_state(run_dir / CHECKPOINT)
+    except (OSError, ValueError):  # missing or damaged: the run's own load reports it
+        return
+    wasap = state.get("wasap")
+    if isinstance(wasap, dict) and wasap.get("stage") == "final" and \
+            epochs > int(state.get("epoch", 0)):
+        from ..parallel.wasap import finished_run_error
+
+        raise ValueError(finished_run_error(run_dir, int(state["epoch"]), epochs))
+
+
 def _absolute(path):
     """A dataset file or data folder as an absolute path, so that ``evaluate`` and ``--resume``
     from another working directory read the same data (a dataset name stays a name)."""
     if path is None or not Path(path).exists():
         return path
     return str(Path(path).resolve())
+
+
+def _keep_config_unless_trained(stack, run_dir: Path, checkpoint: str, write) -> None:
+    """Put a resumed run's ``config.json`` back if this command fails before it saves a
+    checkpoint (say ``--epochs`` the run cannot reach): the folder then describes what it
+    holds."""
+    config, ckpt = run_dir / "config.json", run_dir / checkpoint
+
+    def stamp():
+        st = ckpt.stat() if ckpt.exists() else None
+        return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    before, text = stamp(), config.read_text()
+
+    def restore(exc_type, exc, tb) -> bool:
+        if exc_type is not None and stamp() == before:
+            write(config, text)
+        return False  # the error goes on
+
+    stack.push(restore)
 
 
 def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> None:
@@ -306,10 +352,12 @@ def _own_run_dir(stack, run_dir: Path, saved: dict, fresh: bool, parallel) -> No
     from ..training.history import CHECKPOINT
 
     def own():
-        stack.enter_context(run_folder_lock(run_dir, "run folder"))
+        stack.enter_context(run_folder_lock(run_dir, "run folder", allow_nested=True))
         if fresh:  # a folder whose run never finished an epoch has nothing to lose
             refuse_existing_run(run_dir, f"continue it with --resume {run_dir} or choose "
                                 "another --out", (CHECKPOINT,))
+        else:
+            _keep_config_unless_trained(stack, run_dir, CHECKPOINT, write_text_atomic)
         write_text_atomic(run_dir / "config.json", json.dumps(saved, indent=1))
 
     if not parallel:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..nn.csr import CSR
+from .runfolder import temporary_name
 
 FORMAT = "sparsekit-checkpoint"
 VERSION = 2
@@ -71,7 +72,7 @@ def save_checkpoint(path, model, train_state: dict | None = None) -> Path:
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     arrays["checksum"] = np.frombuffer(_digest(arrays).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -330,6 +331,21 @@ def load_checkpoint(path, backend=None, *, layer_sizes=None) -> Checkpoint:
     except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"checkpoint {path}: {exc}") from None
     return Checkpoint(model, meta.get("train_state", {}))
+
+
+def peek_train_state(path) -> dict:
+    """The training state in ``path``'s header, read without its arrays or checksum: a hint
+    for checks made before a run starts (:func:`load_checkpoint` verifies everything)."""
+    with zipfile.ZipFile(path) as zf:
+        headers = _member_headers(zf, Path(path).stat().st_size)
+        if "meta" not in headers:
+            raise _Bad("not a sparsekit checkpoint (no meta)")
+        _, mshape, mdtype, _, _ = headers["meta"]
+        if mdtype != np.uint8 or len(mshape) != 1 or mshape[0] > MAX_META_BYTES:
+            raise _Bad(f"its header has dtype {mdtype} and shape {mshape}")
+        meta = json.loads(_read(zf, headers["meta"]).tobytes().decode())
+    state = meta.get("train_state") if isinstance(meta, dict) else None
+    return state if isinstance(state, dict) else {}
 
 
 def _read_checked(path: Path, layer_sizes) -> tuple[dict, dict[str, np.ndarray]]:

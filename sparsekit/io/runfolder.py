@@ -18,15 +18,23 @@ import contextlib
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_FILE = ".lock"
-#: Temporary files of the atomic writers (``.<name>.tmp-<pid>``) and of ``wasap-workers``.
-_TEMP = re.compile(r"^\..+\.tmp-\d+$")
+#: Temporary files of the atomic writers (``.<name>.tmp-<pid>-<thread>``) and of
+#: ``wasap-workers``.
+_TEMP = re.compile(r"^\..+\.tmp-\d+(-\d+)?$")
 
-# path -> [open file, depth]: the locks this process holds (re-entrant by path).
+# path -> [open file, depth, owning thread, allow_nested]: the locks this process holds.
 _HELD: dict[str, list] = {}
+
+
+def temporary_name(path: Path) -> Path:
+    """Where an atomic writer puts ``path``'s new contents before renaming them over it:
+    unique to this process and thread."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
 class RunFolderBusy(RuntimeError):
@@ -102,24 +110,35 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
 
 
 @contextlib.contextmanager
-def run_folder_lock(run_dir, name: str = "run_dir") -> Iterator[Path]:
+def run_folder_lock(run_dir, name: str = "run_dir", *,
+                    allow_nested: bool = False) -> Iterator[Path]:
     """Hold ``run_dir``'s lock for the ``with`` block (creating the folder first).
+
+    ``allow_nested``: the same thread may take the lock again inside the block (the command
+    line holds the folder, then calls :func:`sparsekit.train`, which takes it too); otherwise
+    a second taker -- another process, another thread, or a run started from this run's own
+    callbacks -- is refused.
 
     Raises
     ------
     RunFolderBusy
-        Another process holds it; the message names its PID.
+        Another process (the message names its PID) or another taker in this one holds it.
     NotADirectoryError, OSError
         The folder cannot be created.
     """
     path = prepare_run_dir(run_dir, name)
     key = str(path.resolve())
-    if key in _HELD:
-        _HELD[key][1] += 1
+    held = _HELD.get(key)
+    if held is not None:
+        if held[2] != threading.get_ident() or not held[3]:
+            raise RunFolderBusy(f"run folder {path} is in use by this process (another thread, "
+                                "or a run whose callbacks started this one); choose another "
+                                "folder")
+        held[1] += 1
         try:
             yield path
         finally:
-            _HELD[key][1] -= 1
+            held[1] -= 1
         return
     lock_path = path / LOCK_FILE
     fh = open(lock_path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
@@ -132,11 +151,11 @@ def run_folder_lock(run_dir, name: str = "run_dir") -> Iterator[Path]:
         fh.write(f"{os.getpid()} {socket.gethostname()}\n")
         fh.flush()
         remove_stale_temporaries(path)
-        _HELD[key] = [fh, 1]
+        _HELD[key] = [fh, 1, threading.get_ident(), allow_nested]
         try:
             yield path
         finally:
-            del _HELD[key]
+            _HELD.pop(key, None)
     finally:
         fh.close()  # closing the file releases the lock
 
@@ -158,7 +177,7 @@ def write_text_atomic(path, text: str) -> None:
     """Write ``text`` beside ``path`` and rename it over ``path``: a kill leaves the old file or
     the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

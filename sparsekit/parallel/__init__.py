@@ -11,7 +11,7 @@ from .wasap import MODES, train_wasap
 
 __all__ = ["MODES", "agreed_time", "average_models", "budget_keep_mask",
            "prune_to_budget", "remap_values", "train_wasap", "union_average",
-           "world_rank"]
+           "world_rank", "world_size"]
 
 
 def world_rank() -> int:
@@ -19,6 +19,13 @@ def world_rank() -> int:
     from .comm import import_mpi
 
     return import_mpi().COMM_WORLD.Get_rank()
+
+
+def world_size() -> int:
+    """The number of ranks in ``MPI.COMM_WORLD`` (starts MPI)."""
+    from .comm import import_mpi
+
+    return import_mpi().COMM_WORLD.Get_size()
 
 
 def agreed_time() -> float:

@@ -44,6 +44,7 @@ DEFAULT_TIMEOUT = 300.0
 SPIN_SECONDS = 0.05
 MAX_SLEEP = 2e-4
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # as the command line's exit code for Ctrl-C (cli/options.py)
 # MPI_Abort makes the launcher kill every rank at once, and hydra may stop forwarding a rank's
 # stderr before it has read what the rank wrote just before; this pause lets the message out.
 ABORT_GRACE_SECONDS = 1.0
@@ -271,18 +272,22 @@ def guarded(comm: Comm) -> Iterator[Comm]:
                 or logging.getLogger("sparsekit").isEnabledFor(logging.DEBUG)):
             lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
             sys.stderr.write("".join(lines))
-        sys.stderr.write(f"sparsekit[rank {comm.rank}/{comm.size}]: {type(exc).__name__}: "
-                         f"{exc}; aborting all ranks\n")
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        code = EXIT_INTERRUPTED if interrupted else EXIT_FAILURE
+        what = ("interrupted (the run folder continues with --resume)" if interrupted
+                else f"{type(exc).__name__}: {exc}")
+        sys.stderr.write(f"sparsekit[rank {comm.rank}/{comm.size}]: {what}; aborting all "
+                         "ranks\n")
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_SECONDS)
         _exit_after(ABORT_DEADLINE_SECONDS)
         try:  # pragma: no cover - ends the process
-            comm.abort(EXIT_FAILURE)
+            comm.abort(code)
         finally:
             # MPI_Abort has been seen to return (or raise) under load; falling through to the
             # interpreter's exit would then block in MPI_Finalize while the peers wait for us.
-            os._exit(EXIT_FAILURE)
+            os._exit(code)
 
 
 def _exit_after(seconds: int) -> None:

@@ -231,6 +231,9 @@ def work(run: Run) -> None:
             seeds = rank_seeds(run.rng.integers(0, 2**63, size=n_hidden), comm.rank)
             xb, yb = run.engine.batch(run.x, run.y, idx)
             loss, probs, grads, _ = run.engine.gradients(xb, yb, seeds)
+            loss = float(loss)  # read for the header anyway
+            if not np.isfinite(loss):  # before the server applies a NaN gradient
+                raise run.engine.diverged(loss)
             n_right = (probs.argmax(axis=0) == yb).sum()
             del probs
             g = pack(xp, grads, g)

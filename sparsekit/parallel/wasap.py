@@ -53,7 +53,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..growth import SET, Static
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.dataset import check_xy
 from ..io.runfolder import refuse_existing_run, run_folder_lock
@@ -107,15 +106,9 @@ def train_wasap(model, data, config: TrainConfig | None = None, *, callbacks=(),
     from ..training.loop import make_config
 
     cfg = make_config(config, options)
+    if cfg.parallel != "wasap":  # its checks (TrainConfig._check_wasap) run with the option
+        cfg = cfg.replace(parallel="wasap")
     mode = cfg.wasap_mode
-    if mode == "async" and cfg.prune_start is not None:
-        raise ValueError("prune_start (importance pruning) is not supported with "
-                         "wasap mode 'async'; use mode 'sync'")
-    method = cfg.method_name
-    if not (isinstance(cfg.method, (SET, Static)) or method in ("set", "static")):
-        raise ValueError(f"parallel='wasap' supports methods 'set' and 'static', got "
-                         f"{method!r}: phase 1 needs topology changes that depend only on the "
-                         "weights and a shared seed")
     comm = Comm(comm, cfg.timeout)
     if mode == "async" and comm.size < 2:
         raise ValueError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the others "
@@ -216,9 +209,12 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
         rng_state = meta["rng"]
     share_cores(comm, model.backend)
     sizes = model.layer_sizes
-    x_tr, y_tr = check_xy(x_tr, y_tr, sizes[0], sizes[-1], names=("x_train", "y_train"))
+    x_tr, y_tr = check_xy(x_tr, y_tr, sizes[0], sizes[-1], names=("x_train", "y_train"),
+                          dtype=model.dtype)
     if x_te is not None:
-        x_te, y_te = check_xy(x_te, y_te, sizes[0], sizes[-1], names=("x_test", "y_test"))
+        x_te, y_te = check_xy(x_te, y_te, sizes[0], sizes[-1], names=("x_test", "y_test"),
+                              dtype=model.dtype)
+    _check_same_data(comm, x_tr, y_tr, x_te)
     n_shards = comm.size if mode == "sync" else comm.size - 1
     if x_tr.shape[0] // n_shards < batch_size:
         raise ValueError(f"each of the {n_shards} data shards has {x_tr.shape[0] // n_shards} "
@@ -250,6 +246,32 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
     if comm.rank == 0 and ckpt is not None:
         run.history = list(ckpt.train_state.get("history", []))
     return run
+
+
+def finished_run_error(run_dir, trained: int, epochs: int) -> str:
+    """Why a finished WASAP-SGD run cannot be resumed for ``epochs`` epochs."""
+    return (f"{run_dir} holds a finished WASAP-SGD run of {trained} epochs: its averaged model "
+            f"cannot train further (epochs={epochs}); train it in a new run")
+
+
+def _check_same_data(comm: Comm, x_tr, y_tr, x_te) -> None:
+    """Refuse ranks that loaded different data (their shards, step counts and collectives would
+    no longer pair up: a stall until the communication timeout).  Compared: the sizes, the
+    labels' sum and the sum of up to 64 evenly spaced training rows."""
+    rows = np.linspace(0, x_tr.shape[0] - 1, min(64, x_tr.shape[0])).astype(np.int64)
+    sample = x_tr[rows]
+    sample = sample.toarray() if hasattr(sample, "toarray") else np.asarray(sample)
+    mine = np.array([x_tr.shape[0], -1 if x_te is None else x_te.shape[0], int(y_tr.sum()),
+                     float(sample.astype(np.float64).sum())], dtype=np.float64)
+    low = comm.allreduce(mine.copy(), comm.MPI.MIN, "data fingerprint")
+    high = comm.allreduce(mine.copy(), comm.MPI.MAX, "data fingerprint")
+    if not np.array_equal(low, high, equal_nan=True):
+        what = (f"this rank has {int(mine[0])} training and {int(mine[1])} test samples, the "
+                f"ranks {int(low[0])} to {int(high[0])} training samples"
+                if not np.array_equal(low[:2], high[:2])
+                else "the same numbers of samples, but other labels or values")
+        raise ValueError(f"the ranks loaded different data ({what}): every rank must load the "
+                         "same dataset")
 
 
 def _check_resumed_config(state: dict, cfg: TrainConfig, run_dir: Path) -> None:
@@ -288,6 +310,9 @@ def _resume_meta(state: dict, mode: str, size: int, run_dir: Path) -> dict:
 def _train(run: Run) -> TrainResult:
     comm = run.comm
     if run.stage == "final":  # a finished job: its averaged model cannot be trained further
+        if run.config.epochs > run.engine.epoch:  # every rank knows the epoch
+            raise ValueError(finished_run_error(run.run_dir, run.engine.epoch,
+                                                run.config.epochs))
         if comm.rank == 0 and run.log is not None:
             run.log(f"{run.run_dir} holds a finished WASAP-SGD run; returning its final model")
         return TrainResult(run.model, run.history if comm.rank == 0 else [], run.run_dir)

@@ -74,7 +74,9 @@ def check_choice(name: str, value, choices: Sequence[str]):
 
 def check_layer_sizes(sizes, name: str = "layer_sizes") -> list[int]:
     """``[n_features, hidden..., n_outputs]`` as positive ints; ``32.7`` is an error, not 32."""
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+    if isinstance(sizes, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {sizes!r}")
+    if not isinstance(sizes, Sequence):
         try:
             sizes = list(sizes)
         except TypeError:
@@ -205,7 +207,7 @@ class TrainConfig:
         put("dropout", check_float("dropout", self.dropout, low=0, high=1, high_open=True))
         check_choice("init", self.init, INITS)
         check_choice("fan_in", self.fan_in, FAN_INS)
-        put("dtype", check_choice("dtype", str(getattr(self.dtype, "name", self.dtype)), DTYPES))
+        put("dtype", check_choice("dtype", _dtype_name(self.dtype), DTYPES))
         if not isinstance(self.method, GrowthMethod):
             check_choice("method", self.method, available_methods())
         if not isinstance(self.method_params, Mapping):
@@ -266,6 +268,41 @@ class TrainConfig:
         put("max_staleness", check_int("max_staleness", self.max_staleness, 1, optional=True))
         put("timeout", check_float("timeout", self.timeout, low=0, low_open=True,
                                    optional=True))
+        self._check_resources()
+        if self.method == "static" and self.method_params:
+            raise ValueError(f"method 'static' takes no method_params, got "
+                             f"{sorted(self.method_params)}")
+        if self.parallel == "wasap":
+            self._check_wasap()
+
+    def _check_resources(self) -> None:
+        """The backend and the memory limits, checked here rather than when a run starts."""
+        from ..backends.base import Backend
+        from ..backends.registry import _FACTORIES as registered
+        from .memory import parse_bytes
+
+        be = self.backend
+        if isinstance(be, str):
+            if be not in (*registered, "auto"):
+                raise ValueError(f"backend must be one of {sorted(registered) + ['auto']}, got "
+                                 f"{be!r}")
+        elif be is not None and not isinstance(be, Backend):
+            raise ValueError(f"backend must be a name or a Backend, got {type(be).__name__}")
+        for name in ("memory_limit", "gpu_memory_limit"):
+            if getattr(self, name) is not None:
+                parse_bytes(getattr(self, name), name)
+
+    def _check_wasap(self) -> None:
+        """What WASAP-SGD (``parallel="wasap"``) cannot do, refused before any work."""
+        from ..growth import SET, Static
+
+        if self.wasap_mode == "async" and self.prune_start is not None:
+            raise ValueError("prune_start (importance pruning) is not supported with "
+                             "wasap mode 'async'; use mode 'sync'")
+        if not (isinstance(self.method, (SET, Static)) or self.method in ("set", "static")):
+            raise ValueError(f"parallel='wasap' supports methods 'set' and 'static', got "
+                             f"{self.method_name!r}: phase 1 needs topology changes that depend "
+                             "only on the weights and a shared seed")
 
     # --- building and changing ---------------------------------------------------------------
     @classmethod
@@ -348,3 +385,17 @@ def _check_names(options: Mapping[str, Any]) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"unknown training option {key!r}{hint}")
+
+
+def _dtype_name(dtype) -> str:
+    """``"float32"`` for ``np.float32``, ``np.dtype("float32")`` or ``"float32"``; other values
+    as text, for the check to name."""
+    import numpy as np
+
+    if dtype is not None and not isinstance(dtype, str):
+        try:
+            return np.dtype(dtype).name
+        except TypeError:
+            pass
+    return str(dtype)
+

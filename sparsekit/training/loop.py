@@ -44,7 +44,12 @@ def split_data(data):
     if hasattr(data, "x_train"):
         return data.x_train, data.y_train, data.x_test, data.y_test
     if isinstance(data, (tuple, list)) and len(data) in (2, 4):
-        return tuple(data) if len(data) == 4 else (data[0], data[1], None, None)
+        x_tr, y_tr, x_te, y_te = tuple(data) if len(data) == 4 else (*data, None, None)
+        if y_tr is None:
+            raise ValueError("y_train is None: training needs labels")
+        if (x_te is None) != (y_te is None):
+            raise ValueError("x_test and y_test must be given together (or both None)")
+        return x_tr, y_tr, x_te, y_te
     raise ValueError("data must be a Dataset, a dataset name, (x, y) or "
                      "(x_train, y_train, x_test, y_test)")
 
@@ -133,7 +138,15 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
     TrainResult
         The model, one history record per epoch and the run folder.
     """
-    cfg = make_config(config, options)
+    try:
+        cfg = make_config(config, options)
+    except ValueError:
+        if not (resume and config is None):
+            raise
+        # Resuming, the options apply over the run's saved config (resume_state checks them
+        # there): over the defaults, a run's own method_params could belong to another method.
+        cfg = make_config(None, {k: v for k, v in options.items()
+                                 if k in (*RESUME_MAY_CHANGE, "parallel")})
     callbacks = _check_hooks(callbacks, log, run_dir)
     if cfg.parallel is not None:
         from ..parallel import train_wasap
@@ -197,6 +210,10 @@ def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: 
         raise ValueError(f"{path}: its saved config is invalid ({exc})") from None
     if use_saved:
         cfg = saved.replace(**options)
+    if cfg.epochs < state["epoch"]:
+        raise ValueError(f"resume of {path.parent}: epochs={cfg.epochs} is fewer than the "
+                         f"{state['epoch']} it has trained; give epochs > {state['epoch']} to "
+                         "continue it")
     diffs = config_differences(saved, cfg)
     if diffs:
         raise ValueError(f"resume of {path.parent}: options differ from the run's: "
@@ -248,14 +265,14 @@ def _train(model, data, cfg: TrainConfig, use_saved: bool, options, callbacks, r
         model = build_model(model, cfg, init_seed)
     n_classes = model.layer_sizes[-1]
     x_tr, y_tr = check_xy(x_tr, y_tr, model.layer_sizes[0], n_classes,
-                          names=("x_train", "y_train"), sparse=True)
+                          names=("x_train", "y_train"), sparse=True, dtype=model.dtype)
     present = np.flatnonzero(np.bincount(y_tr, minlength=n_classes))
     if present.size < 2:
         raise ValueError(f"y_train holds a single class ({present.tolist()[0]}) of "
                          f"{n_classes}: there is nothing to learn")
     if x_te is not None:
         x_te, y_te = check_xy(x_te, y_te, model.layer_sizes[0], n_classes,
-                              names=("x_test", "y_test"), sparse=True)
+                              names=("x_test", "y_test"), sparse=True, dtype=model.dtype)
         if x_te.shape[0] == 0:
             warnings.warn("the test set is empty: no test loss or accuracy is recorded",
                           stacklevel=3)

@@ -8,7 +8,8 @@ notes).  Fault injection, for the failure tests:
   end-of-epoch hook all training ranks call);
 * ``--crash-after E``: rank 0 SIGKILLs itself after epoch E's checkpoint (a crashed job, for
   resume tests);
-* ``--pid-dir D``: every rank writes ``D/rank-R.pid`` so the launcher can kill one from outside.
+* ``--pid-dir D``: every rank writes ``D/rank-R.pid`` so the launcher can kill one from outside;
+* ``--uneven-data``: rank 1 loads fewer samples (ranks that disagree on the data).
 
 ``--compare-single`` (one rank): also train with the single-process trainer and exit 1 unless
 weights, optimizer state and history agree exactly.
@@ -86,6 +87,8 @@ def main() -> int:
     p.add_argument("--compare-single", action="store_true")
     p.add_argument("--huge", type=int, default=None, metavar="N",
                    help="an N-N-4 network (ε 2) on 96 random samples: the one-rule check")
+    p.add_argument("--uneven-data", action="store_true",
+                   help="rank 1 loads 100 training samples fewer than the others")
     p.add_argument("--default-backend", action="store_true",
                    help="the default CPU backend (thread count left to sparsekit)")
     args = p.parse_args()
@@ -107,6 +110,8 @@ def main() -> int:
               batch_size=args.batch_size, lr=args.lr, epsilon=6, seed=args.seed,
               optimizer=args.optimizer, fan_in=args.fan_in)
     sizes, data = SIZES, make_data()
+    if args.uneven_data and rank == 1:
+        data = make_data(n_train=1100)
     if args.huge:
         rng = np.random.default_rng(0)
         sizes = [args.huge, args.huge, 4]

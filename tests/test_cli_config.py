@@ -167,6 +167,13 @@ def test_exit_codes_for_data_and_usage_errors(tmp_path):
     assert r.returncode == EXIT_ERROR and "Traceback" in r.stdout  # the debug traceback
 
 
+def test_wasap_flags_without_parallel_are_usage_errors(tmp_path):
+    r = run_cli("train", "--dataset", "synthetic", "--wasap-mode", "async", "--out",
+                tmp_path / "r")
+    assert r.returncode == EXIT_USAGE and "--wasap-mode applies to --parallel wasap only" in \
+        r.stderr and not (tmp_path / "r").exists()
+
+
 def test_interrupt_exits_130(tiny, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sparsekit", "train", "--dataset", str(tiny),
                              "--hidden", "16", "--epochs", "100000", "--batch-size", "8",

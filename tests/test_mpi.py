@@ -289,6 +289,15 @@ def test_async_needs_two_ranks():
     assert proc.returncode != 0 and "needs at least 2 ranks" in proc.stderr
 
 
+def test_several_ranks_without_parallel_is_a_usage_error(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "sparsekit", "train",
+                           "--dataset", "synthetic", "--out", str(run)],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+    assert proc.returncode == 2 and "each rank would train its own copy" in proc.stderr
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--wasap-mode", "async"], "needs at least 2 ranks"),
     (["--method", "gse"], "supports methods 'set' and 'static'"),

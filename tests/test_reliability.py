@@ -331,6 +331,13 @@ STRUCTURAL = {
     "bad version": (_set(["version"], 99), "unsupported checkpoint format"),
     "slots not names": (_set(["slots"], ["momentum", "momentum"]), "distinct names"),
     "bad dtype": (_set(["model", "dtype"], "int8"), "float32 or float64"),
+    "negative epsilon": (_set(["model", "epsilon"], -1), "epsilon must be a finite number > 0"),
+    "unknown init": (_set(["model", "init"], "bogus"), "init must be one of"),
+    "unknown fan_in": (_set(["model", "fan_in"], "bogus"), "fan_in must be one of"),
+    "NaN bias": (_arrays(lambda a: a["layer0_bias"].__setitem__(0, np.nan)),
+                 "bias holds NaN or inf"),
+    "NaN optimizer state": (_arrays(lambda a: a["layer1_w_momentum"].__setitem__(0, np.inf)),
+                            "w_momentum holds NaN or inf"),
 }
 
 

@@ -182,8 +182,34 @@ def check_flags(args) -> None:
         if args.backend is not None and args.backend.lower() not in names:
             raise ValueError(f"unknown backend {args.backend!r} for --backend; choose one of "
                              f"{names}")
+        if args.parallel is None and not args.resume:
+            wasap_only = sorted({"wasap_mode", "phase1_fraction"} & set(getattr(args, "given",
+                                                                             ())))
+            if wasap_only:
+                raise ValueError(f"--{wasap_only[0].replace('_', '-')} applies to --parallel "
+                                 "wasap only")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_launch(parallel) -> None:
+    """A run that is not WASAP-SGD but was started as several MPI ranks: UsageError."""
+    ranks = _launched_ranks()
+    if not parallel and ranks > 1:
+        raise UsageError(f"started as {ranks} MPI ranks, but the run is not --parallel wasap: "
+                         "each rank would train its own copy; add --parallel wasap, or run one "
+                         "process")
+
+
+def _launched_ranks() -> int:
+    """How many ranks the MPI launcher started (its environment; 1 outside mpiexec)."""
+    import os
+
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):  # MPICH's and Open MPI's
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def read_run_config(run_dir: Path) -> dict:
@@ -244,6 +270,7 @@ def cmd_train(args) -> int:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{run_dir / 'config.json'}: {exc}") from None
         check_flags(args)
+        check_launch(config.parallel)
         diffs = resume_differences(args, saved, config)
         if diffs:
             raise UsageError(f"--resume {run_dir}: flags differ from the run's configuration: "
@@ -262,6 +289,7 @@ def cmd_train(args) -> int:
     else:
         config = train_config(args)  # before any folder or data: bad values exit 2
         check_flags(args)
+        check_launch(config.parallel)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(config.parallel)))
         run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{config.method_name}-{stamp}")
         saved = {"dataset": _absolute(args.dataset), "data_dir": _absolute(args.data_dir),
@@ -429,9 +457,14 @@ def cmd_evaluate(args) -> int:
     data = load_dataset(saved.get("dataset", "fashion-mnist"),
                         data_dir=args.data_dir or saved.get("data_dir"))
     loss, acc = ckpt.model.evaluate(data.x_test, data.y_test)
+    wasap = ckpt.train_state.get("wasap")
+    # In WASAP-SGD's phase 2 every worker trains its own model until the final average; the
+    # run folder's checkpoint is then rank 0's.
+    whose = (", rank 0's model: the workers' are averaged when the run ends"
+             if isinstance(wasap, dict) and wasap.get("stage") == "phase2" else "")
     print(f"{ckpt_path}: test loss {loss:.4f}, accuracy {100 * acc:.2f}% "
           f"({data.x_test.shape[0]} samples, epoch {ckpt.train_state.get('epoch', '?')}, "
-          f"connections {sum(ckpt.model.n_connections)})")
+          f"connections {sum(ckpt.model.n_connections)}{whose})")
     return EXIT_OK
 
 

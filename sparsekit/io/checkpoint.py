@@ -321,6 +321,11 @@ def load_checkpoint(path, backend=None, *, layer_sizes=None) -> Checkpoint:
             layer = SparseLayer(w, a["bias"].astype(dtype, copy=False), backend=be)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint {path}, layer {i}: {exc}") from None
+        # the bias and the optimizer state are refused like W's values when not finite
+        for key in ("bias", *(k for pair in names.values() for k in pair)):
+            arr = arrays[f"layer{i}_{key}"]
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ValueError(f"checkpoint {path}, layer {i}: {key} holds NaN or inf")
         layer.state_w = {s: be.asarray(arrays[f"layer{i}_{kw}"], dtype=dtype)
                          for s, (kw, _) in names.items()}
         layer.state_b = {s: be.asarray(arrays[f"layer{i}_{kb}"], dtype=dtype)

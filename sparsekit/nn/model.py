@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,8 +73,19 @@ class SparseMLP:
 
     def _configure(self, sizes, epsilon, activation, alpha, dropout, init, fan_in, backend,
                    dtype) -> None:
+        from .init import FAN_INS, INITS
+
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        # Checked for a model built from layers (or a checkpoint's header) too: regrowth and
+        # the growth methods' budgets read them later.
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not (
+                0 < epsilon < math.inf):
+            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if fan_in not in FAN_INS:
+            raise ValueError(f"fan_in must be one of {FAN_INS}, got {fan_in!r}")
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):

@@ -419,3 +419,10 @@ def test_iterate_minibatches():
         ds.iterate_minibatches(x, y, 0, None)
     with pytest.raises(ValueError, match="y has 9 labels"):
         ds.iterate_minibatches(x, y[:9], 2, None)
+
+
+def test_data_without_feature_columns_is_refused():
+    from sparsekit.io.dataset import from_arrays
+
+    with pytest.raises(ValueError, match=r"x_train has no feature columns \(shape \(10, 0\)\)"):
+        from_arrays(np.zeros((10, 0)), np.arange(10) % 2)

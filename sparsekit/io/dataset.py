@@ -152,6 +152,8 @@ def _check_matrix(x: Any, n_features: int | None, xn: str):
     columns."""
     if x.ndim != 2:
         raise ValueError(f"{xn} must be 2-D (n_samples, n_features), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{xn} has no feature columns (shape {x.shape})")
     if x.dtype.kind in "biu":
         x = x.astype(np.float32)
     elif x.dtype.kind != "f":

@@ -505,7 +505,7 @@ def test_an_epsilon_that_leaves_a_layer_without_connections_is_refused():
 
     with pytest.raises(ValueError, match="gives a 3 x 16 layer no connections"):
         SparseMLP([40, 16, 3], epsilon=0.01)
-    with pytest.raises(ValueError, match="epsilon must be a number > 0, got '5'"):
+    with pytest.raises(ValueError, match="epsilon must be a finite number > 0, got '5'"):
         SparseMLP([40, 16, 3], epsilon="5")
     with pytest.raises(ValueError, match="layer_sizes must be a sequence of positive integers, "
                                          "got '784,10'"):

@@ -154,3 +154,10 @@ def test_cli_memory_limit(tmp_path):
     code = main(["train", "--dataset", "synthetic", "--hidden", "100000000", "--epochs", "1",
                  "--memory-limit", "2GiB", "--out", str(tmp_path / "run"), "--no-plot", "-q"])
     assert code == 1  # refused with a message, as a runtime error
+
+
+def test_layer_sizes_as_an_integer_array_estimate_like_a_tuple():
+    from sparsekit import estimate_memory
+
+    # the array's own dtype (int64) is not the values' precision
+    assert estimate_memory(np.array([784, 100, 10])) == estimate_memory((784, 100, 10))

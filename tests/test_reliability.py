@@ -656,22 +656,24 @@ def test_a_second_thread_or_a_run_inside_a_callback_cannot_write_the_folder(tmp_
     import threading
 
     folder = tmp_path / "r"
-    results = {}
+    inside, tried = threading.Event(), threading.Event()
 
-    def go(seed):
-        try:
-            train([12, 16, 3], data(), epochs=3, batch_size=8, seed=seed, run_dir=folder)
-            results[seed] = "finished"
-        except RuntimeError as exc:
-            results[seed] = str(exc)
+    def hold(record, model):  # the first run waits, holding the folder, for the second try
+        inside.set()
+        tried.wait(60)
 
-    threads = [threading.Thread(target=go, args=(s,)) for s in (1, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results.values())[0] == "finished"
-    assert "in use" in sorted(results.values())[1]
+    first = threading.Thread(target=train, args=([12, 16, 3], data()),
+                             kwargs=dict(epochs=1, batch_size=8, run_dir=folder,
+                                         callbacks=[hold]))
+    first.start()
+    assert inside.wait(60)
+    try:
+        with pytest.raises(RuntimeError, match="in use by this process .another thread"):
+            train([12, 16, 3], data(), epochs=1, batch_size=8, run_dir=folder)
+    finally:
+        tried.set()
+        first.join()
+    assert (folder / "checkpoint.npz").exists()
 
     inner = tmp_path / "m"
 

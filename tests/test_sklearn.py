@@ -227,6 +227,15 @@ def test_sample_weight_steers_the_fit_through_every_entry_point(blobs):
     assert np.abs(pipe.predict(x[keep]) - target[keep]).mean() < 1.0
 
 
+def test_early_stopping_refuses_a_split_whose_weights_are_all_zero(blobs):
+    x, y = blobs
+    weights = np.zeros(240)
+    weights[0] = 1.0  # one sample weighs: the training or the validation part weighs nothing
+    clf = SparseMLPClassifier(backend=one_thread(), early_stopping=True, **FAST)
+    with pytest.raises(ValueError, match="sample_weight is zero for every"):
+        clf.fit(x, y, sample_weight=weights)
+
+
 def test_weighted_validation_score_is_scikit_learns(blobs):
     from sklearn.metrics import accuracy_score, r2_score
 

@@ -146,12 +146,13 @@ def test_training_with_set_learns_and_keeps_sizes():
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     dyn = skt.DynamicSparsity(net, opt, "set", every=10, seed=0)
     sizes = [m.nnz for m in dyn.modules]
-    losses = []
+    losses, updates = [], 0
     for s in range(80):
         losses.append(train_step(net, opt, s % 4))
-        dyn.step()
+        updates += bool(dyn.step())
     assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8])
     assert [m.nnz for m in dyn.modules] == sizes
+    assert updates == 8  # open-ended (no total_steps): every 10 steps, to the last
 
 
 def test_topkast_ends_with_its_forward_set():
@@ -188,6 +189,10 @@ def test_topkast_forward_set_follows_the_parameter_in_copies_and_edits():
     with torch.no_grad():
         layer.values.zero_()
     torch.testing.assert_close(layer(x), layer.bias.expand(4, -1).detach())
+    # A's transpose index, computed by a backward, is kept for the next steps
+    xr = x.clone().requires_grad_(True)
+    layer(xr).sum().backward()
+    assert layer._forward_w._transpose is not None
 
 
 def test_errors_name_the_problem():

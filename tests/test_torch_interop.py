@@ -114,7 +114,7 @@ def test_torch_gradcheck():
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     fn = _SparseLinearFunction.apply
     assert torch.autograd.gradcheck(
-        lambda x, v, b: fn(x, v, b, layer.pattern(), None, layer.backend, None),
+        lambda x, v, b: fn(x, v, b, layer.pattern(), None, None, layer.backend, None),
         (x, layer.values.detach().clone().requires_grad_(True),
          layer.bias.detach().clone().requires_grad_(True)))
 

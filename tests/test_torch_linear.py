@@ -39,7 +39,7 @@ def test_gradcheck_float64(bias):
     fn = _SparseLinearFunction.apply
 
     def f(x, v, *b):
-        return fn(x, v, b[0] if b else None, layer.pattern(), None, layer.backend, None)
+        return fn(x, v, b[0] if b else None, layer.pattern(), None, None, layer.backend, None)
 
     assert torch.autograd.gradcheck(f, (x, v) + ((b,) if bias else ()))
 
@@ -239,7 +239,7 @@ def test_cuda_gradcheck_and_dynamic_sparsity_on_the_device():
     v = layer.values.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda x, v: _SparseLinearFunction.apply(x, v, None, layer.pattern(), None,
-                                                 layer.backend, None), (x, v))
+                                                 None, layer.backend, None), (x, v))
     net = torch.nn.Sequential(skt.SparseLinear(30, 40, epsilon=4, seed=0), torch.nn.ReLU(),
                               skt.SparseLinear(40, 3, epsilon=4, seed=1)).cuda()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)

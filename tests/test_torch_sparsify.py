@@ -123,3 +123,10 @@ def test_a_sparsified_transformer_layer_runs_in_eval_mode():
     layer.eval()
     with torch.no_grad():  # the conditions of torch's fused inference path
         assert layer(x).shape == (2, 3, 16)
+    stack = skt.sparsify(torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2), epsilon=2, seed=0)
+    stack.eval()
+    pad = torch.zeros(2, 3, dtype=torch.bool)
+    pad[0, 2] = True
+    with torch.no_grad():  # and the stack's nested-tensor path
+        assert stack(x, src_key_padding_mask=pad).shape == (2, 3, 16)

@@ -335,7 +335,7 @@ def _check_extendable(run_dir: Path, epochs: int) -> None:
 
     try:
         state = peek_train_state(run_dir / CHECKPOINT)
-    except (OSError, ValueError):  # missing or damaged: the run's own load reports it
+    except Exception:  # noqa: BLE001 - missing or damaged: the run's own load reports it
         return
     wasap = state.get("wasap")
     if isinstance(wasap, dict) and wasap.get("stage") == "final" and \

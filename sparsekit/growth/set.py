@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..nn.init import FAN_INS, INITS, init_values
@@ -68,7 +70,8 @@ class SET(GrowthMethod):
     _total_steps = None
 
     def setup(self, model, steps_per_epoch, epochs, rng=None) -> None:
-        self._total_steps = steps_per_epoch * epochs
+        # epochs may be math.inf: an open-ended run (DynamicSparsity without total_steps)
+        self._total_steps = steps_per_epoch * epochs if math.isfinite(epochs) else None
 
     def after_step(self, model, step, epoch, rng, cache=None):
         # As after the last epoch (last_epoch): not after the final step, whose regrown

@@ -121,22 +121,37 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
         return (_check_sparse_x(x, n_features, xn, dtype),
                 check_labels(y, x.shape[0], n_classes, names))
     x = _check_matrix(np.asarray(x), n_features, xn)
-    limit = _limit(x, dtype)
-    step = _block(x.shape[1])
-    for s in range(0, x.shape[0], step):
-        block = x[s:s + step]
-        bad = ~np.isfinite(block) if limit is None else ~(np.abs(block) <= limit)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise ValueError(_bad_value(xn, block[r, c], s + r, c, dtype))
+    bad = first_bad_entry(x, dtype)
+    if bad is not None:
+        raise ValueError(_bad_value(xn, x[bad], *bad, dtype))
     return x, check_labels(y, x.shape[0], n_classes, names)
 
 
-def _limit(x, dtype):
-    """The largest magnitude ``x`` may hold to fit ``dtype``, or None: any finite value."""
-    if dtype is None or np.dtype(dtype).itemsize >= x.dtype.itemsize:
-        return None
-    return np.finfo(dtype).max
+def first_bad_entry(x, dtype=None) -> tuple[int, int] | None:
+    """``(row, column)`` of the first entry of ``x`` (a dense array or a CSR matrix's stored
+    values) that is NaN, inf, or -- with ``dtype`` narrower than ``x``'s -- beyond ``dtype``'s
+    range; None when there is none.  Dense ``x`` is scanned a block of rows at a time."""
+    limit = None
+    if dtype is not None and np.dtype(dtype).itemsize < x.dtype.itemsize:
+        limit = np.finfo(dtype).max
+
+    def bad(values):
+        with np.errstate(invalid="ignore"):
+            return ~np.isfinite(values) if limit is None else ~(np.abs(values) <= limit)
+
+    if is_sparse(x):
+        where = np.flatnonzero(bad(x.data))
+        if not where.size:
+            return None
+        k = int(where[0])
+        return int(np.searchsorted(x.indptr, k, side="right")) - 1, int(x.indices[k])
+    step = _block(x.shape[1])
+    for s in range(0, x.shape[0], step):
+        found = bad(x[s:s + step])
+        if found.any():
+            r, c = np.argwhere(found)[0]
+            return s + int(r), int(c)
+    return None
 
 
 def _bad_value(xn: str, value, row: int, col: int, dtype) -> str:
@@ -167,12 +182,9 @@ def _check_sparse_x(x: Any, n_features: int | None, xn: str, dtype=None):
     """A scipy.sparse ``x`` as CSR: 2-D, real, finite stored values (within ``dtype``'s
     range), ``n_features`` columns."""
     x = _check_matrix(x.tocsr(), n_features, xn)
-    limit = _limit(x, dtype)
-    bad = ~np.isfinite(x.data) if limit is None else ~(np.abs(x.data) <= limit)
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        row = int(np.searchsorted(x.indptr, k, side="right")) - 1
-        raise ValueError(_bad_value(xn, x.data[k], row, int(x.indices[k]), dtype))
+    bad = first_bad_entry(x, dtype)
+    if bad is not None:
+        raise ValueError(_bad_value(xn, x[bad], *bad, dtype))
     return x
 
 

@@ -196,6 +196,8 @@ class SparseMLP:
     # --- inference ------------------------------------------------------------------------
     def logits(self, x, batch_size: int = 2048):
         """Logits (n_samples x n_classes, on the host) of batch-major inputs, streamed."""
+        from ..io.dataset import first_bad_entry
+
         # A scipy.sparse x is densified one chunk of at most 2**19 values at a time, never whole.
         sparse = hasattr(x, "tocsr") and hasattr(x, "nnz")
         x = x.tocsr() if sparse else np.asarray(x)
@@ -216,8 +218,9 @@ class SparseMLP:
         out = np.empty((x.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         for start in range(0, x.shape[0], step):
             host = feature_major_batch(x, slice(start, start + step), self.dtype)
-            if not np.isfinite(host).all():  # one pass over a chunk already in cache
-                col, row = np.argwhere(~np.isfinite(host))[0]
+            bad = first_bad_entry(host)  # one pass over a chunk already in cache
+            if bad is not None:
+                col, row = bad
                 value = _value(x, start + row, col)
                 what = ("NaN or inf (" if not np.isfinite(value)
                         else f"values beyond {self.dtype.name}'s range ({value:.3g}, ")

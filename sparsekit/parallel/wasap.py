@@ -276,12 +276,13 @@ def _check_same_data(comm: Comm, x_tr, y_tr, x_te) -> None:
 
 def _check_resumed_config(state: dict, cfg: TrainConfig, run_dir: Path) -> None:
     """The run's saved options against this job's: a difference is an error, as in train()."""
-    from ..training.loop import RESUME_MAY_CHANGE, config_differences
+    from ..training.loop import RESUME_MAY_CHANGE, check_resume_epochs, config_differences
 
     try:
         saved = TrainConfig.from_dict(state.get("config") or {})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{run_dir / CHECKPOINT}: its saved config is invalid ({exc})") from None
+    check_resume_epochs(run_dir, cfg.epochs, int(state.get("epoch", 0)))
     diffs = config_differences(saved, cfg) if state.get("config") else []
     if diffs:
         raise ValueError(f"resume of {run_dir}: options differ from the run's: "

@@ -25,8 +25,8 @@ no-improvement count and the best weights.
 ``sample_weight``
     As in scikit-learn, each step minimises its batch's weighted mean loss
     ``sum_i w_i * loss_i / sum_i w_i`` (:func:`~sparsekit.training.step.weighted_loss`), and
-    the penalty is divided by a batch's expected weight instead of its size: ``weight_decay = alpha /
-    (batch_size * mean(w))`` for the call's training samples (scikit-learn divides by each
+    the penalty is divided by a batch's expected weight instead of its size: ``weight_decay =
+    alpha / (batch_size * mean(w))`` for the call's training samples (scikit-learn divides by each
     batch's own weight sum), so that scaling every weight by ``c`` weakens the penalty ``c``
     times, as in scikit-learn.  The weights also weight the mean and variance that standardise
     the inputs (and the regressor's targets) and the early-stopping validation score; the
@@ -50,7 +50,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from ..nn.activations import NAMES as ACTIVATIONS
 from ..nn.model import SparseMLP
-from ..training.config import TrainConfig, check_float
+from ..training.config import TrainConfig, check_float, dtype_name
 from ..training.loop import check_run_memory
 from ..training.runner import EpochRunner
 from .scaling import input_scaling, scale_inputs
@@ -231,16 +231,6 @@ class _SparseMLPBase(BaseEstimator):
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha >= 0:
             raise ValueError(f"alpha (the L2 penalty) must be a number >= 0, got {alpha!r}")
 
-    def _dtype_name(self):
-        """``dtype`` as TrainConfig names it (``np.float32`` or ``np.dtype("float32")``:
-        ``"float32"``); anything else unchanged, for TrainConfig to refuse."""
-        if self.dtype is None:  # np.dtype(None) would be float64
-            return None
-        try:
-            return np.dtype(self.dtype).name
-        except TypeError:
-            return self.dtype
-
     def _resolve_batch_size(self, n_samples: int) -> int:
         """scikit-learn's rule: ``"auto"`` is ``min(200, n_samples)``; a larger int is clipped
         to ``n_samples``, with scikit-learn's warning."""
@@ -257,7 +247,7 @@ class _SparseMLPBase(BaseEstimator):
         return TrainConfig(
             epsilon=self.epsilon, alpha=self.slope,
             activation=SKLEARN_ACTIVATIONS.get(self.activation, self.activation),
-            dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self._dtype_name(),
+            dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self.dtype,
             method=self.method, method_params=self.method_params or {}, zeta=self.zeta,
             optimizer=self.solver, lr=self.learning_rate_init, momentum=self.momentum,
             nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
@@ -313,7 +303,7 @@ class _SparseMLPBase(BaseEstimator):
         if first:
             self._train_config(1)  # a bad value fails before anything is computed
             self._fit_input_scaling(X, stats_sw)
-        X = self._scale_inputs(X, np.dtype(self._dtype_name()) if first else None)
+        X = self._scale_inputs(X, np.dtype(dtype_name(self.dtype)) if first else None)
         rs = check_random_state(self.random_state)
         early = self.early_stopping
         sw_tr = sw_val = None
@@ -335,10 +325,13 @@ class _SparseMLPBase(BaseEstimator):
             if not weight_scale > 0:
                 raise ValueError("sample_weight is zero for every training sample left after "
                                  "the early-stopping validation split")
+        if sw_val is not None and not sw_val.sum() > 0:
+            raise ValueError("sample_weight is zero for every sample of the early-stopping "
+                             "validation split: its score would mean nothing")
         n = X_tr.shape[0]
         batch_size = self._resolve_batch_size(n)
         decay = self.alpha / (batch_size * weight_scale)
-        dtype = np.dtype(self._dtype_name()) if first else self.model_.dtype
+        dtype = np.dtype(dtype_name(self.dtype)) if first else self.model_.dtype
         if not decay <= np.finfo(dtype).max:
             raise ValueError(f"sample_weight: weights this small (mean {weight_scale:.3g}) make "
                              f"the L2 penalty alpha / (batch_size * mean weight) overflow "
@@ -443,14 +436,14 @@ class _SparseMLPBase(BaseEstimator):
         """The first call's per-feature mean and divisor (:func:`.scaling.input_scaling`)."""
         self._x_mean, self._x_scale = input_scaling(X, self.standardize, sample_weight)
 
-    def _scale_inputs(self, X, dtype=None):
+    def _scale_inputs(self, X, dtype=None, row_offset: int = 0):
         """``X`` standardised with the first call's statistics, in ``dtype`` (default the
         network's precision): one copy (:func:`.scaling.scale_inputs`).  After a dense first
         call a sparse ``X`` is centred too and so becomes dense: whole when fitting further, a
         block of rows at a time when predicting (:meth:`_forward`)."""
         dtype = np.dtype(self.model_.dtype if dtype is None else dtype)
         return scale_inputs(X, getattr(self, "_x_mean", None), getattr(self, "_x_scale", None),
-                            dtype)
+                            dtype, row_offset)
 
     # --- prediction ------------------------------------------------------------------------
     def _logits(self, X) -> np.ndarray:
@@ -464,7 +457,7 @@ class _SparseMLPBase(BaseEstimator):
         if sp.issparse(X) and getattr(self, "_x_mean", None) is not None and X.shape[0]:
             # centred, a sparse X turns dense: a block of rows at a time, as model.logits does
             rows = max(1, SPARSE_BLOCK_VALUES // max(X.shape[1], 1))
-            return np.concatenate([self._logits(self._scale_inputs(X[i:i + rows]))
+            return np.concatenate([self._logits(self._scale_inputs(X[i:i + rows], row_offset=i))
                                    for i in range(0, X.shape[0], rows)])
         return self._logits(self._scale_inputs(X))
 

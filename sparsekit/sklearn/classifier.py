@@ -69,8 +69,6 @@ class SparseMLPClassifier(ClassifierMixin, _SparseMLPBase):
 
     def _validation_score(self, X, target, sample_weight=None) -> float:
         right = self._logits(X).argmax(axis=1) == target
-        if sample_weight is None or not sample_weight.sum() > 0:
-            return float(right.mean())
         return float(np.average(right, weights=sample_weight))
 
     def partial_fit(self, X, y, sample_weight=None, classes=None):

@@ -77,8 +77,6 @@ class SparseMLPRegressor(RegressorMixin, _SparseMLPBase):
 
     def _validation_score(self, X, target, sample_weight=None) -> float:
         # R² does not change when targets and predictions share an affine map per output.
-        if sample_weight is not None and not sample_weight.sum() > 0:
-            sample_weight = None
         return float(r2_score(target, self._logits(X), sample_weight=sample_weight))
 
     def partial_fit(self, X, y, sample_weight=None):

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
+from ..io.dataset import first_bad_entry
+
 #: Smallest divisor of a standardised feature, as a share of the median standard deviation of
 #: the non-constant features (``benchmarks/results/tabular.md``: +1.7 points on Fashion-MNIST,
 #: +1.1 on seattle-weather, +0.5 on digits against plain standardisation, no set worse).
@@ -92,14 +94,15 @@ def input_scaling(X, standardize, sample_weight=None):
     return mean, np.maximum(std, STD_FLOOR * median)
 
 
-def scale_inputs(X, mean, scale, dtype):
+def scale_inputs(X, mean, scale, dtype, row_offset: int = 0):
     """``(X - mean) / scale`` in ``dtype`` (one copy; ``scale`` None: ``X`` as given, checked).
 
     A sparse ``X`` stays sparse when there is no mean and becomes dense otherwise.
+    ``row_offset``: ``X`` is a block of rows starting there (for the error's row number).
     """
     dtype = np.dtype(dtype)
     if scale is None:
-        check_range(X, X, dtype, standardised=False)
+        check_range(X, X, dtype, standardised=False, row_offset=row_offset)
         return X
     given = X
     # In the network's precision, unless X or the statistics lie beyond its range: then in
@@ -111,7 +114,7 @@ def scale_inputs(X, mean, scale, dtype):
             out = X.astype(work, copy=True).tocsr()
             out.data *= inv[out.indices]
             out = out.astype(dtype, copy=False)
-            check_range(out, given, dtype)
+            check_range(out, given, dtype, row_offset=row_offset)
             return out
         X = X.toarray()
     if mean is None:
@@ -121,7 +124,7 @@ def scale_inputs(X, mean, scale, dtype):
     out *= inv
     with np.errstate(over="ignore"):
         out = out.astype(dtype, copy=False)
-    check_range(out, given, dtype)
+    check_range(out, given, dtype, row_offset=row_offset)
     return out
 
 
@@ -131,27 +134,23 @@ def fits(X, mean, scale, dtype) -> bool:
     limit = np.finfo(dtype).max
     data = X.data if sp.issparse(X) else np.asarray(X)
     stats = [1.0 / scale] + ([] if mean is None else [mean])
-    if data.dtype != dtype and data.size:
-        stats += [data.max(), data.min()]
+    if data.size:
+        biggest = max(abs(float(data.max())), abs(float(data.min())))
+        stats.append(biggest)
+        if mean is not None:  # X - mean too: 3e38 - (-3e38) is beyond float32
+            stats.append(biggest + float(np.abs(mean).max()))
     return all(bool(np.all(np.abs(s) <= limit)) for s in stats)
 
 
-def check_range(X, original, dtype, standardised: bool = True) -> None:
+def check_range(X, original, dtype, standardised: bool = True, row_offset: int = 0) -> None:
     """Refuse an ``X`` (dense or CSR, standardised or as given) that holds a value beyond
     ``dtype``'s range: finite in float64, it would train on or predict from inf.
     ``original`` is the ``X`` the caller gave, whose value the message quotes."""
-    data = X.data if sp.issparse(X) else X
-    with np.errstate(over="ignore", invalid="ignore"):
-        bad = (~np.isfinite(data) if data.dtype == dtype
-               else ~(np.abs(data) <= np.finfo(dtype).max))
-    if not bad.any():
+    bad = first_bad_entry(X, dtype)
+    if bad is None:
         return
-    if sp.issparse(X):
-        pos = int(np.flatnonzero(bad)[0])
-        row, col = int(np.searchsorted(X.indptr, pos, side="right")) - 1, int(X.indices[pos])
-    else:
-        row, col = (int(i) for i in np.argwhere(bad)[0])
+    row, col = bad
     when = " once standardised" if standardised else ""
-    raise ValueError(f"X holds a value beyond {dtype.name}'s range{when} (row {row}, column "
-                     f"{col}: {float(original[row, col]):.3g}); scale it down, or use "
-                     "dtype='float64'")
+    raise ValueError(f"X holds a value beyond {dtype.name}'s range{when} (row "
+                     f"{row_offset + row}, column {col}: {float(original[row, col]):.3g}); "
+                     "scale it down, or use dtype='float64'")

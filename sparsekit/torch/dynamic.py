@@ -210,8 +210,10 @@ class DynamicSparsity:
                              f"{sorted(map(str, devices))}; DynamicSparsity needs one")
         return self.modules[0].backend
 
-    def _epochs(self) -> int:
-        return 1 if self.total_steps is None else math.ceil(self.total_steps / self.every)
+    def _epochs(self) -> float:
+        """Updates in the run: ``total_steps / every``, or infinitely many (open-ended SET or
+        static; the methods that anneal need ``total_steps``)."""
+        return math.inf if self.total_steps is None else math.ceil(self.total_steps / self.every)
 
     def _setup(self) -> None:
         self._sync()

@@ -66,7 +66,7 @@ class _SparseLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, values, bias, pattern: CSR, w_fwd, backend, capture):
+    def forward(ctx, x, values, bias, pattern: CSR, w_fwd, w_fwd_base, backend, capture):
         xp = backend.xp
         with _bridge.on_device(x.device):
             w = pattern.with_data(_bridge.view(values, xp))
@@ -78,6 +78,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         # and, created inside a Function, in-place ops after the layer (ReLU(inplace=True)).
         y = z_ob.T.contiguous()
         ctx.save_for_backward(values)  # autograd then refuses values changed in place before
+        ctx.w_fwd_base = w_fwd_base  # the layer's forward set, which keeps the transpose
         ctx.x_ib, ctx.pattern, ctx.w_fwd, ctx.backend, ctx.capture = (x_ib, pattern, w_fwd,
                                                                       backend, capture)
         ctx.has_bias = bias is not None
@@ -98,6 +99,10 @@ class _SparseLinearFunction(torch.autograd.Function):
             if ctx.w_fwd is not None:
                 dx = be.matmul_t(dy_ob, ctx.w_fwd) if need_x else None
                 gw = be.weight_grad(ctx.x_ib, dy_ob, w) if need_w else None
+                base = ctx.w_fwd_base  # A's transpose index, for the next steps too
+                if base is not None and base._transpose is None:
+                    base._transpose, base._transpose_inv = (ctx.w_fwd._transpose,
+                                                            ctx.w_fwd._transpose_inv)
             elif need_w:
                 dx, gw = be.backward(ctx.x_ib, dy_ob, w, need_x)
             elif need_x:
@@ -107,7 +112,7 @@ class _SparseLinearFunction(torch.autograd.Function):
                 ctx.pattern._transpose = w._transpose
             gw = None if gw is None else _bridge.tensor(gw)
         gb = grad_out.sum(dim=0) if need_b and ctx.has_bias else None
-        return gx, gw, gb, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None
 
 
 def _random_csr(n_out: int, n_in: int, epsilon: float, density, rng, dtype, init: str,
@@ -444,16 +449,16 @@ class SparseLinear(nn.Module):
             raise ValueError(f"input dtype {x.dtype} differs from the layer's "
                              f"{self.values.dtype}; convert with .to({self.values.dtype})")
         lead = x.shape[:-1]
-        w_fwd = self._forward_w
+        w_fwd = base = self._forward_w
         if w_fwd is not None and w_fwd.xp is not self.backend.xp:
             # moved to another device: forward with all of W
-            w_fwd = self._forward_w = self._forward_slots = None
+            w_fwd = base = self._forward_w = self._forward_slots = None
         if w_fwd is not None:
             with _bridge.on_device(x.device):
                 values = _bridge.view(self.values.detach(), w_fwd.xp)
                 w_fwd = w_fwd.with_data(values[self._forward_slots])
         y = _SparseLinearFunction.apply(x.reshape(-1, self.in_features), self.values,
-                                        self.bias, self.pattern(), w_fwd, self.backend,
+                                        self.bias, self.pattern(), w_fwd, base, self.backend,
                                         self._capture if torch.is_grad_enabled() else None)
         return y.reshape(*lead, self.out_features)
 

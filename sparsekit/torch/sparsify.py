@@ -121,4 +121,10 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         for name in uses:
             parent_name, _, attr = name.rpartition(".")
             setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
+    for mod in module.modules():
+        # nn.TransformerEncoder's nested-tensor inference path reads its first layer's
+        # linear1.weight directly (each layer's own fused path is off: see SparseLinear)
+        if isinstance(mod, nn.TransformerEncoder) and any(
+                isinstance(m, SparseLinear) for m in mod.modules()):
+            mod.use_nested_tensor = False
     return module

@@ -207,7 +207,7 @@ class TrainConfig:
         put("dropout", check_float("dropout", self.dropout, low=0, high=1, high_open=True))
         check_choice("init", self.init, INITS)
         check_choice("fan_in", self.fan_in, FAN_INS)
-        put("dtype", check_choice("dtype", _dtype_name(self.dtype), DTYPES))
+        put("dtype", check_choice("dtype", dtype_name(self.dtype), DTYPES))
         if not isinstance(self.method, GrowthMethod):
             check_choice("method", self.method, available_methods())
         if not isinstance(self.method_params, Mapping):
@@ -387,7 +387,7 @@ def _check_names(options: Mapping[str, Any]) -> None:
             raise TypeError(f"unknown training option {key!r}{hint}")
 
 
-def _dtype_name(dtype) -> str:
+def dtype_name(dtype) -> str:
     """``"float32"`` for ``np.float32``, ``np.dtype("float32")`` or ``"float32"``; other values
     as text, for the check to name."""
     import numpy as np

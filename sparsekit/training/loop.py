@@ -141,7 +141,7 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
     try:
         cfg = make_config(config, options)
     except ValueError:
-        if not (resume and config is None):
+        if not (resume and config is None) or options.get("parallel"):
             raise
         # Resuming, the options apply over the run's saved config (resume_state checks them
         # there): over the defaults, a run's own method_params could belong to another method.
@@ -178,6 +178,14 @@ def config_differences(saved: TrainConfig, given: TrainConfig,
             if k not in may_change and a[k] != b[k]]
 
 
+def check_resume_epochs(run_dir, epochs: int, trained: int) -> None:
+    """Refuse to resume a run for fewer epochs than it has trained (it would return at once,
+    seemingly finished, with more epochs than asked for)."""
+    if epochs < trained:
+        raise ValueError(f"resume of {run_dir}: epochs={epochs} is fewer than the {trained} it "
+                         f"has trained; give epochs > {trained} to continue it")
+
+
 def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: dict):
     """Load a run's checkpoint for ``train(resume=True)``; check it and the options.
 
@@ -210,10 +218,7 @@ def resume_state(path: Path, model, cfg: TrainConfig, use_saved: bool, options: 
         raise ValueError(f"{path}: its saved config is invalid ({exc})") from None
     if use_saved:
         cfg = saved.replace(**options)
-    if cfg.epochs < state["epoch"]:
-        raise ValueError(f"resume of {path.parent}: epochs={cfg.epochs} is fewer than the "
-                         f"{state['epoch']} it has trained; give epochs > {state['epoch']} to "
-                         "continue it")
+    check_resume_epochs(path.parent, cfg.epochs, state["epoch"])
     diffs = config_differences(saved, cfg)
     if diffs:
         raise ValueError(f"resume of {path.parent}: options differ from the run's: "

@@ -196,7 +196,8 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
         raise ValueError(f"state_slots must be an integer >= 0, got {state_slots!r}")
     s = 1 + state_slots  # the values and their optimizer state
     layers = _layers(layer_sizes, epsilon)
-    v = np.dtype(getattr(layer_sizes, "dtype", dtype)).itemsize
+    # a model's own precision; an array of layer sizes has a dtype too, of its integers
+    v = np.dtype(layer_sizes.dtype if hasattr(layer_sizes, "layers") else dtype).itemsize
     idx = [index_dtype_for(nnz, (n_out, n_in)).itemsize for n_in, n_out, nnz in layers]
     b, e = int(batch_size), int(eval_batch_size)  # e = 0: no evaluation
     widths = [layers[0][0]] + [n_out for _, n_out, _ in layers]

@@ -149,6 +149,28 @@ def test_partial_fit_and_warm_start(blobs):
     assert len(warm.loss_curve_) == 4
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_warm_fits_and_partial_fits_past_max_iter_start_a_new_horizon(schedule):
+    # A horizon spent used to leave the learning rate annealed to 0 and the topology frozen:
+    # later warm fits and partial_fit calls changed nothing.
+    x, y = make_blobs(n_samples=300, centers=2, n_features=60, random_state=0)
+    params = dict(backend=one_thread(), random_state=0, dropout=0.0, max_iter=3,
+                  lr_schedule=schedule, hidden_layer_sizes=(48,), method="set")
+    warm = SparseMLPClassifier(warm_start=True, **params).fit(x, y)
+    before = [(layer.w.indices.copy(), layer.w.data.copy()) for layer in warm.model_.layers]
+    warm.fit(x, y)
+    after = warm.model_.layers[0].w
+    assert not np.array_equal(after.data, before[0][1])
+    assert not np.array_equal(after.indices, before[0][0])  # SET evolved again
+    assert warm._runner.horizon == 3 and warm._runner.epoch == 3
+    part = SparseMLPClassifier(**params)
+    for call in range(7):
+        old = None if call == 0 else part.model_.layers[0].w.data.copy()
+        part.partial_fit(x, y, classes=[0, 1])
+        if old is not None:
+            assert not np.array_equal(old, part.model_.layers[0].w.data), call
+
+
 def test_regressor_single_and_multi_output():
     x, y = make_regression(n_samples=200, n_features=8, n_informative=4, noise=1.0,
                            random_state=0)
@@ -399,6 +421,12 @@ def test_regressor_targets_beyond_the_square_root_of_float64_are_scaled_not_inf(
     plain = SparseMLPRegressor(**params).fit(x, x[:, 0])
     huge = SparseMLPRegressor(**params).fit(x, x[:, 0] * 1e160)  # y**2 overflows float64
     np.testing.assert_allclose(huge.predict(x) / 1e160, plain.predict(x), rtol=1e-4, atol=1e-6)
+    # and below the square root of the smallest float64, y**2 underflows to a variance of 0
+    tiny = SparseMLPRegressor(**params).fit(x, x[:, 0] * 1e-200)
+    np.testing.assert_allclose(tiny.predict(x) / 1e-200, plain.predict(x), rtol=1e-4, atol=1e-6)
+    for small in (x * 1e-200, sp.csr_matrix(x * 1e-200)):  # a column in tiny units
+        scaled = SparseMLPRegressor(**params).fit(small, x[:, 0])
+        assert np.isfinite(scaled._x_scale).all() and scaled.score(small, x[:, 0]) > 0.5
 
 
 def test_a_refit_that_fails_leaves_the_estimator_unfitted_not_half_new(blobs):

@@ -217,3 +217,27 @@ def test_errors_name_the_problem():
     other = skt.DynamicSparsity(net, opt, "set", every=1, total_steps=5)
     with pytest.raises(ValueError, match="method"):
         other.load_state_dict(dyn.state_dict())
+
+
+@pytest.mark.parametrize("name", ["rprop", "adagrad"])
+def test_new_connections_get_the_optimizers_starting_state_where_it_is_not_zero(name):
+    net = make_net(0)
+    opt = (torch.optim.Rprop(net.parameters(), lr=0.01) if name == "rprop"
+           else torch.optim.Adagrad(net.parameters(), lr=0.01, initial_accumulator_value=0.1))
+    key, start = ("step_size", 0.01) if name == "rprop" else ("sum", 0.1)
+    dyn = skt.DynamicSparsity(net, opt, "set", every=3, seed=0)
+    layer = dyn.modules[0]
+
+    def positions():
+        rows = np.repeat(np.arange(layer.out_features), np.diff(layer.crow_indices.numpy()))
+        return rows * layer.in_features + layer.col_indices.numpy()
+
+    before = set(positions().tolist())
+    for s in range(3):
+        train_step(net, opt, s)
+        dyn.step()
+    new = torch.from_numpy(np.array([p not in before for p in positions().tolist()]))
+    assert new.any()
+    state = opt.state[layer.values][key]
+    torch.testing.assert_close(state[new], torch.full_like(state[new], start))
+    assert (state[~new] != 0).all()  # kept connections keep theirs (never 0 for either)

@@ -46,9 +46,11 @@ PARAMETERS = """\
     warmup_epochs : float, default 0.0
         Linear learning-rate warm-up.
     max_iter : int, default 50
-        Maximum number of epochs of ``fit``.  Reaching it warns (``ConvergenceWarning``), as
-        in scikit-learn, when ``n_iter_no_change < max_iter``, i.e. when the stopping rule
-        could have ended training sooner.
+        Maximum number of epochs of ``fit``, and the horizon of the learning-rate and growth
+        schedules (``partial_fit``: every ``max_iter`` calls a new horizon starts).  Reaching
+        it warns (``ConvergenceWarning``), as in scikit-learn, when
+        ``n_iter_no_change < max_iter``, i.e. when the stopping rule could have ended training
+        sooner.
     shuffle : bool, default True
         Shuffle the samples every epoch.
     random_state : int, RandomState instance or None, default None
@@ -59,7 +61,9 @@ PARAMETERS = """\
     verbose : bool, default False
         Print the loss (and validation score) of every epoch, as scikit-learn does.
     warm_start : bool, default False
-        Let ``fit`` continue training the current network instead of starting anew.
+        Let ``fit`` continue training the current network instead of starting anew; each such
+        call is a new horizon of ``max_iter`` epochs (the learning-rate schedule and the
+        growth method's schedule start again: a warm restart).
     momentum : float, default 0.9
         Momentum of ``solver="sgd"``.
     nesterovs_momentum : bool, default True

@@ -340,6 +340,12 @@ class _SparseMLPBase(BaseEstimator):
             self._initialize(X.shape[1], n, 0 if X_val is None else X_val.shape[0],
                              batch_size, rs)
         runner = self._runner
+        # A warm fit runs max_iter epochs of its own, and partial_fit goes on past max_iter
+        # calls: each starts a new horizon (learning-rate and growth schedules restart) rather
+        # than training at a learning rate annealed to 0 with a frozen topology.
+        if not first and (not incremental or runner.epoch >= runner.horizon
+                          or runner.horizon != self.max_iter):
+            runner.restart(self.max_iter)
         runner.set_weight_decay(decay)
         sw_tr, sw_val = _unequal(sw_tr), _unequal(sw_val)
         if early and getattr(self, "validation_scores_", None) is None:  # warm, switched on

@@ -42,8 +42,9 @@ def weighted_mean_var(X, sample_weight):
 def mean_std(X, sample_weight=None):
     """Per-column ``(mean, std)`` of ``X`` (dense, or CSR: mean None) under ``sample_weight``.
 
-    Values beyond about 1e154 overflow the variance's squares: then the statistics are those
-    of each column divided by its largest magnitude, scaled back.
+    Values beyond about 1e154 overflow the variance's squares, and values below about 1e-154
+    underflow them to a variance of 0: then the statistics are those of each column divided
+    by its largest magnitude, scaled back.
     """
     def plain(X):
         if sp.issparse(X):
@@ -56,7 +57,8 @@ def mean_std(X, sample_weight=None):
         return mean, np.sqrt(np.asarray(var, dtype=np.float64))
 
     mean, std = plain(X)
-    if np.isfinite(std).all() and (mean is None or np.isfinite(mean).all()):
+    if np.isfinite(std).all() and (mean is None or np.isfinite(mean).all()) and not (
+            _varies(X, std == 0)):
         return mean, std
     big = (abs(X).max(axis=0).toarray().ravel() if sp.issparse(X)
            else np.abs(X).max(axis=0)).astype(np.float64)
@@ -65,6 +67,16 @@ def mean_std(X, sample_weight=None):
         else X / big
     mean, std = plain(shrunk)
     return (None if mean is None else mean * big), std * big
+
+
+def _varies(X, columns) -> bool:
+    """Whether any of ``columns`` (a mask) of ``X`` holds two different values."""
+    if not columns.any():
+        return False
+    high, low = X.max(axis=0), X.min(axis=0)
+    if sp.issparse(X):
+        high, low = high.toarray().ravel(), low.toarray().ravel()
+    return bool((np.asarray(high)[columns] > np.asarray(low)[columns]).any())
 
 
 def input_scaling(X, standardize, sample_weight=None):

@@ -249,6 +249,7 @@ class DynamicSparsity:
                 state = self.optimizer.state[m.values]
                 for k, arr in layer.state_w.items():
                     state[k] = _bridge.tensor(arr)
+                _fresh_state(self.optimizer, m.values, state)
             m._forward_w = layer.w_forward
             m._forward_slots = (None if layer.w_forward is None or forward_slots is None
                                 else forward_slots(i))
@@ -282,3 +283,24 @@ class DynamicSparsity:
         dz = [None if c is None else c.dz_ob for c in caps]
         self._model.last_dz = dz
         return acts, None, dz[-1]
+
+
+def _fresh_state(optimizer, param, state: dict) -> None:
+    """Give new connections the state their optimizer starts a parameter with, where zero is
+    not it: Rprop's ``step_size`` (the learning rate: at 0 a connection never moves again) and
+    Adagrad's ``sum`` (``initial_accumulator_value``).  Both are recognised by a 0 that the
+    optimizer itself never leaves there (Rprop's step size stays >= its minimum, Adagrad's sum
+    >= its initial value), so kept connections are untouched."""
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])),
+                 None)
+    if group is None:
+        return
+    if isinstance(optimizer, torch.optim.Rprop) and "step_size" in state:
+        size = state["step_size"]
+        size[size == 0] = float(group["lr"])
+    elif isinstance(optimizer, torch.optim.Adagrad) and "sum" in state:
+        start = float(group.get("initial_accumulator_value", 0.0))
+        if start:
+            total = state["sum"]
+            total[total == 0] = start
+

@@ -64,6 +64,18 @@ class EpochRunner:
         """Optimizer steps completed."""
         return self.engine.step
 
+    def restart(self, max_epochs: int) -> None:
+        """A new horizon of ``max_epochs`` epochs on the current network
+        (:meth:`Engine.restart <sparsekit.training.step.Engine.restart>`)."""
+        if max_epochs < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_epochs}")
+        self.engine.restart(max_epochs)
+
+    @property
+    def horizon(self) -> int:
+        """Epochs in the current horizon (the schedules' length)."""
+        return self.engine.epochs
+
     def set_weight_decay(self, weight_decay: float) -> None:
         """Change the optimizer's weight decay from the next step on (the estimators' ``alpha``
         is divided by the batch size, which each ``fit``/``partial_fit`` call resolves anew)."""

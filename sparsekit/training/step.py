@@ -165,6 +165,18 @@ class Engine:
         """The scheduled learning rate at a (fractional) epoch."""
         return self.schedule(self.config.lr, epoch)
 
+    def restart(self, epochs: int) -> None:
+        """Start a new horizon of ``epochs`` epochs on the current network (a warm restart):
+        the step and epoch counters, the learning-rate schedule and the growth method's
+        schedule begin again; the weights, the optimizer's state and the generator go on.
+        The estimators' warm ``fit`` does this, and ``partial_fit`` once a horizon is spent,
+        so that neither trains on at a learning rate annealed to 0 with a frozen topology."""
+        self.epochs = int(epochs)
+        self.schedule = LRSchedule(self.config.lr_schedule, epochs=self.epochs,
+                                   warmup_epochs=self.config.warmup_epochs)
+        self.step = self.epoch = 0
+        self._planned = False
+
     def plan(self, steps_per_epoch: int) -> None:
         """Tell the growth method the run's length (once; again after a resume)."""
         if not self._planned:

@@ -297,11 +297,12 @@ def cmd_train(args) -> int:
                  "backend": args.backend or "cpu", "train": config.to_dict()}
     if config.parallel and config.wasap_mode == "async":
         from ..parallel import world_size
+        from ..parallel.wasap import check_ranks
 
-        if world_size() < 2:  # train_wasap says so too, but only after the folder is made
-            raise UsageError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the "
-                             "others compute); start it with mpiexec -n N, N >= 2, or use "
-                             "--wasap-mode sync")
+        try:  # train_wasap checks it too, but only after the folder is made
+            check_ranks(config.wasap_mode, world_size())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     # Data errors, a batch larger than the data and a run too large for the memory exit before
     # any folder is made; then the folder is locked (rank 0 under MPI).
     data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])

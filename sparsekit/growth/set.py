@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..nn.init import FAN_INS, INITS, init_values
+from ..nn.init import check_init_options, init_values
 from .base import GrowthMethod, register_method
 
 
@@ -54,10 +54,7 @@ class SET(GrowthMethod):
             raise ValueError(f"zeta must lie in [0, 1), got {zeta}")
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"every_steps must be >= 1, got {every_steps}")
-        if init not in INITS:  # checked here, not at the first update an epoch later
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if fan_in not in FAN_INS:
-            raise ValueError(f"fan_in must be one of {FAN_INS}, got {fan_in!r}")
+        check_init_options(init, fan_in)
         self.zeta, self.every_steps = float(zeta), every_steps
         self.evolve_output, self.last_epoch = bool(evolve_output), bool(last_epoch)
         self.init, self.fan_in = init, fan_in

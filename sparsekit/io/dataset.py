@@ -123,7 +123,7 @@ def check_xy(x: Any, y: Any = None, n_features: int | None = None, n_classes: in
     x = _check_matrix(np.asarray(x), n_features, xn)
     bad = first_bad_entry(x, dtype)
     if bad is not None:
-        raise ValueError(_bad_value(xn, x[bad], *bad, dtype))
+        raise ValueError(bad_value_message(xn, x[bad], *bad, dtype))
     return x, check_labels(y, x.shape[0], n_classes, names)
 
 
@@ -154,8 +154,9 @@ def first_bad_entry(x, dtype=None) -> tuple[int, int] | None:
     return None
 
 
-def _bad_value(xn: str, value, row: int, col: int, dtype) -> str:
-    """The message for a value that is NaN, inf or beyond ``dtype``'s range."""
+def bad_value_message(xn: str, value, row: int, col: int, dtype) -> str:
+    """The message for ``xn``'s ``value`` at ``(row, col)``: NaN, inf, or beyond ``dtype``'s
+    range."""
     if np.isfinite(value):
         return (f"{xn} contains values beyond {np.dtype(dtype).name}'s range ({float(value):.3g}, "
                 f"first at row {row}, column {col}); scale them down")
@@ -184,7 +185,7 @@ def _check_sparse_x(x: Any, n_features: int | None, xn: str, dtype=None):
     x = _check_matrix(x.tocsr(), n_features, xn)
     bad = first_bad_entry(x, dtype)
     if bad is not None:
-        raise ValueError(_bad_value(xn, x[bad], *bad, dtype))
+        raise ValueError(bad_value_message(xn, x[bad], *bad, dtype))
     return x
 
 

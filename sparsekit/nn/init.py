@@ -13,6 +13,15 @@ INITS = ("he_uniform", "xavier_uniform", "normal")
 FAN_INS = ("dense", "actual")
 
 
+def check_init_options(init: str, fan_in: str) -> None:
+    """Refuse an ``init`` or ``fan_in`` that :func:`init_values` does not know (checked when a
+    model or a growth method is made, not at its first regrowth)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if fan_in not in FAN_INS:
+        raise ValueError(f"fan_in must be one of {FAN_INS}, got {fan_in!r}")
+
+
 def er_connections(n_out: int, n_in: int, epsilon: float) -> int:
     """Connections of an ER layer: ``min(n_in * n_out, round(epsilon * (n_in + n_out)))``."""
     if n_out < 1 or n_in < 1:

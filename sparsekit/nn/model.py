@@ -73,7 +73,7 @@ class SparseMLP:
 
     def _configure(self, sizes, epsilon, activation, alpha, dropout, init, fan_in, backend,
                    dtype) -> None:
-        from .init import FAN_INS, INITS
+        from .init import check_init_options
 
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
@@ -82,10 +82,7 @@ class SparseMLP:
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not (
                 0 < epsilon < math.inf):
             raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if fan_in not in FAN_INS:
-            raise ValueError(f"fan_in must be one of {FAN_INS}, got {fan_in!r}")
+        check_init_options(init, fan_in)
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -196,7 +193,7 @@ class SparseMLP:
     # --- inference ------------------------------------------------------------------------
     def logits(self, x, batch_size: int = 2048):
         """Logits (n_samples x n_classes, on the host) of batch-major inputs, streamed."""
-        from ..io.dataset import first_bad_entry
+        from ..io.dataset import bad_value_message, first_bad_entry
 
         # A scipy.sparse x is densified one chunk of at most 2**19 values at a time, never whole.
         sparse = hasattr(x, "tocsr") and hasattr(x, "nnz")
@@ -221,10 +218,8 @@ class SparseMLP:
             bad = first_bad_entry(host)  # one pass over a chunk already in cache
             if bad is not None:
                 col, row = bad
-                value = _value(x, start + row, col)
-                what = ("NaN or inf (" if not np.isfinite(value)
-                        else f"values beyond {self.dtype.name}'s range ({value:.3g}, ")
-                raise ValueError(f"x contains {what}first at row {start + row}, column {col})")
+                raise ValueError(bad_value_message("x", x[start + row, col], start + row, col,
+                                                   self.dtype))
             chunk = be.asarray(host)
             logits = self.forward_infer(chunk, buffers)
             out[start:start + step] = be.to_numpy(logits).T
@@ -290,9 +285,4 @@ def _check_finite_outputs(out_bo, host_ib, start: int) -> None:
         raise ValueError(f"x: the network's outputs overflow to inf or NaN from row "
                          f"{start + row} (largest |value| in that row {largest:.3g}); scale "
                          f"the inputs down, or the weights diverged")
-
-
-def _value(x, row: int, col: int) -> float:
-    """``x[row, col]`` of a dense array or a scipy.sparse matrix, as a float."""
-    return float(x[row, col])
 

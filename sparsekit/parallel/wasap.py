@@ -110,9 +110,7 @@ def train_wasap(model, data, config: TrainConfig | None = None, *, callbacks=(),
         cfg = cfg.replace(parallel="wasap")
     mode = cfg.wasap_mode
     comm = Comm(comm, cfg.timeout)
-    if mode == "async" and comm.size < 2:
-        raise ValueError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the others "
-                         "compute); start it with mpiexec -n N, N >= 2, or use mode 'sync'")
+    check_ranks(mode, comm.size)
     if resume and run_dir is None:
         raise ValueError("resume=True needs run_dir")
     with guarded(comm):
@@ -246,6 +244,13 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
     if comm.rank == 0 and ckpt is not None:
         run.history = list(ckpt.train_state.get("history", []))
     return run
+
+
+def check_ranks(mode: str, size: int) -> None:
+    """Refuse ``async`` mode on fewer than 2 ranks (rank 0 serves, the others compute)."""
+    if mode == "async" and size < 2:
+        raise ValueError("wasap mode 'async' needs at least 2 ranks (rank 0 serves, the others "
+                         "compute); start it with mpiexec -n N, N >= 2, or use mode 'sync'")
 
 
 def finished_run_error(run_dir, trained: int, epochs: int) -> str:

@@ -303,7 +303,8 @@ class _SparseMLPBase(BaseEstimator):
         if first:
             self._train_config(1)  # a bad value fails before anything is computed
             self._fit_input_scaling(X, stats_sw)
-        X = self._scale_inputs(X, np.dtype(dtype_name(self.dtype)) if first else None)
+        dtype = np.dtype(dtype_name(self.dtype)) if first else self.model_.dtype
+        X = self._scale_inputs(X, dtype)
         rs = check_random_state(self.random_state)
         early = self.early_stopping
         sw_tr = sw_val = None
@@ -331,7 +332,6 @@ class _SparseMLPBase(BaseEstimator):
         n = X_tr.shape[0]
         batch_size = self._resolve_batch_size(n)
         decay = self.alpha / (batch_size * weight_scale)
-        dtype = np.dtype(dtype_name(self.dtype)) if first else self.model_.dtype
         if not decay <= np.finfo(dtype).max:
             raise ValueError(f"sample_weight: weights this small (mean {weight_scale:.3g}) make "
                              f"the L2 penalty alpha / (batch_size * mean weight) overflow "

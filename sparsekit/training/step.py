@@ -138,19 +138,15 @@ class Engine:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.model, self.config, self.rng, self.loss = model, config, rng, loss
-        self.epochs = int(config.epochs if epochs is None else epochs)
         self.growth = make_growth(config, model)
         self.optimizer = make_optimizer(config)
         self.optimizer.attach(model)
-        self.schedule = LRSchedule(config.lr_schedule, epochs=self.epochs,
-                                   warmup_epochs=config.warmup_epochs)
+        # the horizon, the learning-rate schedule and the counters (steps and epochs completed)
+        self.restart(config.epochs if epochs is None else epochs)
         self.pruning = (PruningSchedule(config.prune_start, config.prune_every,
                                         config.prune_percentile)
                         if config.prune_start is not None else None)
         self.flops = FlopCounter(config.batch_size, self.optimizer.ops_per_value)
-        self.step = 0   # optimizer steps completed over the whole run
-        self.epoch = 0  # epochs completed
-        self._planned = False
         # Activations, gradients and their derivatives reused from step to step (the backend
         # decides what to keep): no page faults from fresh arrays in the step.
         self._buffers: dict = {}
@@ -166,15 +162,17 @@ class Engine:
         return self.schedule(self.config.lr, epoch)
 
     def restart(self, epochs: int) -> None:
-        """Start a new horizon of ``epochs`` epochs on the current network (a warm restart):
-        the step and epoch counters, the learning-rate schedule and the growth method's
-        schedule begin again; the weights, the optimizer's state and the generator go on.
-        The estimators' warm ``fit`` does this, and ``partial_fit`` once a horizon is spent,
-        so that neither trains on at a learning rate annealed to 0 with a frozen topology."""
+        """Start a horizon of ``epochs`` epochs on the current network (the first one at
+        construction; later ones are warm restarts): the step and epoch counters, the
+        learning-rate schedule and the growth method's schedule begin again; the weights, the
+        optimizer's state and the generator go on.  The estimators' warm ``fit`` restarts, and
+        ``partial_fit`` once a horizon is spent, so that neither trains on at a learning rate
+        annealed to 0 with a frozen topology."""
         self.epochs = int(epochs)
         self.schedule = LRSchedule(self.config.lr_schedule, epochs=self.epochs,
                                    warmup_epochs=self.config.warmup_epochs)
-        self.step = self.epoch = 0
+        self.step = 0   # optimizer steps completed over the horizon
+        self.epoch = 0  # epochs completed
         self._planned = False
 
     def plan(self, steps_per_epoch: int) -> None:
@@ -241,18 +239,17 @@ class Engine:
         self.flops.step(self.model)
 
     def train_step(self, x, target, idx, lr: float, *, rank: int = 0,
-                   grad_hook: Callable[[list], list] | None = None, sample_weight=None):
+                   grad_hook: Callable[[list], list] | None = None, batch_weight=None):
         """The training step on rows ``idx`` of ``(x, target)`` at rate ``lr``: batch, dropout
         seeds, forward, loss, backward, ``grad_hook``, optimizer update, growth ``after_step``.
 
-        ``sample_weight`` (float64, one per row of ``x``): the step minimises the weighted
+        ``batch_weight`` (float64, one per row of ``idx``): the step minimises the weighted
         mean loss of the batch instead of the mean.  Returns ``(loss, correct, stats)``: the
         batch's (weighted) mean loss and (classification) count of right answers, both still
         on the device, and the growth method's statistics.
         """
         tb = self.targets(target, idx)
-        weights = (None if sample_weight is None
-                   else self.model.backend.asarray(sample_weight[idx]))
+        weights = None if batch_weight is None else self.model.backend.asarray(batch_weight)
         seeds = self.rng.integers(0, 2**63, size=len(self.model.layers) - 1)
         if rank:
             seeds = rank_seeds(seeds, rank)
@@ -362,11 +359,12 @@ class Engine:
                 idx = rows[idx]
             frac = self.epoch + s / steps
             lr = self.lr_at(frac) * (lr_scale(frac) if lr_scale is not None else 1.0)
+            weights = None if sample_weight is None else sample_weight[idx]
             loss, right, stats = self.train_step(x, target, idx, lr, rank=rank,
-                                                 grad_hook=grad_hook, sample_weight=sample_weight)
-            if sample_weight is not None:
-                batch_weight = float(sample_weight[idx].sum())
-                weighted, weight_sum = weighted + loss * batch_weight, weight_sum + batch_weight
+                                                 grad_hook=grad_hook, batch_weight=weights)
+            if weights is not None:
+                total = float(weights.sum())
+                weighted, weight_sum = weighted + loss * total, weight_sum + total
             if len(idx) == bs:
                 loss_sum += loss
             else:

@@ -10,7 +10,7 @@ from sparsekit.nn.layers import SparseLayer
 
 torch = pytest.importorskip("torch")
 skt = pytest.importorskip("sparsekit.torch")
-from sparsekit.torch.linear import _SparseLinearFunction  # noqa: E402
+from sparsekit.torch._function import _SparseLinearFunction  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,7 +10,7 @@ skt = pytest.importorskip("sparsekit.torch")
 from conftest import gpu_required, require_gpu  # noqa: E402
 from cuda_emu import EmulatedGpuBackend, build, compiler, emulated_kernels  # noqa: E402
 
-from sparsekit.torch.linear import _SparseLinearFunction  # noqa: E402
+from sparsekit.torch._function import _SparseLinearFunction  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

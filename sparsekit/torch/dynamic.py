@@ -30,7 +30,8 @@ from ..growth.base import GrowthMethod
 from ..growth.schedule import evolving_layers
 from ..nn.layers import SparseLayer
 from . import _bridge
-from .linear import SparseLinear, _Capture
+from ._function import _Capture
+from .linear import SparseLinear
 
 
 class _TorchModel:
@@ -54,13 +55,18 @@ class DynamicSparsity:
     Parameters
     ----------
     module : nn.Module
-        The model; its :class:`SparseLinear` layers (in ``module.modules()`` order) evolve.
-        They must all live on one device.
+        The model; its trainable :class:`SparseLinear` layers (in ``module.modules()`` order)
+        evolve.  They must all live on one device.  Layers frozen when this object is made
+        (``values.requires_grad`` False) keep their weights and topology; a method's
+        ``layers=`` indices still count every :class:`SparseLinear`, and may not name a frozen
+        one.
     optimizer : torch.optim.Optimizer
         The optimizer that updates the layers' ``values`` (create it after
         :func:`~sparsekit.torch.sparsify`).  Per-entry state (SGD ``momentum_buffer``,
         Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``: any state tensor shaped like
         the parameter) follows the connections; scalar state (Adam's ``step``) is left alone.
+        ``torch.optim.LBFGS`` keeps a history over all parameters at once, which a topology
+        change invalidates: its state is cleared at every update (the history starts again).
     method : {"set", "gse", "rigl", "topkast", "static"} or GrowthMethod, default "set"
         The growth method (see :mod:`sparsekit.growth`).
     every : int, default 100
@@ -113,19 +119,24 @@ class DynamicSparsity:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
-        if int(every) != every or every < 1:
-            raise ValueError(f"every must be a whole number >= 1, got {every}")
-        if total_steps is not None and (int(total_steps) != total_steps or total_steps < 1):
-            raise ValueError(f"total_steps must be a whole number >= 1, got {total_steps}")
-        self.modules = [m for m in module.modules() if isinstance(m, SparseLinear)]
-        if not self.modules:
+        _check_count("every", every)
+        if total_steps is not None:
+            _check_count("total_steps", total_steps)
+        sparse = [m for m in module.modules() if isinstance(m, SparseLinear)]
+        if not sparse:
             raise ValueError("module has no SparseLinear layers; call sparsekit.torch.sparsify "
                              "on it first")
+        # A frozen layer (values.requires_grad False) keeps its weights and its topology.
+        self.modules = [m for m in sparse if m.values.requires_grad]
+        if not self.modules:
+            raise ValueError("every SparseLinear layer of module is frozen (values.requires_grad "
+                             "is False): there is nothing to evolve")
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for i, m in enumerate(self.modules):
             if id(m.values) not in owned:
-                raise ValueError(f"optimizer does not update the values of sparse layer {i} "
-                                 f"({m.extra_repr()}); create the optimizer after sparsify")
+                raise ValueError(f"optimizer does not update the values of trainable sparse "
+                                 f"layer {i} ({m.extra_repr()}); create the optimizer after "
+                                 "sparsify, or freeze the layer with requires_grad_(False)")
         self.optimizer = optimizer
         self.every = int(every)
         self.total_steps = None if total_steps is None else int(total_steps)
@@ -136,6 +147,9 @@ class DynamicSparsity:
             if method != "static":
                 params.setdefault("every_steps", self.every)
             self.method = get_method(method, **params)
+            if len(self.modules) < len(sparse) and getattr(self.method, "layers", None):
+                self.method.layers = _trainable_indices(self.method.layers, sparse,
+                                                        self.modules)
         if getattr(self.method, "schedule", None) is not None and self.total_steps is None:
             raise ValueError(f"total_steps is needed by method {self.method.name!r}: it anneals "
                              "the drop fraction and stops at a fraction of training")
@@ -191,6 +205,14 @@ class DynamicSparsity:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue a saved run (after loading the model's and the optimizer's state)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from DynamicSparsity.state_dict(), got "
+                            f"{type(state).__name__}")
+        missing = [k for k in ("method", "every", "total_steps", "steps", "rng")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(missing)}: it was not made by "
+                             "DynamicSparsity.state_dict()")
         for key in ("method", "every", "total_steps"):
             mine = self.state_dict()[key]
             if state.get(key) != mine:
@@ -246,10 +268,13 @@ class DynamicSparsity:
             if layer.w is not m.pattern():
                 m._set_topology(layer.w)
                 m.values.grad = None  # shaped like the old topology
-                state = self.optimizer.state[m.values]
-                for k, arr in layer.state_w.items():
-                    state[k] = _bridge.tensor(arr)
-                _fresh_state(self.optimizer, m.values, state)
+                if isinstance(self.optimizer, torch.optim.LBFGS):
+                    self.optimizer.state.clear()  # its history spans the old topologies
+                else:
+                    state = self.optimizer.state[m.values]
+                    for k, arr in layer.state_w.items():
+                        state[k] = _bridge.tensor(arr)
+                    _fresh_state(self.optimizer, m.values, state)
             m._forward_w = layer.w_forward
             m._forward_slots = (None if layer.w_forward is None or forward_slots is None
                                 else forward_slots(i))
@@ -283,6 +308,30 @@ class DynamicSparsity:
         dz = [None if c is None else c.dz_ob for c in caps]
         self._model.last_dz = dz
         return acts, None, dz[-1]
+
+
+def _trainable_indices(layers, sparse: list, trainable: list) -> list[int]:
+    """``layers`` (indices among all the sparse layers, negative allowed) as indices among the
+    trainable ones, refusing a frozen layer."""
+    n, where = len(sparse), {id(m): j for j, m in enumerate(trainable)}
+    out = []
+    for i in layers:
+        if not -n <= i < n:
+            raise ValueError(f"layers must hold indices in [{-n}, {n}), got {i!r}")
+        j = where.get(id(sparse[i % n]))
+        if j is None:
+            raise ValueError(f"layers names sparse layer {i % n}, which is frozen "
+                             "(values.requires_grad is False)")
+        out.append(j)
+    return out
+
+
+def _check_count(name: str, value) -> None:
+    """``value`` must be an integer >= 1 (an int, a NumPy integer, or a float like 10.0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not (math.isfinite(value) and int(value) == value and value >= 1):
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def _fresh_state(optimizer, param, state: dict) -> None:

@@ -11,108 +11,20 @@ activations, so each pass transposes its input once.
 
 from __future__ import annotations
 
-import functools
-import sys
+import copy
 
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from ..io import interop
 from ..nn import layers as _layers
 from ..nn.csr import CSR
 from ..nn.init import erdos_renyi, init_values, uniform_pattern
 from . import _bridge
+from ._function import _eager_under_compile, _SparseLinearFunction
 
 _DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _eager_under_compile(fn):
-    """``fn`` run eagerly inside ``torch.compile`` (Dynamo cannot trace the kernels, which read
-    the tensors' memory): the model compiles around it.  ``torch.compiler.disable`` is applied
-    on the first call made once Dynamo is loaded, so that importing sparsekit.torch does not
-    load it (0.9 s)."""
-    disabled = None
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        nonlocal disabled
-        if "torch._dynamo" not in sys.modules:  # nothing can be compiling
-            return fn(*args, **kwargs)
-        if disabled is None:
-            disabled = torch.compiler.disable(fn)
-        return disabled(*args, **kwargs)
-
-    return call
-
-
-class _Capture:
-    """What the last backward pass through a layer saw: its input ``x_ib`` and the gradient
-    ``dz_ob`` of its output, feature-major (the gradient-guided growth methods score candidate
-    connections with them)."""
-
-    __slots__ = ("x_ib", "dz_ob")
-
-    def __init__(self) -> None:
-        self.x_ib = self.dz_ob = None
-
-
-class _SparseLinearFunction(torch.autograd.Function):
-    """``y = x @ W.T + b`` with W given as CSR values on a pattern.
-
-    ``w_fwd`` (Top-KAST's forward set, a sub-pattern of W with its own values) replaces W in the
-    forward product and the input gradient; the weight gradient still covers every entry of W.
-    """
-
-    @staticmethod
-    def forward(ctx, x, values, bias, pattern: CSR, w_fwd, w_fwd_base, backend, capture):
-        xp = backend.xp
-        with _bridge.on_device(x.device):
-            w = pattern.with_data(_bridge.view(values, xp))
-            x_ib = _bridge.view(x.detach().T.contiguous(), xp)
-            z_ob = _bridge.tensor(backend.matmul(x_ib, w if w_fwd is None else w_fwd))
-        if bias is not None:  # in place on the fresh product: no second output-sized array
-            z_ob.add_(bias.detach()[:, None])
-        # Batch-major and contiguous, as nn.Linear's: a transposed view would refuse .view()
-        # and, created inside a Function, in-place ops after the layer (ReLU(inplace=True)).
-        y = z_ob.T.contiguous()
-        ctx.save_for_backward(values)  # autograd then refuses values changed in place before
-        ctx.w_fwd_base = w_fwd_base  # the layer's forward set, which keeps the transpose
-        ctx.x_ib, ctx.pattern, ctx.w_fwd, ctx.backend, ctx.capture = (x_ib, pattern, w_fwd,
-                                                                      backend, capture)
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    @once_differentiable  # the kernels are not differentiable: a second backward is refused
-    def backward(ctx, grad_out):
-        (values,) = ctx.saved_tensors
-        be = ctx.backend
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx = gw = None
-        with _bridge.on_device(grad_out.device):
-            w = ctx.pattern.with_data(_bridge.view(values, be.xp))
-            dy_ob = _bridge.view(grad_out.detach().T.contiguous(), be.xp)
-            if ctx.capture is not None:
-                ctx.capture.x_ib, ctx.capture.dz_ob = ctx.x_ib, dy_ob
-            if ctx.w_fwd is not None:
-                dx = be.matmul_t(dy_ob, ctx.w_fwd) if need_x else None
-                gw = be.weight_grad(ctx.x_ib, dy_ob, w) if need_w else None
-                base = ctx.w_fwd_base  # A's transpose index, for the next steps too
-                if base is not None and base._transpose is None:
-                    base._transpose, base._transpose_inv = (ctx.w_fwd._transpose,
-                                                            ctx.w_fwd._transpose_inv)
-            elif need_w:
-                dx, gw = be.backward(ctx.x_ib, dy_ob, w, need_x)
-            elif need_x:
-                dx = be.matmul_t(dy_ob, w)
-            gx = None if dx is None else _bridge.tensor(dx).T
-            if ctx.pattern._transpose is None:  # keep W's transpose index for the next steps
-                ctx.pattern._transpose = w._transpose
-            gw = None if gw is None else _bridge.tensor(gw)
-        gb = grad_out.sum(dim=0) if need_b and ctx.has_bias else None
-        return gx, gw, gb, None, None, None, None, None
 
 
 def _random_csr(n_out: int, n_in: int, epsilon: float, density, rng, dtype, init: str,
@@ -177,6 +89,15 @@ class SparseLinear(nn.Module):
     crow_indices, col_indices : torch.Tensor
         The CSR pattern (buffers, saved in ``state_dict``).
 
+    Notes
+    -----
+    Under ``torch.autocast`` the layer computes at its own precision (float16 and bfloat16
+    inputs are converted), as autocast does for operations without a low-precision kernel.
+    ``torch.func`` transforms (``grad``, ``vmap``, ...) and ``torch.jit.script`` are refused
+    with an error; ``torch.compile`` and ``torch.jit.trace`` run the layer.
+    ``torch.nn.utils.parametrize`` cannot register on ``values``: it keeps parametrizations in
+    an ``nn.ModuleDict``, whose ``values()`` method takes that name.
+
     Examples
     --------
     >>> import torch
@@ -192,13 +113,21 @@ class SparseLinear(nn.Module):
                  fan_in: str = "dense", seed=None, dtype: torch.dtype = torch.float32,
                  device=None, backend=None) -> None:
         super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         be = _bridge.cpu_backend(backend)
-        w = _random_csr(int(out_features), int(in_features), epsilon, density,
-                        np.random.default_rng(seed), _DTYPES[dtype], init, fan_in)
+        rng = np.random.default_rng(seed)
+        # reset_parameters() draws again from where the constructor started
+        init_args = {"epsilon": epsilon, "density": density, "init": init, "fan_in": fan_in,
+                     "rng": copy.deepcopy(rng)}
+        w = _random_csr(int(out_features), int(in_features), epsilon, density, rng,
+                        _DTYPES[dtype], init, fan_in)
         self._install(w, np.zeros(w.shape[0], dtype=w.dtype) if bias else None, be)
         self.epsilon = float(epsilon) if density is None else None
+        self._init_args = init_args
         if device is not None:
             self.to(device)
 
@@ -217,9 +146,39 @@ class SparseLinear(nn.Module):
         # forward, so edits, copies and conversions of the parameter take effect.
         self._forward_w = self._forward_slots = None
         self._capture = None    # a _Capture while a DynamicSparsity wants this step's gradients
+        self._init_args = None  # the constructor's draw (see reset_parameters)
         # nn.TransformerEncoderLayer's fused inference path reads linear1.weight directly; any
         # forward hook inside it turns that path off, so this layer keeps a no-op one.
         self.register_forward_pre_hook(_no_fused_paths)
+
+    def reset_parameters(self) -> None:
+        """Draw the pattern and the values again as the constructor did, and zero the bias.
+
+        A layer built with a seed gets its initial weights back; one made by
+        :meth:`from_sparse` draws a uniformly random pattern with as many connections.  This is
+        the step after ``module.to_empty(device=...)`` (a model declared on the ``meta``
+        device), which leaves the pattern uninitialised.  The parameters stay the same
+        objects; an optimizer's per-entry state no longer matches them.
+        """
+        a = self._init_args or {"epsilon": None, "init": "he_uniform", "fan_in": "dense",
+                                "rng": np.random.default_rng(),
+                                "density": self.nnz / (self.in_features * self.out_features)}
+        dtype, device = self.values.dtype, self.values.device
+        w = _random_csr(self.out_features, self.in_features, a["epsilon"], a["density"],
+                        copy.deepcopy(a["rng"]), _DTYPES[dtype], a["init"], a["fan_in"])
+        with torch.no_grad():
+            self.values.data = torch.from_numpy(np.array(w.data)).to(device)
+            self.crow_indices = torch.from_numpy(np.array(w.indptr)).to(device)
+            self.col_indices = torch.from_numpy(np.array(w.indices)).to(device)
+            if self.bias is not None:
+                self.bias.zero_()
+        self.values.grad = None
+        self._pattern_cache = self._forward_w = self._forward_slots = None
+
+    def __prepare_scriptable__(self):
+        raise TypeError("SparseLinear cannot be compiled by torch.jit.script (its forward runs "
+                        "sparsekit's kernels on the tensors' memory); use torch.compile or "
+                        "torch.jit.trace")
 
     # --- construction from / export to other formats -----------------------------------------
     @classmethod
@@ -317,18 +276,21 @@ class SparseLinear(nn.Module):
         ``.to()``); between changes the same object is returned, with W's cached transpose
         index.
         """
-        crow, col, vals = self.crow_indices, self.col_indices, self.values
-        key = (crow.data_ptr(), col.data_ptr(), vals.data_ptr(), _version(crow), _version(col),
-               vals.shape[0], vals.device)
+        key = self._cache_key()
         if self._pattern_cache is None or self._pattern_cache[0] != key:
+            crow, col, vals = self.crow_indices, self.col_indices, self.values
             devices = {crow.device, col.device, vals.device}
             if len(devices) > 1:
                 raise ValueError(f"the layer's pattern and values lie on different devices "
                                  f"{sorted(map(str, devices))}; move the module with .to()")
             xp = self.backend.xp
             with _bridge.on_device(vals.device):
-                w = CSR(_bridge.view(crow, xp), _bridge.view(col, xp), _bridge.view(vals, xp),
-                        (self.out_features, self.in_features))
+                try:
+                    w = CSR(_bridge.view(crow, xp), _bridge.view(col, xp),
+                            _bridge.view(vals, xp), (self.out_features, self.in_features))
+                except ValueError as exc:
+                    raise ValueError(f"the layer's pattern is not a valid CSR ({exc}); after "
+                                     "module.to_empty(), call reset_parameters()") from None
             self._pattern_cache = (key, w)
         return self._pattern_cache[1]
 
@@ -435,6 +397,10 @@ class SparseLinear(nn.Module):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if _transformed(x) or _transformed(self.values):
+            raise RuntimeError("SparseLinear does not run under torch.func transforms (grad, "
+                               "vmap, jacrev, ...): its kernels read the tensors' memory; use "
+                               "torch.autograd (loss.backward(), torch.autograd.grad)")
         if x.dim() == 0:
             raise ValueError(f"input must have shape (..., {self.in_features}), got a scalar")
         if self.values.dtype not in _DTYPES:
@@ -445,6 +411,11 @@ class SparseLinear(nn.Module):
         if x.device != self.values.device:
             raise ValueError(f"input is on {x.device} but the layer's weights are on "
                              f"{self.values.device}; move one of them with .to()")
+        if (x.dtype != self.values.dtype and x.dtype in (torch.float16, torch.bfloat16)
+                and torch.is_autocast_enabled(x.device.type)):
+            # autocast runs this layer at its own precision, as it runs ops it has no
+            # low-precision kernel for
+            x = x.to(self.values.dtype)
         if x.dtype != self.values.dtype:
             raise ValueError(f"input dtype {x.dtype} differs from the layer's "
                              f"{self.values.dtype}; convert with .to({self.values.dtype})")
@@ -465,6 +436,12 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"nnz={self.nnz}, bias={self.bias is not None}")
+
+
+def _transformed(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a torch.func (functorch) wrapper, which has no memory of its own."""
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(check is not None and check(t))
 
 
 def _version(t: torch.Tensor) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import numbers
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -19,7 +21,7 @@ def _skipper(skip) -> Callable[[str, nn.Module], bool]:
         return skip
     if isinstance(skip, str):
         skip = [skip]
-    patterns = list(skip)
+    patterns = list(skip) if isinstance(skip, Iterable) else [skip]
     if not all(isinstance(p, str) for p in patterns):
         raise TypeError("skip must be a callable(name, module), a name pattern or a list of "
                         f"name patterns, got {skip!r}")
@@ -52,7 +54,11 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         Layers to keep dense: qualified names (as in ``module.named_modules()``, shell-style
         wildcards allowed, e.g. ``"head"`` or ``"blocks.*.attn.*"``), or a predicate
         ``skip(name, linear) -> bool``.  The projections inside ``nn.MultiheadAttention`` are
-        always kept: that module reads their weights directly instead of calling them.
+        always kept: that module reads their weights directly instead of calling them.  So
+        are, with a warning, layers whose replacement would change the model: a weight tied
+        to another module's (an LM head sharing the embedding), an ``nn.Linear`` subclass
+        with a forward, parameters, buffers or children of its own, a layer with hooks, and a
+        lazy layer not yet run.
     seed : int, optional
         Seeds every layer's pattern and values (each layer gets its own stream).
     init, fan_in : str
@@ -78,6 +84,10 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    for name, value in (("epsilon", epsilon), ("density", density)):
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, numbers.Real)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
     if density is not None and not 0 < density <= 1:
         raise ValueError(f"density must lie in (0, 1], got {density}")
     if density is None and not epsilon > 0:
@@ -99,23 +109,39 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         new.values.requires_grad_(lin.weight.requires_grad)
         if new.bias is not None:
             new.bias.requires_grad_(lin.bias.requires_grad)
+        new.train(lin.training)
         return new if device.type == "meta" else new.to(device)
 
     if isinstance(module, nn.Linear):
-        return module if skipped("", module) else replace("", module)
+        if skipped("", module):
+            return module
+        why = _kept_dense(module, {})
+        if why:
+            warnings.warn(f"sparsify kept the layer dense: {why}", UserWarning, stacklevel=2)
+            return module
+        return replace("", module)
     inside_mha = set()
     for mod in module.modules():
         if isinstance(mod, nn.MultiheadAttention):
             inside_mha.update(id(m) for m in mod.modules())
-    # Every name a layer goes by (a layer used twice, tied weights): one replacement shared by
-    # all of them, or none when any of its names is skipped.
+    # Every name a layer goes by (a layer used twice): one replacement shared by all of them,
+    # or none when any of its names is skipped.
     names: dict[int, list[str]] = {}
+    owners: dict[int, set[int]] = {}  # parameter -> the modules holding it (tied weights)
     for name, mod in module.named_modules(remove_duplicate=False):
+        for p in mod._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), set()).add(id(mod))
         if isinstance(mod, nn.Linear) and id(mod) not in inside_mha:
             names.setdefault(id(mod), []).append(name)
+    dense = []
     for uses in names.values():
         lin = module.get_submodule(uses[0])
         if any(skipped(name, lin) for name in uses):
+            continue
+        why = _kept_dense(lin, owners)
+        if why:
+            dense.append(f"{uses[0]} ({why})")
             continue
         new = replace(uses[0], lin)
         for name in uses:
@@ -127,4 +153,31 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         if isinstance(mod, nn.TransformerEncoder) and any(
                 isinstance(m, SparseLinear) for m in mod.modules()):
             mod.use_nested_tensor = False
+    if dense:
+        warnings.warn(f"sparsify kept {len(dense)} nn.Linear layer(s) dense: {'; '.join(dense)}",
+                      UserWarning, stacklevel=2)
     return module
+
+
+def _kept_dense(lin: nn.Linear, owners: dict[int, set[int]]) -> str | None:
+    """Why ``lin`` cannot be replaced without changing the model, or None.
+
+    A weight tied to another module's (``head.weight = embedding.weight``) would come apart;
+    a subclass with a forward, parameters, buffers or children of its own (LoRA and the like)
+    would lose them; hooks would not follow to the new module; a lazy layer has no shape yet.
+    """
+    if isinstance(lin, nn.modules.lazy.LazyModuleMixin) and lin.has_uninitialized_params():
+        return "an uninitialized lazy layer: run a forward pass first"
+    for attr in ("weight", "bias"):
+        p = getattr(lin, attr)
+        if p is not None and len(owners.get(id(p), ())) > 1:
+            return f"its {attr} is tied to another module's parameter"
+    if type(lin) is not nn.Linear and (
+            type(lin).forward is not nn.Linear.forward or lin._modules or lin._buffers
+            or set(lin._parameters) - {"weight", "bias"}):
+        return (f"{type(lin).__name__} subclasses nn.Linear with a forward, parameters, buffers "
+                "or children of its own")
+    if lin._forward_hooks or lin._forward_pre_hooks or lin._backward_hooks or getattr(
+            lin, "_backward_pre_hooks", None):
+        return "it has hooks, which would not follow to a new module"
+    return None

@@ -312,3 +312,82 @@ def test_defaults_are_the_documented_ones():
         warnings.simplefilter("error")  # no warning with the defaults on a small set
         x, y = make_blobs(n_samples=20, centers=2, random_state=0)
         SparseMLPClassifier(max_iter=1, backend=one_thread()).fit(x, y)
+
+
+# --- a warm fit under changed parameters ------------------------------------------------------
+def weights(est):
+    return np.concatenate([layer.w.data for layer in est.model_.layers])
+
+
+def test_a_warm_fit_trains_under_the_current_parameters_with_a_new_optimizer(blobs):
+    x, y = blobs
+    est = small(warm_start=True, solver="adam").fit(x, y)
+    assert set(est.model_.layers[0].state_w) == {"exp_avg", "exp_avg_sq"}
+    before = weights(est)
+    est.set_params(learning_rate_init=1e-12).fit(x, y)  # as good as no step at all
+    assert np.abs(weights(est) - before).max() < 1e-8
+    est.set_params(learning_rate_init=0.05, solver="sgd", momentum=0.5).fit(x, y)
+    assert set(est.model_.layers[0].state_w) == {"momentum"}  # scikit-learn: a new optimizer
+    assert np.abs(weights(est) - before).max() > 1e-3
+    est.set_params(activation="tanh", dropout=0.5).fit(x, y)
+    assert est.model_.activation_name == "tanh" and est.model_.dropout == 0.5
+    assert est._runner.engine.config.optimizer == "sgd" and est._runner.engine.config.lr == 0.05
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_layer_sizes": (32,)}, r"built with hidden_layer_sizes=\[16\]"),
+    ({"dtype": "float64"}, "built with dtype='float32'"),
+    ({"epsilon": 3.0}, "built with epsilon=10.0"),
+])
+def test_a_warm_fit_refuses_what_would_need_a_new_network(blobs, change, message):
+    x, y = blobs
+    est = small(warm_start=True).fit(x, y)
+    proba = est.predict_proba(x)
+    with pytest.raises(ValueError, match=message + ".*set warm_start=False"):
+        est.set_params(**change).fit(x, y)
+    np.testing.assert_array_equal(est.predict_proba(x), proba)  # untouched
+    est.set_params(warm_start=False).fit(x, y)  # a new network takes them
+
+
+def test_a_warm_fit_checks_its_parameters_before_training(blobs):
+    x, y = blobs
+    est = small(warm_start=True).fit(x, y)
+    with pytest.raises(ValueError, match="dropout"):
+        est.set_params(dropout=5.0).fit(x, y)
+
+
+def test_duplicate_entries_of_a_csr_x_give_the_canonical_matrix_model():
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(200, 10, n_informative=5, n_classes=3, random_state=0)
+    x = np.where(np.abs(x) > 0.8, x, 0.0)
+    a = sp.csr_matrix(x)
+    counts = np.diff(a.indptr)
+    # every stored entry twice, at half its value: the same matrix, not canonical
+    dup = sp.csr_matrix((np.repeat(a.data / 2, 2), np.repeat(a.indices, 2),
+                         np.concatenate([[0], np.cumsum(2 * counts)])), shape=a.shape)
+    assert not dup.has_canonical_format and np.array_equal(dup.toarray(), x)
+    p1 = small().fit(a, y).predict_proba(a)
+    p2 = small().fit(dup, y).predict_proba(a)
+    np.testing.assert_array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("alpha, message", [
+    (np.inf, "alpha .*must be a finite number >= 0, got inf"),
+    (1e300, "alpha=1e[+]300 is too large"),
+])
+def test_alpha_errors_name_alpha(blobs, alpha, message):
+    x, y = blobs
+    with pytest.raises(ValueError, match=message):
+        small(alpha=alpha).fit(x, y)
+
+
+def test_a_diverging_first_fit_names_learning_rate_init_and_leaves_no_model(blobs):
+    from sklearn.exceptions import NotFittedError
+
+    x, y = blobs
+    est = small(solver="sgd", learning_rate_init=1e4, max_iter=20)
+    with pytest.raises(FloatingPointError, match="learning_rate_init, now 10000.0"):
+        est.fit(x * 1e3, y)
+    with pytest.raises(NotFittedError):
+        est.predict(x)

@@ -61,9 +61,11 @@ PARAMETERS = """\
     verbose : bool, default False
         Print the loss (and validation score) of every epoch, as scikit-learn does.
     warm_start : bool, default False
-        Let ``fit`` continue training the current network instead of starting anew; each such
-        call is a new horizon of ``max_iter`` epochs (the learning-rate schedule and the
-        growth method's schedule start again: a warm restart).
+        Let ``fit`` continue training the current network instead of starting anew.  Each such
+        call trains under the current parameters with a new optimizer (as scikit-learn's MLP
+        does), growth method and schedules: a new horizon of ``max_iter`` epochs.  The
+        parameters that shaped the network (``hidden_layer_sizes``, ``epsilon``, ``dtype``,
+        ``init``, ``fan_in``) cannot change then: a warm fit refuses new values.
     momentum : float, default 0.9
         Momentum of ``solver="sgd"``.
     nesterovs_momentum : bool, default True

@@ -37,7 +37,6 @@ no-improvement count and the best weights.
 from __future__ import annotations
 
 import logging
-import numbers
 import warnings
 
 import numpy as np
@@ -48,22 +47,18 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ..nn.activations import NAMES as ACTIVATIONS
 from ..nn.model import SparseMLP
-from ..training.config import TrainConfig, check_float, dtype_name
+from ..training.config import TrainConfig, dtype_name
 from ..training.loop import check_run_memory
 from ..training.runner import EpochRunner
+from ._params import check_params, hidden_sizes, train_config
 from .scaling import input_scaling, scale_inputs
 
 logger = logging.getLogger("sparsekit")
 
 _DTYPES = [np.float64, np.float32]
-SOLVERS = ("sgd", "adam", "adamw")
 #: Values of a sparse ``X`` densified at once when it has to be centred (``_forward``).
 SPARSE_BLOCK_VALUES = 2**19
-#: scikit-learn's names for two of sparsekit's activations (``activation="logistic"`` runs
-#: ``"sigmoid"``), so that code written for its MLPs runs unchanged.
-SKLEARN_ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid"}
 
 #: Defaults shared by both estimators, chosen by the sweep of ``benchmarks/tabular.py``
 #: (``benchmarks/results/tabular.md``).
@@ -77,12 +72,6 @@ DEFAULTS = dict(
 
 def _writable(a) -> bool:
     return bool(getattr(a.flags, "writeable", True))
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 class _SparseMLPBase(BaseEstimator):
@@ -181,55 +170,11 @@ class _SparseMLPBase(BaseEstimator):
 
     # --- parameters ------------------------------------------------------------------------
     def _hidden_sizes(self) -> list[int]:
-        sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
-        if not sizes or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                                and s >= 1 for s in sizes):
-            raise ValueError("hidden_layer_sizes must be a positive int or a sequence of "
-                             f"positive ints, got {self.hidden_layer_sizes!r}")
-        return [int(s) for s in sizes]
+        return hidden_sizes(self)
 
     def _check_params(self) -> None:
         """The checks that TrainConfig does not make (scikit-learn's own parameters)."""
-        self._hidden_sizes()
-        if not (isinstance(self.activation, str)
-                and (self.activation in ACTIVATIONS or self.activation in SKLEARN_ACTIVATIONS)):
-            raise ValueError(f"activation must be one of {(*SKLEARN_ACTIVATIONS, *ACTIVATIONS)}, "
-                             f"got {self.activation!r}")
-        for name, low in (("max_iter", 1), ("n_iter_no_change", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        bs = self.batch_size
-        if not (isinstance(bs, str) and bs == "auto") and (
-                not isinstance(bs, numbers.Integral) or isinstance(bs, bool) or bs < 1):
-            raise ValueError(f"batch_size must be 'auto' or an integer >= 1, got {bs!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        for name in ("shuffle", "early_stopping", "nesterovs_momentum", "warm_start"):
-            _check_bool(name, getattr(self, name))
-        if not (isinstance(self.standardize, str) and self.standardize == "auto") and \
-                not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"standardize must be True, False or 'auto', got "
-                             f"{self.standardize!r}")
-        # Checked here under the estimator's names (TrainConfig calls them alpha, lr, betas and
-        # adam_eps, and alpha is the L2 penalty here).
-        check_float("slope", self.slope)
-        if self.activation == "allrelu" and not self.slope > 0:
-            raise ValueError(f"slope must be > 0 for allrelu, got {self.slope!r}")
-        check_float("learning_rate_init", self.learning_rate_init, low=0, low_open=True)
-        for name in ("beta_1", "beta_2"):
-            check_float(name, getattr(self, name), low=0, high=1, high_open=True)
-        check_float("adam_epsilon", self.adam_epsilon, low=0, low_open=True)
-        tol = self.tol
-        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
-            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-        vf = self.validation_fraction
-        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
-            raise ValueError(f"validation_fraction must lie in (0, 1), got {vf!r}")
-        alpha = self.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha >= 0:
-            raise ValueError(f"alpha (the L2 penalty) must be a number >= 0, got {alpha!r}")
+        check_params(self)
 
     def _resolve_batch_size(self, n_samples: int) -> int:
         """scikit-learn's rule: ``"auto"`` is ``min(200, n_samples)``; a larger int is clipped
@@ -243,19 +188,7 @@ class _SparseMLPBase(BaseEstimator):
 
     def _train_config(self, batch_size: int) -> TrainConfig:
         """The :class:`TrainConfig` of these parameters for mini-batches of ``batch_size``."""
-        sgd = self.solver == "sgd"
-        return TrainConfig(
-            epsilon=self.epsilon, alpha=self.slope,
-            activation=SKLEARN_ACTIVATIONS.get(self.activation, self.activation),
-            dropout=self.dropout, init=self.init, fan_in=self.fan_in, dtype=self.dtype,
-            method=self.method, method_params=self.method_params or {}, zeta=self.zeta,
-            optimizer=self.solver, lr=self.learning_rate_init, momentum=self.momentum,
-            nesterov=bool(sgd and self.nesterovs_momentum and self.momentum > 0),
-            betas=(self.beta_1, self.beta_2), adam_eps=self.adam_epsilon,
-            weight_decay=self.alpha / batch_size, batch_size=batch_size,
-            lr_schedule=self.lr_schedule, warmup_epochs=self.warmup_epochs,
-            max_grad_norm=self.max_grad_norm, backend=self.backend, eval_batch_size=2048,
-            epochs=self.max_iter)
+        return train_config(self, batch_size)
 
     # --- fitting ---------------------------------------------------------------------------
     def _initialize(self, n_features: int, n_train: int, n_val: int, batch_size: int,
@@ -278,6 +211,29 @@ class _SparseMLPBase(BaseEstimator):
         else:
             self.validation_scores_ = self.best_validation_score_ = None
             self.best_loss_ = np.inf
+
+    def _warm_runner(self, batch_size: int, rs) -> None:
+        """A warm ``fit``: the fitted network trained on under the current parameters, with a
+        new optimizer, growth method and schedules (scikit-learn's MLP also makes a new
+        optimizer at every ``fit``).  Parameters that shaped the network when it was built
+        cannot change it now, so changing them is refused."""
+        model, config = self.model_, self._train_config(batch_size)
+        built = {"hidden_layer_sizes": (model.layer_sizes[1:-1], self._hidden_sizes()),
+                 "dtype": (model.dtype.name, config.dtype), "epsilon": (model.epsilon,
+                                                                        config.epsilon),
+                 "init": (model.init, config.init), "fan_in": (model.fan_in, config.fan_in)}
+        for name, (was, now) in built.items():
+            if was != now:
+                raise ValueError(f"warm_start=True trains on the fitted network, built with "
+                                 f"{name}={was!r}; it cannot take {name}={now!r} (set "
+                                 "warm_start=False to build a new network)")
+        model._configure(model.layer_sizes, model.epsilon, config.activation, config.alpha,
+                         config.dropout, model.init, model.fan_in, model.backend, model.dtype)
+        for layer in model.layers:  # the new optimizer starts its state afresh
+            layer.state_w, layer.state_b, layer.w_forward = {}, {}, None
+        train_seed = int(rs.randint(0, 2**31 - 1))
+        self._runner = EpochRunner(model, config, loss=self._loss, seed=train_seed,
+                                   max_epochs=self.max_iter)
 
     def _validate(self, X, y, reset: bool):
         return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=_DTYPES,
@@ -333,18 +289,22 @@ class _SparseMLPBase(BaseEstimator):
         batch_size = self._resolve_batch_size(n)
         decay = self.alpha / (batch_size * weight_scale)
         if not decay <= np.finfo(dtype).max:
+            if sw_tr is None:
+                raise ValueError(f"alpha={self.alpha!r} is too large: the L2 penalty alpha / "
+                                 f"batch_size overflows {dtype}")
             raise ValueError(f"sample_weight: weights this small (mean {weight_scale:.3g}) make "
                              f"the L2 penalty alpha / (batch_size * mean weight) overflow "
                              f"{dtype}; scale the weights up, or set alpha=0")
         if first:
             self._initialize(X.shape[1], n, 0 if X_val is None else X_val.shape[0],
                              batch_size, rs)
+        elif not incremental:
+            self._warm_runner(batch_size, rs)
         runner = self._runner
-        # A warm fit runs max_iter epochs of its own, and partial_fit goes on past max_iter
-        # calls: each starts a new horizon (learning-rate and growth schedules restart) rather
-        # than training at a learning rate annealed to 0 with a frozen topology.
-        if not first and (not incremental or runner.epoch >= runner.horizon
-                          or runner.horizon != self.max_iter):
+        # partial_fit goes on past max_iter calls: each horizon spent starts a new one
+        # (learning-rate and growth schedules restart) rather than training at a learning rate
+        # annealed to 0 with a frozen topology.
+        if incremental and (runner.epoch >= runner.horizon or runner.horizon != self.max_iter):
             runner.restart(self.max_iter)
         runner.set_weight_decay(decay)
         sw_tr, sw_val = _unequal(sw_tr), _unequal(sw_val)
@@ -353,13 +313,28 @@ class _SparseMLPBase(BaseEstimator):
         elif not early and getattr(self, "best_loss_", None) is None:
             self.best_loss_ = np.inf
         self._best = None
-        verbose = bool(self.verbose)
+        runner.engine.lr_name = "learning_rate_init"
+        self.n_iter_ = 0
+        try:
+            self._epochs(runner, X_tr, t_tr, X_val, t_val, sw_tr, sw_val, batch_size,
+                         incremental)
+        except BaseException:
+            if first:  # a first fit that fails leaves the estimator unfitted
+                for name in ("model_", "_runner"):
+                    self.__dict__.pop(name, None)
+            raise
+        return self
+
+    def _epochs(self, runner, X_tr, t_tr, X_val, t_val, sw_tr, sw_val, batch_size: int,
+                incremental: bool) -> None:
+        """Up to ``max_iter`` epochs (one for ``partial_fit``), with scikit-learn's stopping
+        rule; the best validation epoch's network is restored under early stopping."""
+        early, verbose, n = self.early_stopping, bool(self.verbose), X_tr.shape[0]
         name = type(self).__name__
 
         def log(line: str) -> None:
             logger.debug("%s: %s", name, line)
 
-        self.n_iter_ = 0
         for _ in range(self.max_iter):
             loss = runner.run_epoch(X_tr, t_tr, log, batch_size=batch_size,
                                     shuffle=bool(self.shuffle), sample_weight=sw_tr)
@@ -387,7 +362,6 @@ class _SparseMLPBase(BaseEstimator):
         if early and self._best is not None:
             runner.restore(self._best)
             self._best = None
-        return self
 
     def _update_no_improvement_count(self, early: bool, X_val, t_val, verbose: bool,
                                      sw_val=None) -> None:

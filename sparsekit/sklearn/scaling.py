@@ -46,6 +46,12 @@ def mean_std(X, sample_weight=None):
     underflow them to a variance of 0: then the statistics are those of each column divided
     by its largest magnitude, scaled back.
     """
+    if sp.issparse(X) and not X.has_canonical_format:
+        # mean_variance_axis counts each stored entry as a value: duplicates (which SciPy sums)
+        # would shrink the divisors
+        X = X.copy()
+        X.sum_duplicates()
+
     def plain(X):
         if sp.issparse(X):
             weights = None if sample_weight is None else sample_weight.astype(X.dtype)

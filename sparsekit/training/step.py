@@ -151,6 +151,10 @@ class Engine:
         # decides what to keep): no page faults from fresh arrays in the step.
         self._buffers: dict = {}
 
+    #: The learning rate's name in the front end's errors (the estimators say
+    #: ``learning_rate_init``).
+    lr_name = "lr"
+
     def __getstate__(self) -> dict:
         # The reused arrays are scratch: a pickled engine (inside a fitted estimator) leaves
         # them out, and one unpickled onto read-only memory must not write into them.
@@ -277,7 +281,7 @@ class Engine:
         """The error for a training loss that became ``loss`` (inf or NaN)."""
         return FloatingPointError(
             f"training loss became {loss} in epoch {self.epoch + 1}; lower the learning rate "
-            f"(lr, now {self.config.lr})")
+            f"({self.lr_name}, now {self.config.lr})")
 
     def after_step(self, cache=None) -> dict | None:
         """The growth method's per-step hook; advances the step counter."""

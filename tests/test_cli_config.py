@@ -6,6 +6,7 @@ import logging
 import signal
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -190,7 +191,8 @@ def test_interrupt_exits_130(tiny, tmp_path):
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == EXIT_INTERRUPTED and "interrupted" in err
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert f"interrupted; resume with sparsekit train --resume {tmp_path / 'r'}" in err
 
 
 def test_train_logs_epoch_lines_to_the_sparsekit_logger(caplog):
@@ -214,3 +216,78 @@ def test_warmup_epochs_reaches_the_schedule(tiny, tmp_path):
     hist = json.loads((out / "history.json").read_text())
     lrs = [h["lr"] for h in (hist["history"] if isinstance(hist, dict) else hist)]
     assert lrs[0] < 0.6 * 0.02 and lrs[0] < lrs[1] <= 0.02  # no warm-up: both 0.02
+
+
+def train_tiny(data, out, *extra, cwd=None):
+    return run_cli("train", "--dataset", data, "--hidden", "8", "--epochs", "1",
+                   "--batch-size", "32", "--no-plot", "--no-progress", "--threads", "1",
+                   "--out", out, *extra, cwd=cwd)
+
+
+def test_a_folder_named_like_a_dataset_does_not_hide_the_dataset(tmp_path):
+    (tmp_path / "digits").mkdir()  # e.g. the data itself, downloaded next to the runs
+    r = train_tiny("digits", tmp_path / "r", cwd=tmp_path)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["dataset"] == "digits"
+
+
+def test_a_bad_all_relu_slope_is_a_usage_error_before_any_folder(tiny, tmp_path):
+    r = train_tiny(tiny, tmp_path / "r", "--alpha", "-1")
+    assert r.returncode == EXIT_USAGE and "alpha (the All-ReLU slope) must be > 0" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_names_its_data_and_finds_a_moved_data_file(tiny, tmp_path):
+    data = tmp_path / "data.npz"
+    data.write_bytes(tiny.read_bytes())
+    assert train_tiny(data, tmp_path / "run").returncode == EXIT_OK
+    (tmp_path / "moved").mkdir()
+    data.rename(tmp_path / "moved" / "data.npz")
+    r = run_cli("evaluate", tmp_path / "run")
+    assert r.returncode == EXIT_ERROR and "does not exist" in r.stderr
+    r = run_cli("evaluate", tmp_path / "run", "--data-dir", tmp_path / "moved")
+    assert r.returncode == EXIT_OK and "accuracy" in r.stdout, r.stderr
+    r = run_cli("train", "--resume", tmp_path / "run", "--epochs", "2", "--data-dir",
+                tmp_path / "moved", "--no-progress")
+    assert r.returncode == EXIT_OK, r.stderr
+    # a checkpoint alone does not say which data it was trained on
+    lone = tmp_path / "lone.npz"
+    lone.write_bytes((tmp_path / "run" / "checkpoint.npz").read_bytes())
+    r = run_cli("evaluate", lone)
+    assert r.returncode == EXIT_USAGE and "give the data with --dataset" in r.stderr
+    r = run_cli("evaluate", lone, "--dataset", tmp_path / "moved" / "data.npz")
+    assert r.returncode == EXIT_OK and "epoch 2" in r.stdout, r.stderr
+    r = run_cli("evaluate", lone, "--dataset", tiny, "--backend", "tpu")
+    assert r.returncode == EXIT_USAGE and "unknown backend 'tpu'" in r.stderr
+
+
+def unparsable_header(path, member: str):
+    """``path`` with one padding byte of ``member``'s .npy header made "(", which NumPy's header
+    parser hands to tokenize (a TokenError, not a ValueError); the zip's checksums still
+    match."""
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    raw = bytearray(members[member])
+    raw[raw.index(b"}") + 5] = ord("(")
+    members[member] = bytes(raw)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_an_unparsable_array_header_is_a_one_line_error(tiny, tmp_path):
+    assert train_tiny(tiny, tmp_path / "run").returncode == EXIT_OK
+    unparsable_header(tmp_path / "run" / "checkpoint.npz", "layer0_indices.npy")
+    r = run_cli("evaluate", tmp_path / "run")
+    assert r.returncode == EXIT_ERROR and "has an unreadable header" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+    data = tmp_path / "data.npz"
+    data.write_bytes(tiny.read_bytes())
+    unparsable_header(data, "x_train.npy")
+    r = train_tiny(data, tmp_path / "r2")
+    assert r.returncode == EXIT_ERROR and "array x_train is unreadable" in r.stderr
+    assert "Traceback" not in r.stderr
+    text = tmp_path / "text.npz"
+    text.write_text("hello\n")
+    r = train_tiny(text, tmp_path / "r3")
+    assert r.returncode == EXIT_ERROR and "not an .npz archive" in r.stderr

@@ -20,7 +20,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparsekit", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="sparsekit", description=__doc__.split("\n")[0].replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a sparse MLP and write a run folder")
     t.add_argument("--dataset", default="fashion-mnist",
@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a run's checkpoint on its test data")
     e.add_argument("run", help="run folder (or checkpoint .npz)")
     e.add_argument("--backend", default="cpu")
+    e.add_argument("--dataset", default=None,
+                   help="data whose test split to use: a dataset name or an .npz file (default: "
+                        "the run's, from the config.json beside the checkpoint)")
     e.add_argument("--data-dir", default=None)
     return p
 
@@ -240,7 +243,8 @@ def resume_differences(args, saved: dict, config) -> list[str]:
         diffs.append(f"out: the run's folder is {args.resume}, given {args.out}")
     for key in ("dataset", "hidden"):
         value = getattr(args, key)
-        same = value == saved[key] or (key == "dataset" and _absolute(value) == saved[key])
+        same = value == saved[key] or (key == "dataset"
+                                       and _absolute(value, dataset=True) == saved[key])
         if key in given and not same:
             diffs.append(f"{key}: run has {saved[key]!r}, given {value!r}")
     from ..training.config import TrainConfig
@@ -292,9 +296,11 @@ def cmd_train(args) -> int:
         check_launch(config.parallel)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(config.parallel)))
         run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{config.method_name}-{stamp}")
-        saved = {"dataset": _absolute(args.dataset), "data_dir": _absolute(args.data_dir),
+        saved = {"dataset": _absolute(args.dataset, dataset=True),
+                 "data_dir": _absolute(args.data_dir),
                  "hidden": args.hidden,
                  "backend": args.backend or "cpu", "train": config.to_dict()}
+    args.run_dir = run_dir  # named by the message of an interrupted run
     if config.parallel and config.wasap_mode == "async":
         from ..parallel import world_size
         from ..parallel.wasap import check_ranks
@@ -346,11 +352,17 @@ def _check_extendable(run_dir: Path, epochs: int) -> None:
         raise ValueError(finished_run_error(run_dir, int(state["epoch"]), epochs))
 
 
-def _absolute(path):
+def _absolute(path, *, dataset: bool = False):
     """A dataset file or data folder as an absolute path, so that ``evaluate`` and ``--resume``
-    from another working directory read the same data (a dataset name stays a name)."""
+    from another working directory read the same data.  A dataset name stays a name, even
+    where the working directory holds a folder of that name (the data itself, say)."""
     if path is None or not Path(path).exists():
         return path
+    if dataset:
+        from ..io.datasets import is_dataset_name
+
+        if is_dataset_name(path):
+            return path
     return str(Path(path).resolve())
 
 
@@ -446,29 +458,6 @@ def _epoch_log(config):
     return None
 
 
-def cmd_evaluate(args) -> int:
-    from ..io.checkpoint import load_checkpoint
-    from ..io.datasets import load_dataset
-
-    path = Path(args.run)
-    ckpt_path = path / "checkpoint.npz" if path.is_dir() else path
-    ckpt = load_checkpoint(ckpt_path, backend=args.backend)
-    has_config = (ckpt_path.parent / "config.json").exists()
-    saved = read_run_config(ckpt_path.parent) if has_config else {}
-    data = load_dataset(saved.get("dataset", "fashion-mnist"),
-                        data_dir=args.data_dir or saved.get("data_dir"))
-    loss, acc = ckpt.model.evaluate(data.x_test, data.y_test)
-    wasap = ckpt.train_state.get("wasap")
-    # In WASAP-SGD's phase 2 every worker trains its own model until the final average; the
-    # run folder's checkpoint is then rank 0's.
-    whose = (", rank 0's model: the workers' are averaged when the run ends"
-             if isinstance(wasap, dict) and wasap.get("stage") == "phase2" else "")
-    print(f"{ckpt_path}: test loss {loss:.4f}, accuracy {100 * acc:.2f}% "
-          f"({data.x_test.shape[0]} samples, epoch {ckpt.train_state.get('epoch', '?')}, "
-          f"connections {sum(ckpt.model.n_connections)}{whose})")
-    return EXIT_OK
-
-
 def main(argv=None) -> int:
     """Run a sub-command; the exit codes are documented in :mod:`sparsekit.cli.options`."""
     from .._errors import EXPECTED_ERRORS
@@ -484,7 +473,11 @@ def main(argv=None) -> int:
     logger.debug("arguments: %s", vars(args))
     try:
         with quiet_stdout(args.quiet):
-            return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+            if args.command == "evaluate":
+                from .evaluate import cmd_evaluate
+
+                return cmd_evaluate(args)
+            return cmd_train(args)
     except UsageError as exc:
         print(f"sparsekit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -493,5 +486,7 @@ def main(argv=None) -> int:
         print(f"sparsekit: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("sparsekit: interrupted; resume with --resume RUN", file=sys.stderr)
+        run_dir = getattr(args, "run_dir", None)
+        resume = "" if run_dir is None else f"; resume with sparsekit train --resume {run_dir}"
+        print(f"sparsekit: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED

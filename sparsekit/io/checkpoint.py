@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,8 @@ def _member_headers(zf: zipfile.ZipFile, file_size: int) -> dict[str, tuple]:
                 read = (np.lib.format.read_array_header_1_0 if major == 1
                         else np.lib.format.read_array_header_2_0)
                 shape, fortran, dtype = read(fh)
-            except (ValueError, OSError, EOFError, SyntaxError) as exc:
+            except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
+                # (NumPy parses a header it does not recognise with tokenize)
                 raise _Bad(f"array {key!r} has an unreadable header ({exc})") from None
             header = fh.tell()
         if dtype.hasobject or dtype.kind not in "biuf" or not all(

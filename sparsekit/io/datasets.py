@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import tokenize
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +86,16 @@ def _load_digits(standardize: bool = True, seed: int = 0, test_fraction: float =
                    image_shape=(8, 8), class_names=tuple("0123456789"))
 
 
+def _is_npy(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(6) == b"\x93NUMPY"
+
+
 def _load_npz(path: Path, standardize: bool, **kwargs: Any) -> Dataset:
-    bad = (OSError, EOFError, ValueError, zipfile.BadZipFile)
+    # (NumPy parses an array header it does not recognise with tokenize)
+    bad = (OSError, EOFError, ValueError, zipfile.BadZipFile, tokenize.TokenError)
+    if path.is_file() and not zipfile.is_zipfile(path) and not _is_npy(path):
+        raise ValueError(f"{path}: not an .npz archive (a zip file of named arrays)")
     try:
         npz = np.load(path, allow_pickle=False)
     except bad as exc:
@@ -114,6 +123,16 @@ _LOADERS = {"fashion-mnist": _load_fashion_mnist, "digits": _load_digits,
             "synthetic": make_synthetic, "madelon": make_synthetic}
 
 
+def is_dataset_name(name) -> bool:
+    """Whether ``name`` names a built-in dataset (rather than a file)."""
+    return isinstance(name, str) and _key(name) in _LOADERS
+
+
+def _key(name) -> str:
+    key = str(name).lower().replace("_", "-")
+    return {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist"}.get(key, key)
+
+
 def load_dataset(name: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
                  standardize: bool = True, **kwargs: Any) -> Dataset:
     """Load a dataset by name, or from an ``.npz`` file.
@@ -129,7 +148,9 @@ def load_dataset(name: str | os.PathLike, *, data_dir: str | os.PathLike | None 
         :func:`~sparsekit.io.synthetic.make_synthetic`. A path to an ``.npz`` file with ``x_train, y_train`` and
         optionally ``x_test, y_test``, loaded without pickle (kwargs of :func:`~sparsekit.io.dataset.from_arrays`).
     data_dir : path, optional
-        Folder with the Fashion-MNIST files (then the only place looked); ignored otherwise.
+        Folder with the Fashion-MNIST files (then the only place looked).  For an ``.npz``
+        file that is not where ``name`` says (a run's data, moved since), the folder where a
+        file of that name is looked for.  Ignored otherwise.
     standardize : bool
         z-score each feature with the training split's mean and std (constant features keep
         scale 1), applied to both splits; False keeps the features as scaled above.
@@ -141,10 +162,11 @@ def load_dataset(name: str | os.PathLike, *, data_dir: str | os.PathLike | None 
     ValueError
         Unknown name, corrupt file or invalid argument values.
     """
-    key = str(name).lower().replace("_", "-")
-    key = {"fashion": "fashion-mnist", "fashionmnist": "fashion-mnist"}.get(key, key)
+    key = _key(name)
     if key not in _LOADERS:
         path = Path(name)
+        if not path.is_file() and data_dir is not None and (Path(data_dir) / path.name).is_file():
+            path = Path(data_dir) / path.name  # the file moved: found by name in data_dir
         if path.is_file():
             return _load_npz(path, standardize, **kwargs)
         if path.suffix == ".npz":

@@ -204,6 +204,8 @@ class TrainConfig:
         put("epsilon", check_float("epsilon", self.epsilon, low=0, low_open=True))
         check_choice("activation", self.activation, ACTIVATIONS)
         put("alpha", check_float("alpha", self.alpha))
+        if self.activation == "allrelu" and not self.alpha > 0:
+            raise ValueError(f"alpha (the All-ReLU slope) must be > 0, got {self.alpha}")
         put("dropout", check_float("dropout", self.dropout, low=0, high=1, high_open=True))
         check_choice("init", self.init, INITS)
         check_choice("fan_in", self.fan_in, FAN_INS)

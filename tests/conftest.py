@@ -80,6 +80,18 @@ TOPO_BACKENDS = ["cpu", "cpu-vanilla", pytest.param("gpu", marks=GPU),
 
 
 # Session scope: backends are stateless, and hypothesis refuses function-scoped fixtures.
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny layers: torch's intra-op threads only spin against the kernels' on a busy machine
+    (the torch tests' modules use it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request) -> Backend:
     """Every kernel backend that can run here."""

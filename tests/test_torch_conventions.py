@@ -13,12 +13,7 @@ skt = pytest.importorskip("sparsekit.torch")
 nn = torch.nn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 X = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))

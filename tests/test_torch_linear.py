@@ -12,14 +12,7 @@ from cuda_emu import EmulatedGpuBackend, build, compiler, emulated_kernels  # no
 
 from sparsekit.torch._function import _SparseLinearFunction  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny layers: torch's intra-op threads only spin against the kernels' on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dense(module):

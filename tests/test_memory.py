@@ -161,3 +161,46 @@ def test_layer_sizes_as_an_integer_array_estimate_like_a_tuple():
 
     # the array's own dtype (int64) is not the values' precision
     assert estimate_memory(np.array([784, 100, 10])) == estimate_memory((784, 100, 10))
+
+
+def test_topkast_counts_its_backward_set_and_forward_copy():
+    from sparsekit.nn.init import er_connections
+
+    sizes = [100, 3000, 3000, 10]
+    er = [er_connections(n_out, n_in, 20.0) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    gse = estimate_memory(sizes, method="gse")
+    tk = estimate_memory(sizes, method="topkast")
+    # the hidden layers hold B = 2 |A| (A: the ER budget), the output layer its budget
+    assert tk.connections == 2 * er[0] + 2 * er[1] + er[2] == gse.connections + er[0] + er[1]
+    assert tk.persistent > gse.persistent
+    dense = estimate_memory(sizes, method="topkast", backward_density=0.5)
+    assert dense.connections == round(0.5 * 100 * 3000) + round(0.5 * 3000 * 3000) + er[2]
+
+
+_MEASURE_TOPKAST = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import sparsekit
+    from sparsekit.training.memory import peak_resident_memory, resident_memory
+    from sparsekit.training.memory_estimate import estimate_memory
+    width, density = int(sys.argv[1]), float(sys.argv[2]) or None
+    sizes, params = [100, width, width, 10], {} if density is None else {
+        "backward_density": density}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((160, 100)).astype(np.float32)
+    y = rng.integers(0, 10, 160)
+    base = resident_memory()
+    est = estimate_memory(sizes, method="topkast", batch_size=32, n_test=32, baseline=base,
+                          **params)
+    sparsekit.train(sizes, (x[:128], y[:128], x[128:], y[128:]), epochs=2, batch_size=32,
+                    method="topkast", method_params=params, backend="cpu", seed=0)
+    print(json.dumps({"predicted": est.peak, "measured": peak_resident_memory()}))
+""")
+
+
+@pytest.mark.parametrize("width, density", [(20_000, 0.0), (3_000, 0.5)])
+def test_topkast_peak_is_not_underestimated(width, density):
+    out = subprocess.run([sys.executable, "-c", _MEASURE_TOPKAST, str(width), str(density)],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    assert 1.0 <= r["predicted"] / r["measured"] <= 1.5, r

@@ -88,7 +88,9 @@ def check_run_memory(model, config: TrainConfig, n_train: int, n_test: int) -> N
                  method=config.method_name, dtype=config.dtype,
                  evolve_output=config.evolve_output, evolve_every=config.evolve_every,
                  gamma=config.method_params.get("gamma", 1.0), n_train=n_train, n_test=n_test,
-                 state_slots=len(OPTIMIZERS[config.optimizer].slots))
+                 state_slots=len(OPTIMIZERS[config.optimizer].slots),
+                 forward_density=config.method_params.get("forward_density"),
+                 backward_density=config.method_params.get("backward_density"))
 
 
 def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = None, *,

@@ -122,7 +122,9 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
                  eval_batch_size: int = 4096, method="set", dtype="float32",
                  evolve_output: bool = False, evolve_every: int | None = None,
                  gamma: float = 1.0, n_train: int | None = None,
-                 n_test: int | None = None, state_slots: int = 1) -> MemoryEstimate | None:
+                 n_test: int | None = None, state_slots: int = 1,
+                 forward_density: float | None = None,
+                 backward_density: float | None = None) -> MemoryEstimate | None:
     """Refuse, before anything is allocated, a run whose host peak cannot fit; GPU runs are
     also checked against the device (see :func:`check_gpu_memory`).
 
@@ -146,7 +148,8 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
                           eval_batch_size=eval_batch_size, method=name, dtype=dtype,
                           evolve_output=evolve_output, evolve_every=evolve_every, gamma=gamma,
                           n_train=n_train, n_test=n_test, baseline=0,
-                          state_slots=state_slots)
+                          state_slots=state_slots, forward_density=forward_density,
+                          backward_density=backward_density)
     if not on_cpu:  # the host holds only batches and evaluation chunks
         est = MemoryEstimate(0, 0, 0, est.evaluate, est.connections, 0, 0, "cpu")
     built = hasattr(model_or_sizes, "layers") and on_cpu

@@ -138,12 +138,32 @@ def _layers(model_or_sizes, epsilon: float) -> list[tuple[int, int, int]]:
             for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 
 
+def _topkast_sets(layers, n_evolving: int, forward_density, backward_density, v: int):
+    """Top-KAST's evolving layers at their backward-set size |B|, and the bytes of their
+    forward sets A (values, indices, row offsets), as :class:`~sparsekit.growth.topkast.TopKAST`
+    sizes them."""
+    out, extra = [], 0
+    for k, (n_in, n_out, nnz) in enumerate(layers):
+        if k < n_evolving:
+            total = n_in * n_out
+            a = nnz if forward_density is None else max(1, round(forward_density * total))
+            b = (min(total, 2 * a) if backward_density is None
+                 else max(a, round(backward_density * total)))
+            i = index_dtype_for(a, (n_out, n_in)).itemsize
+            extra += a * (v + i) + (n_out + 1) * i
+            nnz = b
+        out.append((n_in, n_out, nnz))
+    return out, extra
+
+
 def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128,
                     eval_batch_size: int = 4096, method: str = "set", dtype="float32",
                     device: str = "cpu", evolve_output: bool = False,
                     evolve_every: int | None = None, gamma: float = 1.0,
                     n_train: int | None = None, n_test: int | None = None,
-                    baseline: int | None = None, state_slots: int = 1) -> MemoryEstimate:
+                    baseline: int | None = None, state_slots: int = 1,
+                    forward_density: float | None = None,
+                    backward_density: float | None = None) -> MemoryEstimate:
     """Bytes needed to train a sparse MLP with :func:`sparsekit.train`, predicted up front.
 
     Parameters
@@ -168,6 +188,10 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     state_slots : int, default 1
         Optimizer state arrays per value array (momentum SGD 1, Adam and AdamW 2; see
         :attr:`sparsekit.training.optim.Optimizer.slots`).
+    forward_density, backward_density : float, optional
+        Top-KAST's parameters (:class:`~sparsekit.growth.topkast.TopKAST`): its evolving
+        layers hold the backward set B (twice the forward set A by default) plus A's own
+        values and indices.
 
     Returns
     -------
@@ -198,16 +222,21 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     layers = _layers(layer_sizes, epsilon)
     # a model's own precision; an array of layer sizes has a dtype too, of its integers
     v = np.dtype(layer_sizes.dtype if hasattr(layer_sizes, "layers") else dtype).itemsize
+    n_evolving = len(layers) if evolve_output or len(layers) == 1 else len(layers) - 1
+    forward_sets = 0
+    if method == "topkast":
+        layers, forward_sets = _topkast_sets(layers, n_evolving, forward_density,
+                                             backward_density, v)
     idx = [index_dtype_for(nnz, (n_out, n_in)).itemsize for n_in, n_out, nnz in layers]
     b, e = int(batch_size), int(eval_batch_size)  # e = 0: no evaluation
     widths = [layers[0][0]] + [n_out for _, n_out, _ in layers]
     hidden = sum(widths[1:-1])
-    evolving = layers if evolve_output or len(layers) == 1 else layers[:-1]
+    evolving = layers[:n_evolving]
     scored = method in ("gse", "topkast", "rigl")
     total = sum(nnz for _, _, nnz in layers)
     if device == "gpu":
         return _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s)
-    persistent = 0
+    persistent = forward_sets
     for (n_in, n_out, nnz), i in zip(layers, idx):
         persistent += (n_out + 1 + n_in + 1) * i + nnz * (3 * i + s * v) + s * n_out * v
     # The training engine's workspace, kept from step to step (the fused passes write into it):

@@ -97,8 +97,9 @@ def capacity(monkeypatch):
 
 def test_train_refuses_a_model_that_cannot_fit_before_allocating(capacity, monkeypatch):
     built = []
-    monkeypatch.setattr(sparsekit.training.loop, "SparseMLP",
-                        lambda *a, **k: built.append(1) or SparseMLP(*a, **k))
+    init = SparseMLP.__init__
+    monkeypatch.setattr(SparseMLP, "__init__",
+                        lambda self, *a, **k: built.append(1) or init(self, *a, **k))
     rng = np.random.default_rng(0)
     data = (rng.standard_normal((256, 784)).astype(np.float32), rng.integers(0, 10, 256))
     with pytest.raises(ValueError, match=r"does not fit in GPU memory.*eval_batch_size"):

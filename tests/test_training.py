@@ -304,3 +304,39 @@ def test_actual_fan_in_scales_initial_weights_only():
     w1 = model.layers[0].w.to_scipy().tocoo()
     new = [abs(v) for r, c, v in zip(w1.row, w1.col, w1.data) if (r, c) not in before]
     assert len(new) > 300 and max(new) <= dense_bound
+
+
+def test_network_options_given_with_a_ready_model_must_match_it():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = sparsekit.SparseMLP([12, 20, 3], epsilon=3, dropout=0.3, seed=0)
+    for option in ({"dropout": 0.0}, {"activation": "relu"}, {"dtype": "float64"},
+                   {"epsilon": 5}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))}=.* differs from the given "
+                                             "model's"):
+            sparsekit.train(model, (x, y), epochs=1, batch_size=16, **option)
+    # the model's own values, or none, train it
+    sparsekit.train(model, (x, y), epochs=1, batch_size=16, dropout=0.3, epsilon=3)
+
+
+def test_schedules_after_a_warmup_are_continuous_and_the_step_is_configurable():
+    from sparsekit.training.optim import LRSchedule
+
+    for kind in ("cosine", "linear"):
+        s = LRSchedule(kind, epochs=5, warmup_epochs=1)
+        assert s(1.0, 0.0) == pytest.approx(0.1) and s(1.0, 1.0) == pytest.approx(1.0)
+        assert s(1.0, 0.999) < s(1.0, 1.0) and s(1.0, 5.0) == pytest.approx(0.0)
+        assert s(1.0, 3.0) == pytest.approx(0.5)  # halfway through the annealing
+    cfg = sparsekit.training.config.TrainConfig(lr_schedule="step", lr_step_size=2, lr_gamma=0.5)
+    engine_lr = [LRSchedule("step", epochs=6, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)(
+        1.0, e) for e in range(6)]
+    assert engine_lr == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    res = sparsekit.train([12, 20, 3], (x, y), epochs=3, batch_size=32, lr=0.1,
+                          lr_schedule="step", lr_step_size=1, lr_gamma=0.5)
+    assert [r["lr"] for r in res.history] == pytest.approx([0.05, 0.025, 0.0125])
+    with pytest.raises(ValueError, match="lr_step_size"):
+        sparsekit.train([12, 20, 3], (x, y), epochs=1, lr_step_size=0)

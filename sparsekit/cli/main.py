@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-schedule", default=None, help="constant (default), step, cosine, linear")
     t.add_argument("--warmup-epochs", type=float, default=None,
                    help="ramp the learning rate linearly from 0.1x to 1x over this many epochs")
+    t.add_argument("--lr-step-size", type=int, default=None,
+                   help="step schedule: epochs between decays (default 30)")
+    t.add_argument("--lr-gamma", type=float, default=None,
+                   help="step schedule: factor of each decay (default 0.1)")
     t.add_argument("--momentum", type=float, default=None, help="sgd: default 0.9")
     t.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
     t.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),

@@ -134,6 +134,9 @@ class TrainConfig:
             Adam is coupled and AdamW decoupled by definition.
         epochs : int, default 10; batch_size : int, default 128
         lr_schedule : {"constant", "step", "cosine", "linear"}; warmup_epochs : float >= 0
+            ``cosine`` and ``linear`` anneal from the end of the warm-up to the last epoch;
+            ``step`` multiplies the rate by ``lr_gamma`` every ``lr_step_size`` epochs
+            (default 30 and 0.1).
         max_grad_norm : float, optional (clip the global gradient norm)
         seed : int >= 0
             Seeds the initial topology, data order, dropout and regrowth.
@@ -180,6 +183,8 @@ class TrainConfig:
     batch_size: int = 128
     lr_schedule: str = "constant"
     warmup_epochs: float = 0.0
+    lr_step_size: int = 30
+    lr_gamma: float = 0.1
     max_grad_norm: float | None = None
     seed: int = 0
     # running
@@ -252,6 +257,8 @@ class TrainConfig:
         put("batch_size", check_int("batch_size", self.batch_size, 1))
         check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
         put("warmup_epochs", check_float("warmup_epochs", self.warmup_epochs, low=0))
+        put("lr_step_size", check_int("lr_step_size", self.lr_step_size, 1))
+        put("lr_gamma", check_float("lr_gamma", self.lr_gamma, low=0, low_open=True))
         put("max_grad_norm", check_float("max_grad_norm", self.max_grad_norm, low=0,
                                          low_open=True, optional=True))
         put("seed", check_int("seed", self.seed, 0))

@@ -323,7 +323,8 @@ class LRSchedule:
 
     ``constant``; ``step`` (times ``gamma`` every ``step_size`` epochs); ``cosine`` (to
     ``min_lr`` at ``epochs``); ``linear`` (to ``min_lr`` at ``epochs``).  ``warmup_epochs``
-    ramps linearly from ``lr / 10`` first.
+    ramps linearly from ``lr / 10`` to ``lr`` first; ``cosine`` and ``linear`` then anneal over
+    the epochs left, so the rate is continuous where the warm-up ends.
     """
 
     kind: str = "constant"
@@ -342,7 +343,8 @@ class LRSchedule:
             return base_lr * (0.1 + 0.9 * epoch / self.warmup_epochs)
         if self.kind == "step":
             return base_lr * self.gamma ** int(epoch // self.step_size)
-        frac = min(max(epoch / max(self.epochs, 1), 0.0), 1.0)
+        span = self.epochs - self.warmup_epochs
+        frac = 1.0 if span <= 0 else min(max((epoch - self.warmup_epochs) / span, 0.0), 1.0)
         if self.kind == "cosine":
             return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
         if self.kind == "linear":

@@ -174,6 +174,8 @@ class Engine:
         annealed to 0 with a frozen topology."""
         self.epochs = int(epochs)
         self.schedule = LRSchedule(self.config.lr_schedule, epochs=self.epochs,
+                                   step_size=self.config.lr_step_size,
+                                   gamma=self.config.lr_gamma,
                                    warmup_epochs=self.config.warmup_epochs)
         self.step = 0   # optimizer steps completed over the horizon
         self.epoch = 0  # epochs completed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -284,6 +285,39 @@ def test_ranks_that_loaded_different_data_stop_at_once():
     assert proc.returncode != 0 and "the ranks loaded different data" in proc.stderr
 
 
+def test_ranks_given_different_options_stop_at_once():
+    start = time.monotonic()
+    proc = mpirun(2, "--uneven-options", env=_env(SPARSEKIT_MPI_TIMEOUT="60"), timeout=120)
+    assert proc.returncode != 0 and "given different training options" in proc.stderr
+    assert time.monotonic() - start < FAIL_BOUND
+
+
+def test_a_rank_that_cannot_start_ends_every_rank_at_once(tmp_path):
+    """The command line: data missing on one node, a batch larger than a WASAP shard."""
+    rng = np.random.default_rng(0)
+    x = rng.random((75, 20), np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    np.savez(tmp_path / "d_0.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    train = [sys.executable, "-m", "sparsekit", "train", "--parallel", "wasap", "--hidden", "8",
+             "--epochs", "1", "--threads", "1", "--no-plot", "--no-progress"]
+    start = time.monotonic()
+    # only rank 0 finds its data (PMI_RANK: MPICH's launcher)
+    proc = subprocess.run([_mpiexec(), "-n", "2", "sh", "-c",
+                           f'exec "$@" --dataset {tmp_path}/d_$PMI_RANK.npz --batch-size 8 '
+                           f'--out {tmp_path}/r1', "sh", *train],
+                          capture_output=True, text=True, timeout=120,
+                          env=_env(SPARSEKIT_MPI_TIMEOUT="60"))
+    assert proc.returncode == 1 and time.monotonic() - start < FAIL_BOUND
+    assert "d_1.npz does not exist" in proc.stderr
+    assert "sparsekit[rank 0/2]: error: another rank could not start" in proc.stderr
+    assert not (tmp_path / "r1").exists()
+    proc = subprocess.run([_mpiexec(), "-n", "2", *train, "--dataset", str(tmp_path / "d_0.npz"),
+                           "--batch-size", "32", "--out", str(tmp_path / "r2")],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 1 and "each of the 2 data shards has 30 samples" in proc.stderr
+    assert not (tmp_path / "r2").exists()
+
+
 def test_async_needs_two_ranks():
     proc = mpirun(1, "--mode", "async")
     assert proc.returncode != 0 and "needs at least 2 ranks" in proc.stderr
@@ -326,6 +360,9 @@ def test_command_line(tmp_path):
                              env=_env()))
     assert proc.stdout.count("sparsekit: ") == 1  # rank 0 alone prints
     assert "phase 1 async" in proc.stdout and "done: test accuracy" in proc.stdout
+    # the job's rate is the worker's: the server's figure counts the same samples again
+    rates = re.findall(r"phase 1 async: (\d+) samples/s \((\d+) (\d+)\)", proc.stdout)
+    assert rates and all(total == worker for total, _, worker in rates), rates
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["parallel"] == "wasap" and cfg["train"]["wasap_mode"] == "async"
     assert [r["phase"] for r in json.loads((run / "history.json").read_text())] == [1, 2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .main import UsageError, read_run_config
-from .options import EXIT_OK
+from .main import read_run_config
+from .options import EXIT_OK, UsageError
 
 
 def cmd_evaluate(args) -> int:

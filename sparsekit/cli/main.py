@@ -16,6 +16,9 @@ import time
 import types
 from pathlib import Path
 
+from . import launch
+from .options import UsageError
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
@@ -118,9 +121,6 @@ METHOD_KEYS = ("drop_fraction", "t_end", "gamma", "sampler", "forward_density",
 CLI_EPOCHS = 100
 
 
-class UsageError(ValueError):
-    """A bad option value: reported like argparse's errors, exit status 2, before any work."""
-
 
 def train_config(args):
     """The :class:`~sparsekit.training.config.TrainConfig` of the flags given (the others keep
@@ -143,24 +143,6 @@ def train_config(args):
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return config
-
-
-def _rank(parallel) -> int:
-    """MPI rank of this process for a parallel run, else 0."""
-    if not parallel:
-        return 0
-    from ..parallel import world_rank
-
-    return world_rank()
-
-
-def _start_time(parallel) -> float:
-    """Now, as rank 0 sees it in a parallel run, so all ranks pick one run folder."""
-    if not parallel:
-        return time.time()
-    from ..parallel import agreed_time
-
-    return agreed_time()
 
 
 #: Flags ``--resume`` lets differ from the run's: how long it runs, where and how it computes,
@@ -197,26 +179,6 @@ def check_flags(args) -> None:
                                  "wasap only")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def check_launch(parallel) -> None:
-    """A run that is not WASAP-SGD but was started as several MPI ranks: UsageError."""
-    ranks = _launched_ranks()
-    if not parallel and ranks > 1:
-        raise UsageError(f"started as {ranks} MPI ranks, but the run is not --parallel wasap: "
-                         "each rank would train its own copy; add --parallel wasap, or run one "
-                         "process")
-
-
-def _launched_ranks() -> int:
-    """How many ranks the MPI launcher started (its environment; 1 outside mpiexec)."""
-    import os
-
-    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):  # MPICH's and Open MPI's
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 1
 
 
 def read_run_config(run_dir: Path) -> dict:
@@ -278,7 +240,7 @@ def cmd_train(args) -> int:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{run_dir / 'config.json'}: {exc}") from None
         check_flags(args)
-        check_launch(config.parallel)
+        launch.check_launch(config.parallel)
         diffs = resume_differences(args, saved, config)
         if diffs:
             raise UsageError(f"--resume {run_dir}: flags differ from the run's configuration: "
@@ -297,8 +259,8 @@ def cmd_train(args) -> int:
     else:
         config = train_config(args)  # before any folder or data: bad values exit 2
         check_flags(args)
-        check_launch(config.parallel)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(_start_time(config.parallel)))
+        launch.check_launch(config.parallel)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(launch.start_time(config.parallel)))
         run_dir = Path(args.out or f"runs/{Path(args.dataset).stem}-{config.method_name}-{stamp}")
         saved = {"dataset": _absolute(args.dataset, dataset=True),
                  "data_dir": _absolute(args.data_dir),
@@ -313,12 +275,21 @@ def cmd_train(args) -> int:
             check_ranks(config.wasap_mode, world_size())
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    # Data errors, a batch larger than the data and a run too large for the memory exit before
-    # any folder is made; then the folder is locked (rank 0 under MPI).
-    data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
-    sizes, run_config = _run_config(args, config, saved, data)
-    if not args.resume and not config.parallel:  # WASAP's rank 0 checks in train_wasap
-        check_run(sizes, run_config, data.x_train.shape[0], data.x_test.shape[0])
+    # Data errors, a batch larger than the data (or a WASAP shard) and a run too large for the
+    # memory exit before any folder is made; then the folder is locked (rank 0 under MPI).
+    try:
+        data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
+        sizes, run_config = _run_config(args, config, saved, data)
+        if config.parallel:  # rank 0 checks the memory in train_wasap
+            launch.check_shards(config, data.x_train.shape[0])
+        elif not args.resume:
+            check_run(sizes, run_config, data.x_train.shape[0], data.x_test.shape[0])
+    except Exception as exc:
+        if config.parallel:
+            launch.ranks_agree(exc)
+        raise
+    if config.parallel:
+        launch.ranks_agree(None)
     with contextlib.ExitStack() as stack:
         _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
         return _run(args, config, run_config, saved, run_dir, data, sizes)
@@ -430,7 +401,7 @@ def _run(args, config, run_config, saved: dict, run_dir: Path, data, sizes) -> i
     from ..training.history import CHECKPOINT
     from ..training.loop import train
 
-    rank = _rank(config.parallel)  # under mpiexec every rank runs this; 0 writes
+    rank = launch.rank(config.parallel)  # under mpiexec every rank runs this; 0 writes
     backend = run_config.backend
     if rank == 0:
         print(f"sparsekit: {saved['dataset']} ({data.x_train.shape[0]} train, "
@@ -491,6 +462,7 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         run_dir = getattr(args, "run_dir", None)
-        resume = "" if run_dir is None else f"; resume with sparsekit train --resume {run_dir}"
+        started = run_dir is not None and (Path(run_dir) / "config.json").is_file()
+        resume = f"; resume with sparsekit train --resume {run_dir}" if started else ""
         print(f"sparsekit: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -27,6 +27,11 @@ from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+
+class UsageError(ValueError):
+    """A bad option value: reported like argparse's errors, exit status 2, before any work."""
+
+
 logger = logging.getLogger("sparsekit")
 
 #: Options that cannot come from a configuration file.

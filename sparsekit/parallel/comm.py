@@ -103,7 +103,12 @@ class Comm:
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         if timeout is None:
-            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+            text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT))
+            try:
+                timeout = float(text)
+            except ValueError:
+                raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got "
+                                 f"{text!r}") from None
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = float(timeout)

@@ -259,8 +259,10 @@ def log_record(run: Run, record: dict) -> None:
     if run.log is None:
         return
     sps = record["samples_per_s"]
+    # in async mode rank 0 is the server: its figure is the workers' samples applied
+    total = sum(sps[1:] if record["mode"] == "async" else sps)
     run.log(f"{format_record(record)}  | phase {record['phase']} {record['mode']}: "
-            f"{sum(sps):.0f} samples/s ({' '.join(f'{s:.0f}' for s in sps)}), "
+            f"{total:.0f} samples/s ({' '.join(f'{s:.0f}' for s in sps)}), "
             f"comm {max(record['time_comm']):.2f}s vs compute "
             f"{max(record['time_compute']):.2f}s, {max(record['bytes_per_step']) / 1e3:.1f} "
             f"kB sent/step")

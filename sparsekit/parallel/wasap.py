@@ -42,12 +42,15 @@ zero state) and pruned with them; the optimizer's step count is shared.  When sy
 returns to the unscaled learning rate, momentum SGD's velocity (which has the rate folded in)
 is rescaled to match; Adam's moments hold gradient statistics only and are left alone.
 
-With one rank and ``mode="sync"`` the result equals :func:`sparsekit.train` with the same seed.
+With one rank and ``mode="sync"`` the result equals :func:`sparsekit.train` with the same seed
+(unless importance pruning falls in phase 2, where WASAP-SGD does not prune).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -93,6 +96,10 @@ def train_wasap(model, data, config: TrainConfig | None = None, *, callbacks=(),
     -------
     TrainResult
         On every rank, the final (averaged, pruned) model; the history is complete on rank 0.
+        ``callbacks`` run on rank 0 only (in phase 2 they see rank 0's own model; the last
+        record is then updated with the averaged model's test metrics).  Every rank must be
+        given the same options (except ``backend``, ``progress``, ``eval_batch_size``, the
+        memory limits and ``timeout``): ranks given different ones are refused at the start.
 
     Notes
     -----
@@ -117,6 +124,7 @@ def train_wasap(model, data, config: TrainConfig | None = None, *, callbacks=(),
         if _wants_gpu(model, cfg.backend):  # pragma: no cover - needs a GPU
             select_gpu(comm)  # before any device array of this run exists
         ranks = rank_map(comm)
+        _check_same_config(comm, cfg)
         if ranks is not None and comm.size > 1:
             line = f"wasap-sgd {mode} on {comm.size} ranks ({ranks})"
             if log is not None:
@@ -257,6 +265,28 @@ def finished_run_error(run_dir, trained: int, epochs: int) -> str:
     """Why a finished WASAP-SGD run cannot be resumed for ``epochs`` epochs."""
     return (f"{run_dir} holds a finished WASAP-SGD run of {trained} epochs: its averaged model "
             f"cannot train further (epochs={epochs}); train it in a new run")
+
+
+#: Options a rank may set for itself: where and how it computes, not what.
+RANK_OWN_OPTIONS = ("backend", "progress", "eval_batch_size", "memory_limit", "gpu_memory_limit",
+                    "timeout")
+
+
+def _check_same_config(comm: Comm, cfg: TrainConfig) -> None:
+    """Refuse ranks given different training options (other epochs or batch sizes stall a
+    collective until the timeout; another learning rate or seed makes the topologies diverge,
+    blamed on the growth method).  Compared: a digest of the options, less
+    :data:`RANK_OWN_OPTIONS`."""
+    options = {k: v for k, v in cfg.to_dict().items() if k not in RANK_OWN_OPTIONS}
+    text = json.dumps(options, sort_keys=True, default=repr)
+    mine = np.array([int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "little")],
+                    dtype=np.float64)  # 48 bits: exact in a float64
+    low = comm.allreduce(mine.copy(), comm.MPI.MIN, "options digest")
+    high = comm.allreduce(mine.copy(), comm.MPI.MAX, "options digest")
+    if low[0] != high[0]:
+        raise ValueError("the ranks were given different training options: every rank must "
+                         "train with the same configuration (only "
+                         f"{', '.join(RANK_OWN_OPTIONS)} may differ)")
 
 
 def _check_same_data(comm: Comm, x_tr, y_tr, x_te) -> None:

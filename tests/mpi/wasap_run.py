@@ -10,6 +10,7 @@ notes).  Fault injection, for the failure tests:
   resume tests);
 * ``--pid-dir D``: every rank writes ``D/rank-R.pid`` so the launcher can kill one from outside;
 * ``--uneven-data``: rank 1 loads fewer samples (ranks that disagree on the data).
+* ``--uneven-options``: rank 1 trains one epoch more (ranks that disagree on the options).
 
 ``--compare-single`` (one rank): also train with the single-process trainer and exit 1 unless
 weights, optimizer state and history agree exactly.
@@ -89,6 +90,8 @@ def main() -> int:
                    help="an N-N-4 network (ε 2) on 96 random samples: the one-rule check")
     p.add_argument("--uneven-data", action="store_true",
                    help="rank 1 loads 100 training samples fewer than the others")
+    p.add_argument("--uneven-options", action="store_true",
+                   help="rank 1 trains one epoch more than the others")
     p.add_argument("--default-backend", action="store_true",
                    help="the default CPU backend (thread count left to sparsekit)")
     args = p.parse_args()
@@ -112,6 +115,8 @@ def main() -> int:
     sizes, data = SIZES, make_data()
     if args.uneven_data and rank == 1:
         data = make_data(n_train=1100)
+    if args.uneven_options and rank == 1:
+        kw["epochs"] += 1
     if args.huge:
         rng = np.random.default_rng(0)
         sizes = [args.huge, args.huge, 4]

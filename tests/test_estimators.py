@@ -391,3 +391,15 @@ def test_a_diverging_first_fit_names_learning_rate_init_and_leaves_no_model(blob
         est.fit(x * 1e3, y)
     with pytest.raises(NotFittedError):
         est.predict(x)
+
+
+def test_no_hidden_layers_is_one_sparse_layer(blobs):
+    x, y = blobs
+    est = small(hidden_layer_sizes=(), max_iter=30, learning_rate_init=0.05).fit(x, y)
+    assert est.model_.layer_sizes == [6, 3] and est.score(x, y) > 0.9
+    xr, yr = make_regression(100, 4, random_state=0)
+    reg = SparseMLPRegressor(hidden_layer_sizes=[], backend=one_thread(), random_state=0,
+                             max_iter=3).fit(xr, yr)
+    assert reg.predict(xr).shape == (100,)
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be"):
+        small(hidden_layer_sizes=(0,)).fit(x, y)

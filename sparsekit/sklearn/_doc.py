@@ -2,7 +2,8 @@
 
 PARAMETERS = """\
     hidden_layer_sizes : int or tuple of int, default (256, 256)
-        Sizes of the hidden layers.
+        Sizes of the hidden layers; ``()`` is a network of one sparse layer (no hidden
+        layers), as in scikit-learn.
     activation : {"relu", "allrelu", "leaky_relu", "linear", "tanh", "sigmoid"}, default "relu"
         Hidden-layer activation.  All-ReLU (the paper's, best on Fashion-MNIST) alternates
         slopes ``-slope``, ``+slope``, ... for negative inputs from one hidden layer to the

@@ -26,8 +26,9 @@ def hidden_sizes(est) -> list[int]:
     """``hidden_layer_sizes`` as a list of ints, checked."""
     sizes = est.hidden_layer_sizes
     sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
-    if not sizes or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                            and s >= 1 for s in sizes):
+    # () is a network without hidden layers (one sparse layer), as in scikit-learn's MLP
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+               for s in sizes):
         raise ValueError("hidden_layer_sizes must be a positive int or a sequence of "
                          f"positive ints, got {est.hidden_layer_sizes!r}")
     return [int(s) for s in sizes]

@@ -314,9 +314,8 @@ def test_asarray_refuses_other_devices():
 
 
 def test_negative_thread_count_is_refused():
-    w, _ = layer(CpuBackend())
-    with pytest.raises(ValueError, match="num_threads must be >= 0"):
-        CpuBackend(num_threads=-1).matmul(np.ones((5, 2)), w)
+    with pytest.raises(ValueError, match="num_threads must lie in"):
+        CpuBackend(num_threads=-1)
 
 
 # --- raw Cython wrappers: checked before nogil --------------------------------------------------
@@ -510,3 +509,41 @@ def test_an_epsilon_that_leaves_a_layer_without_connections_is_refused():
     with pytest.raises(ValueError, match="layer_sizes must be a sequence of positive integers, "
                                          "got '784,10'"):
         estimate_memory("784,10")
+
+
+def test_select_ranks_only_what_float64_orders_exactly(topo_backend):
+    be = topo_backend
+    big = be.asarray(np.array([2**62, 2**62 + 1, 0], np.int64))
+    with pytest.raises(ValueError, match="beyond 2\\*\\*53"):
+        be.select(big, 1)
+    assert list(be.to_numpy(be.select(be.asarray(np.array([3, 1, 2])), 1))) == [0]
+    with pytest.raises(TypeError, match="real numbers"):
+        be.select(np.array([1 + 2j, 3]), 1)
+    with pytest.raises(ValueError, match="k must lie in"):
+        be.select(be.asarray(np.arange(5.0)), 10**30)
+
+
+def test_thread_counts_are_bounded_integers():
+    from sparsekit._cython.backend import CpuBackend
+    from sparsekit._cython.threads import MAX_THREADS
+
+    for bad, error in ((100_000, ValueError), (2**31, ValueError), (-1, ValueError),
+                       (1.7, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="num_threads"):
+            CpuBackend(num_threads=bad)
+    be = CpuBackend(num_threads=2)
+    with pytest.raises(ValueError, match="num_threads"):
+        be.num_threads = MAX_THREADS + 1  # the command line's --threads sets it this way
+    assert be.num_threads == 2 and CpuBackend(num_threads=np.int64(3)).num_threads == 3
+
+
+def test_sample_absent_takes_a_seed_as_numpy_does(topo_backend):
+    from reference import random_csr, to_backend
+
+    w = to_backend(topo_backend, random_csr(np.random.default_rng(0), 6, 7, 0.3), np.float32,
+                   np.int32)
+    a = topo_backend.sample_absent(w, 5, 3)
+    b = topo_backend.sample_absent(w, 5, np.random.default_rng(3))
+    assert all(np.array_equal(topo_backend.to_numpy(x), topo_backend.to_numpy(y))
+               for x, y in zip(a, b))
+    topo_backend.sample_absent(w, 5, None)

@@ -62,8 +62,9 @@ def test_with_data_and_copy():
     np.testing.assert_array_equal(v.to_scipy().toarray(), [[0, 5], [6, 0]])
     c = w.copy()
     c.data[0] = 9
-    c.indices[0] = 0
-    assert w.data[0] == 1.0 and w.indices[0] == 1
+    assert w.data[0] == 1.0
+    assert not np.shares_memory(c.indices, w.indices) and not np.shares_memory(c.indptr,
+                                                                               w.indptr)
 
 
 def test_repr_and_empty_layers():
@@ -71,3 +72,43 @@ def test_repr_and_empty_layers():
                                (0, 5)))
     w = CSR(np.zeros(4, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), (3, 0))
     assert w.nnz == 0 and "density=0" in repr(w) and "index=int64" in repr(w)
+
+
+def _small():
+    return CSR(np.array([0, 2, 2, 5, 6], np.int32), np.array([0, 2, 1, 3, 4, 0], np.int32),
+               np.arange(1, 7, dtype=np.float32), (4, 5))
+
+
+def test_a_validated_pattern_cannot_be_changed_under_the_kernels():
+    """The kernels trust a validated pattern: writing an out-of-range column into w.indices
+    crashed the process in the next product."""
+    indptr = np.array([0, 2, 2, 5, 6], np.int32)
+    w = CSR(indptr, np.array([0, 2, 1, 3, 4, 0], np.int32), np.arange(1, 7, dtype=np.float32),
+            (4, 5))
+    for arr in (w.indices, w.indptr, w.copy().indices, w.with_data(w.data * 2).indptr):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 10**6
+    assert indptr.flags.writeable  # the caller's own array is left as it was
+    w.data[0] = 5.0  # the values stay writable (optimizers update them in place)
+
+
+@pytest.mark.parametrize("data, message", [
+    (np.zeros(3, np.float32), "of 6 values"),
+    (np.zeros(6, np.float16), "dtype float16"),
+    (np.zeros(12, np.float32)[::2], "contiguous"),
+    ([1.0] * 6, "got list"),
+    (np.zeros((6, 1), np.float32), r"shape \(6, 1\)"),
+])
+def test_with_data_checks_the_values(data, message):
+    with pytest.raises(ValueError, match=message):
+        _small().with_data(data)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((1.7, 5), "two integers"), ((4, 5, 1), "two integers"), (None, "two integers"),
+    ((True, 5), "two integers"), ((3, 2**62), "more positions than int64"),
+    ((1, 2**63), "more positions than int64"),
+])
+def test_shapes_are_two_integers_an_int64_can_number(shape, message):
+    with pytest.raises(ValueError, match=message):
+        CSR(np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), shape)

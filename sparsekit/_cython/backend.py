@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.base import Backend, _check_rebuild_args, _take, as_count
+from ..backends.base import Backend, _check_rebuild_args, _take, as_count, select_keys
 from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
@@ -380,15 +380,11 @@ class CpuBackend(ThreadThresholds, Backend):
 
     def select(self, values, k: int, largest: bool = True):
         self.check_array("values", values)
-        v = np.ascontiguousarray(values)
-        if v.dtype not in (np.float32, np.float64):
-            v = v.astype(np.float64)
-        if v.ndim != 1:
-            raise ValueError(f"values must be 1-D, got shape {v.shape}")
-        if v.shape[0] and not np.isfinite(v).all():
-            raise ValueError("values contains NaN or infinite entries")
-        return select.select(v, as_count("k", k), bool(largest),
-                             self._topology_threads(v.shape[0]))
+        v = select_keys(np, np.ascontiguousarray(values))
+        k = as_count("k", k)
+        if not 0 <= k <= v.shape[0]:
+            raise ValueError(f"k must lie in [0, {v.shape[0]}], got {k}")
+        return select.select(v, k, bool(largest), self._topology_threads(v.shape[0]))
 
     def sign_prune_keep(self, values, zeta: float):
         """SET's keep mask in one kernel (see :func:`sparsekit.growth.set.magnitude_keep_mask`)."""
@@ -407,6 +403,7 @@ class CpuBackend(ThreadThresholds, Backend):
     def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):
         m = as_count("m", m)
+        rng = np.random.default_rng(rng)  # a Generator as it is; a seed or None makes one
         n_rows, n_cols = w.shape
         total = n_rows * n_cols
         if (row_weights is None and col_weights is None and 0 <= m <= total - w.nnz

@@ -3,7 +3,13 @@ which one thread is faster, and the size up to which the fused backward gathers 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._checks import default_threads
+
+#: The most threads a kernel is given: OpenMP starts every one it is asked for, and tens of
+#: thousands exhaust the process (a crash, not an error) long before they could help.
+MAX_THREADS = 1024
 
 
 class ThreadThresholds:
@@ -48,13 +54,26 @@ class ThreadThresholds:
     gather_max_nnz = 1 << 18
 
     def __init__(self, num_threads: int | None = None) -> None:
-        self.num_threads = int(num_threads) if num_threads else default_threads()
+        self.num_threads = num_threads
+
+    @property
+    def num_threads(self) -> int:
+        """Threads of the kernels with enough work (set None or 0 for the default: the
+        cores this process may run on, or ``OMP_NUM_THREADS``)."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value) -> None:
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, np.integer))):
+            raise TypeError(f"num_threads must be an integer, got {value!r}")
+        if value is not None and not 0 <= value <= MAX_THREADS:
+            raise ValueError(f"num_threads must lie in [0, {MAX_THREADS}] (0: the default), "
+                             f"got {value}")
+        self._num_threads = int(value) if value else default_threads()
 
     def _threads(self, work: int, floor: int | None = None) -> int:
         """Threads for ``work``: all of them from ``floor`` (default ``min_parallel_work``)."""
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads must be >= 0 (0 = OpenMP default), got "
-                             f"{self.num_threads}")
         return self.num_threads if work >= (self.min_parallel_work if floor is None
                                             else floor) else 1
 

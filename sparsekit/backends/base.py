@@ -18,7 +18,7 @@ from .._align import feature_major_batch
 from .._streams import GOLDEN, splitmix
 from ..nn.activations import softmax_cross_entropy
 from ..nn.csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
-from .host import as_count, sample_absent_host
+from .host import as_count, sample_absent_host, select_keys
 
 
 class Backend:
@@ -306,16 +306,11 @@ class Backend:
         """
         xp = self.xp
         self.check_array("values", values)
-        if values.ndim != 1:
-            raise ValueError(f"values must be 1-D, got shape {values.shape}")
+        values = select_keys(xp, values)
         n = values.shape[0]
         k = as_count("k", k)
         if not 0 <= k <= n:
             raise ValueError(f"k must lie in [0, {n}], got {k}")
-        if values.dtype not in VALUE_DTYPES:
-            values = values.astype(xp.float64)
-        if n and not bool(xp.all(xp.isfinite(values))):
-            raise ValueError("values contains NaN or infinite entries")
         if k == 0:
             return xp.empty(0, dtype=xp.int64)
         if k == n:
@@ -364,6 +359,7 @@ class Backend:
         drawn in rounds and filtered, never by materialising the n_out x n_in grid.  Draws come
         from ``rng`` on the host, so a seed gives the same positions on every backend.
         """
+        rng = np.random.default_rng(rng)  # a Generator as it is; a seed or None makes one
         rows, cols = sample_absent_host(w, m, rng, row_weights, col_weights,
                                         lambda r, c: self.to_numpy(self.contains(
                                             w, self.asarray(r), self.asarray(c))))

@@ -11,6 +11,26 @@ from .._streams import below, below_seq, row_blocks, stream_starts
 from ..nn.csr import CSR
 
 
+def select_keys(xp, values):
+    """``values`` as the float keys a selection ranks: 1-D and finite; integers are exact in
+    float64 up to 2**53, so larger ones (whose order float64 would lose) are refused, and so
+    are complex and non-numeric values."""
+    if values.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {values.shape}")
+    kind = values.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(f"values must be real numbers, got dtype {values.dtype}")
+    if kind in "iu":
+        if values.shape[0] and int(xp.abs(values).max()) > 2**53:
+            raise ValueError("values holds integers beyond 2**53, which float64 cannot order")
+        values = values.astype(xp.float64)
+    elif kind == "b" or values.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        values = values.astype(xp.float64)
+    if values.shape[0] and not bool(xp.all(xp.isfinite(values))):
+        raise ValueError("values contains NaN or infinite entries")
+    return values
+
+
 def as_count(name: str, value) -> int:
     """``value`` as an int; refuses non-numbers and fractions rather than truncating them."""
     try:

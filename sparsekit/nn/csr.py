@@ -17,6 +17,20 @@ INT32_MAX = np.iinfo(np.int32).max
 VALUE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _check_shape(shape) -> tuple[int, int]:
+    """``(n_out, n_in)``: two integers >= 0 whose positions an int64 can number."""
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+                       for n in shape)):
+        raise ValueError(f"shape must be two integers (n_out, n_in), got {shape!r}")
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    if n_rows < 0 or n_cols < 0:
+        raise ValueError(f"shape must be non-negative, got {(n_rows, n_cols)}")
+    if n_rows * n_cols >= 2**63:
+        raise ValueError(f"shape {(n_rows, n_cols)} has more positions than int64 can number")
+    return n_rows, n_cols
+
+
 def index_dtype_for(nnz: int, shape: tuple[int, int]) -> np.dtype:
     """int32 when every index and offset fits, int64 otherwise."""
     if max(nnz, shape[0], shape[1]) <= INT32_MAX:
@@ -62,9 +76,19 @@ class CSR:
     _transpose_inv: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.shape = (int(self.shape[0]), int(self.shape[1]))
+        self.shape = _check_shape(self.shape)
         if self.check:
             self.validate()
+        # The kernels trust a validated pattern (no bounds checks in their loops): the CSR's
+        # own index arrays are read-only views, so that writing into w.indices raises instead
+        # of sending a kernel out of bounds.  (The values stay writable: optimizers update them
+        # in place.)
+        for name in ("indptr", "indices"):
+            arr = getattr(self, name)
+            if isinstance(arr, np.ndarray) and arr.flags.writeable:
+                view = arr.view()
+                view.flags.writeable = False
+                setattr(self, name, view)
 
     @property
     def nnz(self) -> int:
@@ -161,7 +185,15 @@ class CSR:
         return xp.repeat(xp.arange(self.shape[0], dtype=self.indices.dtype), counts)
 
     def with_data(self, data) -> CSR:
-        """Same pattern (and cached transpose), new values."""
+        """Same pattern (and cached transpose), new values (checked in O(1): one float32 or
+        float64 array of nnz values, contiguous, on the pattern's device)."""
+        shape, dtype = getattr(data, "shape", None), getattr(data, "dtype", None)
+        if (shape is None or len(shape) != 1 or shape[0] != self.nnz
+                or dtype not in VALUE_DTYPES or array_module(data) is not self.xp
+                or not data.flags.c_contiguous):
+            raise ValueError(f"data must be a contiguous 1-D float32 or float64 array of "
+                             f"{self.nnz} values on the pattern's device, got "
+                             f"{type(data).__name__} of shape {shape} and dtype {dtype}")
         out = CSR(self.indptr, self.indices, data, self.shape, check=False)
         out._transpose, out._transpose_inv = self._transpose, self._transpose_inv
         return out

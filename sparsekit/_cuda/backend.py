@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from .. import _compat
-from ..backends.base import Backend, _check_rebuild_args, as_count
+from ..backends.base import Backend, _check_rebuild_args, as_count, select_keys
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, fallback, rebuild, sampling, sddmm, select, spmm
 
@@ -136,13 +136,11 @@ class GpuBackend(Backend):
             return super().select(values, k, largest)
         xp = self.xp
         self.check_array("values", values)
-        if values.ndim != 1:
-            raise ValueError(f"values must be 1-D, got shape {values.shape}")
-        v = values if values.dtype in VALUE_DTYPES else values.astype(xp.float64)
-        v = xp.ascontiguousarray(v)
-        if v.shape[0] and not bool(xp.all(xp.isfinite(v))):
-            raise ValueError("values contains NaN or infinite entries")
-        return select.select(v, as_count("k", k), bool(largest))
+        v = xp.ascontiguousarray(select_keys(xp, values))
+        k = as_count("k", k)
+        if not 0 <= k <= v.shape[0]:
+            raise ValueError(f"k must lie in [0, {v.shape[0]}], got {k}")
+        return select.select(v, k, bool(largest))
 
     def contains(self, w: CSR, rows, cols):
         if self.products == "cupy":

@@ -112,3 +112,13 @@ def test_with_data_checks_the_values(data, message):
 def test_shapes_are_two_integers_an_int64_can_number(shape, message):
     with pytest.raises(ValueError, match=message):
         CSR(np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), shape)
+
+
+def test_the_pattern_stays_read_only_through_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    w = _small()
+    for restored in (pickle.loads(pickle.dumps(w)), copy.deepcopy(w)):
+        assert not restored.indices.flags.writeable and not restored.indptr.flags.writeable
+        assert restored.data.flags.writeable

@@ -204,3 +204,13 @@ def test_topkast_peak_is_not_underestimated(width, density):
                          check=True, capture_output=True, text=True, timeout=300).stdout
     r = json.loads(out.strip().splitlines()[-1])
     assert 1.0 <= r["predicted"] / r["measured"] <= 1.5, r
+
+
+def test_the_gpu_estimate_counts_topkast_sets_too():
+    def peak(forward_density):
+        return estimate_memory([784, 1000, 1000, 10], method="topkast", device="gpu",
+                               forward_density=forward_density, backward_density=0.5).peak
+
+    assert peak(0.45) > peak(0.05)  # A's copy grows with its density
+    assert peak(0.05) > estimate_memory([784, 1000, 1000, 10], method="gse",
+                                        device="gpu").peak

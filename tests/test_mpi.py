@@ -316,6 +316,19 @@ def test_a_rank_that_cannot_start_ends_every_rank_at_once(tmp_path):
                           capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode == 1 and "each of the 2 data shards has 30 samples" in proc.stderr
     assert not (tmp_path / "r2").exists()
+    # resuming: the run folder missing on one node
+    ok(subprocess.run([_mpiexec(), "-n", "2", *train, "--dataset", str(tmp_path / "d_0.npz"),
+                       "--batch-size", "8", "--out", str(tmp_path / "r_0")],
+                      capture_output=True, text=True, timeout=120, env=_env()))
+    start = time.monotonic()
+    proc = subprocess.run([_mpiexec(), "-n", "2", "sh", "-c",
+                           f'exec "$@" --resume {tmp_path}/r_$PMI_RANK', "sh",
+                           sys.executable, "-m", "sparsekit", "train", "--no-progress"],
+                          capture_output=True, text=True, timeout=120,
+                          env=_env(SPARSEKIT_MPI_TIMEOUT="60"))
+    assert proc.returncode == 1 and time.monotonic() - start < FAIL_BOUND
+    assert "r_1 is not a run folder" in proc.stderr and "another rank could not start" in \
+        proc.stderr
 
 
 def test_async_needs_two_ranks():

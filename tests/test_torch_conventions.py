@@ -240,3 +240,34 @@ def test_feature_counts_must_be_ints():
     with pytest.raises(TypeError, match="in_features must be an int, got 5.5"):
         skt.SparseLinear(5.5, 4)
     assert skt.SparseLinear(np.int64(5), 4, seed=0).in_features == 5
+
+
+def test_read_only_patterns_reach_torch_through_old_dlpack(monkeypatch):
+    """torch < 2.9 asks for DLPack < 1.0, which cannot export a read-only NumPy array: a
+    topology update handed the CSR's (read-only) index arrays to torch that way."""
+    from sparsekit.torch import _bridge
+
+    monkeypatch.setattr(_bridge.torch, "from_dlpack",
+                        lambda a: torch.utils.dlpack.from_dlpack(a.__dlpack__()))
+    net = three_layers()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    dyn = skt.DynamicSparsity(net, opt, "topkast", every=2, total_steps=10, seed=0)
+    train(net, opt, dyn, 4)
+
+
+def test_a_frozen_output_layer_leaves_every_trainable_layer_evolving():
+    net = three_layers()
+    net[4].requires_grad_(False)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    dyn = skt.DynamicSparsity(net, opt, "set", every=2, seed=0, evolve_output=False)
+    before = [net[i].col_indices.clone() for i in (0, 2)]
+    train(net, opt, dyn, 2)
+    assert all(not torch.equal(net[i].col_indices, b) for i, b in zip((0, 2), before))
+
+
+def test_reset_parameters_of_an_unseeded_layer_draws_afresh():
+    layer = skt.SparseLinear(30, 20, epsilon=2)
+    layer.reset_parameters()
+    first = layer.values.detach().clone()
+    layer.reset_parameters()
+    assert not torch.equal(layer.values.detach(), first)

@@ -306,7 +306,7 @@ def test_actual_fan_in_scales_initial_weights_only():
     assert len(new) > 300 and max(new) <= dense_bound
 
 
-def test_network_options_given_with_a_ready_model_must_match_it():
+def test_network_options_given_with_a_ready_model_must_match_it(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 12)).astype(np.float32)
     y = rng.integers(0, 3, 64)
@@ -316,8 +316,13 @@ def test_network_options_given_with_a_ready_model_must_match_it():
         with pytest.raises(ValueError, match=f"{next(iter(option))}=.* differs from the given "
                                              "model's"):
             sparsekit.train(model, (x, y), epochs=1, batch_size=16, **option)
-    # the model's own values, or none, train it
+    # the model's own values, or none, train it, and the run records the model's
     sparsekit.train(model, (x, y), epochs=1, batch_size=16, dropout=0.3, epsilon=3)
+    run = tmp_path / "run"
+    sparsekit.train(model, (x, y), sparsekit.training.config.TrainConfig(dropout=0.0),
+                    epochs=1, batch_size=16, run_dir=run)
+    saved = load_checkpoint(run / "checkpoint.npz").train_state["config"]
+    assert saved["dropout"] == 0.3 and saved["epsilon"] == 3.0
 
 
 def test_schedules_after_a_warmup_are_continuous_and_the_step_is_configurable():

@@ -228,6 +228,26 @@ def resume_differences(args, saved: dict, config) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    # Under mpiexec every rank runs this.  A rank that fails before training (its run folder
+    # or data missing on its node) tells the others, which end too instead of waiting for it
+    # in the next collective.
+    several = launch.launched_ranks() > 1
+    try:
+        config, run_dir, saved, data, sizes, run_config = _prepare(args)
+    except Exception as exc:
+        if several:
+            launch.ranks_agree(exc)
+        raise
+    if several:
+        launch.ranks_agree(None)
+    with contextlib.ExitStack() as stack:
+        _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
+        return _run(args, config, run_config, saved, run_dir, data, sizes)
+
+
+def _prepare(args):
+    """Everything a run checks and loads before its folder is made: the config (a resumed
+    run's, with the flags that may change), the folder's name, the data, the layer sizes."""
     from ..io.datasets import load_dataset
     from ..training.config import TrainConfig
     from ..training.loop import check_run
@@ -277,22 +297,13 @@ def cmd_train(args) -> int:
             raise UsageError(str(exc)) from None
     # Data errors, a batch larger than the data (or a WASAP shard) and a run too large for the
     # memory exit before any folder is made; then the folder is locked (rank 0 under MPI).
-    try:
-        data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
-        sizes, run_config = _run_config(args, config, saved, data)
-        if config.parallel:  # rank 0 checks the memory in train_wasap
-            launch.check_shards(config, data.x_train.shape[0])
-        elif not args.resume:
-            check_run(sizes, run_config, data.x_train.shape[0], data.x_test.shape[0])
-    except Exception as exc:
-        if config.parallel:
-            launch.ranks_agree(exc)
-        raise
-    if config.parallel:
-        launch.ranks_agree(None)
-    with contextlib.ExitStack() as stack:
-        _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
-        return _run(args, config, run_config, saved, run_dir, data, sizes)
+    data = load_dataset(saved["dataset"], data_dir=saved["data_dir"])
+    sizes, run_config = _run_config(args, config, saved, data)
+    if config.parallel:  # rank 0 checks the memory in train_wasap
+        launch.check_shards(config, data.x_train.shape[0])
+    elif not args.resume:
+        check_run(sizes, run_config, data.x_train.shape[0], data.x_test.shape[0])
+    return config, run_dir, saved, data, sizes, run_config
 
 
 def _run_config(args, config, saved: dict, data):

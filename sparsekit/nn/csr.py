@@ -79,6 +79,9 @@ class CSR:
         self.shape = _check_shape(self.shape)
         if self.check:
             self.validate()
+        self._freeze_pattern()
+
+    def _freeze_pattern(self) -> None:
         # The kernels trust a validated pattern (no bounds checks in their loops): the CSR's
         # own index arrays are read-only views, so that writing into w.indices raises instead
         # of sending a kernel out of bounds.  (The values stay writable: optimizers update them
@@ -89,6 +92,11 @@ class CSR:
                 view = arr.view()
                 view.flags.writeable = False
                 setattr(self, name, view)
+
+    def __setstate__(self, state: dict) -> None:
+        # pickle and copy.deepcopy restore the arrays writable
+        self.__dict__.update(state)
+        self._freeze_pattern()
 
     @property
     def nnz(self) -> int:

@@ -212,7 +212,7 @@ class _SparseMLPBase(BaseEstimator):
             self.validation_scores_ = self.best_validation_score_ = None
             self.best_loss_ = np.inf
 
-    def _warm_runner(self, batch_size: int, rs) -> None:
+    def _warm_runner(self, batch_size: int, rs, n_train: int, n_val: int) -> None:
         """A warm ``fit``: the fitted network trained on under the current parameters, with a
         new optimizer, growth method and schedules (scikit-learn's MLP also makes a new
         optimizer at every ``fit``).  Parameters that shaped the network when it was built
@@ -227,6 +227,8 @@ class _SparseMLPBase(BaseEstimator):
                 raise ValueError(f"warm_start=True trains on the fitted network, built with "
                                  f"{name}={was!r}; it cannot take {name}={now!r} (set "
                                  "warm_start=False to build a new network)")
+        # another method or optimizer may need more memory (Top-KAST's set B, Adam's state)
+        check_run_memory(model, config, n_train, n_val)
         model._configure(model.layer_sizes, model.epsilon, config.activation, config.alpha,
                          config.dropout, model.init, model.fan_in, model.backend, model.dtype)
         for layer in model.layers:  # the new optimizer starts its state afresh
@@ -299,7 +301,7 @@ class _SparseMLPBase(BaseEstimator):
             self._initialize(X.shape[1], n, 0 if X_val is None else X_val.shape[0],
                              batch_size, rs)
         elif not incremental:
-            self._warm_runner(batch_size, rs)
+            self._warm_runner(batch_size, rs, n, 0 if X_val is None else X_val.shape[0])
         runner = self._runner
         # partial_fit goes on past max_iter calls: each horizon spent starts a new one
         # (learning-rate and growth schedules restart) rather than training at a learning rate

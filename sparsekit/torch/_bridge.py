@@ -89,7 +89,19 @@ def view(t: torch.Tensor, xp):
 
 
 def tensor(a) -> torch.Tensor:
-    """An ``xp`` array's memory as a torch tensor (no copy)."""
+    """An ``xp`` array's memory as a torch tensor (no copy).
+
+    A CSR's index arrays are read-only views (see :class:`~sparsekit.nn.csr.CSR`), which
+    DLPack before version 1.0 (torch < 2.9) cannot export: the writable array under such a
+    view goes instead, the same memory.  (The layer's pattern is validated again whenever its
+    index tensors change in place.)"""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        base = a.base
+        same = (isinstance(base, np.ndarray) and base.flags.writeable
+                and base.dtype == a.dtype and base.shape == a.shape
+                and base.strides == a.strides
+                and base.__array_interface__["data"][0] == a.__array_interface__["data"][0])
+        a = base if same else a.copy()
     return torch.from_dlpack(a)
 
 

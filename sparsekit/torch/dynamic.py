@@ -150,6 +150,9 @@ class DynamicSparsity:
             if len(self.modules) < len(sparse) and getattr(self.method, "layers", None):
                 self.method.layers = _trainable_indices(self.method.layers, sparse,
                                                         self.modules)
+            if sparse[-1] is not self.modules[-1] and hasattr(self.method, "evolve_output"):
+                # the output layer is frozen: the last trainable one is a hidden layer
+                self.method.evolve_output = True
         if getattr(self.method, "schedule", None) is not None and self.total_steps is None:
             raise ValueError(f"total_steps is needed by method {self.method.name!r}: it anneals "
                              "the drop fraction and stops at a fraction of training")
@@ -270,6 +273,7 @@ class DynamicSparsity:
                 m.values.grad = None  # shaped like the old topology
                 if isinstance(self.optimizer, torch.optim.LBFGS):
                     self.optimizer.state.clear()  # its history spans the old topologies
+                    self.optimizer._numel_cache = None  # and its size the old connections
                 else:
                     state = self.optimizer.state[m.values]
                     for k, arr in layer.state_w.items():

@@ -122,7 +122,7 @@ class SparseLinear(nn.Module):
         rng = np.random.default_rng(seed)
         # reset_parameters() draws again from where the constructor started
         init_args = {"epsilon": epsilon, "density": density, "init": init, "fan_in": fan_in,
-                     "rng": copy.deepcopy(rng)}
+                     "rng": None if seed is None else copy.deepcopy(rng)}
         w = _random_csr(int(out_features), int(in_features), epsilon, density, rng,
                         _DTYPES[dtype], init, fan_in)
         self._install(w, np.zeros(w.shape[0], dtype=w.dtype) if bias else None, be)
@@ -161,11 +161,13 @@ class SparseLinear(nn.Module):
         objects; an optimizer's per-entry state no longer matches them.
         """
         a = self._init_args or {"epsilon": None, "init": "he_uniform", "fan_in": "dense",
-                                "rng": np.random.default_rng(),
+                                "rng": None,
                                 "density": self.nnz / (self.in_features * self.out_features)}
+        # a seeded layer draws from its seed again, an unseeded one afresh (as nn.Linear)
+        rng = np.random.default_rng() if a["rng"] is None else copy.deepcopy(a["rng"])
         dtype, device = self.values.dtype, self.values.device
-        w = _random_csr(self.out_features, self.in_features, a["epsilon"], a["density"],
-                        copy.deepcopy(a["rng"]), _DTYPES[dtype], a["init"], a["fan_in"])
+        w = _random_csr(self.out_features, self.in_features, a["epsilon"], a["density"], rng,
+                        _DTYPES[dtype], a["init"], a["fan_in"])
         with torch.no_grad():
             self.values.data = torch.from_numpy(np.array(w.data)).to(device)
             self.crow_indices = torch.from_numpy(np.array(w.indptr)).to(device)
@@ -412,7 +414,7 @@ class SparseLinear(nn.Module):
             raise ValueError(f"input is on {x.device} but the layer's weights are on "
                              f"{self.values.device}; move one of them with .to()")
         if (x.dtype != self.values.dtype and x.dtype in (torch.float16, torch.bfloat16)
-                and torch.is_autocast_enabled(x.device.type)):
+                and _autocast_on(x.device.type)):
             # autocast runs this layer at its own precision, as it runs ops it has no
             # low-precision kernel for
             x = x.to(self.values.dtype)
@@ -436,6 +438,15 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"nnz={self.nnz}, bias={self.bias is not None}")
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch < 2.4 asks per device by name)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:
+        return bool(torch.is_autocast_cpu_enabled() if device_type == "cpu"
+                    else torch.is_autocast_enabled())
 
 
 def _transformed(t: torch.Tensor) -> bool:

@@ -58,7 +58,8 @@ def sparsify(module: nn.Module, epsilon: float = 20.0, density: float | None = N
         are, with a warning, layers whose replacement would change the model: a weight tied
         to another module's (an LM head sharing the embedding), an ``nn.Linear`` subclass
         with a forward, parameters, buffers or children of its own, a layer with hooks, and a
-        lazy layer not yet run.
+        lazy layer not yet run.  Only ties inside ``module`` can be seen: sparsify the model
+        that holds both ends of a tie, not a part of it (nor a bare ``nn.Linear``).
     seed : int, optional
         Seeds every layer's pattern and values (each layer gets its own stream).
     init, fan_in : str

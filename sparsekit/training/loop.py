@@ -69,15 +69,18 @@ def build_model(model, config: TrainConfig, seed) -> SparseMLP:
                      **config.model_options)
 
 
-def check_ready_model(model: SparseMLP, config: TrainConfig, given) -> None:
-    """Refuse network options passed with a ready model that differ from the model's own: they
-    apply only to a model built from layer sizes, and would otherwise be ignored silently."""
+def ready_model_config(model: SparseMLP, config: TrainConfig, given) -> TrainConfig:
+    """``config`` with a ready model's own network options (what the run records, and what
+    its growth method reads), refusing any in ``given`` (the options passed by keyword) that
+    differ from the model's: they apply only to a model built from layer sizes, and would
+    otherwise be ignored silently."""
     own = model.config()
     for key, value in config.model_options.items():
         if key in given and value != own[key]:
             raise ValueError(f"{key}={given[key]!r} differs from the given model's "
                              f"{key}={own[key]!r}: network options apply to a model train() "
                              "builds from layer sizes; change the model itself instead")
+    return config.replace(**{k: own[k] for k in config.model_options})
 
 
 def check_run(model, config: TrainConfig, n_train: int, n_test: int) -> None:
@@ -161,8 +164,8 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         cfg = make_config(None, {k: v for k, v in options.items()
                                  if k in (*RESUME_MAY_CHANGE, "parallel")})
     callbacks = _check_hooks(callbacks, log, run_dir)
-    if isinstance(model, SparseMLP) and not resume:
-        check_ready_model(model, cfg, options)
+    if isinstance(model, SparseMLP):
+        cfg = ready_model_config(model, cfg, {} if resume else options)
     if cfg.parallel is not None:
         from ..parallel import train_wasap
 

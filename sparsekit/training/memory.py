@@ -136,7 +136,9 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
     """
     check_gpu_memory(model_or_sizes, backend, gpu_memory_limit, epsilon=epsilon,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, dtype=dtype,
-                     evolve_output=evolve_output, state_slots=state_slots)
+                     evolve_output=evolve_output, state_slots=state_slots,
+                     method=method if isinstance(method, str) else "set",
+                     forward_density=forward_density, backward_density=backward_density)
     if model_or_sizes is None:
         return None
     from ..backends import get_backend
@@ -214,8 +216,9 @@ def gpu_available_memory() -> tuple[int, str]:
 
 def check_gpu_memory(model_or_sizes, backend, limit=None, *, epsilon: float = 20.0,
                      batch_size: int = 128, eval_batch_size: int = 4096, dtype="float32",
-                     evolve_output: bool = False,
-                     state_slots: int = 1) -> MemoryEstimate | None:
+                     evolve_output: bool = False, state_slots: int = 1,
+                     method: str = "set", forward_density: float | None = None,
+                     backward_density: float | None = None) -> MemoryEstimate | None:
     """Apply ``limit`` to the GPU pool and refuse, before anything is allocated, a run that
     cannot fit on the device.
 
@@ -239,7 +242,10 @@ def check_gpu_memory(model_or_sizes, backend, limit=None, *, epsilon: float = 20
     est = estimate_memory(model_or_sizes, epsilon=epsilon, batch_size=batch_size,
                           eval_batch_size=eval_batch_size, dtype=dtype,
                           evolve_output=evolve_output, device="gpu",
-                          state_slots=state_slots)
+                          state_slots=state_slots,
+                          method=method if method in METHODS else "set",
+                          forward_density=forward_density,
+                          backward_density=backward_density)
     available, what = gpu_available_memory()
     # Without a pool limit, a model already built holds its persistent arrays outside the free
     # memory measured; with one, the limit caps them too.

@@ -235,7 +235,8 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
     scored = method in ("gse", "topkast", "rigl")
     total = sum(nnz for _, _, nnz in layers)
     if device == "gpu":
-        return _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s)
+        return _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s,
+                             forward_sets)
     persistent = forward_sets
     for (n_in, n_out, nnz), i in zip(layers, idx):
         persistent += (n_out + 1 + n_in + 1) * i + nnz * (3 * i + s * v) + s * n_out * v
@@ -277,9 +278,10 @@ def estimate_memory(layer_sizes, *, epsilon: float = 20.0, batch_size: int = 128
                           heap, int(workspace))
 
 
-def _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s) -> MemoryEstimate:
+def _gpu_estimate(layers, idx, v, b, e, widths, hidden, evolving, total, s,
+                  forward_sets: int = 0) -> MemoryEstimate:
     """What the GPU backend allocates (see the module docstring)."""
-    persistent = 0
+    persistent = forward_sets
     for k, ((n_in, n_out, nnz), i) in enumerate(zip(layers, idx)):
         persistent += (n_out + 1) * i + nnz * (i + s * v) + s * n_out * v
         if k:  # the first layer's backward needs no dx, hence no transposed index

@@ -23,8 +23,15 @@ class CpuBackend(ThreadThresholds, Backend):
     Parameters
     ----------
     num_threads : int, optional
-        OpenMP threads per kernel; default ``OMP_NUM_THREADS`` or the usable cores.  Results do
-        not depend on it: every output element is computed by one thread in a fixed order.
+        OpenMP threads per kernel, 0 to 1024; default (None or 0) ``OMP_NUM_THREADS`` or the
+        usable cores.  Results do not depend on it: every output element is computed by one
+        thread in a fixed order.
+
+    Examples
+    --------
+    >>> from sparsekit.backends import CpuBackend
+    >>> CpuBackend(num_threads=1).num_threads
+    1
     """
 
     name = "cpu"

@@ -291,3 +291,11 @@ def test_an_unparsable_array_header_is_a_one_line_error(tiny, tmp_path):
     text.write_text("hello\n")
     r = train_tiny(text, tmp_path / "r3")
     assert r.returncode == EXIT_ERROR and "not an .npz archive" in r.stderr
+
+
+def test_help_is_shown_whatever_the_config_file_holds(tmp_path):
+    bad = write(tmp_path / "bad.toml", "bogus = [\n")
+    r = run_cli("train", f"--config={bad}", "--help")
+    assert r.returncode == EXIT_OK and "usage: sparsekit train" in r.stdout
+    r = run_cli("train", f"--config={bad}")
+    assert r.returncode == EXIT_USAGE and "not valid TOML" in r.stderr

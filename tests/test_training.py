@@ -345,3 +345,8 @@ def test_schedules_after_a_warmup_are_continuous_and_the_step_is_configurable():
     assert [r["lr"] for r in res.history] == pytest.approx([0.05, 0.025, 0.0125])
     with pytest.raises(ValueError, match="lr_step_size"):
         sparsekit.train([12, 20, 3], (x, y), epochs=1, lr_step_size=0)
+
+
+def test_resume_must_be_a_bool():
+    with pytest.raises(TypeError, match="resume must be True or False, got 'yes'"):
+        sparsekit.train([4, 3], small_data(d=4), resume="yes")

@@ -154,7 +154,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")
         known, _ = pre.parse_known_args(argv)
-        if known.config and argv and argv[0] == "train":
+        wants_help = any(a in ("-h", "--help") for a in argv[1:])  # help needs no file
+        if known.config and argv and argv[0] == "train" and not wants_help:
             try:
                 from_file = load_config(known.config, subs["train"])
             except ValueError as exc:

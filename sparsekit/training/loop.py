@@ -154,6 +154,8 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
     TrainResult
         The model, one history record per epoch and the run folder.
     """
+    if not isinstance(resume, (bool, np.bool_)):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
     try:
         cfg = make_config(config, options)
     except ValueError:

@@ -350,3 +350,8 @@ def test_schedules_after_a_warmup_are_continuous_and_the_step_is_configurable():
 def test_resume_must_be_a_bool():
     with pytest.raises(TypeError, match="resume must be True or False, got 'yes'"):
         sparsekit.train([4, 3], small_data(d=4), resume="yes")
+
+
+def test_wasap_options_without_parallel_are_refused_as_on_the_command_line():
+    with pytest.raises(ValueError, match="wasap_mode applies to parallel='wasap' only"):
+        sparsekit.train([20, 8, 3], small_data(), epochs=1, wasap_mode="async")

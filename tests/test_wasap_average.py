@@ -240,3 +240,16 @@ with c.guarded(FakeComm()):
                           timeout=30)
     assert proc.returncode != 0 and time.monotonic() - start < 20
     assert "sparsekit[rank 1/3]: ValueError: injected; aborting all ranks" in proc.stderr
+
+
+def test_the_option_digest_reads_numbers_by_value():
+    import json
+
+    from sparsekit.parallel.wasap import _as_floats
+
+    def text(options):
+        return json.dumps(_as_floats(options), sort_keys=True)
+
+    assert text({"gamma": 1, "b": [1, 2.0], "f": True}) == \
+        text({"gamma": 1.0, "b": (1.0, 2), "f": True})
+    assert text({"f": True}) != text({"f": 1.0})

@@ -272,13 +272,24 @@ RANK_OWN_OPTIONS = ("backend", "progress", "eval_batch_size", "memory_limit", "g
                     "timeout")
 
 
+def _as_floats(value):
+    """``value`` with every number a float (``gamma=1`` and ``gamma=1.0`` are one option)."""
+    if isinstance(value, dict):
+        return {k: _as_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_floats(v) for v in value]
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _check_same_config(comm: Comm, cfg: TrainConfig) -> None:
     """Refuse ranks given different training options (other epochs or batch sizes stall a
     collective until the timeout; another learning rate or seed makes the topologies diverge,
     blamed on the growth method).  Compared: a digest of the options, less
     :data:`RANK_OWN_OPTIONS`."""
     options = {k: v for k, v in cfg.to_dict().items() if k not in RANK_OWN_OPTIONS}
-    text = json.dumps(options, sort_keys=True, default=repr)
+    text = json.dumps(_as_floats(options), sort_keys=True, default=repr)
     mine = np.array([int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "little")],
                     dtype=np.float64)  # 48 bits: exact in a float64
     low = comm.allreduce(mine.copy(), comm.MPI.MIN, "options digest")

@@ -152,7 +152,8 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
     Returns
     -------
     TrainResult
-        The model, one history record per epoch and the run folder.
+        The model, one history record per epoch and the run folder.  A record's ``lr`` is the
+        scheduled rate at the end of its epoch (where the next one starts).
     """
     if not isinstance(resume, (bool, np.bool_)):
         raise TypeError(f"resume must be True or False, got {resume!r}")
@@ -166,6 +167,9 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         cfg = make_config(None, {k: v for k, v in options.items()
                                  if k in (*RESUME_MAY_CHANGE, "parallel")})
     callbacks = _check_hooks(callbacks, log, run_dir)
+    wasap_only = sorted(k for k in options if k in WASAP_OPTIONS)
+    if cfg.parallel is None and wasap_only and not resume:  # as the command line refuses them
+        raise ValueError(f"{wasap_only[0]} applies to parallel='wasap' only")
     if isinstance(model, SparseMLP):
         cfg = ready_model_config(model, cfg, {} if resume else options)
     if cfg.parallel is not None:
@@ -183,6 +187,10 @@ def train(model: SparseMLP | Sequence[int], data, config: TrainConfig | None = N
         return _train(model, data, cfg, config is None, options, callbacks, run_dir, resume,
                       log)
 
+
+#: Options of WASAP-SGD alone (``parallel="wasap"``).
+WASAP_OPTIONS = ("wasap_mode", "phase1_fraction", "lr_scaling", "scale_warmup_epochs",
+                 "max_staleness")
 
 #: Options a resumed run may change: how long it runs and where and how it computes, never
 #: what it computes per step.  (``sparsekit train --resume`` documents the same list.)

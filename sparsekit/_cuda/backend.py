@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from .. import _compat
-from ..backends.base import Backend, _check_rebuild_args, as_count, select_keys
+from ..backends.base import Backend, _check_rebuild_args, select_args
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, fallback, rebuild, sampling, sddmm, select, spmm
 
@@ -136,10 +136,8 @@ class GpuBackend(Backend):
             return super().select(values, k, largest)
         xp = self.xp
         self.check_array("values", values)
-        v = xp.ascontiguousarray(select_keys(xp, values))
-        k = as_count("k", k)
-        if not 0 <= k <= v.shape[0]:
-            raise ValueError(f"k must lie in [0, {v.shape[0]}], got {k}")
+        v, k = select_args(xp, values, k)
+        v = xp.ascontiguousarray(v)
         return select.select(v, k, bool(largest))
 
     def contains(self, w: CSR, rows, cols):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.base import Backend, _check_rebuild_args, _take, as_count, select_keys
+from ..backends.base import Backend, _check_rebuild_args, _take, as_count, select_args
 from ..nn.activations import cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
@@ -387,10 +387,7 @@ class CpuBackend(ThreadThresholds, Backend):
 
     def select(self, values, k: int, largest: bool = True):
         self.check_array("values", values)
-        v = select_keys(np, np.ascontiguousarray(values))
-        k = as_count("k", k)
-        if not 0 <= k <= v.shape[0]:
-            raise ValueError(f"k must lie in [0, {v.shape[0]}], got {k}")
+        v, k = select_args(np, np.ascontiguousarray(values), k)
         return select.select(v, k, bool(largest), self._topology_threads(v.shape[0]))
 
     def sign_prune_keep(self, values, zeta: float):

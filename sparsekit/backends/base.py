@@ -18,7 +18,8 @@ from .._align import feature_major_batch
 from .._streams import GOLDEN, splitmix
 from ..nn.activations import softmax_cross_entropy
 from ..nn.csr import CSR, VALUE_DTYPES, array_module, index_dtype_for
-from .host import as_count, sample_absent_host, select_keys
+from .host import as_count as as_count  # re-exported: the backends below import from base
+from .host import sample_absent_host, select_args
 
 
 class Backend:
@@ -306,11 +307,8 @@ class Backend:
         """
         xp = self.xp
         self.check_array("values", values)
-        values = select_keys(xp, values)
+        values, k = select_args(xp, values, k)
         n = values.shape[0]
-        k = as_count("k", k)
-        if not 0 <= k <= n:
-            raise ValueError(f"k must lie in [0, {n}], got {k}")
         if k == 0:
             return xp.empty(0, dtype=xp.int64)
         if k == n:

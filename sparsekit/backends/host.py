@@ -11,10 +11,11 @@ from .._streams import below, below_seq, row_blocks, stream_starts
 from ..nn.csr import CSR
 
 
-def select_keys(xp, values):
-    """``values`` as the float keys a selection ranks: 1-D and finite; integers are exact in
-    float64 up to 2**53, so larger ones (whose order float64 would lose) are refused, and so
-    are complex and non-numeric values."""
+def select_args(xp, values, k):
+    """``(keys, k)`` of a selection of ``k`` of ``values``, checked: the keys are ``values`` as
+    1-D, finite floats (integers are exact in float64 up to 2**53, so larger ones, whose order
+    float64 would lose, are refused, and so are complex and non-numeric values); ``k`` is a
+    count in ``[0, len(values)]``."""
     if values.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {values.shape}")
     kind = values.dtype.kind
@@ -28,7 +29,10 @@ def select_keys(xp, values):
         values = values.astype(xp.float64)
     if values.shape[0] and not bool(xp.all(xp.isfinite(values))):
         raise ValueError("values contains NaN or infinite entries")
-    return values
+    k = as_count("k", k)
+    if not 0 <= k <= values.shape[0]:
+        raise ValueError(f"k must lie in [0, {values.shape[0]}], got {k}")
+    return values, k
 
 
 def as_count(name: str, value) -> int:

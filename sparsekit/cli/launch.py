@@ -70,9 +70,6 @@ def ranks_agree(error) -> None:
 def check_shards(config, n_train: int) -> None:
     """WASAP's shards (one per worker) must each hold a batch."""
     from ..parallel import world_size
+    from ..parallel.wasap import check_shards as check
 
-    n_shards = world_size() - (config.wasap_mode == "async")
-    if n_shards >= 1 and n_train // n_shards < config.batch_size:
-        raise ValueError(f"each of the {n_shards} data shards has {n_train // n_shards} "
-                         f"samples, fewer than batch_size {config.batch_size}; use fewer ranks "
-                         "or a smaller batch")
+    check(n_train, world_size(), config.wasap_mode, config.batch_size)

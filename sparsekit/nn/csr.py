@@ -116,9 +116,7 @@ class CSR:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first problem found; O(nnz + n_out)."""
         xp = self.xp
-        n_rows, n_cols = self.shape
-        if n_rows < 0 or n_cols < 0:
-            raise ValueError(f"shape must be non-negative, got {self.shape}")
+        n_rows, n_cols = self.shape  # checked at construction (_check_shape)
         for name in ("indptr", "indices", "data"):
             arr = getattr(self, name)
             if array_module(arr) is not xp:

@@ -221,11 +221,7 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
         x_te, y_te = check_xy(x_te, y_te, sizes[0], sizes[-1], names=("x_test", "y_test"),
                               dtype=model.dtype)
     _check_same_data(comm, x_tr, y_tr, x_te)
-    n_shards = comm.size if mode == "sync" else comm.size - 1
-    if x_tr.shape[0] // n_shards < batch_size:
-        raise ValueError(f"each of the {n_shards} data shards has {x_tr.shape[0] // n_shards} "
-                         f"samples, fewer than batch_size {batch_size}; use fewer ranks or a "
-                         "smaller batch")
+    n_shards = check_shards(x_tr.shape[0], comm.size, mode, batch_size)
     is_worker = mode == "sync" or comm.rank > 0
     index = comm.rank if mode == "sync" else comm.rank - 1
     shard = (_shard(x_tr.shape[0], n_shards, index, shard_seed) if is_worker
@@ -261,6 +257,17 @@ def check_ranks(mode: str, size: int) -> None:
                          "compute); start it with mpiexec -n N, N >= 2, or use mode 'sync'")
 
 
+def check_shards(n_train: int, size: int, mode: str, batch_size: int) -> int:
+    """The number of data shards (one per worker: every rank in ``sync`` mode, all but the
+    server in ``async``), refusing shards that hold no full batch."""
+    n_shards = size if mode == "sync" else size - 1
+    if n_shards >= 1 and n_train // n_shards < batch_size:
+        raise ValueError(f"each of the {n_shards} data shards has {n_train // n_shards} "
+                         f"samples, fewer than batch_size {batch_size}; use fewer ranks or a "
+                         "smaller batch")
+    return n_shards
+
+
 def finished_run_error(run_dir, trained: int, epochs: int) -> str:
     """Why a finished WASAP-SGD run cannot be resumed for ``epochs`` epochs."""
     return (f"{run_dir} holds a finished WASAP-SGD run of {trained} epochs: its averaged model "
@@ -283,6 +290,13 @@ def _as_floats(value):
     return value
 
 
+def _lowest_and_highest(comm: Comm, mine: np.ndarray, what: str):
+    """Every rank's ``mine``, reduced to the lowest and the highest of each entry (equal on
+    every rank exactly when the ranks agree)."""
+    return (comm.allreduce(mine.copy(), comm.MPI.MIN, what),
+            comm.allreduce(mine.copy(), comm.MPI.MAX, what))
+
+
 def _check_same_config(comm: Comm, cfg: TrainConfig) -> None:
     """Refuse ranks given different training options (other epochs or batch sizes stall a
     collective until the timeout; another learning rate or seed makes the topologies diverge,
@@ -292,8 +306,7 @@ def _check_same_config(comm: Comm, cfg: TrainConfig) -> None:
     text = json.dumps(_as_floats(options), sort_keys=True, default=repr)
     mine = np.array([int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "little")],
                     dtype=np.float64)  # 48 bits: exact in a float64
-    low = comm.allreduce(mine.copy(), comm.MPI.MIN, "options digest")
-    high = comm.allreduce(mine.copy(), comm.MPI.MAX, "options digest")
+    low, high = _lowest_and_highest(comm, mine, "options digest")
     if low[0] != high[0]:
         raise ValueError("the ranks were given different training options: every rank must "
                          "train with the same configuration (only "
@@ -309,8 +322,7 @@ def _check_same_data(comm: Comm, x_tr, y_tr, x_te) -> None:
     sample = sample.toarray() if hasattr(sample, "toarray") else np.asarray(sample)
     mine = np.array([x_tr.shape[0], -1 if x_te is None else x_te.shape[0], int(y_tr.sum()),
                      float(sample.astype(np.float64).sum())], dtype=np.float64)
-    low = comm.allreduce(mine.copy(), comm.MPI.MIN, "data fingerprint")
-    high = comm.allreduce(mine.copy(), comm.MPI.MAX, "data fingerprint")
+    low, high = _lowest_and_highest(comm, mine, "data fingerprint")
     if not np.array_equal(low, high, equal_nan=True):
         what = (f"this rank has {int(mine[0])} training and {int(mine[1])} test samples, the "
                 f"ranks {int(low[0])} to {int(high[0])} training samples"

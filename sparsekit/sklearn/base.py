@@ -201,8 +201,7 @@ class _SparseMLPBase(BaseEstimator):
         init_seed, train_seed = (int(s) for s in rs.randint(0, 2**31 - 1, size=2))
         self.model_ = SparseMLP(sizes, backend=self.backend, seed=init_seed,
                                 **config.model_options)
-        self._runner = EpochRunner(self.model_, config, loss=self._loss, seed=train_seed,
-                                   max_epochs=self.max_iter)
+        self._new_runner(config, train_seed)
         self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
         self._no_improvement_count = 0
         if self.early_stopping:
@@ -233,9 +232,18 @@ class _SparseMLPBase(BaseEstimator):
                          config.dropout, model.init, model.fan_in, model.backend, model.dtype)
         for layer in model.layers:  # the new optimizer starts its state afresh
             layer.state_w, layer.state_b, layer.w_forward = {}, {}, None
-        train_seed = int(rs.randint(0, 2**31 - 1))
-        self._runner = EpochRunner(model, config, loss=self._loss, seed=train_seed,
+        self._new_runner(config, int(rs.randint(0, 2**31 - 1)))
+
+    def _new_runner(self, config: TrainConfig, train_seed: int) -> None:
+        """The runner that trains ``model_`` under ``config`` (its errors name the learning
+        rate as this estimator does)."""
+        self._runner = EpochRunner(self.model_, config, loss=self._loss, seed=train_seed,
                                    max_epochs=self.max_iter)
+        self._runner.engine.lr_name = "learning_rate_init"
+
+    def _unfit(self) -> None:
+        for name in ("model_", "_runner"):
+            self.__dict__.pop(name, None)
 
     def _validate(self, X, y, reset: bool):
         return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=_DTYPES,
@@ -247,8 +255,7 @@ class _SparseMLPBase(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "model_") or not (self.warm_start or incremental)
         if first:  # a fit that fails from here on leaves the estimator unfitted, not half new
-            for name in ("model_", "_runner"):
-                self.__dict__.pop(name, None)
+            self._unfit()
         X, y = self._validate(X, y, reset=first)
         sw = None
         if sample_weight is not None:
@@ -315,15 +322,13 @@ class _SparseMLPBase(BaseEstimator):
         elif not early and getattr(self, "best_loss_", None) is None:
             self.best_loss_ = np.inf
         self._best = None
-        runner.engine.lr_name = "learning_rate_init"
         self.n_iter_ = 0
         try:
             self._epochs(runner, X_tr, t_tr, X_val, t_val, sw_tr, sw_val, batch_size,
                          incremental)
         except BaseException:
             if first:  # a first fit that fails leaves the estimator unfitted
-                for name in ("model_", "_runner"):
-                    self.__dict__.pop(name, None)
+                self._unfit()
             raise
         return self
 

@@ -449,10 +449,15 @@ def _autocast_on(device_type: str) -> bool:
                     else torch.is_autocast_enabled())
 
 
+#: torch's test for a torch.func (functorch) wrapper, which has no memory of its own (looked up
+#: once: the forward asks it of every input)
+_IS_FUNC_WRAPPER = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor",
+                           None)
+
+
 def _transformed(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a torch.func (functorch) wrapper, which has no memory of its own."""
-    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return bool(check is not None and check(t))
+    """Whether ``t`` is a torch.func (functorch) wrapper."""
+    return _IS_FUNC_WRAPPER is not None and bool(_IS_FUNC_WRAPPER(t))
 
 
 def _version(t: torch.Tensor) -> int:

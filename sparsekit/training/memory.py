@@ -134,10 +134,11 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
     process's resident memory, or, without a limit, the machine's available memory.  Returns
     the host estimate (None for a resumed run, whose model is not known yet).
     """
+    # a method the estimate does not know (a user's GrowthMethod) is estimated as SET
+    name = method if isinstance(method, str) and method in METHODS else "set"
     check_gpu_memory(model_or_sizes, backend, gpu_memory_limit, epsilon=epsilon,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, dtype=dtype,
-                     evolve_output=evolve_output, state_slots=state_slots,
-                     method=method if isinstance(method, str) else "set",
+                     evolve_output=evolve_output, state_slots=state_slots, method=name,
                      forward_density=forward_density, backward_density=backward_density)
     if model_or_sizes is None:
         return None
@@ -145,7 +146,6 @@ def check_memory(model_or_sizes, backend=None, memory_limit=None, *,
 
     be = getattr(model_or_sizes, "backend", None) or get_backend(backend)
     on_cpu = be.name == "cpu"
-    name = method if isinstance(method, str) and method in METHODS else "set"
     est = estimate_memory(model_or_sizes, epsilon=epsilon, batch_size=batch_size,
                           eval_batch_size=eval_batch_size, method=name, dtype=dtype,
                           evolve_output=evolve_output, evolve_every=evolve_every, gamma=gamma,
@@ -243,7 +243,7 @@ def check_gpu_memory(model_or_sizes, backend, limit=None, *, epsilon: float = 20
                           eval_batch_size=eval_batch_size, dtype=dtype,
                           evolve_output=evolve_output, device="gpu",
                           state_slots=state_slots,
-                          method=method if method in METHODS else "set",
+                          method=method,
                           forward_density=forward_density,
                           backward_density=backward_density)
     available, what = gpu_available_memory()

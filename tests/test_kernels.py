@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
+import scipy.sparse as sp
 from reference import assert_close, host, parallel_cpu, random_csr, shape_sweep, to_backend
 
 from sparsekit._cython.backend import CpuBackend
@@ -499,6 +500,53 @@ def test_cpu_products_on_misaligned_operands(dtype):
                  "misaligned matmul")
     assert_close(results[0][2], ref.weight_grad(w_sp, x, dy),
                  ref.weight_grad(w_sp, abs(x), abs(dy)), n_batch, dtype, "misaligned SDDMM")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile_vecs", [None, 1, 2, 4])
+def test_cpu_products_walk_misaligned_rows_from_the_line(dtype, tile_vecs):
+    """Forward and matmul_t on an operand that starts at any element of a cache line (rows of
+    whole lines) give the bits of the same call on an aligned copy, for every batch width the
+    walks treat apart (one vector, a register tile, a tile and one more vector, several tiles)
+    and batch-tiled walks; AVX-512 builds mask the lanes before the row instead of copying."""
+    from sparsekit._cython import spmm
+
+    item = np.dtype(dtype).itemsize
+    lanes = 64 // item
+    be = parallel_cpu(2)
+    rng = np.random.default_rng(19)
+    dense = random_csr(rng, 37, 29, 0.3, dtype=dtype).toarray()
+    dense[5] = 0  # an empty output row
+    dense[:, 3] = 0  # an input no output reads (an empty row of the transposed index)
+    w_sp = sp.csr_matrix(dense)
+    w = to_backend(be, w_sp)
+
+    def placed(n_rows, n_batch, offset):
+        buf = np.empty(n_rows * n_batch * item + 128, np.uint8)
+        start = (offset - buf.ctypes.data) % 64
+        a = buf[start:start + n_rows * n_batch * item].view(dtype).reshape(n_rows, n_batch)
+        a[...] = rng.uniform(-1, 1, (n_rows, n_batch))
+        assert a.ctypes.data % 64 == offset
+        return a
+
+    old = spmm._tuning()
+    try:
+        if tile_vecs is not None:  # every gathered operand "outgrows L2": batch-tiled walks
+            spmm._tuning(tile_bytes=0, tile_vecs=tile_vecs, tile_t=True, realign_reuse=10**9)
+        else:
+            spmm._tuning(realign_reuse=10**9)  # the copy, where it is still made, never
+        for n_batch in (lanes, 2 * lanes, 8 * lanes, 9 * lanes, 17 * lanes):
+            for offset in range(item, 64, item):
+                x, dy = placed(29, n_batch, offset), placed(37, n_batch, offset)
+                for got, want, what in (
+                        (be.matmul(x, w), be.matmul(x.copy(), w), "matmul"),
+                        (be.matmul_t(dy, w), be.matmul_t(dy.copy(), w), "matmul_t")):
+                    np.testing.assert_array_equal(
+                        got, want, err_msg=f"{what} batch {n_batch} offset {offset}")
+                assert_close(be.matmul(x, w), ref.matmul(w_sp, x), ref.matmul(abs(w_sp), abs(x)),
+                             29, dtype, f"misaligned matmul, batch {n_batch}")
+    finally:
+        spmm._tuning(*old)
 
 
 # --- the generic xp products of Backend: where a new backend starts, and products="cupy" --------

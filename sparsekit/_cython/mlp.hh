@@ -3,7 +3,7 @@
    - sk_mlp_forward: every layer's product with its bias, activation and dropout applied to each
      output row while it is still in L1 (the last layer: bias only);
    - sk_mlp_backward: from the top layer down, the fused backward (dx and the pattern gradient,
-     spmm.hh) with dx multiplied by the activation derivative of the layer below and that
+     dots.hh) with dx multiplied by the activation derivative of the layer below and that
      layer's bias gradient summed while the row is in L1; then, optionally, the optimizer
      update of every layer (momentum SGD or Adam/AdamW);
    - sk_mlp_step: both in one team, with the batch's gather first (batch.hh) and the loss called
@@ -18,6 +18,7 @@
 
 #include "batch.hh"
 #include "epilogue.hh"
+#include "dots.hh"
 #include "spmm.hh"
 #include "team.hh"
 

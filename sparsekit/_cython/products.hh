@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "dots.hh"
 #include "spmm.hh"
 #include "team.hh"
 
@@ -36,13 +37,15 @@ static void sk_team_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t block, int
 }
 
 /* out = W @ src (perm NULL) or W.T @ src (indptr/idx the transposed index, vals read through
-   perm), rows [0, n_rows). */
+   perm), rows [0, n_rows); src and out start `head` elements past a vector boundary (see
+   sk_spmm_rows_t). */
 template <typename T, typename I>
 static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* perm,
                          ptrdiff_t n_rows, const T* src, ptrdiff_t n_batch, T* out, int tv,
-                         int pf, ptrdiff_t block, int num_threads) {
+                         int pf, int head, ptrdiff_t block, int num_threads) {
     sk_team_rows(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
-        sk_spmm_rows<T, I>(indptr, idx, vals, perm, r0, r1, src, n_batch, n_batch, out, tv, pf);
+        sk_spmm_rows<T, I>(indptr, idx, vals, perm, r0, r1, src, n_batch, n_batch, out, tv, pf,
+                           head);
     });
 }
 

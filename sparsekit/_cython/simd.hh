@@ -1,7 +1,7 @@
-/* Vector helpers of the CPU products (spmm.hh) on GCC/Clang vector extensions, which -march
-   (set by setup.py) lowers to AVX-512, AVX2 or SSE: the vector width, unaligned loads and
-   stores, prefetches, and the fixed reduction trees that keep every sum in an order set by the
-   shapes alone. */
+/* Vector helpers of the CPU products (spmm.hh, dots.hh) on GCC/Clang vector extensions, which
+   -march (set by setup.py) lowers to AVX-512, AVX2 or SSE: the vector width, unaligned and
+   masked loads and stores, prefetches, and the fixed reduction trees that keep every sum in an
+   order set by the shapes alone. */
 #ifndef SPARSEKIT_SIMD_HH
 #define SPARSEKIT_SIMD_HH
 
@@ -20,7 +20,6 @@
 #define SK_TILE 4
 #endif
 
-static inline int sk_vbytes(void) { return SK_VBYTES; }
 
 template <typename T> struct SkVec {
     typedef T V __attribute__((vector_size(SK_VBYTES)));
@@ -42,23 +41,34 @@ template <typename V, typename T> static inline void sk_st(T* p, const V& v) {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define SK_MASKED 1
-template <typename V, typename T> static inline V sk_ld_n(const T* p, int n) {
+/* The lanes set in mask m: loaded with the others 0, stored without touching the others. */
+template <typename V, typename T> static inline V sk_ld_m(const T* p, unsigned m) {
     if constexpr (sizeof(T) == 4) {
-        return (V)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+        return (V)_mm512_maskz_loadu_ps((__mmask16)m, p);
     } else {
-        return (V)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+        return (V)_mm512_maskz_loadu_pd((__mmask8)m, p);
     }
 }
-template <typename V, typename T> static inline void sk_st_n(T* p, const V& v, int n) {
+template <typename V, typename T> static inline void sk_st_m(T* p, const V& v, unsigned m) {
     if constexpr (sizeof(T) == 4) {
-        _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+        _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v);
     } else {
-        _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+        _mm512_mask_storeu_pd(p, (__mmask8)m, (__m512d)v);
     }
+}
+template <typename V, typename T> static inline V sk_ld_n(const T* p, int n) {
+    return sk_ld_m<V>(p, (1u << n) - 1);
+}
+template <typename V, typename T> static inline void sk_st_n(T* p, const V& v, int n) {
+    sk_st_m(p, v, (1u << n) - 1);
 }
 #else
 #define SK_MASKED 0
 #endif
+static inline int sk_vbytes(void) { return SK_VBYTES; }
+/* 1 when a vector can start before a row and mask the lanes outside it (spmm.hh's head). */
+static inline int sk_masked(void) { return SK_MASKED; }
+
 /* Horizontal sum by halving: a fixed tree, so a fixed rounding order. */
 template <typename T, int B> static inline T sk_hsum(const typename SkPart<T, B>::V& v) {
     if constexpr (B == 2 * (int)sizeof(T)) {
@@ -79,7 +89,7 @@ template <typename T, int U> static inline void sk_prefetch(const T* q) {
 }
 /* Pins a value where it is: GCC may not regroup the additions that made it with those that
    use it (-fassociative-math otherwise lets it regroup a chain of additions, and it did so
-   differently in two instantiations of spmm.hh's sk_dot_tile that differ only in where the
+   differently in two instantiations of dots.hh's sk_dot_tile that differ only in where the
    gradient is stored: one dx value in 4 290 changed in its last bit).  No instruction. */
 template <typename V>
 static inline __attribute__((always_inline)) void sk_keep_order(V& v) {

@@ -1,6 +1,6 @@
 /* Sparse x dense kernels on a CSR pattern, the bodies of sparsekit/_cython/spmm.pyx (which
    splits the rows over OpenMP threads and picks the walk of each call): the forward and
-   input-gradient products (sk_spmm_rows) and the fused backward / SDDMM (sk_dot_rows).
+   input-gradient products (sk_spmm_rows); the fused backward and the SDDMM are in dots.hh.
 
    Register-tiled: a tile is U vectors of one batch-row segment held in registers while the
    non-zeros of a row stream past: each output element is loaded and stored once, and every
@@ -17,26 +17,36 @@
 #include "simd.hh"
 
 #define SK_PD 4   /* non-zeros ahead whose gathered rows are prefetched */
-#ifndef SK_HOLD_MAX
-#define SK_HOLD_MAX 8  /* widest tile whose held row stays in registers alongside dx */
-#endif
 
 /* ---- W @ src and W.T @ src: out[0:U*N] = sum_k val_k * src[idx[k], 0:U*N] --------------- */
-/* Load and store vector u of a tile of U starting at p; with MASK the last one holds only
-   `last` elements. */
-template <typename V, typename T, bool MASK>
-static inline __attribute__((always_inline)) V sk_tile_ld(const T* p, int u, int U, int last) {
+/* The lanes of vector u that a tile reads and writes (see sk_tile_ld). */
+template <typename T, bool MASK, bool HEAD>
+static inline __attribute__((always_inline)) unsigned sk_tile_mask(int u, int U, int last,
+                                                                   int head) {
+    unsigned m = (1u << SkVec<T>::N) - 1;
+    if (MASK && u == U - 1) m &= (1u << last) - 1;
+    if (HEAD && u == 0) m &= ~((1u << head) - 1);
+    return m;
+}
+/* Load and store vector u of a tile of U starting at p.  With MASK the last vector holds
+   only its first `last` elements; with HEAD the first one only those from lane `head` on (the
+   tile then starts `head` elements before its row, on a vector boundary).  Masked moves do not
+   fault on the lanes left out. */
+template <typename V, typename T, bool MASK, bool HEAD>
+static inline __attribute__((always_inline)) V sk_tile_ld(const T* p, int u, int U, int last,
+                                                           int head) {
 #if SK_MASKED
-    if (MASK && u == U - 1) return sk_ld_n<V>(p + u * SkVec<T>::N, last);
+    if ((MASK && u == U - 1) || (HEAD && u == 0))
+        return sk_ld_m<V>(p + u * SkVec<T>::N, sk_tile_mask<T, MASK, HEAD>(u, U, last, head));
 #endif
     return sk_ld<V>(p + u * SkVec<T>::N);
 }
-template <typename V, typename T, bool MASK>
+template <typename V, typename T, bool MASK, bool HEAD>
 static inline __attribute__((always_inline)) void sk_tile_st(T* p, int u, int U, int last,
-                                                             const V& v) {
+                                                             int head, const V& v) {
 #if SK_MASKED
-    if (MASK && u == U - 1) {
-        sk_st_n(p + u * SkVec<T>::N, v, last);
+    if ((MASK && u == U - 1) || (HEAD && u == 0)) {
+        sk_st_m(p + u * SkVec<T>::N, v, sk_tile_mask<T, MASK, HEAD>(u, U, last, head));
         return;
     }
 #endif
@@ -44,10 +54,14 @@ static inline __attribute__((always_inline)) void sk_tile_st(T* p, int u, int U,
 }
 
 /* MASK: only the first `last` elements of the U-th vector are read and written (the end of
-   a row, SK_MASKED builds only). */
-template <typename T, typename I, bool PERM, bool PF, int U, int P, bool MASK = false>
+   a row); HEAD: only the elements from `head` on of the first (a row that starts off a
+   vector boundary).  Both in SK_MASKED builds only.  The lanes are summed alike either way, so
+   where a row starts does not change its bits. */
+template <typename T, typename I, bool PERM, bool PF, int U, int P, bool MASK = false,
+          bool HEAD = false>
 static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
-                                ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out, int last = 0) {
+                                ptrdiff_t k1, const T* src, ptrdiff_t ld, T* out, int last = 0,
+                                int head = 0) {
     typedef typename SkVec<T>::V V;
     V acc[P][U];
     #pragma GCC unroll 16
@@ -65,18 +79,20 @@ static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrd
             const T v = PERM ? vals[perm[k + p]] : vals[k + p];
             const T* s = src + (ptrdiff_t)idx[k + p] * ld;
             #pragma GCC unroll 16
-            for (int u = 0; u < U; ++u) acc[p][u] += v * sk_tile_ld<V, T, MASK>(s, u, U, last);
+            for (int u = 0; u < U; ++u)
+                acc[p][u] += v * sk_tile_ld<V, T, MASK, HEAD>(s, u, U, last, head);
         }
     }
     for (; k < k1; ++k) {
         const T v = PERM ? vals[perm[k]] : vals[k];
         const T* s = src + (ptrdiff_t)idx[k] * ld;
         #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[0][u] += v * sk_tile_ld<V, T, MASK>(s, u, U, last);
+        for (int u = 0; u < U; ++u)
+            acc[0][u] += v * sk_tile_ld<V, T, MASK, HEAD>(s, u, U, last, head);
     }
     sk_fold<V, P, U>(acc);
     #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) sk_tile_st<V, T, MASK>(out, u, U, last, acc[0][u]);
+    for (int u = 0; u < U; ++u) sk_tile_st<V, T, MASK, HEAD>(out, u, U, last, head, acc[0][u]);
 }
 
 template <typename T, typename I, bool PERM>
@@ -96,12 +112,35 @@ static inline void sk_axpy_tail(const I* idx, const T* vals, const I* perm, ptrd
    width, like the scalar tail, sums the non-zeros one after another into one accumulator per
    vector (P = 1), so a sample's output has the same bits whatever its position in the batch
    and the batch size (predictions must not depend on sample order or subsets).  Partial sums
-   would hide FMA latency in the narrow tiles but tie the rounding to the position. */
+   would hide FMA latency in the narrow tiles but tie the rounding to the position.
+   head > 0 (SK_MASKED builds): the segment's first `head` elements are not part of it; src and
+   out then point `head` elements before the row, on a vector boundary, so that no gathered
+   vector straddles two cache lines. */
 template <typename T, typename I, bool PERM, bool PF>
 static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdiff_t k0,
-                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t n, T* out) {
+                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t n, T* out,
+                               int head = 0) {
     const int N = SkVec<T>::N;
     ptrdiff_t b = 0;
+#if SK_MASKED
+    if (head) {
+        /* A row of up to SK_TILE vectors once shifted is one walk (a batch of 128 floats 16
+           bytes off a line: 9 vectors); a longer one starts with a whole tile. */
+        const int vecs = (int)((n + N - 1) / N), last = (int)(n - (ptrdiff_t)(vecs - 1) * N);
+        switch (vecs) {
+#define SK_AXPY_HEAD(U) \
+            case U: sk_axpy_tile<T, I, PERM, PF, U, 1, true, true>(idx, vals, perm, k0, k1, src, \
+                                                                   ld, out, last, head); return;
+            SK_AXPY_HEAD(1) SK_AXPY_HEAD(2) SK_AXPY_HEAD(3) SK_AXPY_HEAD(4) SK_AXPY_HEAD(5)
+            SK_AXPY_HEAD(6) SK_AXPY_HEAD(7) SK_AXPY_HEAD(8) SK_AXPY_HEAD(9)
+#undef SK_AXPY_HEAD
+            default:
+                sk_axpy_tile<T, I, PERM, PF, SK_TILE, 1, false, true>(idx, vals, perm, k0, k1, src,
+                                                                      ld, out, 0, head);
+                b = SK_TILE * N;
+        }
+    }
+#endif
     for (; b + SK_TILE * N <= n; b += SK_TILE * N)
         sk_axpy_tile<T, I, PERM, PF, SK_TILE, 1>(idx, vals, perm, k0, k1, src + b, ld, out + b);
     if (b == n) return;
@@ -145,320 +184,61 @@ static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdi
    stride rounded up to whole vectors keeps every row on a cache-line boundary).  tv = 0: row by
    row over the whole batch.  tv = 1, 2 or 4: batch tiles of tv
    vectors in the outer loop, so only a tv-vector slice of every gathered row is live (it stays in
-   L2 when the whole rows would not); the rest of the batch row by row. */
+   L2 when the whole rows would not); the rest of the batch row by row.
+   head (0 <= head < lanes, nonzero in SK_MASKED builds only): src and out start `head` elements
+   past a vector boundary, as do all their rows (ld a whole number of vectors); the walk then
+   runs on vector boundaries from `head` elements before each row (see sk_axpy_seg). */
 template <typename T, typename I, bool PERM, bool PF>
 static void sk_spmm_rows_t(const I* indptr, const I* idx, const T* vals, const I* perm,
                            ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch,
-                           ptrdiff_t ld, T* out, int tv) {
+                           ptrdiff_t ld, T* out, int tv, int head) {
     const int N = SkVec<T>::N;
     ptrdiff_t b = 0, r;
+#if SK_MASKED
+    src -= head;
+    out -= head;
+    n_batch += head;
+#else
+    head = 0;
+#endif
+#define SK_SPMM_TILES(TV) \
+    for (; b + TV * N <= n_batch; b += TV * N) \
+        for (r = r0; r < r1; ++r) { \
+            if (b == 0 && head) \
+                sk_axpy_tile<T, I, PERM, PF, TV, 1, false, true>( \
+                    idx, vals, perm, indptr[r], indptr[r + 1], src, ld, out + r * ld, 0, head); \
+            else \
+                sk_axpy_tile<T, I, PERM, PF, TV, 1>(idx, vals, perm, indptr[r], indptr[r + 1], \
+                                                    src + b, ld, out + r * ld + b); \
+        }
     if (tv == 4) {
-        for (; b + 4 * N <= n_batch; b += 4 * N)
-            for (r = r0; r < r1; ++r)
-                sk_axpy_tile<T, I, PERM, PF, 4, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
-                                                   src + b, ld, out + r * ld + b);
+        SK_SPMM_TILES(4)
     } else if (tv == 2) {
-        for (; b + 2 * N <= n_batch; b += 2 * N)
-            for (r = r0; r < r1; ++r)
-                sk_axpy_tile<T, I, PERM, PF, 2, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
-                                                   src + b, ld, out + r * ld + b);
+        SK_SPMM_TILES(2)
     } else if (tv == 1) {
-        for (; b + N <= n_batch; b += N)
-            for (r = r0; r < r1; ++r)
-                sk_axpy_tile<T, I, PERM, PF, 1, 1>(idx, vals, perm, indptr[r], indptr[r + 1],
-                                                   src + b, ld, out + r * ld + b);
+        SK_SPMM_TILES(1)
     }
+#undef SK_SPMM_TILES
     if (b < n_batch)
         for (r = r0; r < r1; ++r)
             sk_axpy_seg<T, I, PERM, PF>(idx, vals, perm, indptr[r], indptr[r + 1], src + b, ld,
-                                        n_batch - b, out + r * ld + b);
+                                        n_batch - b, out + r * ld + b, b == 0 ? head : 0);
 }
 
 template <typename T, typename I>
 static void sk_spmm_rows(const I* indptr, const I* idx, const T* vals, const I* perm,
                          ptrdiff_t r0, ptrdiff_t r1, const T* src, ptrdiff_t n_batch,
-                         ptrdiff_t ld, T* out, int tv, int pf) {
+                         ptrdiff_t ld, T* out, int tv, int pf, int head = 0) {
     if (perm == NULL) {
-        if (pf) sk_spmm_rows_t<T, I, false, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
-        else sk_spmm_rows_t<T, I, false, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
+        if (pf) sk_spmm_rows_t<T, I, false, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld,
+                                                  out, tv, head);
+        else sk_spmm_rows_t<T, I, false, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld,
+                                                  out, tv, head);
     } else {
-        if (pf) sk_spmm_rows_t<T, I, true, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
-        else sk_spmm_rows_t<T, I, true, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld, out, tv);
-    }
-}
-
-/* ---- fused backward and SDDMM ------------------------------------------------------------
-   For one held row h (x[i, :] of input neuron i, or dy[o, :] of output neuron o) and the
-   gathered rows g_k = src[idx[k], :] over the segment [0, U*N):
-     g_out[k] (+)= dot(g_k, h)                          (the pattern gradient)
-     acc[:]    = sum_k vals[perm[k]] * g_k               (dx, when DX)
-   SCATTER: the gradient goes to g_out[perm[k]] (W's CSR order), else to g_out[k] (the order of
-   idx).  FIRST: first segment of the row, so the gradient is written, not accumulated. */
-template <typename T, typename I, bool DX, bool SCATTER, bool FIRST, bool PF, int U, int P,
-          bool MASK = false>
-static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
-                               ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow,
-                               T* dxrow, T* g_out, int last = 0) {
-    typedef typename SkVec<T>::V V;
-    const int N = SkVec<T>::N;
-    V hv[U], acc[P][U];
-    #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) hv[u] = sk_tile_ld<V, T, MASK>(hrow, u, U, last);
-    #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p)
-        #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[p][u] = V{};
-    ptrdiff_t k = k0;
-    if constexpr (P == 1 && N >= 2) {
-        /* Whole groups of N non-zeros: N dot vectors folded into one vector of N sums. */
-        const int LG = sk_log2(N);
-        #pragma GCC unroll 1
-        for (; k + N <= k1; k += N) {
-            /* A binary counter over the group: lvl[l] holds the pending partial of level l,
-               folded with its right neighbour when that completes (the same tree as a
-               recursive pairwise fold; full unrolling turns every index into a constant). */
-            V lvl[LG > 0 ? LG : 1];
-            V sums = V{};
-            #pragma GCC unroll 16
-            for (int j = 0; j < N; ++j) {
-                const ptrdiff_t kk = k + sk_bitrev(j, LG);
-                if (PF) {
-                    const ptrdiff_t kp = kk + SK_PD < k1 ? kk + SK_PD : k1 - 1;
-                    sk_prefetch<T, U>(src + (ptrdiff_t)idx[kp] * ld);
-                }
-                /* With dx too, the held row is re-read from L1 rather than kept in registers
-                   (32 vector registers do not hold it, dx and the tree): hiding the pointer
-                   from the optimiser stops it from hoisting the loads and spilling. */
-                const T* hr = hrow;
-                if (DX && U > SK_HOLD_MAX) __asm__("" : "+r"(hr));
-                const T* d = src + (ptrdiff_t)idx[kk] * ld;
-                V dv[U], hx[U];
-                #pragma GCC unroll 16
-                for (int u = 0; u < U; ++u) {
-                    dv[u] = sk_tile_ld<V, T, MASK>(d, u, U, last);
-                    hx[u] = DX && U > SK_HOLD_MAX ? sk_tile_ld<V, T, MASK>(hr, u, U, last)
-                                                  : hv[u];
-                }
-                V g0 = dv[0] * hx[0];
-                V g1 = V{};
-                #pragma GCC unroll 16
-                for (int u = 1; u < U; ++u) {
-                    if (u & 1) g1 += dv[u] * hx[u]; else g0 += dv[u] * hx[u];
-                }
-                if (DX) {
-                    const T v = vals[perm[kk]];
-                    #pragma GCC unroll 16
-                    for (int u = 0; u < U; ++u) acc[0][u] += v * dv[u];
-                }
-                V cur = U > 1 ? g0 + g1 : g0;
-                #pragma GCC unroll 8
-                for (int l = 0; l < LG; ++l) {
-                    if (j & (1 << l)) {
-                        cur = sk_fold_level<V, N>(l, lvl[l], cur);
-                    } else {
-                        lvl[l] = cur;
-                        break;
-                    }
-                }
-                if (j == N - 1) sums = cur;
-            }
-            if (SCATTER) {
-                T tmp[N];
-                memcpy(tmp, &sums, sizeof sums);
-                #pragma GCC unroll 16
-                for (int j = 0; j < N; ++j) {
-                    if (FIRST) g_out[perm[k + j]] = tmp[j]; else g_out[perm[k + j]] += tmp[j];
-                }
-            } else if (FIRST) {
-                sk_st(g_out + k, sums);
-            } else {
-                sk_st(g_out + k, sk_ld<V>(g_out + k) + sums);
-            }
-        }
-    }
-    #pragma GCC unroll 1
-    for (; k < k1; k += P) {
-        #pragma GCC unroll 4
-        for (int p = 0; p < P; ++p) {
-            const ptrdiff_t kk = k + p;
-            if (P > 1 && kk >= k1) break;
-            if (PF) {
-                const ptrdiff_t kp = kk + SK_PD < k1 ? kk + SK_PD : k1 - 1;
-                sk_prefetch<T, U>(src + (ptrdiff_t)idx[kp] * ld);
-            }
-            const T* d = src + (ptrdiff_t)idx[kk] * ld;
-            V dv[U];
-            #pragma GCC unroll 16
-            for (int u = 0; u < U; ++u) dv[u] = sk_tile_ld<V, T, MASK>(d, u, U, last);
-            V g0 = dv[0] * hv[0];
-            V g1 = V{};
-            #pragma GCC unroll 16
-            for (int u = 1; u < U; ++u) {
-                if (u & 1) g1 += dv[u] * hv[u]; else g0 += dv[u] * hv[u];
-            }
-            const T s = sk_hsum<T, SK_VBYTES>(U > 1 ? g0 + g1 : g0);
-            const ptrdiff_t q = SCATTER ? (ptrdiff_t)perm[kk] : kk;
-            if (FIRST) g_out[q] = s; else g_out[q] += s;
-            if (DX) {
-                const T v = vals[perm[kk]];
-                #pragma GCC unroll 16
-                for (int u = 0; u < U; ++u) {
-                    acc[p][u] += v * dv[u];
-                    sk_keep_order(acc[p][u]);  /* P sums in the same order in every build */
-                }
-            }
-        }
-    }
-    if (DX) {
-        sk_fold<V, P, U>(acc);
-        #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) sk_tile_st<V, T, MASK>(dxrow, u, U, last, acc[0][u]);
-    }
-}
-
-template <typename T, typename I, bool DX, bool SCATTER, bool FIRST>
-static inline void sk_dot_tail(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
-                               ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow,
-                               T* dxrow, T* g_out, int n) {
-    T acc[SkVec<T>::N];
-    for (int b = 0; b < n; ++b) acc[b] = 0;
-    for (ptrdiff_t k = k0; k < k1; ++k) {
-        const T* d = src + (ptrdiff_t)idx[k] * ld;
-        T s = 0;
-        for (int b = 0; b < n; ++b) s += d[b] * hrow[b];
-        const ptrdiff_t q = SCATTER ? (ptrdiff_t)perm[k] : k;
-        if (FIRST) g_out[q] = s; else g_out[q] += s;
-        if (DX) {
-            const T v = vals[perm[k]];
-            for (int b = 0; b < n; ++b) acc[b] += v * d[b];
-        }
-    }
-    if (DX) for (int b = 0; b < n; ++b) dxrow[b] = acc[b];
-}
-
-template <typename T, typename I, bool DX, bool SCATTER, bool PF, int U, int P,
-          bool MASK = false>
-static inline void sk_dot_seg(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
-                              ptrdiff_t k1, const T* src, ptrdiff_t ld, const T* hrow, T* dxrow,
-                              T* g_out, bool first, int last = 0) {
-    if (first)
-        sk_dot_tile<T, I, DX, SCATTER, true, PF, U, P, MASK>(idx, perm, vals, k0, k1, src, ld,
-                                                             hrow, dxrow, g_out, last);
-    else
-        sk_dot_tile<T, I, DX, SCATTER, false, PF, U, P, MASK>(idx, perm, vals, k0, k1, src, ld,
-                                                              hrow, dxrow, g_out, last);
-}
-
-/* One held row over the batch segment [b, n) (gathered rows ld apart); b > 0 means earlier
-   segments wrote. */
-template <typename T, typename I, bool DX, bool SCATTER, bool PF>
-static inline void sk_dot_rest(const I* idx, const I* perm, const T* vals, ptrdiff_t k0,
-                               ptrdiff_t k1, const T* src, ptrdiff_t ld, ptrdiff_t n, ptrdiff_t b,
-                               const T* hrow, T* dxrow, T* g_out) {
-    const int N = SkVec<T>::N;
-    for (; b + SK_TILE * N <= n; b += SK_TILE * N)
-        sk_dot_seg<T, I, DX, SCATTER, PF, SK_TILE, 1>(idx, perm, vals, k0, k1, src + b, ld,
-                                                      hrow + b, dxrow + b, g_out, b == 0);
-    if (b == n) return;
-#if SK_MASKED
-    /* The rest of the row in one walk, its last vector masked (see sk_axpy_seg).  The
-       gradient is one dot per segment, so the segments (not only the tail) set its rounding:
-       a batch of 128 or a multiple of it keeps the bits it had with a walk per power of two. */
-    const int rest = (int)(n - b), vecs = (rest + N - 1) / N, last = rest - (vecs - 1) * N;
-    switch (vecs) {
-#define SK_DOT_REST(U, P) \
-        case U: sk_dot_seg<T, I, DX, SCATTER, PF, U, P, true>(idx, perm, vals, k0, k1, src + b, \
-                    ld, hrow + b, DX ? dxrow + b : dxrow, g_out, b == 0, last); return;
-        SK_DOT_REST(1, 4) SK_DOT_REST(2, 2) SK_DOT_REST(3, 1) SK_DOT_REST(4, 1)
-        SK_DOT_REST(5, 1) SK_DOT_REST(6, 1) SK_DOT_REST(7, 1) SK_DOT_REST(8, 1)
-#undef SK_DOT_REST
-        default: return;  /* vecs <= SK_TILE, which is 8 with AVX-512 */
-    }
-#else
-    const ptrdiff_t r = (n - b) / N;
-    if (SK_TILE > 4 && (r & 4)) {
-        sk_dot_seg<T, I, DX, SCATTER, PF, 4, 1>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
-                                                dxrow + b, g_out, b == 0);
-        b += 4 * N;
-    }
-    if (r & 2) {
-        sk_dot_seg<T, I, DX, SCATTER, PF, 2, 2>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
-                                                dxrow + b, g_out, b == 0);
-        b += 2 * N;
-    }
-    if (r & 1) {
-        sk_dot_seg<T, I, DX, SCATTER, PF, 1, 4>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
-                                                dxrow + b, g_out, b == 0);
-        b += N;
-    }
-    if (b < n) {
-        if (b == 0)
-            sk_dot_tail<T, I, DX, SCATTER, true>(idx, perm, vals, k0, k1, src, ld, hrow, dxrow,
-                                                 g_out, (int)n);
-        else
-            sk_dot_tail<T, I, DX, SCATTER, false>(idx, perm, vals, k0, k1, src + b, ld, hrow + b,
-                                                  dxrow + b, g_out, (int)(n - b));
-    }
-#endif
-}
-
-/* Held rows [r0, r1) (hold = x_ib for the backward, dy_ob for the SDDMM), gathered rows from
-   src, over the batch [0, n_batch), with src, hold and dx rows ld apart.  tv as in
-   sk_spmm_rows_t; with tv > 0 the gradient is accumulated per segment in the order of idx
-   (g_lin) and, when SCATTER, moved to W's order at the end of the block. */
-template <typename T, typename I, bool DX, bool SCATTER, bool PF>
-static void sk_dot_rows_t(const I* indptr, const I* idx, const I* perm, const T* vals,
-                          ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
-                          ptrdiff_t n_batch, ptrdiff_t ld, T* dx, T* grad, T* g_lin, int tv) {
-    const int N = SkVec<T>::N;
-    ptrdiff_t r;
-    if (tv == 0) {
-        for (r = r0; r < r1; ++r)
-            sk_dot_rest<T, I, DX, SCATTER, PF>(idx, perm, vals, indptr[r], indptr[r + 1], src,
-                                               ld, n_batch, 0, hold + r * ld,
-                                               DX ? dx + r * ld : NULL, grad);
-        return;
-    }
-    T* g = SCATTER ? g_lin : grad;
-    ptrdiff_t b = 0;
-    #define SK_DOT_TILED(U, P) \
-        for (; b + U * N <= n_batch; b += U * N) \
-            for (r = r0; r < r1; ++r) \
-                sk_dot_seg<T, I, DX, false, PF, U, P>(idx, perm, vals, indptr[r], indptr[r + 1], \
-                    src + b, ld, hold + r * ld + b, DX ? dx + r * ld + b : NULL, \
-                    g, b == 0);
-    if (tv == 4) { SK_DOT_TILED(4, 1) }
-    else if (tv == 2) { SK_DOT_TILED(2, 2) }
-    else { SK_DOT_TILED(1, 4) }
-    #undef SK_DOT_TILED
-    if (b < n_batch)
-        for (r = r0; r < r1; ++r)
-            sk_dot_rest<T, I, DX, false, PF>(idx, perm, vals, indptr[r], indptr[r + 1], src,
-                                             ld, n_batch, b, hold + r * ld,
-                                             DX ? dx + r * ld : NULL, g);
-    if (SCATTER)
-        for (ptrdiff_t k = indptr[r0]; k < indptr[r1]; ++k) grad[perm[k]] = g_lin[k];
-}
-
-template <typename T, typename I>
-static void sk_dot_rows(const I* indptr, const I* idx, const I* perm, const T* vals,
-                        ptrdiff_t r0, ptrdiff_t r1, const T* src, const T* hold,
-                        ptrdiff_t n_batch, ptrdiff_t ld, T* dx, T* grad, T* g_lin, int tv,
-                        int pf, bool scatter = true) {
-    /* perm == NULL: SDDMM on W's own rows (gradient in idx order, no dx); !scatter: the
-       gradient in idx order too (grad[k], not grad[perm[k]]), with dx. */
-    if (perm == NULL || (!scatter && dx == NULL)) {
-        if (pf) sk_dot_rows_t<T, I, false, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, false, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-    } else if (!scatter) {
-        if (pf) sk_dot_rows_t<T, I, true, false, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, true, false, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-    } else if (dx != NULL) {
-        if (pf) sk_dot_rows_t<T, I, true, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, true, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-    } else {
-        if (pf) sk_dot_rows_t<T, I, false, true, true>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
-        else sk_dot_rows_t<T, I, false, true, false>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, ld, dx, grad, g_lin, tv);
+        if (pf) sk_spmm_rows_t<T, I, true, true>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld,
+                                                  out, tv, head);
+        else sk_spmm_rows_t<T, I, true, false>(indptr, idx, vals, perm, r0, r1, src, n_batch, ld,
+                                                  out, tv, head);
     }
 }
 

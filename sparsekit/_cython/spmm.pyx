@@ -5,14 +5,18 @@ neuron, so every non-zero of W does one contiguous, vectorisable axpy or dot of 
 Each OpenMP thread owns the output rows it writes; nothing is accumulated with atomics, so a
 result does not depend on the thread count.
 
-The kernels (C++ in spmm.hh and simd.hh, on GCC/Clang vector extensions) hold a register tile
-of up to 8 vectors of one batch row (128 float32 with AVX-512) while a row's non-zeros stream
-past: the output is stored once and every non-zero costs one load and one FMA per vector.  The
+The kernels (C++ in spmm.hh, dots.hh and simd.hh, on GCC/Clang vector extensions) hold a
+register tile of up to 8 vectors of one batch row (128 float32 with AVX-512) while a row's
+non-zeros stream past: the output is stored once and every non-zero costs one load and one FMA
+per vector.  The
 pattern gradient (fused backward, SDDMM) holds the other operand's row instead and folds the
 dots of 16 non-zeros at a time with a transposing shuffle tree.  When the gathered operand
 outgrows L2 (TILE_BYTES) the forward and the SDDMM walk the batch in 4-vector tiles over blocks
-of rows, and gathered rows are prefetched a few non-zeros ahead; a misaligned gathered operand
-is realigned by one copy.  Summation orders depend on the shapes only.
+of rows, and gathered rows are prefetched a few non-zeros ahead.  A gathered operand whose
+rows are whole cache lines but which starts off one is walked from the line's start with the
+lanes before the row masked (forward and ``matmul_t``, AVX-512 builds) or realigned by one copy
+(the pattern gradients, whose dots would otherwise be summed in another order).  Summation
+orders depend on the shapes only.
 """
 from cython.parallel cimport prange
 
@@ -25,11 +29,12 @@ from ._checks import check_batch_operand, check_pattern, check_threads
 
 cdef extern from "spmm.hh" nogil:
     int sk_vbytes()
+    int sk_masked()
 
 cdef extern from "products.hh" nogil:
     void sk_spmm_team[T, I](const I* indptr, const I* idx, const T* vals, const I* perm,
                             Py_ssize_t n_rows, const T* src, Py_ssize_t n_batch, T* out, int tv,
-                            int pf, Py_ssize_t block, int num_threads)
+                            int pf, int head, Py_ssize_t block, int num_threads)
     void sk_dots_team[T, I](const I* indptr, const I* idx, const I* perm, const T* vals,
                             Py_ssize_t n_rows, const T* src, const T* hold, Py_ssize_t n_batch,
                             T* dx, T* grad, T* g_lin, int tv, int pf, Py_ssize_t block,
@@ -42,8 +47,9 @@ cdef extern from "products.hh" nogil:
 #: per-non-zero overhead than they gain in locality.  Gathered data live across the walk larger
 #: than PREFETCH_BYTES is prefetched a few non-zeros ahead.
 #: A gathered operand that does not start on a 64-byte line (but whose rows are whole lines) is
-#: copied to an aligned buffer once it is read this many times per row on average: every
-#: gathered vector would otherwise straddle two cache lines (1.5-1.7x slower at batch 128).
+#: copied to an aligned buffer once it is read this many times per row on average, unless the
+#: product can mask the lanes before it (_head): every gathered vector would otherwise
+#: straddle two cache lines (1.5-1.7x slower at batch 128).
 cdef Py_ssize_t REALIGN_REUSE = 4
 cdef Py_ssize_t TILE_BYTES = 2 << 20
 cdef int TILE_VECS = 4
@@ -119,9 +125,10 @@ def walk_plan(Py_ssize_t n_src, Py_ssize_t n_rows, Py_ssize_t nnz, Py_ssize_t n_
 
 cdef void _spmm(const index_t* indptr, const index_t* indices, const floating* vals,
                 const index_t* perm, const floating* src, floating* out,
-                Py_ssize_t n_rows, Py_ssize_t n_batch, Plan p, int num_threads) noexcept nogil:
-    sk_spmm_team(indptr, indices, vals, perm, n_rows, src, n_batch, out, p.tv, p.pf, p.block,
-                 num_threads)
+                Py_ssize_t n_rows, Py_ssize_t n_batch, Plan p, int head,
+                int num_threads) noexcept nogil:
+    sk_spmm_team(indptr, indices, vals, perm, n_rows, src, n_batch, out, p.tv, p.pf, head,
+                 p.block, num_threads)
 
 
 cdef void _dots(const index_t* indptr, const index_t* idx, const index_t* perm,
@@ -136,6 +143,16 @@ cdef bint _misaligned(const void* p, Py_ssize_t n_src, Py_ssize_t row_bytes,
                       Py_ssize_t nnz) noexcept:
     return (<size_t>p) % 64 != 0 and row_bytes % 64 == 0 and n_src > 0 and \
         nnz >= REALIGN_REUSE * n_src
+
+
+cdef int _head(const void* p, Py_ssize_t row_bytes, Py_ssize_t itemsize) noexcept:
+    """Elements by which an operand of whole-vector rows starts past a vector boundary, when the
+    products can walk it from that boundary with the lanes before it masked (AVX-512 builds):
+    no copy, and the same bits as an aligned copy (each lane is summed alone).  Else 0."""
+    cdef size_t off = (<size_t>p) % 64
+    if not sk_masked() or sk_vbytes() != 64 or row_bytes % 64 or off % itemsize:
+        return 0
+    return <int>(off // itemsize)
 
 
 def _realigned(arr, Py_ssize_t nnz):
@@ -172,7 +189,11 @@ def matmul(const index_t[::1] indptr, const index_t[::1] indices, const floating
     cdef Py_ssize_t n_batch = x_ib.shape[1]
     check_batch_operand("x_ib", x_ib, n_cols, n_batch)
     cdef int nt = check_threads(num_threads)
-    if n_batch and _misaligned(&x_ib[0, 0], n_cols, n_batch * sizeof(floating), indices.shape[0]):
+    cdef int head = 0
+    if n_batch and n_cols:
+        head = _head(&x_ib[0, 0], n_batch * sizeof(floating), sizeof(floating))
+    if not head and n_batch and _misaligned(&x_ib[0, 0], n_cols, n_batch * sizeof(floating),
+                                            indices.shape[0]):
         x_ib = _realigned(x_ib, indices.shape[0])
     y = aligned_empty((n_rows, n_batch), np.asarray(data).dtype)
     cdef floating[:, ::1] y_ob = y
@@ -181,7 +202,7 @@ def matmul(const index_t[::1] indptr, const index_t[::1] indices, const floating
         return y
     with nogil:
         _spmm(&indptr[0], &indices[0], &data[0], NULL, &x_ib[0, 0], &y_ob[0, 0],
-              n_rows, n_batch, p, nt)
+              n_rows, n_batch, p, head, nt)
     return y
 
 
@@ -200,7 +221,11 @@ def matmul_t(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
     check_batch_operand("dy_ob", dy_ob, n_rows, n_batch)
     check_pattern(t_indptr, t_rows, t_perm)
     cdef int nt = check_threads(num_threads)
-    if n_batch and _misaligned(&dy_ob[0, 0], n_rows, n_batch * sizeof(floating), t_rows.shape[0]):
+    cdef int head = 0
+    if n_batch and n_rows:
+        head = _head(&dy_ob[0, 0], n_batch * sizeof(floating), sizeof(floating))
+    if not head and n_batch and _misaligned(&dy_ob[0, 0], n_rows, n_batch * sizeof(floating),
+                                            t_rows.shape[0]):
         dy_ob = _realigned(dy_ob, t_rows.shape[0])
     dx = aligned_empty((n_cols, n_batch), np.asarray(data).dtype)
     cdef floating[:, ::1] dx_ib = dx
@@ -212,7 +237,7 @@ def matmul_t(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
         return dx
     with nogil:
         _spmm(&t_indptr[0], &t_rows[0], &data[0], &t_perm[0], &dy_ob[0, 0], &dx_ib[0, 0],
-              n_cols, n_batch, p, nt)
+              n_cols, n_batch, p, head, nt)
     return dx
 
 

@@ -89,6 +89,38 @@ def test_backward(backend, dtype, index_dtype, need_dx):
             assert dx is None
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_gathers_the_gradient_on_two_threads(dtype, index_dtype, tiled):
+    """On two threads the fused backward writes the gradient in the transposed order and
+    gathers it into W's order (t_inv): the bits of one thread's scattered writes, on every
+    shape (empty rows, nnz = 0, one column), whole-row and batch-tiled walks."""
+    from sparsekit._cython import spmm
+
+    one, two = parallel_cpu(1), parallel_cpu(2)
+    old = spmm._tuning()
+    try:
+        if tiled:
+            spmm._tuning(tile_bytes=0, tile_fused=True)
+        for w_sp, n_batch, rng in cases(7, dtype):
+            results = []
+            x = rng.uniform(-1, 1, (w_sp.shape[1], n_batch)).astype(dtype)
+            dy = rng.uniform(-1, 1, (w_sp.shape[0], n_batch)).astype(dtype)
+            for be in (one, two):
+                w = to_backend(be, w_sp, dtype, index_dtype)
+                results.append(be.backward(x, dy, w))
+                assert (w._transpose_inv is not None) == (be is two)
+            (dx1, g1), (dx2, g2) = results
+            what = f"{w_sp.shape} nnz {w_sp.nnz} batch {n_batch}"
+            np.testing.assert_array_equal(g2, g1, err_msg=what)
+            np.testing.assert_array_equal(dx2, dx1, err_msg=what)
+            assert_close(g2, ref.weight_grad(w_sp, x, dy),
+                         ref.weight_grad(w_sp, abs(x), abs(dy)), n_batch, dtype, what)
+    finally:
+        spmm._tuning(*old)
+
+
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sampled_grad(backend, dtype, index_dtype):

@@ -74,11 +74,14 @@ def matmul_t(t_indptr, t_rows, t_perm, data, dy_ob, n_rows: int):
     return _spmm(t_indptr, t_rows, data, t_perm, dy_ob, n_cols, n_batch)
 
 
-def backward(t_indptr, t_rows, t_perm, data, x_ib, dy_ob, n_rows: int, need_dx: bool = True):
+def backward(t_indptr, t_rows, t_perm, data, x_ib, dy_ob, n_rows: int, need_dx: bool = True,
+             t_inv=None):
     """Fused backward pass: ``dx_ib = W.T @ dy_ob`` and the pattern gradient in one sweep.
 
     Returns ``(dx_ib, grad)`` where ``grad[k] = sum_b dy_ob[row_k, b] * x_ib[col_k, b]`` in W's
-    CSR order; ``dx_ib`` is None when ``need_dx`` is false.
+    CSR order; ``dx_ib`` is None when ``need_dx`` is false.  ``t_inv`` (t_perm's inverse),
+    which the CPU kernel uses to gather the gradient on several threads, is accepted and unused:
+    here each slot is written once, through t_perm, by the warp of its column.
     """
     n_cols = check_pattern(t_indptr, t_rows, None)
     nnz = t_rows.shape[0]

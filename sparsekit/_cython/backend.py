@@ -78,8 +78,12 @@ class CpuBackend(ThreadThresholds, Backend):
     def backward(self, x_ib, dy_ob, w: CSR, need_dx: bool = True):
         x, dy = self._pair(x_ib, dy_ob, w)
         t_indptr, t_rows, t_perm = self.transpose_index(w)
+        nt = self._threads(2 * w.nnz * x.shape[1])
+        # Past one thread the gradient is gathered into W's order, as in the step's backward.
+        t_inv = (_transpose_inverse(w, (t_indptr, t_rows, t_perm))
+                 if nt != 1 and w.nnz <= self.gather_max_nnz else None)
         return spmm.backward(t_indptr, t_rows, t_perm, w.data, x, dy, w.shape[0], need_dx,
-                             self._threads(2 * w.nnz * x.shape[1]))
+                             t_inv, nt)
 
     def sampled_grad(self, x_ib, dy_ob, rows, cols):
         x, dy, idt = self._sampled_operands(x_ib, dy_ob, rows, cols)

@@ -20,18 +20,17 @@
 
 /* body(r0, r1) over rows [0, n_rows) of a pattern (indptr), in chunks of at most `block`
    non-zeros (spmm.pyx's BLOCK_NNZ: a batch-tiled walk re-reads a chunk's indices once per tile,
-   so its gathered tiles should stay in cache) claimed by the threads of one team (ORDERED: by
-   sk_claim_ordered, for a product that writes through a permutation). */
-template <bool ORDERED = false, typename I, typename Body>
+   so its gathered tiles should stay in cache) claimed by the threads of one team. */
+template <typename I, typename Body>
 static void sk_team_rows(const I* indptr, ptrdiff_t n_rows, ptrdiff_t block, int num_threads,
                          Body body) {
     SkTeam team;
     sk_team_init(&team, num_threads);
     #pragma omp parallel num_threads(num_threads)
     {
-        sk_claim_rows<ORDERED>(&team, 0, indptr, n_rows,
-                               sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block), body,
-                               sk_team_rank(), sk_team_size());
+        sk_claim_rows(&team, 0, indptr, n_rows,
+                      sk_phase_chunks(&team, (ptrdiff_t)indptr[n_rows], block), body,
+                      sk_team_rank(), sk_team_size());
         sk_team_leave(&team, sk_team_rank(), sk_team_size());
     }
 }
@@ -50,16 +49,40 @@ static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* 
 }
 
 /* The fused backward (perm given: dx and the gradient in W's order) or the SDDMM (perm NULL),
-   held rows [0, n_rows); see sk_dot_rows. */
+   held rows [0, n_rows); see sk_dot_rows.  With inv (t_perm's inverse) and more than one
+   thread, the fused backward writes the gradient in the transposed order (g_lin, nnz values)
+   and gathers it into W's order after a barrier (grad[i] = g_lin[inv[i]], in chunks), as the
+   step's backward does (mlp.hh, sk_gathers): written through t_perm, nearly every cache line of
+   grad would pass between the cores, and a 1000 x 1000 backward took as long on 2 threads as
+   on 1.  The same values either way. */
 template <typename T, typename I>
 static void sk_dots_team(const I* indptr, const I* idx, const I* perm, const T* vals,
                          ptrdiff_t n_rows, const T* src, const T* hold, ptrdiff_t n_batch, T* dx,
-                         T* grad, T* g_lin, int tv, int pf, ptrdiff_t block,
+                         T* grad, T* g_lin, const I* inv, int tv, int pf, ptrdiff_t block,
                          int num_threads) {
-    sk_team_rows<true>(indptr, n_rows, block, num_threads, [&](ptrdiff_t r0, ptrdiff_t r1) {
-        sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, n_batch, dx, grad,
-                          g_lin, tv, pf);
-    });
+    SkTeam team;
+    sk_team_init(&team, num_threads);
+    const ptrdiff_t nnz = (ptrdiff_t)indptr[n_rows];
+    #pragma omp parallel num_threads(num_threads)
+    {
+        const int tid = sk_team_rank(), nt = sk_team_size();
+        const bool gather = nt > 1 && perm != NULL && inv != NULL;
+        /* ordered claims: each W row's entries change thread about once (sk_claim_ordered) */
+        sk_claim_rows<true>(&team, 0, indptr, n_rows, sk_phase_chunks(&team, nnz, block),
+                            [&](ptrdiff_t r0, ptrdiff_t r1) {
+            sk_dot_rows<T, I>(indptr, idx, perm, vals, r0, r1, src, hold, n_batch, n_batch, dx,
+                              gather ? g_lin : grad, g_lin, tv, pf, !gather);
+        }, tid, nt);
+        if (gather) {
+            sk_barrier(&team, nt);
+            const ptrdiff_t chunk = 1 << 12, n_chunks = (nnz + chunk - 1) / chunk;
+            for (ptrdiff_t c; (c = sk_claim_ordered(&team, 1, n_chunks, tid, nt)) >= 0;) {
+                const ptrdiff_t i1 = (c + 1) * chunk < nnz ? (c + 1) * chunk : nnz;
+                for (ptrdiff_t i = c * chunk; i < i1; ++i) grad[i] = g_lin[inv[i]];
+            }
+        }
+        sk_team_leave(&team, tid, nt);
+    }
 }
 
 #endif  /* SPARSEKIT_PRODUCTS_HH */

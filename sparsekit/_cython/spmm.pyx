@@ -37,8 +37,8 @@ cdef extern from "products.hh" nogil:
                             int pf, int head, Py_ssize_t block, int num_threads)
     void sk_dots_team[T, I](const I* indptr, const I* idx, const I* perm, const T* vals,
                             Py_ssize_t n_rows, const T* src, const T* hold, Py_ssize_t n_batch,
-                            T* dx, T* grad, T* g_lin, int tv, int pf, Py_ssize_t block,
-                            int num_threads)
+                            T* dx, T* grad, T* g_lin, const I* inv, int tv, int pf,
+                            Py_ssize_t block, int num_threads)
 
 
 #: Tuning (see :func:`_plan`).  A gathered operand (n_src rows of the whole batch) larger than
@@ -133,10 +133,10 @@ cdef void _spmm(const index_t* indptr, const index_t* indices, const floating* v
 
 cdef void _dots(const index_t* indptr, const index_t* idx, const index_t* perm,
                 const floating* vals, const floating* src, const floating* hold, floating* dx,
-                floating* grad, floating* g_lin, Py_ssize_t n_rows, Py_ssize_t n_batch, Plan p,
-                int num_threads) noexcept nogil:
-    sk_dots_team(indptr, idx, perm, vals, n_rows, src, hold, n_batch, dx, grad, g_lin, p.tv,
-                 p.pf, p.block, num_threads)
+                floating* grad, floating* g_lin, const index_t* inv, Py_ssize_t n_rows,
+                Py_ssize_t n_batch, Plan p, int num_threads) noexcept nogil:
+    sk_dots_team(indptr, idx, perm, vals, n_rows, src, hold, n_batch, dx, grad, g_lin, inv,
+                 p.tv, p.pf, p.block, num_threads)
 
 
 cdef bint _misaligned(const void* p, Py_ssize_t n_src, Py_ssize_t row_bytes,
@@ -243,11 +243,14 @@ def matmul_t(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
 
 def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index_t[::1] t_perm,
              const floating[::1] data, const floating[:, ::1] x_ib, const floating[:, ::1] dy_ob,
-             Py_ssize_t n_rows, bint need_dx=True, int num_threads=0):
+             Py_ssize_t n_rows, bint need_dx=True, t_inv=None, int num_threads=0):
     """Fused backward pass: ``dx_ib = W.T @ dy_ob`` and the pattern gradient in one sweep.
 
     Returns ``(dx_ib, grad)`` where ``grad[k] = sum_b dy_ob[row_k, b] * x_ib[col_k, b]`` in W's
     CSR order; ``dx_ib`` is None when ``need_dx`` is false (the first layer needs no input grad).
+    ``t_inv``, the inverse of ``t_perm`` (:func:`sparsekit._cython.workspace.transpose_inverse`),
+    lets a team of more than one thread write the gradient in the transposed order and gather
+    it into W's order afterwards instead of writing it through ``t_perm`` (the same values).
     """
     cdef Py_ssize_t n_cols = t_indptr.shape[0] - 1
     cdef Py_ssize_t n_batch = x_ib.shape[1]
@@ -278,13 +281,21 @@ def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
         if need_dx:
             dx[...] = 0
         return dx, grad
+    cdef const index_t[::1] inv
+    cdef const index_t* inv_ptr = NULL
+    if t_inv is not None:
+        inv = t_inv
+        if inv.shape[0] != data.shape[0]:
+            raise ValueError(f"t_inv has {inv.shape[0]} entries but data has {data.shape[0]}")
+        inv_ptr = &inv[0]
     cdef Plan p = _plan(n_rows, n_cols, t_rows.shape[0], n_batch, grad.itemsize, TILE_FUSED)
-    # Batch-tiled, the gradient is summed per tile in column order and scattered once at the end.
-    g_lin_a = np.empty(data.shape[0] if p.tv else 1, dtype=dtype)
+    # Batch-tiled, the gradient is summed per tile in column order and scattered once at the end;
+    # with t_inv it is written in that order and gathered.
+    g_lin_a = np.empty(data.shape[0] if p.tv or inv_ptr != NULL else 1, dtype=dtype)
     cdef floating[::1] g_lin = g_lin_a
     with nogil:
         _dots(&t_indptr[0], &t_rows[0], &t_perm[0], &data[0], &dy_ob[0, 0], &x_ib[0, 0],
-              dx_ptr, &g[0], &g_lin[0], n_cols, n_batch, p, nt)
+              dx_ptr, &g[0], &g_lin[0], inv_ptr, n_cols, n_batch, p, nt)
     return dx, grad
 
 
@@ -301,7 +312,7 @@ def _pattern_grad(const index_t[::1] indptr, const index_t[::1] indices,
     cdef Plan p = _plan(x_ib.shape[0], n_rows, indices.shape[0], n_batch, out.itemsize, True)
     with nogil:
         _dots(&indptr[0], &indices[0], NULL, <floating*>NULL, &x_ib[0, 0], &dy_ob[0, 0],
-              NULL, &out[0], NULL, n_rows, n_batch, p, num_threads)
+              NULL, &out[0], NULL, NULL, n_rows, n_batch, p, num_threads)
 
 
 def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ssize_t n_cols,

@@ -56,13 +56,11 @@ class _SparseLinearFunction(torch.autograd.Function):
         xp = backend.xp
         with _bridge.on_device(x.device):
             w = pattern.with_data(_bridge.view(values, xp))
-            x_ib = _bridge.view(x.detach().T.contiguous(), xp)
-            z_ob = _bridge.tensor(backend.matmul(x_ib, w if w_fwd is None else w_fwd))
+            x_ib = _bridge.feature_major(x, backend)
+            z = backend.matmul(x_ib, w if w_fwd is None else w_fwd)
         if bias is not None:  # in place on the fresh product: no second output-sized array
-            z_ob.add_(bias.detach()[:, None])
-        # Batch-major and contiguous, as nn.Linear's: a transposed view would refuse .view()
-        # and, created inside a Function, in-place ops after the layer (ReLU(inplace=True)).
-        y = z_ob.T.contiguous()
+            _bridge.tensor(z).add_(bias.detach()[:, None])
+        y = _bridge.batch_major(z, backend)
         ctx.save_for_backward(values)  # autograd then refuses values changed in place before
         ctx.w_fwd_base = w_fwd_base  # the layer's forward set, which keeps the transpose
         ctx.x_ib, ctx.pattern, ctx.w_fwd, ctx.backend, ctx.capture = (x_ib, pattern, w_fwd,
@@ -79,7 +77,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         dx = gw = None
         with _bridge.on_device(grad_out.device):
             w = ctx.pattern.with_data(_bridge.view(values, be.xp))
-            dy_ob = _bridge.view(grad_out.detach().T.contiguous(), be.xp)
+            dy_ob = _bridge.feature_major(grad_out, be)
             if ctx.capture is not None:
                 ctx.capture.x_ib, ctx.capture.dz_ob = ctx.x_ib, dy_ob
             if ctx.w_fwd is not None:
@@ -93,9 +91,11 @@ class _SparseLinearFunction(torch.autograd.Function):
                 dx, gw = be.backward(ctx.x_ib, dy_ob, w, need_x)
             elif need_x:
                 dx = be.matmul_t(dy_ob, w)
-            gx = None if dx is None else _bridge.tensor(dx).T
+            gx = None if dx is None else _bridge.batch_major(dx, be)
             if ctx.pattern._transpose is None:  # keep W's transpose index for the next steps
                 ctx.pattern._transpose = w._transpose
+            if ctx.pattern._transpose_inv is None:  # and its inverse, where backward made it
+                ctx.pattern._transpose_inv = w._transpose_inv
             gw = None if gw is None else _bridge.tensor(gw)
         gb = grad_out.sum(dim=0) if need_b and ctx.has_bias else None
         return gx, gw, gb, None, None, None, None, None

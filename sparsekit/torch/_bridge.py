@@ -118,6 +118,7 @@ def _host_transpose(src: np.ndarray, backend) -> np.ndarray:
 
 
 def _host_float(t: torch.Tensor, backend) -> bool:
+    """Whether ``t`` can go through :func:`_host_transpose` as it is (else torch's copy)."""
     return (backend.xp is np and t.device.type == "cpu" and t.dim() == 2
             and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
             and not t.is_conj() and not t.is_neg())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Byte alignment of the batch arrays the kernels return: a cache line and an AVX-512 vector.
@@ -18,7 +20,9 @@ def aligned_empty(shape, dtype, zero: bool = False) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimensions are not allowed: {shape}")
+    nbytes = math.prod(int(n) for n in shape) * dtype.itemsize  # np.prod: 2 us a call
     raw = (np.zeros if zero else np.empty)(nbytes + ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + nbytes].view(dtype).reshape(shape)

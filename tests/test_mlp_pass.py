@@ -661,17 +661,25 @@ def test_the_feature_major_batch_is_reused_and_right(n, f, b):
         be.feature_major(x, np.array([n]), np.float32, buffers)
 
 
-@pytest.mark.parametrize("b,f", [(0, 5), (1, 1), (17, 65), (128, 784), (100, 3072), (33, 2)])
+@pytest.mark.parametrize("b,f", [(0, 5), (1, 1), (17, 65), (128, 784), (100, 3072), (33, 2),
+                                 (16, 16), (32, 48), (48, 1000)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_transpose_into_is_a_transpose(b, f, threads):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_into_is_a_transpose(b, f, threads, dtype):
+    """Every value lands in its place with its bits (NaN payloads, -0.0, subnormals): whole
+    16 x 16 blocks through registers (AVX-512, float32), the edges value by value."""
     from sparsekit._cython import elementwise
 
-    src = np.random.default_rng(b).standard_normal((b, f))
-    out = np.empty((f, b))
+    src = np.random.default_rng(b).standard_normal((b, f)).astype(dtype)
+    uint = np.uint32 if dtype == np.float32 else np.uint64
+    special = np.array([np.nan, -0.0, np.inf, np.finfo(dtype).smallest_subnormal], dtype)
+    special[:1].view(uint)[0] |= 5  # a NaN with a payload
+    src.reshape(-1)[: min(src.size, 4)] = special[: min(src.size, 4)]
+    out = np.empty((f, b), dtype)
     elementwise.transpose_into(src, out, threads)
-    same(out, np.ascontiguousarray(src.T), "transpose")
+    np.testing.assert_array_equal(out.view(uint), np.ascontiguousarray(src.T).view(uint))
     with pytest.raises(ValueError, match="out must have shape"):
-        elementwise.transpose_into(src, np.empty((f, b + 1)))
+        elementwise.transpose_into(src, np.empty((f, b + 1), dtype))
 
 
 class _Generic(CpuBackend):

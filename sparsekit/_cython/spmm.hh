@@ -124,7 +124,7 @@ static inline void sk_axpy_seg(const I* idx, const T* vals, const I* perm, ptrdi
     ptrdiff_t b = 0;
 #if SK_MASKED
     if (head) {
-        /* A row of up to SK_TILE vectors once shifted is one walk (a batch of 128 floats 16
+        /* A row of up to SK_TILE + 1 vectors once shifted is one walk (a batch of 128 floats 16
            bytes off a line: 9 vectors); a longer one starts with a whole tile. */
         const int vecs = (int)((n + N - 1) / N), last = (int)(n - (ptrdiff_t)(vecs - 1) * N);
         switch (vecs) {

@@ -117,19 +117,14 @@ def _host_transpose(src: np.ndarray, backend) -> np.ndarray:
     return out
 
 
-def _host_float(t: torch.Tensor, backend) -> bool:
-    """Whether ``t`` can go through :func:`_host_transpose` as it is (else torch's copy)."""
-    return (backend.xp is np and t.device.type == "cpu" and t.dim() == 2
-            and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
-            and not t.is_conj() and not t.is_neg())
-
-
 def feature_major(batch: torch.Tensor, backend):
     """A batch-major ``(batch, features)`` tensor as a C-contiguous ``(features, batch)``
     ``backend.xp`` array, the layout the kernels read (one transposing copy; aligned on the
     host)."""
     detached = batch.detach()
-    if _host_float(detached, backend):
+    if (backend.xp is np and detached.device.type == "cpu" and detached.dim() == 2
+            and detached.dtype in (torch.float32, torch.float64) and detached.is_contiguous()
+            and not detached.is_conj() and not detached.is_neg()):
         return _host_transpose(detached.numpy(), backend)
     return view(detached.T.contiguous(), backend.xp)
 
@@ -140,7 +135,7 @@ def batch_major(a, backend) -> torch.Tensor:
     more after the layer: elementwise ops that mix it with contiguous tensors take torch's
     strided path (ReLU's backward on a 128 x 1000 gradient: 0.68 ms instead of about 0.03),
     and a view made inside an autograd Function refuses ``.view()`` and in-place ops."""
-    result = tensor(a)
-    if _host_float(result, backend):
+    if (isinstance(a, np.ndarray) and a.ndim == 2 and a.flags.c_contiguous
+            and a.dtype in (np.float32, np.float64)):
         return torch.from_numpy(_host_transpose(a, backend))
-    return result.T.contiguous()
+    return tensor(a).T.contiguous()

@@ -518,7 +518,7 @@ def test_select_ranks_only_what_float64_orders_exactly(topo_backend):
         be.select(big, 1)
     assert list(be.to_numpy(be.select(be.asarray(np.array([3, 1, 2])), 1))) == [0]
     with pytest.raises(TypeError, match="real numbers"):
-        be.select(np.array([1 + 2j, 3]), 1)
+        be.select(be.asarray(np.array([1 + 2j, 3])), 1)
     with pytest.raises(ValueError, match="k must lie in"):
         be.select(be.asarray(np.arange(5.0)), 10**30)
 

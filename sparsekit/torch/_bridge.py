@@ -79,8 +79,30 @@ def on_device(device: torch.device):
     stream = torch.cuda.current_stream(device)  # pragma: no cover
     stack = contextlib.ExitStack()  # pragma: no cover
     stack.enter_context(cp.cuda.Device(device.index))  # pragma: no cover
-    stack.enter_context(cp.cuda.ExternalStream(stream.cuda_stream))  # pragma: no cover
+    stack.enter_context(_cupy_stream(cp, stream.cuda_stream, device.index))  # pragma: no cover
     return stack  # pragma: no cover
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` behind the CUDA stream protocol (``__cuda_stream__``)."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return 0, self.ptr
+
+
+def _cupy_stream(cp, ptr: int, device_index):  # pragma: no cover - needs a GPU
+    """CuPy's view of torch's stream ``ptr``. CuPy 14 deprecates ``ExternalStream`` (one
+    warning per layer call) for ``Stream.from_external``, which reads the stream protocol;
+    older CuPy has only the former."""
+    from_external = getattr(cp.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(_StreamHandle(ptr))
+    return cp.cuda.ExternalStream(ptr, -1 if device_index is None else device_index)
 
 
 def view(t: torch.Tensor, xp):

@@ -12,6 +12,7 @@
 # most 8 files in $OUT (the device tool brings back no more): summary.txt, build.log,
 # tests-gpu.log, history-gpu.json, history-cpu.json, train.log, gpu.md, gpu.json.
 # Every step runs even when an earlier one failed; summary.txt lists each step's exit status.
+# STEP_TIMEOUT=S stops any one step after S seconds (exit 124), so a hang cannot eat the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,7 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 step() {  # step NAME LOG COMMAND...: run, log, record the exit status
     local name=$1 log=$2; shift 2
     local t0=$SECONDS
-    "$@" >> "$log" 2>&1
+    timeout "${STEP_TIMEOUT:-0}" "$@" >> "$log" 2>&1
     local rc=$?
     note "$name: exit $rc in $((SECONDS - t0)) s"
     return $rc
@@ -55,7 +56,7 @@ step build "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps -e
     || { note "build failed: see build.log"; exit 1; }
 
 SPARSEKIT_REQUIRE_GPU=1 step "gpu tests" "$OUT/tests-gpu.log" \
-    $PY -m pytest -q -p no:cacheprovider -m gpu tests $SLOW
+    $PY -m pytest -q -p no:cacheprovider -rfE --tb=short --durations=15 -m gpu tests $SLOW
 note "$(tail -n 1 "$OUT/tests-gpu.log")"
 
 for be in gpu cpu; do
@@ -81,7 +82,8 @@ for g, c in zip(gpu, cpu):
           f"{c['time_train']:11.3f}")
 EOF
 
-step "benchmarks/gpu.py $QUICK" "$OUT/train.log" $PY benchmarks/gpu.py $QUICK
+# gpu.py finds the real data through SPARSEKIT_DATA (it fell back to random data without it)
+SPARSEKIT_DATA="$PWD/$DATA" step "benchmarks/gpu.py $QUICK" "$OUT/train.log" $PY benchmarks/gpu.py $QUICK
 for f in benchmarks/results/gpu${QUICK:+-quick}.md benchmarks/results/gpu${QUICK:+-quick}.json; do
     [[ -f "$f" ]] && cp "$f" "$OUT/$(basename "${f/-quick/}")"
 done

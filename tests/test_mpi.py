@@ -163,6 +163,33 @@ def test_async_resume_finishes(tmp_path):
     assert [r["epoch"] for r in h] == [1, 2, 3, 4] and h[-1]["test_acc"] > 0.5
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_async_phase2_resume_keeps_each_workers_own_state(tmp_path, optimizer):
+    # In phase 2 the async workers step while the server (rank 0) does not: a resume that gave
+    # them rank 0's step and optimizer scalars rewound their counters (and Adam's bias
+    # correction) by a whole epoch.
+    run = tmp_path / "run"
+    common = ["--mode", "async", "--epochs", "5", "--phase1-fraction", "0.4", "--out",
+              str(run), "--optimizer", optimizer, "--lr", "0.003"]
+    assert mpirun(3, *common, "--crash-after", "3").returncode != 0
+
+    def worker_states(epoch):
+        folder = run / "wasap-workers" / f"epoch-{epoch:04d}"
+        return [load_checkpoint(folder / f"rank-{r}.npz").train_state for r in (1, 2)]
+
+    server_step = load_checkpoint(run / "checkpoint.npz").train_state["step"]
+    before = worker_states(3)
+    per_epoch = before[0]["step"] - server_step  # phase 2's first epoch, from the switch
+    assert per_epoch > 0
+    assert mpirun(3, *common, "--resume", "--crash-after", "4").returncode != 0
+    for b, a in zip(before, worker_states(4)):
+        assert a["epoch"] == 4 and a["step"] == b["step"] + per_epoch
+        if optimizer == "adam":
+            assert a["optimizer"]["t"] == b["optimizer"]["t"] + per_epoch
+        others = [{k: v for k, v in s["optimizer"].items() if k != "t"} for s in (a, b)]
+        assert others[0] == others[1]
+
+
 def _pid_of_rank(pid_dir: Path, rank: int, proc) -> int:
     path = pid_dir / f"rank-{rank}.pid"
     deadline = time.monotonic() + LAUNCH_TIMEOUT

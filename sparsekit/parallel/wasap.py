@@ -196,9 +196,12 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
             model = build_model(model, cfg.replace(backend=be), init_seed)
             meta = {"stage": "fresh", "epoch": 0, "step": 0, "rng": None, "budgets": None,
                     "version": 0, "server_step": 0, "workers": None, "optimizer": None,
-                    "phase1_epochs": int(round(cfg.phase1_fraction * epochs))}
+                    "method_state": None, "phase1_epochs": int(round(cfg.phase1_fraction * epochs))}
     meta = comm.bcast_json(meta, 0, "run state")
     rng_state = None
+    # In phase 2 every worker resumes its own counters, optimizer scalars and method state:
+    # async workers step while the server does not, so rank 0's would rewind theirs.
+    state = meta
     if meta["stage"] == "phase2":
         others = [r for r in _workers(mode, comm.size) if r != 0]
         if comm.rank == 0:
@@ -209,7 +212,8 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
                 comm.send_json(part.train_state, r, TAG_RNG, "worker state")
         elif comm.rank in others:
             model = recv_model(comm, 0, be)
-            rng_state = comm.recv_json(0, TAG_RNG, "worker state")["rng"]
+            state = comm.recv_json(0, TAG_RNG, "worker state")
+            rng_state = state["rng"]
     else:
         model = bcast_model(comm, ckpt.model if ckpt is not None else model, be)
         rng_state = meta["rng"]
@@ -233,9 +237,10 @@ def _prepare(comm: Comm, cfg: TrainConfig, model, data, run_dir, resume) -> Run:
     else:
         rng = np.random.default_rng(train_seed)
     engine = Engine(model, cfg, rng)
-    engine.epoch, engine.step = meta["epoch"], meta["step"]
-    if meta["optimizer"] is not None:
-        engine.optimizer.load_state_dict(meta["optimizer"])
+    engine.epoch, engine.step = int(state["epoch"]), int(state["step"])
+    if state.get("optimizer") is not None:
+        engine.optimizer.load_state_dict(state["optimizer"])
+    engine.growth.load_state_dict(state.get("method_state") or {})
     # Methods that plan by the run's length learn it from this rank's shard.
     engine.plan(max(shard.shape[0] // batch_size, x_tr.shape[0] // n_shards // batch_size))
     warmup = cfg.scale_warmup_epochs
@@ -363,7 +368,8 @@ def _resume_meta(state: dict, mode: str, size: int, run_dir: Path) -> dict:
     return {"stage": w["stage"], "epoch": state["epoch"], "step": state["step"],
             "rng": state["rng"], "budgets": w["budgets"], "version": w["version"],
             "server_step": w["server_step"], "workers": w["workers"],
-            "optimizer": state.get("optimizer"), "phase1_epochs": w["phase1_epochs"]}
+            "optimizer": state.get("optimizer"), "method_state": state.get("method_state"),
+            "phase1_epochs": w["phase1_epochs"]}
 
 
 def _train(run: Run) -> TrainResult:

@@ -335,8 +335,10 @@ def test_a_rank_that_cannot_start_ends_every_rank_at_once(tmp_path):
                           capture_output=True, text=True, timeout=120,
                           env=_env(SPARSEKIT_MPI_TIMEOUT="60"))
     assert proc.returncode == 1 and time.monotonic() - start < FAIL_BOUND
-    assert "d_1.npz does not exist" in proc.stderr
-    assert "sparsekit[rank 0/2]: error: another rank could not start" in proc.stderr
+    # rank 0 reports rank 1's error, once, and nothing else
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparsekit[rank 1/2]: error: "), lines
+    assert "d_1.npz does not exist" in lines[0]
     assert not (tmp_path / "r1").exists()
     proc = subprocess.run([_mpiexec(), "-n", "2", *train, "--dataset", str(tmp_path / "d_0.npz"),
                            "--batch-size", "32", "--out", str(tmp_path / "r2")],
@@ -354,8 +356,36 @@ def test_a_rank_that_cannot_start_ends_every_rank_at_once(tmp_path):
                           capture_output=True, text=True, timeout=120,
                           env=_env(SPARSEKIT_MPI_TIMEOUT="60"))
     assert proc.returncode == 1 and time.monotonic() - start < FAIL_BOUND
-    assert "r_1 is not a run folder" in proc.stderr and "another rank could not start" in \
-        proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparsekit[rank 1/2]: error: "), lines
+    assert "r_1 is not a run folder" in lines[0]
+
+
+def test_start_up_errors_print_once_for_all_ranks(tmp_path):
+    """A usage error, a bad option and missing data that every rank meets alike read as they
+    do from one process (exit 2, 2 and 1), not once per rank."""
+    train = [_mpiexec(), "-n", "3", sys.executable, "-m", "sparsekit", "train", "--parallel",
+             "wasap", "--no-progress", "--out", str(tmp_path / "run")]
+    for flags, status, start in ((["--epochs", "-1"], 2, "sparsekit train: error: epochs"),
+                                 (["--bogus"], 2, "usage: sparsekit"),
+                                 (["--data-dir", str(tmp_path)], 1,
+                                  "sparsekit: error: Fashion-MNIST not found")):
+        proc = subprocess.run([*train, *flags], capture_output=True, text=True,
+                              timeout=LAUNCH_TIMEOUT, env=_env())
+        assert proc.returncode == status and proc.stderr.startswith(start), proc.stderr
+        assert proc.stderr.count("error:") == 1, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_failure_lines_name_the_ranks_unless_all_share_the_error():
+    from sparsekit.cli.launch import failure_lines
+
+    same = {r: ("sparsekit train", "bad", 2) for r in range(3)}
+    assert failure_lines(same, 3) == ["sparsekit train: error: bad"]
+    assert failure_lines({1: same[1], 2: same[2]}, 3) == ["sparsekit[ranks 1,2/3] train: error: bad"]
+    mixed = {0: ("sparsekit", "a", 1), 2: ("sparsekit", "b", 1)}
+    assert failure_lines(mixed, 3) == ["sparsekit[rank 0/3]: error: a",
+                                       "sparsekit[rank 2/3]: error: b"]
 
 
 def test_async_needs_two_ranks():

@@ -47,10 +47,32 @@ def launched_ranks() -> int:
     return 1
 
 
-def ranks_agree(error) -> None:
-    """Under mpiexec, tell every rank whether any failed to start (data missing on one node, a
-    missing GPU): each ends at once, instead of the others waiting in the next collective
-    until the communication timeout.  The failing rank raises its own error."""
+def launched_rank() -> int:
+    """This process's rank as the MPI launcher numbered it (its environment; 0 outside
+    mpiexec), known before MPI starts."""
+    import os
+
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):  # MPICH's and Open MPI's
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+#: Tag of a start-up error sent to rank 0 (clear of the training messages' tags).
+TAG_START_ERROR = 51
+
+
+def ranks_agree(failure: tuple[str, str, int] | None) -> None:
+    """Under mpiexec, tell every rank whether any failed to start (its data or run folder
+    missing on its node, a missing GPU, a bad option).
+
+    ``failure`` is this rank's ``(program, message, exit status)``, or None when it started.
+    When every rank started, return.  Else every rank ends at once, instead of the others
+    waiting in the next collective until the communication timeout, and the user reads each
+    distinct message once: rank 0 prints it, naming the ranks unless all of them share it.
+    A rank that failed exits with its own status, one that did not with rank 0's first failure's.
+    """
     import numpy as np
 
     from ..parallel.comm import Comm
@@ -59,12 +81,42 @@ def ranks_agree(error) -> None:
         comm = Comm()
     except Exception:  # no usable MPI here: nobody to tell, the error stands as it is
         return
-    failed = comm.allreduce(np.array([error is not None], np.int64), comm.MPI.MAX,
-                            "start-up checks")
-    if error is None and failed[0]:
-        print(f"sparsekit[rank {comm.rank}/{comm.size}]: error: another rank could not start "
-              "(its message says why)", file=sys.stderr)
-        raise SystemExit(EXIT_ERROR)
+    def flag():
+        return np.array([failure is not None], np.int64)
+
+    if not comm.allreduce(flag(), comm.MPI.MAX, "start-up checks")[0]:
+        return
+    failed = comm.gather(flag(), 0, "start-up checks")
+    if comm.rank == 0:
+        reports = {}
+        for r in np.flatnonzero(failed[:, 0]):
+            reports[int(r)] = (failure if r == 0 else
+                               tuple(comm.recv_json(int(r), TAG_START_ERROR, "start-up error")))
+        for line in failure_lines(reports, comm.size):
+            print(line, file=sys.stderr)
+        status = failure[2] if failure is not None else next(iter(reports.values()))[2]
+    else:
+        if failure is not None:
+            comm.send_json(list(failure), 0, TAG_START_ERROR, "start-up error")
+        status = failure[2] if failure is not None else EXIT_ERROR
+    raise SystemExit(status)
+
+
+def failure_lines(reports: dict[int, tuple[str, str, int]], size: int) -> list[str]:
+    """One line per distinct ``(program, message)`` of ``reports`` (rank -> failure): as a
+    single process prints it when all ``size`` ranks failed alike, else tagged with the ranks."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for r in sorted(reports):
+        groups.setdefault(tuple(reports[r][:2]), []).append(r)
+    if len(groups) == 1 and len(reports) == size:
+        (prog, message), = groups
+        return [f"{prog}: error: {message}"]
+    lines = []
+    for (prog, message), ranks in groups.items():
+        who = (f"rank {ranks[0]}" if len(ranks) == 1
+               else f"ranks {','.join(map(str, ranks))}")
+        lines.append(f"sparsekit[{who}/{size}]{prog[len('sparsekit'):]}: error: {message}")
+    return lines
 
 
 def check_shards(config, n_train: int) -> None:

@@ -3,10 +3,13 @@ how many ranks the launcher started, and the start-up checks every rank must pas
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+import traceback
 
-from .options import EXIT_ERROR, UsageError
+from .options import EXIT_ERROR, EXIT_USAGE, UsageError
 
 
 def rank(parallel) -> int:
@@ -38,8 +41,6 @@ def check_launch(parallel) -> None:
 
 def launched_ranks() -> int:
     """How many ranks the MPI launcher started (its environment; 1 outside mpiexec)."""
-    import os
-
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):  # MPICH's and Open MPI's
         value = os.environ.get(name, "")
         if value.isdigit():
@@ -50,13 +51,36 @@ def launched_ranks() -> int:
 def launched_rank() -> int:
     """This process's rank as the MPI launcher numbered it (its environment; 0 outside
     mpiexec), known before MPI starts."""
-    import os
-
     for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):  # MPICH's and Open MPI's
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
     return 0
+
+
+@contextlib.contextmanager
+def hushed_unless_rank_0():
+    """Under mpiexec, every rank parses the same command line: ranks other than 0 do so with
+    their output discarded, so that a usage error or ``--help`` prints once."""
+    if launched_ranks() > 1 and launched_rank() > 0:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            yield
+    else:
+        yield
+
+
+def failure_of(command: str, exc: Exception) -> tuple[str, str, int]:
+    """``(program, message, exit status)`` of an error, as :func:`main` would report it; a
+    bug's traceback is printed here, since the ranks then end together."""
+    from .._errors import EXPECTED_ERRORS
+
+    if isinstance(exc, UsageError):
+        return f"sparsekit {command}", str(exc), EXIT_USAGE
+    if isinstance(exc, EXPECTED_ERRORS):
+        return "sparsekit", str(exc), EXIT_ERROR
+    traceback.print_exc()
+    return "sparsekit", f"{type(exc).__name__}: {exc} (traceback above)", EXIT_ERROR
 
 
 #: Tag of a start-up error sent to rank 0 (clear of the training messages' tags).

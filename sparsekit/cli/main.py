@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
-import traceback
 import types
 from pathlib import Path
 
@@ -238,27 +236,13 @@ def cmd_train(args) -> int:
         config, run_dir, saved, data, sizes, run_config = _prepare(args)
     except Exception as exc:
         if several:
-            launch.ranks_agree(_failure(args.command, exc))
+            launch.ranks_agree(launch.failure_of(args.command, exc))
         raise
     if several:
         launch.ranks_agree(None)
     with contextlib.ExitStack() as stack:
         _own_run_dir(stack, run_dir, saved, fresh=not args.resume, parallel=config.parallel)
         return _run(args, config, run_config, saved, run_dir, data, sizes)
-
-
-def _failure(command: str, exc: Exception) -> tuple[str, str, int]:
-    """``(program, message, exit status)`` of an error, as :func:`main` would report it; a
-    bug's traceback is printed here, since the ranks then end together."""
-    from .._errors import EXPECTED_ERRORS
-    from .options import EXIT_ERROR, EXIT_USAGE
-
-    if isinstance(exc, UsageError):
-        return f"sparsekit {command}", str(exc), EXIT_USAGE
-    if isinstance(exc, EXPECTED_ERRORS):
-        return "sparsekit", str(exc), EXIT_ERROR
-    traceback.print_exc()
-    return "sparsekit", f"{type(exc).__name__}: {exc} (traceback above)", EXIT_ERROR
 
 
 def _prepare(args):
@@ -460,13 +444,6 @@ def _epoch_log(config):
     return None
 
 
-@contextlib.contextmanager
-def _hushed():
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
-            contextlib.redirect_stderr(null):
-        yield
-
-
 def main(argv=None) -> int:
     """Run a sub-command; the exit codes are documented in :mod:`sparsekit.cli.options`."""
     from .._errors import EXPECTED_ERRORS
@@ -479,8 +456,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Every rank under mpiexec parses the same command line: rank 0 alone prints its usage
     # errors and help.
-    hush = launch.launched_ranks() > 1 and launch.launched_rank() > 0
-    with _hushed() if hush else contextlib.nullcontext():
+    with launch.hushed_unless_rank_0():
         args = parse_args(_parser(), argv)  # adds --quiet/--verbose and train's --config; exits 2
     setup_logging(args.quiet, args.verbose)
     logger.debug("arguments: %s", vars(args))

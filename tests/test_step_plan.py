@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
+import scipy.sparse as sp
 
 from sparsekit._cython import elementwise
 from sparsekit._cython.backend import CpuBackend
 from sparsekit._cython.workspace import PLAN
 from sparsekit.backends.base import Backend
 from sparsekit.nn.activations import softmax_cross_entropy
+from sparsekit.nn.csr import CSR
 from sparsekit.nn.layers import SparseLayer
 from sparsekit.nn.model import SparseMLP
 
@@ -200,11 +202,19 @@ def test_the_loss_kernel_leaves_numpys_special_cases_to_numpy():
     assert elementwise.softmax_cross_entropy(z, np.array([0, 1, 2, 3, 0])) is None
     assert elementwise.softmax_cross_entropy(z, np.array([0.0, 1, 2, 0, 0])) is None
     be = CpuBackend(1)
-    y = np.array([0, 1, 2, -1, 0])
-    for a, w in zip(be.softmax_cross_entropy(z, y), softmax_cross_entropy(np, z, y, False)):
-        assert np.array_equal(a, w)
-    with pytest.raises(IndexError):
-        be.softmax_cross_entropy(z, np.array([0, 1, 2, 3, 0]))
+    # the backend refuses what NumPy would wrap (a negative label) or raise IndexError for
+    for bad in ([0, 1, 2, -1, 0], [0, 1, 2, 3, 0]):
+        with pytest.raises(ValueError, match=r"labels_b must lie in \[0, 3\)"):
+            be.softmax_cross_entropy(z, np.array(bad))
+    for logits, labels, match in ((z, np.array([0, 1]), "2 labels but logits_cb has a batch of 5"),
+                                  (z.astype(np.int32), np.zeros(5, np.int64), "2-D float"),
+                                  (z, np.zeros(5), "1-D integer"),
+                                  (z, [0, 1, 2, 0, 0], "labels_b must be a numpy array")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            be.softmax_cross_entropy(logits, labels)
+    with pytest.raises(TypeError, match="x_ib must be a numpy array, got NoneType"):
+        be.matmul(None, CSR.from_scipy(sp.random(3, 4, density=0.5, format="csr",
+                                                 dtype=np.float32)))
     # any integer label dtype, and logits that are not C-contiguous
     for labels in (np.array([0, 1, 2, 2, 0], np.uint8), np.array([0, 1, 2, 2, 0], np.int32)):
         for logits in (z, np.asfortranarray(z)):

@@ -50,7 +50,11 @@ class Backend:
         return self.asarray(feature_major_batch(x, idx, dtype))
 
     def check_array(self, name: str, x) -> None:
-        """Raise ``TypeError`` naming ``name`` unless ``x`` lives on this backend's device."""
+        """Raise ``TypeError`` naming ``name`` unless ``x`` is an array on this backend's
+        device."""
+        if array_module(x) is self.xp and not isinstance(x, self.xp.ndarray):
+            raise TypeError(f"{name} must be a {self.xp.__name__} array, got "
+                            f"{type(x).__name__}")
         if array_module(x) is not self.xp:
             raise TypeError(
                 f"{name} is a {type(x).__module__} array but the {self.name} backend needs "
@@ -214,7 +218,23 @@ class Backend:
         """``(loss, probs_cb, dlogits_cb)`` of feature-major logits and int labels, the loss a
         device scalar (:func:`sparsekit.nn.activations.softmax_cross_entropy`, which this
         generic version calls; a backend may compute the same bits its own way)."""
+        self._check_loss_operands(logits_cb, labels_b)
         return softmax_cross_entropy(self.xp, logits_cb, labels_b, as_float=False)
+
+    def _check_loss_operands(self, logits_cb, labels_b) -> None:
+        """Types and shapes of :meth:`softmax_cross_entropy`'s operands (the labels' values are
+        the data loader's to check: reading them here would stall a GPU every step)."""
+        self.check_array("logits_cb", logits_cb)
+        self.check_array("labels_b", labels_b)
+        if logits_cb.ndim != 2 or logits_cb.dtype.kind != "f":
+            raise ValueError(f"logits_cb must be a 2-D float array (classes x batch), got "
+                             f"shape {logits_cb.shape} and dtype {logits_cb.dtype}")
+        if labels_b.ndim != 1 or labels_b.dtype.kind not in "iu":
+            raise ValueError(f"labels_b must be a 1-D integer array, got shape "
+                             f"{labels_b.shape} and dtype {labels_b.dtype}")
+        if labels_b.shape[0] != logits_cb.shape[1]:
+            raise ValueError(f"labels_b has {labels_b.shape[0]} labels but logits_cb has a "
+                             f"batch of {logits_cb.shape[1]}")
 
     def mlp_infer(self, layers, activations, x_ib, buffers=None):
         """Logits (classes x batch) of an inference pass: no dropout, nothing kept for a

@@ -19,6 +19,7 @@ import torch
 from .. import _compat
 from .._align import aligned_empty
 from ..backends import Backend, get_backend
+from ..nn.csr import CSR
 
 #: GPU backends by CUDA device index (a GpuBackend is bound to the device it was made on).
 _GPU_BACKENDS: dict[int, Backend] = {}
@@ -107,7 +108,23 @@ def _cupy_stream(cp, ptr: int, device_index):  # pragma: no cover - needs a GPU
 
 def view(t: torch.Tensor, xp):
     """``t``'s memory as an ``xp`` array (no copy; writes show in ``t``)."""
-    return xp.from_dlpack(t.detach())
+    d = t.detach()
+    if xp is np and d.device.type == "cpu" and not d.is_conj() and not d.is_neg():
+        return d.numpy()  # the same view as DLPack's, in a fifth of the time (about 1 us)
+    return xp.from_dlpack(d)
+
+
+def with_values(pattern: CSR, values: torch.Tensor) -> CSR:
+    """``pattern`` with ``values`` as its data: ``pattern`` itself when its data already is
+    that memory (a layer's cached pattern over its own parameter), else a new CSR sharing the
+    pattern and its cached transpose."""
+    data = pattern.data
+    ptr = (data.__array_interface__["data"][0] if isinstance(data, np.ndarray)
+           else data.data.ptr)
+    if (ptr == values.data_ptr() and data.size == values.numel()
+            and data.itemsize == values.element_size() and values.is_contiguous()):
+        return pattern
+    return pattern.with_data(view(values, pattern.xp))
 
 
 def tensor(a) -> torch.Tensor:

@@ -53,9 +53,8 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, bias, pattern: CSR, w_fwd, w_fwd_base, backend, capture):
-        xp = backend.xp
         with _bridge.on_device(x.device):
-            w = pattern.with_data(_bridge.view(values, xp))
+            w = _bridge.with_values(pattern, values)
             x_ib = _bridge.feature_major(x, backend)
             z = backend.matmul(x_ib, w if w_fwd is None else w_fwd)
         if bias is not None:  # in place on the fresh product: no second output-sized array
@@ -76,7 +75,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dx = gw = None
         with _bridge.on_device(grad_out.device):
-            w = ctx.pattern.with_data(_bridge.view(values, be.xp))
+            w = _bridge.with_values(ctx.pattern, values)
             dy_ob = _bridge.feature_major(grad_out, be)
             if ctx.capture is not None:
                 ctx.capture.x_ib, ctx.capture.dz_ob = ctx.x_ib, dy_ob

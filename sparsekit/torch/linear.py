@@ -397,47 +397,60 @@ class SparseLinear(nn.Module):
         torch.Tensor
             Shape ``(..., out_features)``.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if _transformed(x) or _transformed(self.values):
-            raise RuntimeError("SparseLinear does not run under torch.func transforms (grad, "
-                               "vmap, jacrev, ...): its kernels read the tensors' memory; use "
-                               "torch.autograd (loss.backward(), torch.autograd.grad)")
-        if x.dim() == 0:
-            raise ValueError(f"input must have shape (..., {self.in_features}), got a scalar")
-        if self.values.dtype not in _DTYPES:
-            raise ValueError(f"SparseLinear computes in float32 or float64, but its values are "
-                             f"{self.values.dtype}; convert it with .float() or .double()")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"input has {x.shape[-1]} features, expected {self.in_features}")
-        if x.device != self.values.device:
-            raise ValueError(f"input is on {x.device} but the layer's weights are on "
-                             f"{self.values.device}; move one of them with .to()")
-        if (x.dtype != self.values.dtype and x.dtype in (torch.float16, torch.bfloat16)
-                and _autocast_on(x.device.type)):
-            # autocast runs this layer at its own precision, as it runs ops it has no
-            # low-precision kernel for
-            x = x.to(self.values.dtype)
-        if x.dtype != self.values.dtype:
-            raise ValueError(f"input dtype {x.dtype} differs from the layer's "
-                             f"{self.values.dtype}; convert with .to({self.values.dtype})")
+        x = checked_input(x, self.in_features, self.values, "SparseLinear")
         lead = x.shape[:-1]
-        w_fwd = base = self._forward_w
-        if w_fwd is not None and w_fwd.xp is not self.backend.xp:
-            # moved to another device: forward with all of W
-            w_fwd = base = self._forward_w = self._forward_slots = None
-        if w_fwd is not None:
-            with _bridge.on_device(x.device):
-                values = _bridge.view(self.values.detach(), w_fwd.xp)
-                w_fwd = w_fwd.with_data(values[self._forward_slots])
+        w_fwd, base = self._forward_set()
         y = _SparseLinearFunction.apply(x.reshape(-1, self.in_features), self.values,
                                         self.bias, self.pattern(), w_fwd, base, self.backend,
                                         self._capture if torch.is_grad_enabled() else None)
         return y.reshape(*lead, self.out_features)
 
+    def _forward_set(self):
+        """``(w_fwd, base)``: Top-KAST's forward set with this pass's values and the layer's
+        cached one (which keeps its transpose index), or ``(None, None)``."""
+        w_fwd = base = self._forward_w
+        if w_fwd is not None and w_fwd.xp is not self.backend.xp:
+            # moved to another device: forward with all of W
+            w_fwd = base = self._forward_w = self._forward_slots = None
+        if w_fwd is not None:
+            with _bridge.on_device(self.values.device):
+                values = _bridge.view(self.values.detach(), w_fwd.xp)
+                w_fwd = w_fwd.with_data(values[self._forward_slots])
+        return w_fwd, base
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"nnz={self.nnz}, bias={self.bias is not None}")
+
+
+def checked_input(x, in_features: int, values: torch.Tensor, who: str) -> torch.Tensor:
+    """``x`` checked against a module of ``in_features`` inputs whose weights are ``values``
+    (converted to their dtype under autocast); a one-line error naming the problem otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if _transformed(x) or _transformed(values):
+        raise RuntimeError(f"{who} does not run under torch.func transforms (grad, vmap, "
+                           "jacrev, ...): its kernels read the tensors' memory; use "
+                           "torch.autograd (loss.backward(), torch.autograd.grad)")
+    if x.dim() == 0:
+        raise ValueError(f"input must have shape (..., {in_features}), got a scalar")
+    if values.dtype not in _DTYPES:
+        raise ValueError(f"{who} computes in float32 or float64, but its values are "
+                         f"{values.dtype}; convert it with .float() or .double()")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, expected {in_features}")
+    if x.device != values.device:
+        raise ValueError(f"input is on {x.device} but the layer's weights are on "
+                         f"{values.device}; move one of them with .to()")
+    if (x.dtype != values.dtype and x.dtype in (torch.float16, torch.bfloat16)
+            and _autocast_on(x.device.type)):
+        # autocast runs this layer at its own precision, as it runs ops it has no
+        # low-precision kernel for
+        x = x.to(values.dtype)
+    if x.dtype != values.dtype:
+        raise ValueError(f"input dtype {x.dtype} differs from the layer's "
+                         f"{values.dtype}; convert with .to({values.dtype})")
+    return x
 
 
 def _autocast_on(device_type: str) -> bool:

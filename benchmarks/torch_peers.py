@@ -8,7 +8,9 @@ Cases (``--cases``):
   cross-entropy; SET (ζ = 0.3) once per epoch (469 steps of 128 of 60 000 samples).  The figure
   is ``step + update / 469``: the median training step (forward, backward, optimizer, the
   library's per-step hook) plus the median SET update spread over its epoch.  SparseProp has
-  fixed masks: its figure is the step alone.
+  fixed masks: its figure is the step alone.  ``sparsekit-mlp`` is the same network as one
+  :class:`sparsekit.torch.SparseMLP` (whole passes) instead of ``SparseLinear`` layers in
+  ``nn.Sequential``.
 * ``ffn384`` / ``ffn640`` — SparseLab's transformer shapes: one 384 -> 1536 (640 -> 2560)
   projection at 90 % sparsity, batch 1024: forward, backward from a fixed upstream gradient
   (batch-major, as torch hands it over) with the input gradient (as inside a network), SGD
@@ -41,6 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LIBS = ("sparsekit", "sparselab", "sparseprop", "dense")
+MLP_LIBS = ("sparsekit-mlp",)  # the mlp case only
 WIDE_LIBS = ("sparsekit", "dense", "torchcsr")
 MLP = [784, 1000, 1000, 1000, 10]
 EPOCH_STEPS = 469  # 60 000 / 128, rounded up
@@ -113,7 +116,17 @@ def worker(lib: str, case: str, threads: int, steps: int, warmup: int,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if case == "mlp":
+    if lib in MLP_LIBS and case != "mlp":
+        raise SystemExit(f"{lib} runs the mlp case only")
+    if lib == "sparsekit-mlp":
+        from sparsekit.torch import SparseMLP
+
+        net = SparseMLP(MLP, 20.0, seed=0)  # Erdős–Rényi: er_nnz connections per layer
+        x, y = torch.randn(128, MLP[0]), torch.randint(0, MLP[-1], (128,))
+
+        def loss_fn():
+            return torch.nn.functional.cross_entropy(net(x), y)
+    elif case == "mlp":
         shapes = list(zip(MLP[:-1], MLP[1:]))
         densities = [er_nnz(a, b) / (a * b) for a, b in shapes]
         layers = _layers(lib, shapes, densities, torch)
@@ -135,7 +148,7 @@ def worker(lib: str, case: str, threads: int, steps: int, warmup: int,
             return (net(x), g)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     hook = update = None
-    if case == "mlp" and lib == "sparsekit":
+    if case == "mlp" and lib in ("sparsekit", "sparsekit-mlp"):
         from sparsekit.torch import DynamicSparsity
 
         hook = DynamicSparsity(net, opt, "set", every=EPOCH_STEPS, seed=0).step
@@ -207,7 +220,7 @@ def markdown(report: dict) -> str:
              "per-round median, in milliseconds per training step.  MLP: step + SET update / "
              f"{EPOCH_STEPS} (SET once per epoch; SparseProp has no topology update).", "",
              f"Device: {report['device']}.", ""]
-    columns = [lib for lib in LIBS + WIDE_LIBS[2:]
+    columns = [lib for lib in LIBS + MLP_LIBS + WIDE_LIBS[2:]
                if any(lib in res for res in report["results"].values())]
     lines += ["| case | " + " | ".join(columns) + " | sparsekit: fastest other sparse / it "
               "| dense / sparsekit |", "|---" * (len(columns) + 3) + "|"]
@@ -262,8 +275,10 @@ def main() -> None:
               "command": "python benchmarks/torch_peers.py " + " ".join(sys.argv[1:]),
               "results": {}}
     cases = args.cases.split(",")
-    chosen = {c: args.libs.split(",") if args.libs else list(WIDE_LIBS if c in WIDE else LIBS)
-              for c in cases}
+    chosen = {c: args.libs.split(",") if args.libs else list(
+        WIDE_LIBS if c in WIDE else LIBS + MLP_LIBS if c == "mlp" else LIBS) for c in cases}
+    chosen = {c: [lib for lib in libs if lib not in MLP_LIBS or c == "mlp"]
+              for c, libs in chosen.items()}
     raw = {c: {lib: [] for lib in chosen[c]} for c in cases}
     for rnd in range(args.rounds):
         for case in cases:

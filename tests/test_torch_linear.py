@@ -205,18 +205,25 @@ def require_cuda():
         pytest.skip("torch sees no CUDA device")
 
 
+def backward_on_both(cpu, gpu, n_batch: int, n_in: int, n_out: int):
+    """One float64 backward through ``cpu`` and its CUDA twin ``gpu`` from the same input and
+    upstream gradient; checks the input gradients agree and returns the CPU input."""
+    x = torch.randn(n_batch, n_in, dtype=torch.float64, requires_grad=True)
+    xg = x.detach().cuda().requires_grad_(True)
+    g = torch.randn(n_batch, n_out, dtype=torch.float64)
+    (cpu(x) * g).sum().backward()
+    (gpu(xg) * g.cuda()).sum().backward()
+    torch.testing.assert_close(xg.grad.cpu(), x.grad)
+    return x
+
+
 @pytest.mark.gpu
 def test_cuda_tensors_match_the_cpu_and_stay_on_the_device():
     require_cuda()
     cpu = skt.SparseLinear(64, 48, epsilon=5, seed=0, dtype=torch.float64)
     gpu = skt.SparseLinear(64, 48, epsilon=5, seed=0, dtype=torch.float64, device="cuda")
     assert gpu.values.is_cuda and gpu.col_indices.is_cuda and gpu.backend.name == "gpu"
-    x = torch.randn(32, 64, dtype=torch.float64, requires_grad=True)
-    xg = x.detach().cuda().requires_grad_(True)
-    g = torch.randn(32, 48, dtype=torch.float64)
-    (cpu(x) * g).sum().backward()
-    (gpu(xg) * g.cuda()).sum().backward()
-    torch.testing.assert_close(xg.grad.cpu(), x.grad)
+    x = backward_on_both(cpu, gpu, 32, 64, 48)
     torch.testing.assert_close(gpu.values.grad.cpu(), cpu.values.grad)
     with pytest.raises(ValueError, match="input is on cpu"):
         gpu(x.detach())

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 skt = pytest.importorskip("sparsekit.torch")
 
 from cuda_emu import EmulatedGpuBackend, build, compiler, emulated_kernels  # noqa: E402
-from test_torch_linear import require_cuda  # noqa: E402
+from test_torch_linear import backward_on_both, require_cuda  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -204,12 +204,7 @@ def test_cuda_matches_the_cpu():
                         dtype=torch.float64)
     gpu = skt.SparseMLP([30, 40, 40, 5], epsilon=4, activation="allrelu", seed=0,
                         dtype=torch.float64, device="cuda")
-    x = torch.randn(16, 30, dtype=torch.float64, requires_grad=True)
-    xg = x.detach().cuda().requires_grad_(True)
-    g = torch.randn(16, 5, dtype=torch.float64)
-    (cpu(x) * g).sum().backward()
-    (gpu(xg) * g.cuda()).sum().backward()
-    torch.testing.assert_close(xg.grad.cpu(), x.grad)
+    backward_on_both(cpu, gpu, 16, 30, 5)
     for a, b in zip(gpu.parameters(), cpu.parameters()):
         assert a.is_cuda
         torch.testing.assert_close(a.grad.cpu(), b.grad)

@@ -29,10 +29,18 @@ def lint(session):
                 "noxfile.py", "setup.py")
 
 
+#: PyTorch for sparsekit.torch's tests, pinned: a bare "torch" takes a CUDA build of several GB
+#: on Linux, while this release's CPU build lies in the wheel cache of the project's machines.
+TORCH = "torch==2.13.0"
+
+
 @nox.session
 def tests_cpu(session):
-    """The whole suite on the CPU backend (GPU cases skip; MPI cases run if mpi4py exists)."""
+    """The whole suite on the CPU backend, sparsekit.torch included (GPU cases skip; MPI cases
+    run if mpi4py exists)."""
     _install(session)
+    if session.venv_backend != "none":
+        session.install(TORCH)
     session.run(*PYTEST, "-m", "not gpu", *session.posargs)
 
 

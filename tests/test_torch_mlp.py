@@ -144,6 +144,29 @@ def test_state_dict_round_trip_dtype_and_repr():
     assert "layer_sizes=[10, 20, 3]" in repr(net) and net.layer_sizes == [10, 20, 3]
 
 
+@pytest.mark.parametrize("activation", ["allrelu", "relu", "tanh"])
+def test_from_and_to_a_sparsekit_model(activation):
+    import sparsekit
+
+    model = sparsekit.SparseMLP([12, 30, 20, 4], epsilon=5, activation=activation, alpha=0.7,
+                                dropout=0.2, seed=0)
+    x = np.random.default_rng(0).standard_normal((9, 12)).astype(np.float32)
+    net = skt.SparseMLP.from_model(model).eval()
+    assert net.dropout == 0.2 and net.layer_sizes == model.layer_sizes
+    torch.testing.assert_close(net(torch.from_numpy(x)), torch.from_numpy(model.logits(x)),
+                               rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        net.layers[1].values.mul_(2)
+    back = net.to_model()
+    assert back.activation_name == activation and back.alpha == 0.7 and back.dropout == 0.2
+    torch.testing.assert_close(torch.from_numpy(back.logits(x)), net(torch.from_numpy(x)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="sparsekit.SparseMLP"):
+        skt.SparseMLP.from_model(net)
+    with pytest.raises(ValueError, match="slope 0.01"):
+        skt.SparseMLP([4, 5, 2], activation="leaky_relu", negative_slope=0.2).to_model()
+
+
 def test_bad_input_and_arguments_are_named():
     net = skt.SparseMLP([10, 20, 3], seed=0)
     with pytest.raises(ValueError, match="input has 9 features, expected 10"):

@@ -97,13 +97,47 @@ class SparseMLP(nn.Module):
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.activations = hidden_activations(activation, len(sizes) - 2, alpha, negative_slope)
-        self.activation, self.dropout = activation, float(dropout)
+        self.activation, self.alpha, self.dropout = activation, float(alpha), float(dropout)
         seeds = np.random.SeedSequence(seed).spawn(len(sizes) - 1)
         self.layers = nn.ModuleList(
             SparseLinear(n_in, n_out, epsilon, bias, density=density, init=init,
                          fan_in=fan_in, seed=np.random.default_rng(s), dtype=dtype,
                          device=device, backend=backend)
             for (n_in, n_out), s in zip(zip(sizes[:-1], sizes[1:]), seeds))
+
+    @classmethod
+    def from_model(cls, model, backend=None) -> SparseMLP:
+        """A module with the layers (pattern, values, bias), activation and dropout of a
+        sparsekit :class:`~sparsekit.SparseMLP`, e.g. one trained by ``sparsekit train`` and
+        loaded with ``SparseMLP.load``; on the CPU (move it with ``.to(device)``)."""
+        from ..nn.model import SparseMLP as Model
+
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a sparsekit.SparseMLP, got {type(model).__name__}")
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net.activations = list(model.activations)
+        net.activation, net.alpha = model.activation_name, model.alpha
+        net.dropout = model.dropout
+        net.layers = nn.ModuleList(SparseLinear.from_layer(layer, backend=backend)
+                                   for layer in model.layers)
+        return net
+
+    def to_model(self, backend=None):
+        """A sparsekit :class:`~sparsekit.SparseMLP` with these layers, activation and dropout
+        (a copy), for ``sparsekit``'s training, evaluation and checkpoints."""
+        from ..nn.model import SparseMLP as Model
+
+        if self.activation == "leaky_relu":  # the model's leaky ReLU has slope 0.01
+            slopes = {a.slope for a in self.activations}
+            if slopes != {0.01}:
+                raise ValueError(f"a sparsekit.SparseMLP's leaky_relu has slope 0.01, this "
+                                 f"module's {sorted(slopes)}")
+        epsilon = self.layers[0].epsilon
+        return Model.from_layers([layer.to_layer(backend) for layer in self.layers],
+                                 epsilon=20.0 if epsilon is None else epsilon,
+                                 activation=self.activation, alpha=self.alpha,
+                                 dropout=self.dropout)
 
     @property
     def layer_sizes(self) -> list[int]:

@@ -60,6 +60,8 @@ CASES = {
     "microarray-sparse": (sklearn_missing, ["--sparse"], "sparse input"),
     "mpi_wasap": (mpi_missing, [], "WASAP (sync): test accuracy"),
     "torch_char_transformer": (torch_missing, ["--threads", "1"], "sparse (gse)"),
+    "torch_fashion_mnist": (lambda: torch_missing() or fashion_mnist_missing(),
+                            ["--threads", "1"], "epoch 2: test accuracy"),
 }
 
 

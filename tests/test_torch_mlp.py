@@ -132,6 +132,18 @@ def test_topkast_forward_set_is_the_sequential_one():
         torch.testing.assert_close(a, b)
 
 
+def test_seeds_fix_the_draw():
+    def values(net):
+        return [layer.values.detach().clone() for layer in net.layers]
+
+    for seed in (0, np.random.default_rng(0)):
+        a = values(skt.SparseMLP([8, 9, 3], seed=seed))
+        again = np.random.default_rng(0) if isinstance(seed, np.random.Generator) else seed
+        assert all(torch.equal(x, y) for x, y in zip(a, values(skt.SparseMLP([8, 9, 3],
+                                                                            seed=again))))
+    assert not torch.equal(values(skt.SparseMLP([8, 9, 3], seed=1))[0], a[0])
+
+
 def test_state_dict_round_trip_dtype_and_repr():
     net = skt.SparseMLP([10, 20, 3], epsilon=3, seed=0)
     other = skt.SparseMLP([10, 20, 3], epsilon=3, seed=1)

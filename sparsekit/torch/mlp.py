@@ -56,8 +56,8 @@ class SparseMLP(nn.Module):
     bias : bool, default True
         Learn an additive bias in every layer.
     init, fan_in, seed, dtype, device, backend
-        As for :class:`~sparsekit.torch.SparseLinear`; layer ``i`` is seeded from ``seed``'s
-        ``i``-th spawned stream.
+        As for :class:`~sparsekit.torch.SparseLinear` (``seed``: an int, a NumPy Generator or
+        None); layer ``i`` draws from ``seed``'s ``i``-th spawned stream.
 
     Attributes
     ----------
@@ -98,12 +98,13 @@ class SparseMLP(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.activations = hidden_activations(activation, len(sizes) - 2, alpha, negative_slope)
         self.activation, self.alpha, self.dropout = activation, float(alpha), float(dropout)
-        seeds = np.random.SeedSequence(seed).spawn(len(sizes) - 1)
+        n = len(sizes) - 1
+        rngs = (seed.spawn(n) if isinstance(seed, np.random.Generator)
+                else [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)])
         self.layers = nn.ModuleList(
             SparseLinear(n_in, n_out, epsilon, bias, density=density, init=init,
-                         fan_in=fan_in, seed=np.random.default_rng(s), dtype=dtype,
-                         device=device, backend=backend)
-            for (n_in, n_out), s in zip(zip(sizes[:-1], sizes[1:]), seeds))
+                         fan_in=fan_in, seed=rng, dtype=dtype, device=device, backend=backend)
+            for (n_in, n_out), rng in zip(zip(sizes[:-1], sizes[1:]), rngs))
 
     @classmethod
     def from_model(cls, model, backend=None) -> SparseMLP:

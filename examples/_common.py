@@ -25,3 +25,13 @@ def unavailable(reason: str) -> None:
     """Stop with a clear message (and status 3) when a feature or dataset is missing."""
     print(f"example skipped: {reason}", file=sys.stderr)
     raise SystemExit(EXIT_UNAVAILABLE)
+
+
+def fashion_mnist(data_dir=None):
+    """Fashion-MNIST (:func:`sparsekit.load_dataset`), or a clear exit when it is not here."""
+    import sparsekit
+
+    try:
+        return sparsekit.load_dataset("fashion-mnist", data_dir=data_dir)
+    except FileNotFoundError as exc:
+        unavailable(str(exc))

@@ -13,7 +13,7 @@ The data comes from Debian's ``dataset-fashion-mnist`` package, ``$SPARSEKIT_DAT
 """
 
 import numpy as np
-from _common import parser, unavailable
+from _common import fashion_mnist, parser
 
 import sparsekit
 from sparsekit.io.dataset import Dataset
@@ -26,10 +26,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="run folder (checkpoint, history, plot)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    try:
-        data = sparsekit.load_dataset("fashion-mnist", data_dir=args.data_dir)
-    except FileNotFoundError as exc:
-        unavailable(str(exc))
+    data = fashion_mnist(args.data_dir)
     hidden = [1000, 1000, 1000]
     epochs = args.epochs or 100
     if args.fast:

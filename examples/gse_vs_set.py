@@ -10,7 +10,7 @@ distribution; GSE: the largest gradients among sampled absent connections, value
 
 import time
 
-from _common import parser, unavailable
+from _common import fashion_mnist, parser, unavailable
 
 import sparsekit
 from sparsekit.io.synthetic import make_synthetic
@@ -31,10 +31,7 @@ def main() -> None:
                               n_clusters_per_class=2, class_sep=2.0, seed=0)
         hidden, epochs = [128, 128], args.epochs or 6
     else:
-        try:
-            data = sparsekit.load_dataset("fashion-mnist", data_dir=args.data_dir)
-        except FileNotFoundError as exc:
-            unavailable(str(exc))
+        data = fashion_mnist(args.data_dir)
         hidden, epochs = [1000, 1000, 1000], args.epochs or 30
     sizes = [data.n_features, *hidden, data.n_classes]
     print(f"{data.name}: layers {sizes}, {epochs} epochs, seeds {args.seeds}")

@@ -9,7 +9,7 @@ Every rank runs this script; rank 0 prints, evaluates and returns the averaged m
 run from the command line: ``mpiexec -n 4 sparsekit train --parallel wasap ...``.
 """
 
-from _common import parser, unavailable
+from _common import fashion_mnist, parser, unavailable
 
 import sparsekit
 from sparsekit.io.synthetic import make_synthetic
@@ -32,10 +32,7 @@ def main() -> None:
                               n_clusters_per_class=2, class_sep=2.0, seed=0)
         hidden, epochs = [64, 64], args.epochs or 4
     else:
-        try:
-            data = sparsekit.load_dataset("fashion-mnist", data_dir=args.data_dir)
-        except FileNotFoundError as exc:
-            unavailable(str(exc))
+        data = fashion_mnist(args.data_dir)
         hidden, epochs = [1000, 1000, 1000], args.epochs or 20
     sizes = [data.n_features, *hidden, data.n_classes]
     result = sparsekit.train(sizes, data, parallel="wasap", wasap_mode=args.mode,

@@ -16,7 +16,7 @@ The data comes from Debian's ``dataset-fashion-mnist`` package, ``$SPARSEKIT_DAT
 
 import time
 
-from _common import parser, unavailable
+from _common import fashion_mnist, parser, unavailable
 
 try:
     import torch
@@ -26,7 +26,6 @@ try:
 except ImportError as exc:  # the example needs the torch extra
     unavailable(f"{exc} (pip install 'sparsekit[torch]')")
 
-import sparsekit
 
 
 def accuracy(net, x, y, batch: int = 2048) -> float:
@@ -45,10 +44,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    try:
-        data = sparsekit.load_dataset("fashion-mnist", data_dir=args.data_dir)
-    except FileNotFoundError as exc:
-        unavailable(str(exc))
+    data = fashion_mnist(args.data_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

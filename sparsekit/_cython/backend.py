@@ -231,14 +231,14 @@ class CpuBackend(ThreadThresholds, Backend):
         # dozen NumPy calls in about 60 % of the time (8 vs 13 us at 10 x 128), which matters
         # because the loss runs on one thread while the step's team waits for it.
         self._check_loss_operands(logits_cb, labels_b)
-        if labels_b.shape[0] and not 0 <= int(labels_b.min()) <= int(labels_b.max()) < \
-                logits_cb.shape[0]:  # NumPy's indexing would wrap a negative label
-            raise ValueError(f"labels_b must lie in [0, {logits_cb.shape[0]}), got values from "
-                             f"{int(labels_b.min())} to {int(labels_b.max())}")
         got = None
         if logits_cb.dtype in VALUE_DTYPES:
             got = elementwise.softmax_cross_entropy(np.ascontiguousarray(logits_cb), labels_b)
-        if got is None:
+        if got is None:  # the kernel checked the labels' range; NumPy's indexing would wrap
+            if labels_b.shape[0] and not 0 <= labels_b.min() <= labels_b.max() < \
+                    logits_cb.shape[0]:
+                raise ValueError(f"labels_b must lie in [0, {logits_cb.shape[0]}), got values "
+                                 f"from {labels_b.min()} to {labels_b.max()}")
             return super().softmax_cross_entropy(logits_cb, labels_b)
         probs, dlogits, picked = got
         return cross_entropy_of(np, picked, as_float=False), probs, dlogits

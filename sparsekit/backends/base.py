@@ -52,14 +52,14 @@ class Backend:
     def check_array(self, name: str, x) -> None:
         """Raise ``TypeError`` naming ``name`` unless ``x`` is an array on this backend's
         device."""
-        if array_module(x) is self.xp and not isinstance(x, self.xp.ndarray):
-            raise TypeError(f"{name} must be a {self.xp.__name__} array, got "
-                            f"{type(x).__name__}")
         if array_module(x) is not self.xp:
             raise TypeError(
                 f"{name} is a {type(x).__module__} array but the {self.name} backend needs "
                 f"{self.xp.__name__} arrays; call backend.asarray({name}) first"
             )
+        if not isinstance(x, self.xp.ndarray):
+            raise TypeError(f"{name} must be a {self.xp.__name__} array, got "
+                            f"{type(x).__name__}")
 
     def _operand(self, name, x, dtype, n_rows=None):
         """A 2-D activation on this device with W's dtype (and ``n_rows`` rows), C-contiguous."""

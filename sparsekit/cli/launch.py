@@ -105,12 +105,10 @@ def ranks_agree(failure: tuple[str, str, int] | None) -> None:
         comm = Comm()
     except Exception:  # no usable MPI here: nobody to tell, the error stands as it is
         return
-    def flag():
-        return np.array([failure is not None], np.int64)
-
-    if not comm.allreduce(flag(), comm.MPI.MAX, "start-up checks")[0]:
+    flag = np.array([failure is not None], np.int64)
+    if not comm.allreduce(flag.copy(), comm.MPI.MAX, "start-up checks")[0]:  # in place
         return
-    failed = comm.gather(flag(), 0, "start-up checks")
+    failed = comm.gather(flag, 0, "start-up checks")
     if comm.rank == 0:
         reports = {}
         for r in np.flatnonzero(failed[:, 0]):

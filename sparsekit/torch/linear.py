@@ -243,12 +243,8 @@ class SparseLinear(nn.Module):
 
     def to_scipy(self):
         """W as a ``scipy.sparse.csr_matrix`` copy on the host."""
-        import scipy.sparse as sp
-
-        # straight from the buffers: a torch CSR tensor on the way warns that it is in beta
-        host = [t.detach().cpu().numpy().copy()
-                for t in (self.values, self.col_indices, self.crow_indices)]
-        return sp.csr_matrix(tuple(host), shape=(self.out_features, self.in_features))
+        # the layer's own CSR (a torch CSR tensor on the way warns that it is in beta)
+        return self.pattern().to_scipy()
 
     def to_layer(self, backend=None) -> _layers.SparseLayer:
         """A sparsekit :class:`~sparsekit.nn.layers.SparseLayer` with these weights and bias.

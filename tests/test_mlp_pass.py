@@ -17,6 +17,7 @@ from sparsekit._align import aligned_empty
 from sparsekit._cython import mlp
 from sparsekit._cython.backend import CpuBackend
 from sparsekit.backends.base import Backend
+from sparsekit.nn.activations import CrossEntropyLoss
 from sparsekit.nn.layers import SparseLayer
 from sparsekit.nn.model import SparseMLP
 from sparsekit.training.optim import Adam, AdamW, MomentumSGD
@@ -525,13 +526,17 @@ UPDATES = [_rule(MomentumSGD(0.9, 1e-3)), _rule(MomentumSGD(0.9, 1e-3, "decouple
            _rule(Adam(weight_decay=1e-3)), _rule(AdamW(weight_decay=1e-3))]
 
 
+@pytest.mark.parametrize("own_loss", [False, True], ids=["loss-called", "loss-in-team"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("update,keep_dz", [(None, True), (UPDATES[0], False), (UPDATES[1], True),
                                             (UPDATES[2], False), (UPDATES[3], True)])
 @pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, update, keep_dz,
-                                                         threads):
+                                                         threads, own_loss, monkeypatch):
+    """... and with ``own_loss`` (the loss a CrossEntropyLoss, which the CPU team computes
+    itself between its passes, batches of 2 and more) the same bits as the generic NumPy
+    softmax cross-entropy called between the passes."""
     sizes, density, b = CASES[case]
     models = [_with_momentum(make_model(np.random.default_rng(200 + case), sizes, density,
                                         dtype, idt, threads=threads), update) for _ in range(2)]
@@ -541,11 +546,19 @@ def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, updat
     idx = rng.integers(0, n, b)
     y = rng.integers(0, max(sizes[-1], 1), b)
     seeds = [int(s) for s in rng.integers(0, 2**63, size=len(sizes) - 2)]
+    in_team = []
+    step_labels = CpuBackend._step_labels
+    monkeypatch.setattr(CpuBackend, "_step_labels",
+                        lambda self, *a: in_team.append(step_labels(self, *a)) or in_team[-1])
     results = []
     for model, step in zip(models, (Backend.mlp_step, CpuBackend.mlp_step)):
         be = model.backend
+        loss = CrossEntropyLoss(be, y) if own_loss and step is CpuBackend.mlp_step else \
+            _softmax_loss(y)
         results.append(step(be, model.layers, model.activations, x, idx, dtype, 0.3, seeds,
-                            _softmax_loss(y), keep_dz, update, {}))
+                            loss, keep_dz, update, {}))
+    if sizes[1:-1] and all(sizes):  # a step in one team (not a layer pruned away)
+        assert [labels is not None for labels in in_team] == [own_loss and b >= 2]
     (want_loss, want_acts, want_derivs, want_bwd), (got_loss, acts, derivs, bwd) = results
     assert got_loss[0] == want_loss[0]
     same(got_loss[1], want_loss[1], "out")
@@ -613,6 +626,33 @@ def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
     with pytest.raises(ValueError, match="dzs needs one array per hidden layer"):
         mlp.step(arrays, x_ib, outs, derivs, [0.5], [1], 0.0, None, lambda: None, [], grads,
                  gbs, None, 2)
+    # the team's own loss: labels it cannot use are refused before any work
+    for labels, match in ((y.astype(np.int32), r"labels must be an int64 array of shape \(16,\)"),
+                          (y[:15], r"labels must be an int64 array of shape \(16,\)"),
+                          (np.full(16, 3), r"labels must lie in \[0, 3\)"),
+                          (np.full(16, -1), r"labels must lie in \[0, 3\)")):
+        with pytest.raises(ValueError, match=match):
+            mlp.step(arrays, x_ib, outs, derivs, [0.5], [1], 0.0, None, None, dzs, grads, gbs,
+                     None, 2, labels)
+    assert all((g == 7).all() for g in grads + gbs)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        mlp.step(arrays, x_ib[:, :1], [o[:, :1] for o in outs], [d[:, :1] for d in derivs],
+                 [0.5], [1], 0.0, None, None, [d[:, :1] for d in dzs], grads, gbs, None, 2,
+                 y[:1])
+    # ... and a CrossEntropyLoss whose labels do not qualify is called as any loss, which says
+    # what is wrong, or gives the generic bits (labels of another integer type)
+    with pytest.raises(ValueError, match=r"labels_b must lie in \[0, 3\)"):
+        be.mlp_step(layers, acts_fn, x, idx, np.float32, 0.0, [1],
+                    CrossEntropyLoss(be, np.full(16, 3)), False, sgd, {})
+    for i in range(2):
+        same(layers[i].w.data, twin.layers[i].w.data, f"weights {i} after refused labels")
+    got = be.mlp_step(layers, acts_fn, x, idx, np.float32, 0.0, [1],
+                      CrossEntropyLoss(be, y.astype(np.uint8)), False, sgd, {})
+    want = Backend.mlp_step(twin.backend, twin.layers, twin.activations, x, idx, np.float32,
+                            0.0, [1], _softmax_loss(y), False, sgd, {})
+    assert got[0][0] == want[0][0]
+    for i in range(2):
+        same(layers[i].w.data, twin.layers[i].w.data, f"weights {i}, uint8 labels")
 
 
 def test_the_forward_of_rows_keeps_numpys_indexing():

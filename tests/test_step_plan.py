@@ -194,6 +194,15 @@ def test_the_loss_kernel_has_the_generic_losss_bits(classes, batch, dtype):
             assert np.array_equal(a, w, equal_nan=True), f"{what} at scale {scale}"
 
 
+def test_the_loss_kernel_calls_numpys_own_exp_loop():
+    """The kernel exponentiates with NumPy's inner loop itself (no np.exp call, none needed in
+    a step's team) where that loop gave np.exp's bits on a probe of every magnitude; on the
+    NumPy this project installs it does, so the bit tests above cover that path."""
+    for dtype in (np.float32, np.float64):
+        assert elementwise.uses_exp_loop(dtype)
+    assert not elementwise.uses_exp_loop(np.float16)  # the kernel has no half-precision path
+
+
 def test_the_loss_kernel_leaves_numpys_special_cases_to_numpy():
     z = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
     # one sample (NumPy sums the classes pairwise), labels NumPy wraps or rejects

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.base import Backend, _check_rebuild_args, _take, as_count, select_args
-from ..nn.activations import cross_entropy_of
+from ..nn.activations import CrossEntropyLoss, cross_entropy_of
 from ..nn.csr import CSR, VALUE_DTYPES, index_dtype_for
 from . import elementwise, mlp, rebuild, sampling, sddmm, select, spmm
 from .threads import ThreadThresholds
@@ -164,6 +164,17 @@ class CpuBackend(ThreadThresholds, Backend):
         # passes while the others wait awake, instead of being woken again for the backward.
         update = update if plan.fused_update else None
         outs, derivs = plan.outs, plan.derivs
+        labels = self._step_labels(loss, outs[-1])
+        if labels is not None:  # the softmax cross-entropy, computed by the team itself
+            probs, dlogits, picked = mlp.step(
+                self._pass_arrays(layers, update), plan.x_ib, outs, derivs, plan.slopes,
+                list(seeds), float(rate), (x, rows, plan.scratch), None, plan.dzs[:-1],
+                plan.gws, plan.gbs, update, self._team_threads(plan.work), labels)
+            value = cross_entropy_of(np, picked, as_float=False)
+            dzs = [*plan.dzs[:-1], dlogits]
+            return ((value, probs, dlogits), [plan.x_ib, *outs[:-1]], derivs,
+                    (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None),
+                     update is not None))
         result = []
 
         def top_gradient():
@@ -184,6 +195,22 @@ class CpuBackend(ThreadThresholds, Backend):
         dzs = [*plan.dzs[:-1], dlogits]
         return ((value, out, dlogits), acts, derivs,
                 (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None), update is not None))
+
+    def _step_labels(self, loss, logits):
+        """The labels when ``loss`` is this backend's softmax cross-entropy and the step's team
+        may compute it itself (``mlp.step``'s ``labels``: int64, at least 2 samples, each a
+        class of ``logits``, and NumPy's exp loop at hand); None to call ``loss``, which also
+        reports what is wrong with labels that do not qualify."""
+        if type(loss) is not CrossEntropyLoss or loss.backend is not self:
+            return None
+        labels = loss.labels_b
+        n_classes, n_batch = logits.shape
+        if (not isinstance(labels, np.ndarray) or labels.dtype != np.int64
+                or labels.shape != (n_batch,) or n_batch < 2
+                or not elementwise.uses_exp_loop(logits.dtype)
+                or not elementwise.indices_below(np.ascontiguousarray(labels), n_classes)):
+            return None
+        return labels
 
     def _step_plan(self, layers, activations, x, idx, dtype, update, buffers):
         """What :meth:`mlp_step` decides and allocates before a step (whether the step may

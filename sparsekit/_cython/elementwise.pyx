@@ -14,6 +14,7 @@ from libc.stdint cimport int64_t, uint64_t
 import numpy as np
 
 from ._bounds cimport all_below
+from ._loops cimport UnaryLoop, exp_probe, unary_loop, unary_loop_fn
 from ._types cimport floating
 from ._update cimport SK_UPDATE_ADAM, SkUpdate, fill_update, sk_apply_update
 from .._align import aligned_empty
@@ -29,9 +30,18 @@ cdef extern from "epilogue.hh" nogil:
     void sk_act_row[T](const T* z, T b, T* a, T* d, Py_ssize_t n, T slope, T scale,
                        uint64_t threshold, uint64_t key)
     uint64_t sk_act_key(uint64_t seed, Py_ssize_t o, Py_ssize_t n_batch)
-    void sk_softmax_shift[T](const T* z, Py_ssize_t C, Py_ssize_t B, T* m, T* out)
-    void sk_softmax_finish[T](const T* e, const int64_t* labels, Py_ssize_t C, Py_ssize_t B,
-                              T* s, T* probs, T* picked, T* grad)
+    void sk_softmax_ce[T](const T* z, Py_ssize_t ldz, const int64_t* labels, Py_ssize_t C,
+                          Py_ssize_t B, T* s, T* probs, T* picked, T* grad, Py_ssize_t ldg,
+                          unary_loop_fn exp_loop, void* exp_data)
+    void sk_softmax_shift[T](const T* z, Py_ssize_t ldz, Py_ssize_t C, Py_ssize_t B, T* m,
+                             T* out, Py_ssize_t ldo)
+    void sk_softmax_finish[T](T* e, Py_ssize_t lde, const int64_t* labels, Py_ssize_t C,
+                              Py_ssize_t B, T* s, T* probs, T* picked)
+
+# NumPy's own exp loops, where they give np.exp's bits (_loops.pxd): the loss then needs no
+# call of np.exp.
+cdef UnaryLoop EXP_F32 = unary_loop(np.exp, np.float32, exp_probe())
+cdef UnaryLoop EXP_F64 = unary_loop(np.exp, np.float64, exp_probe())
 
 def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
                      uint64_t seed, int num_threads=0):
@@ -98,13 +108,25 @@ def softmax_cross_entropy(const floating[:, ::1] logits_cb, labels_b):
     cdef floating[:, ::1] grad = grad_np
     cdef floating[::1] picked = picked_np
     cdef floating[::1] scratch = scratch_np
+    cdef const UnaryLoop* exp_loop = &EXP_F64 if floating is double else &EXP_F32
+    if exp_loop.fn != NULL:
+        with nogil:
+            sk_softmax_ce(&logits_cb[0, 0], B, &lab[0], C, B, &scratch[0], &probs[0, 0],
+                          &picked[0], &grad[0, 0], B, exp_loop.fn, exp_loop.data)
+        return probs_np, grad_np, picked_np
     with nogil:  # the shifted logits go to grad, which NumPy exponentiates in place
-        sk_softmax_shift(&logits_cb[0, 0], C, B, &scratch[0], &grad[0, 0])
+        sk_softmax_shift(&logits_cb[0, 0], B, C, B, &scratch[0], &grad[0, 0], B)
     np.exp(grad_np, out=grad_np)
     with nogil:
-        sk_softmax_finish(<const floating*>&grad[0, 0], &lab[0], C, B, &scratch[0],
-                          &probs[0, 0], &picked[0], &grad[0, 0])
+        sk_softmax_finish(&grad[0, 0], B, &lab[0], C, B, &scratch[0], &probs[0, 0], &picked[0])
     return probs_np, grad_np, picked_np
+
+
+def uses_exp_loop(dtype):
+    """Whether :func:`softmax_cross_entropy` of ``dtype`` calls NumPy's exp loop itself (see
+    _loops.pxd) rather than ``np.exp``."""
+    dt = np.dtype(dtype)
+    return (dt == np.float32 and EXP_F32.fn != NULL) or (dt == np.float64 and EXP_F64.fn != NULL)
 
 
 def transpose_into(const floating[:, ::1] src, floating[:, ::1] out, int num_threads=0):

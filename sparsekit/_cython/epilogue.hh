@@ -170,39 +170,63 @@ static inline void sk_apply_update(T* p, const T* g, T* m, T* v, ptrdiff_t n,
     }
 }
 
-/* Softmax cross-entropy of feature-major logits z (C classes x B samples) in the order of
-   NumPy's expression in sparsekit.nn.activations.softmax_cross_entropy, so the loss and the
-   gradient keep their bits: sk_softmax_shift writes z - max over the classes (NumPy then
-   takes exp in place), sk_softmax_finish divides by the class sums (added class by class,
-   as NumPy reduces a C-contiguous array over axis 0 with more than one column) and writes
-   the probabilities, the picked ones and the gradient (p - [class == label]) / B.  m and s:
-   scratch of B values. */
+/* Softmax cross-entropy of feature-major logits z (C classes x B samples, rows ldz apart) in
+   the order of NumPy's expression in sparsekit.nn.activations.softmax_cross_entropy, so the
+   loss and the gradient keep their bits: sk_softmax_shift writes z - max over the classes to
+   out (rows ldo apart; NumPy, or its own exp loop, then exponentiates it in place),
+   sk_softmax_finish divides by the class sums (added class by class, as NumPy reduces a
+   C-contiguous array over axis 0 with more than one column) and writes the probabilities
+   (probs, C x B contiguous), the picked ones and the gradient (p - [class == label]) / B, in
+   place of e (rows lde apart).  m and s: scratch of B values. */
 template <typename T>
-SK_EXACT static void sk_softmax_shift(const T* z, ptrdiff_t C, ptrdiff_t B, T* m, T* out) {
+SK_EXACT static void sk_softmax_shift(const T* z, ptrdiff_t ldz, ptrdiff_t C, ptrdiff_t B, T* m,
+                                      T* out, ptrdiff_t ldo) {
     for (ptrdiff_t j = 0; j < B; ++j) m[j] = z[j];
     for (ptrdiff_t c = 1; c < C; ++c)
         for (ptrdiff_t j = 0; j < B; ++j) {
-            const T v = z[c * B + j];
+            const T v = z[c * ldz + j];
             m[j] = (v > m[j] || v != v) ? v : m[j];  /* a NaN propagates, as in NumPy's max */
         }
     for (ptrdiff_t c = 0; c < C; ++c)
-        for (ptrdiff_t j = 0; j < B; ++j) out[c * B + j] = z[c * B + j] - m[j];
+        for (ptrdiff_t j = 0; j < B; ++j) out[c * ldo + j] = z[c * ldz + j] - m[j];
 }
 
 template <typename T>
-SK_EXACT static void sk_softmax_finish(const T* e, const int64_t* labels, ptrdiff_t C,
-                                       ptrdiff_t B, T* s, T* probs, T* picked, T* grad) {
+SK_EXACT static void sk_softmax_finish(T* e, ptrdiff_t lde, const int64_t* labels, ptrdiff_t C,
+                                       ptrdiff_t B, T* s, T* probs, T* picked) {
     for (ptrdiff_t j = 0; j < B; ++j) s[j] = e[j];
     for (ptrdiff_t c = 1; c < C; ++c)
-        for (ptrdiff_t j = 0; j < B; ++j) s[j] = s[j] + e[c * B + j];
+        for (ptrdiff_t j = 0; j < B; ++j) s[j] = s[j] + e[c * lde + j];
     const T n = (T)B;
     for (ptrdiff_t c = 0; c < C; ++c)
         for (ptrdiff_t j = 0; j < B; ++j) {
-            const T p = e[c * B + j] / s[j];
+            const T p = e[c * lde + j] / s[j];
             probs[c * B + j] = p;
-            grad[c * B + j] = (c == labels[j] ? p - (T)1 : p) / n;
+            e[c * lde + j] = (c == labels[j] ? p - (T)1 : p) / n;
         }
     for (ptrdiff_t j = 0; j < B; ++j) picked[j] = probs[labels[j] * B + j];
+}
+
+/* A NumPy ufunc inner loop (PyUFuncGenericFunction; npy_intp is intptr_t). */
+typedef void (*SkUnaryLoop)(char** args, const intptr_t* dims, const intptr_t* steps,
+                            void* data);
+
+/* The whole softmax cross-entropy with NumPy's exp loop `exp_loop` (_loops.pxd checked that it
+   gives np.exp's bits), called on each row in place as np.exp(out, out=out) would be: no
+   Python, so the training step's team runs it between its passes without the GIL.  The
+   gradient goes to grad, rows ldg apart. */
+template <typename T>
+static void sk_softmax_ce(const T* z, ptrdiff_t ldz, const int64_t* labels, ptrdiff_t C,
+                          ptrdiff_t B, T* s, T* probs, T* picked, T* grad, ptrdiff_t ldg,
+                          SkUnaryLoop exp_loop, void* exp_data) {
+    sk_softmax_shift(z, ldz, C, B, s, grad, ldg);
+    const intptr_t steps[2] = {(intptr_t)sizeof(T), (intptr_t)sizeof(T)};
+    const intptr_t n = ldg == B ? (intptr_t)(C * B) : (intptr_t)B;
+    for (ptrdiff_t c = 0; c < (ldg == B ? 1 : C); ++c) {
+        char* args[2] = {(char*)(grad + c * ldg), (char*)(grad + c * ldg)};
+        exp_loop(args, &n, steps, exp_data);
+    }
+    sk_softmax_finish(grad, ldg, labels, C, B, s, probs, picked);
 }
 
 #endif  /* SPARSEKIT_EPILOGUE_HH */

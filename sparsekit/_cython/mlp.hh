@@ -245,6 +245,35 @@ static void sk_mlp_backward_t(SkLayerPass* layers, int n_layers, const T* const*
    dz.  It returns 1 to go on with the backward, 0 to stop the team after the forward. */
 typedef int (*SkLossFn)(void* ctx);
 
+/* The step's own loss (mlp.pyx's step with labels), an SkLossFn: the softmax cross-entropy of
+   the top layer's output (rows ld apart) against the labels, with NumPy's exp loop
+   (epilogue.hh's sk_softmax_ce); the gradient, rows ld apart, becomes the top layer's dz.  No
+   Python, so the master runs it without taking the GIL. */
+struct SkSoftmaxLoss {
+    SkLayerPass* top;
+    const int64_t* labels;
+    void *scratch, *probs, *picked, *grad;  /* B, C x B, B and C x ld values */
+    ptrdiff_t B, ld;
+    int is_double;
+    SkUnaryLoop exp_loop;
+    void* exp_data;
+};
+
+static int sk_softmax_loss(void* ctx) {
+    SkSoftmaxLoss* ce = (SkSoftmaxLoss*)ctx;
+    SkLayerPass* top = ce->top;
+    if (ce->is_double)
+        sk_softmax_ce((const double*)top->out, ce->ld, ce->labels, top->n_out, ce->B,
+                      (double*)ce->scratch, (double*)ce->probs, (double*)ce->picked,
+                      (double*)ce->grad, ce->ld, ce->exp_loop, ce->exp_data);
+    else
+        sk_softmax_ce((const float*)top->out, ce->ld, ce->labels, top->n_out, ce->B,
+                      (float*)ce->scratch, (float*)ce->probs, (float*)ce->picked,
+                      (float*)ce->grad, ce->ld, ce->exp_loop, ce->exp_data);
+    top->dz = ce->grad;
+    return 1;
+}
+
 /* Waiting threads yield the core this many times after their spin while the loss runs
    (NumPy under the GIL: tens of microseconds) before they sleep: a thread woken from sleep
    starts the backward tens of microseconds late, which is what one team per step saves. */

@@ -16,7 +16,9 @@ model qualifies (piecewise-linear activations, one value and index type).
 """
 from libc.stdint cimport int64_t, uint64_t
 
-from ._bounds cimport all_below_ptr
+from ._arrays cimport array_ptr as _ptr
+from ._bounds cimport all_below, all_below_ptr
+from ._loops cimport UnaryLoop, exp_probe, unary_loop, unary_loop_fn
 from ._update cimport SkUpdate, fill_update
 from ._types cimport floating
 
@@ -69,48 +71,28 @@ cdef extern from "mlp.hh" nogil:
                     const SkUpdate* update, SkLossFn loss, void* ctx, int is_double,
                     int is_int64, int num_threads)
     T sk_row_sum[T](const T* a, Py_ssize_t n)
+    ctypedef struct SkSoftmaxLoss:
+        SkLayerPass* top
+        const int64_t* labels
+        void *scratch
+        void *probs
+        void *picked
+        void *grad
+        Py_ssize_t B, ld
+        int is_double
+        unary_loop_fn exp_loop
+        void* exp_data
+    int sk_softmax_loss(void* ctx)
+
+# NumPy's exp loops where they give np.exp's bits (_loops.pxd), for the loss of a step's team.
+cdef UnaryLoop EXP_F32 = unary_loop(np.exp, np.float32, exp_probe())
+cdef UnaryLoop EXP_F64 = unary_loop(np.exp, np.float64, exp_probe())
 
 #: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with an update uses 3 per
 #: layer.
 MAX_LAYERS = 21
 #: ... and a whole step (:func:`step`) 4 per layer and 2 for the batch.
 MAX_STEP_LAYERS = 15
-
-
-cdef void* _ptr(str what, int i, a, dtype, Py_ssize_t d0, Py_ssize_t d1=-1,
-               bint written=False, Py_ssize_t ld=-1) except NULL:
-    """The data pointer of ``a`` after checking it is a C-contiguous, native-order ``dtype``
-    array of shape ``(d0,)`` or ``(d0, d1)``, writeable if the pass writes to it; otherwise a
-    one-line ValueError naming it (``what.format(i)``).  With ``ld`` (a batch array, d1 the
-    batch) its rows must be ``ld`` values apart instead, each contiguous: a view ``[:, :d1]`` of
-    rows padded to whole vectors (:func:`batch_stride`).  The checks use NumPy's C API: they
-    run for every array of every step."""
-    cdef cnp.ndarray arr
-    cdef int ndim = 1 if d1 < 0 else 2
-    cdef Py_ssize_t item
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{what.format(i)} must be a NumPy array, got {type(a).__name__}")
-    arr = <cnp.ndarray>a
-    cdef bint bad = (cnp.PyArray_TYPE(arr) != (<cnp.dtype>dtype).type_num
-                     or not cnp.PyArray_ISNOTSWAPPED(arr) or cnp.PyArray_NDIM(arr) != ndim
-                     or cnp.PyArray_DIMS(arr)[0] != d0
-                     or (ndim == 2 and cnp.PyArray_DIMS(arr)[1] != d1))
-    if not bad and (ld < 0 or ndim == 1):
-        bad = not cnp.PyArray_IS_C_CONTIGUOUS(arr)
-    elif not bad:  # a row stride of 0 or 1 row, or 1 column, is never used
-        item = cnp.PyArray_ITEMSIZE(arr)
-        bad = ((d0 > 1 and cnp.PyArray_STRIDES(arr)[0] != ld * item)
-               or (d1 > 1 and cnp.PyArray_STRIDES(arr)[1] != item))
-    if bad:
-        shape = (d0, d1)[:ndim]
-        rows = "" if ld < 0 or ld == d1 else f" (rows {ld} values apart)"
-        raise ValueError(f"{what.format(i)} must be a C-contiguous {np.dtype(dtype).name} array "
-                         f"of shape {shape}{rows}, got {a.dtype.name} {a.shape}")
-    if written and not cnp.PyArray_ISWRITEABLE(arr):
-        raise ValueError(f"{what.format(i)} is read-only")
-    if cnp.PyArray_SIZE(arr) == 0:  # never dereferenced; any non-NULL address will do
-        return <void*>1
-    return cnp.PyArray_DATA(arr)
 
 
 def batch_stride(Py_ssize_t n_batch, Py_ssize_t itemsize):
@@ -359,9 +341,9 @@ cdef list _fill_backward(SkLayerPass* L, list layers, list derivs, list dzs, lis
 
 
 def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, gather, loss,
-         list dzs, list grads, list gbiases, update=None, int num_threads=0):
+         list dzs, list grads, list gbiases, update=None, int num_threads=0, labels=None):
     """A training step in one team: :func:`forward` (filling ``x_ib`` first when ``gather`` is
-    given), then ``loss()`` on the calling thread, then :func:`backward`.
+    given), then the loss on the calling thread, then :func:`backward`.
 
     One team instead of two, so the other threads are woken once per step.  ``loss`` is called
     with no argument, holding the GIL, once every layer's output is written; it returns the
@@ -370,6 +352,13 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     after the forward.  ``dzs`` holds the hidden layers' dz arrays (one fewer than
     ``layers``); the other arguments are :func:`forward`'s and :func:`backward`'s.  Returns
     what ``loss`` returned; an exception it raised is raised here once the team has ended.
+
+    ``labels`` (int64, one per sample, each a class of the logits; at least 2 samples): the
+    loss is instead the mean softmax cross-entropy against them, computed by the calling
+    thread in C without the GIL (mlp.hh's sk_softmax_loss; ``loss`` is not called), and the
+    step returns ``(probs, dlogits, picked)`` with the bits of
+    :func:`sparsekit._cython.elementwise.softmax_cross_entropy`.  Called back in Python after
+    the passes, whose data evict the interpreter's, the loss took 35-50 us of a 1.3-2 ms step.
     """
     dt, it = _types(layers)
     cdef int n = len(layers), i, nt = check_threads(num_threads)
@@ -398,16 +387,59 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     act_ptrs[0] = x
     for i in range(1, n):
         act_ptrs[i] = L[i - 1].out
-    cdef _Loss call = _Loss()
-    call.fn, call.dt, call.top, call.B, call.ld = loss, dt, L + (n - 1), B, ld
-    cdef void* ctx = <void*>call
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
+    cdef _Loss call = _Loss()
+    cdef SkSoftmaxLoss ce
+    cdef void* ctx
+    cdef SkLossFn loss_fn
+    if labels is None:
+        call.fn, call.dt, call.top, call.B, call.ld = loss, dt, L + (n - 1), B, ld
+        ctx, loss_fn = <void*>call, _call_loss
+    else:
+        arrays = _softmax_arrays(&ce, labels, L[n - 1].n_out, B, ld, dt)
+        ce.top = L + (n - 1)
+        ctx, loss_fn = <void*>&ce, sk_softmax_loss
     with nogil:
-        sk_mlp_step(L, n, x, B, ld, rate, g_ptr, act_ptrs, rule_ptr, _call_loss, ctx, is_double,
+        sk_mlp_step(L, n, x, B, ld, rate, g_ptr, act_ptrs, rule_ptr, loss_fn, ctx, is_double,
                     is_int64, nt)
+    if labels is not None:
+        probs, grad, picked = arrays[:3]
+        return probs, (grad if ld == B else np.ascontiguousarray(grad)), picked
     if call.error is not None:
         raise call.error
     return call.dlogits
+
+
+cdef tuple _softmax_arrays(SkSoftmaxLoss* ce, labels, Py_ssize_t C, Py_ssize_t B,
+                           Py_ssize_t ld, dtype):
+    """Check ``labels`` and fill ``ce`` (but its top layer) for :func:`step`'s own loss;
+    returns the arrays it points to (probs, the gradient as a ``[:, :B]`` view of rows ``ld``
+    apart, picked, then the scratch and the labels), which must outlive the team."""
+    cdef const UnaryLoop* exp_loop = &EXP_F64 if dtype == np.float64 else &EXP_F32
+    if exp_loop.fn == NULL:
+        raise ValueError("labels: the step's own loss needs NumPy's exp loop, which this NumPy "
+                         "does not expose bit for bit (elementwise.uses_exp_loop)")
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (B,):
+        raise ValueError(f"labels must be an int64 array of shape ({B},)")
+    if B < 2:
+        raise ValueError("labels: the step's own loss needs at least 2 samples")
+    lab_a = np.ascontiguousarray(labels)
+    cdef const int64_t[::1] lab = lab_a
+    if not all_below(lab, C):
+        raise ValueError(f"labels must lie in [0, {C})")
+    probs = np.empty((C, B), dtype)
+    grad = np.empty((C, ld), dtype)[:, :B]
+    picked = np.empty(B, dtype)
+    scratch = np.empty(B, dtype)
+    ce.labels = &lab[0]
+    ce.scratch = cnp.PyArray_DATA(<cnp.ndarray>scratch)
+    ce.probs = cnp.PyArray_DATA(<cnp.ndarray>probs)
+    ce.picked = cnp.PyArray_DATA(<cnp.ndarray>picked)
+    ce.grad = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    ce.B, ce.ld = B, ld
+    ce.is_double = dtype == np.float64
+    ce.exp_loop, ce.exp_data = exp_loop.fn, exp_loop.data
+    return probs, grad, picked, scratch, lab_a
 
 
 cdef class _Loss:

@@ -206,7 +206,9 @@ class Backend:
         Returns ``((value, out, dlogits), acts, derivs, (grads, dzs, applied))``: what
         ``loss``, :meth:`mlp_forward_rows` and :meth:`mlp_backward` return.  A backend may run
         it all at once (the CPU backend: in one OpenMP team, with ``loss`` called between the
-        passes); this generic version calls the three in turn.
+        passes, or computed by the team itself when it is a
+        :class:`~sparsekit.nn.activations.CrossEntropyLoss` of this backend, with the same
+        bits); this generic version calls the three in turn.
         """
         logits, acts, derivs = self.mlp_forward_rows(layers, activations, x, idx, dtype, rate,
                                                      seeds, buffers)

@@ -88,6 +88,24 @@ def softmax_cross_entropy(xp, logits_cb, labels_b, as_float: bool = True):
     return loss, probs, grad
 
 
+class CrossEntropyLoss:
+    """A training step's loss against fixed labels: ``loss(logits_cb)`` is
+    ``backend.softmax_cross_entropy(logits_cb, labels_b)``, ``(value, probs_cb, dlogits_cb)``.
+
+    Passed as the ``loss`` of :meth:`~sparsekit.backends.Backend.mlp_step`, it also tells the
+    backend what the loss is, so a backend may compute it inside its step (the CPU backend
+    does, between its passes and without Python), with the same bits.
+    """
+
+    __slots__ = ("backend", "labels_b")
+
+    def __init__(self, backend, labels_b) -> None:
+        self.backend, self.labels_b = backend, labels_b
+
+    def __call__(self, logits_cb):
+        return self.backend.softmax_cross_entropy(logits_cb, self.labels_b)
+
+
 def cross_entropy_of(xp, picked_b, as_float: bool = True):
     """Mean of ``-log(p)`` over each sample's probability of its label (at least 1e-12):
     :func:`softmax_cross_entropy`'s value, which the CPU backend's kernel leaves to NumPy."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._streams import GOLDEN
 from ..growth import GrowthMethod, get_method
+from ..nn.activations import CrossEntropyLoss
 from .config import TrainConfig
 from .flops import FlopCounter
 from .optim import OPTIMIZERS, LRSchedule, MomentumSGD, Optimizer
@@ -216,8 +217,7 @@ class Engine:
         model = self.model
         xp = model.backend.xp
         if self.loss == "cross_entropy":
-            def loss_fn(logits):
-                return model.backend.softmax_cross_entropy(logits, tb)
+            loss_fn = CrossEntropyLoss(model.backend, tb)
         else:
             def loss_fn(logits):
                 return mse(xp, logits, tb, as_float=False)

@@ -1,0 +1,71 @@
+# NumPy's own inner loop of a unary ufunc, for kernels that must give NumPy's bits (the
+# softmax's exp) without calling NumPy: a call of np.exp costs microseconds of Python and
+# needs the GIL, which the training step's team does not hold between its passes.
+#
+# The loop is the first of the ufunc's loops for the type that reproduces the ufunc itself bit
+# for bit on a probe of values covering the whole range, contiguous and in place as the
+# kernels call it; where none does (a NumPy that dispatches otherwise), the kernels keep
+# calling the ufunc.
+cimport numpy as cnp
+from numpy cimport npy_intp
+
+import numpy as np
+
+cnp.import_array()
+cnp.import_ufunc()
+
+ctypedef void (*unary_loop_fn)(char** args, const npy_intp* dims, const npy_intp* steps,
+                               void* data) noexcept nogil
+
+cdef struct UnaryLoop:
+    unary_loop_fn fn  # NULL: not available, use the ufunc itself
+    void* data
+
+
+cdef inline void call_unary_loop(const UnaryLoop* loop, void* inout, npy_intp n,
+                                 npy_intp itemsize) noexcept nogil:
+    """``loop`` over n contiguous values in place (the caller checked loop.fn)."""
+    cdef char* args[2]
+    cdef npy_intp steps[2]
+    args[0] = <char*>inout
+    args[1] = <char*>inout
+    steps[0] = itemsize
+    steps[1] = itemsize
+    loop.fn(args, &n, steps, loop.data)
+
+
+cdef inline exp_probe():
+    """Values that cover the range of exp in both precisions (every magnitude from underflow to
+    overflow, dense around the softmax's (-inf, 0]), the specials, and an odd length, so that
+    a vector loop's tail is part of the check too."""
+    specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 5e-324, -5e-324]
+    dense = np.linspace(-120.0, 100.0, 8_001)
+    wide = np.random.default_rng(0).uniform(-800.0, 800.0, 4_000)
+    return np.concatenate([specials, dense, wide])
+
+
+cdef inline UnaryLoop unary_loop(cnp.ufunc uf, dtype, probe):
+    """The loop of ``uf`` for ``dtype -> dtype`` if it reproduces ``uf(probe)`` exactly
+    (``probe`` cast to ``dtype`` first; casting and ``uf`` run with NumPy's warnings off)."""
+    cdef UnaryLoop loop
+    loop.fn = NULL
+    loop.data = NULL
+    cdef int code = np.dtype(dtype).num  # types holds type numbers, not characters
+    cdef int i
+    if uf.nin != 1 or uf.nout != 1:
+        return loop
+    with np.errstate(all="ignore"):
+        x = np.array(probe, dtype=dtype)
+        want = uf(x).view(np.uint8)
+    for i in range(uf.ntypes):
+        if uf.types[2 * i] != code or uf.types[2 * i + 1] != code:
+            continue
+        loop.fn = <unary_loop_fn>uf.functions[i]
+        loop.data = uf.data[i]
+        got = x.copy()  # contiguous, computed in place as the kernels call it
+        call_unary_loop(&loop, cnp.PyArray_DATA(got), got.shape[0], got.itemsize)
+        if np.array_equal(got.view(np.uint8), want):
+            return loop
+    loop.fn = NULL
+    loop.data = NULL
+    return loop

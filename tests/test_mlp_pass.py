@@ -278,6 +278,8 @@ def test_row_sums_follow_numpys_order(n):
     z = (np.random.default_rng(n).standard_normal((5, n)) * 100).astype(np.float32)
     same(mlp.row_sums(z), z.sum(axis=1), "row sums")
     same(mlp.row_sums(z.astype(np.float64)), z.astype(np.float64).sum(axis=1), "float64")
+    # a 1-D sum (the step's own loss takes the mean of a batch so) has the same order
+    same(mlp.row_sums(z[:1]), np.array([z[0].sum()], np.float32), "1-D")
 
 
 def test_models_the_fused_pass_cannot_run_take_the_generic_one():
@@ -577,6 +579,30 @@ def test_a_step_in_one_team_equals_the_passes_one_by_one(case, dtype, idt, updat
         assert bwd[1][-1] is got_loss[2]  # the loss's own array, as mlp_backward keeps it
 
 
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("b,nan", [(2, False), (3, False), (8, True), (129, True)])
+def test_the_steps_own_loss_keeps_numpys_bits_at_the_edges(b, nan, dtype, idt):
+    """Batches of 2 and 3 (the mean's divisor, NumPy's short sums) and a sample whose input is
+    NaN (np.maximum keeps it, so the loss is NaN): the team's own loss gives the generic
+    loss's value, probabilities and gradient."""
+    rng = np.random.default_rng(b)
+    models = [make_model(np.random.default_rng(7), [12, 20, 5], 0.4, dtype, idt, threads=2)
+              for _ in range(2)]
+    x = rng.standard_normal((b + 4, 12)).astype(dtype)
+    if nan:
+        x[1, 3] = np.nan
+    idx, y = np.arange(b), rng.integers(0, 5, b)
+    want = Backend.mlp_step(models[0].backend, models[0].layers, models[0].activations, x, idx,
+                            dtype, 0.0, [5], _softmax_loss(y), True, None, {})
+    be = models[1].backend
+    got = be.mlp_step(models[1].layers, models[1].activations, x, idx, dtype, 0.0, [5],
+                      CrossEntropyLoss(be, y), True, None, {})
+    assert np.isnan(got[0][0]) == nan
+    assert np.asarray(got[0][0]).dtype == dtype
+    for a, w, what in zip(got[0], want[0], ("loss", "probabilities", "gradient")):
+        assert np.array_equal(np.asarray(a), np.asarray(w), equal_nan=True), what
+
+
 def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
     rng = np.random.default_rng(0)
     model = _with_momentum(make_model(rng, [6, 8, 3], 0.5, np.float32, np.int32, threads=2))
@@ -635,7 +661,7 @@ def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
             mlp.step(arrays, x_ib, outs, derivs, [0.5], [1], 0.0, None, None, dzs, grads, gbs,
                      None, 2, labels)
     assert all((g == 7).all() for g in grads + gbs)
-    with pytest.raises(ValueError, match="at least 2 samples"):
+    with pytest.raises(ValueError, match="of 2 samples or more"):
         mlp.step(arrays, x_ib[:, :1], [o[:, :1] for o in outs], [d[:, :1] for d in derivs],
                  [0.5], [1], 0.0, None, None, [d[:, :1] for d in dzs], grads, gbs, None, 2,
                  y[:1])

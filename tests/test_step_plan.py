@@ -14,7 +14,7 @@ import pytest
 import reference as ref
 import scipy.sparse as sp
 
-from sparsekit._cython import elementwise
+from sparsekit._cython import elementwise, mlp
 from sparsekit._cython.backend import CpuBackend
 from sparsekit._cython.workspace import PLAN
 from sparsekit.backends.base import Backend
@@ -200,7 +200,9 @@ def test_the_loss_kernel_calls_numpys_own_exp_loop():
     NumPy this project installs it does, so the bit tests above cover that path."""
     for dtype in (np.float32, np.float64):
         assert elementwise.uses_exp_loop(dtype)
+        assert mlp.has_own_loss(dtype)  # a step's team also takes NumPy's log loop
     assert not elementwise.uses_exp_loop(np.float16)  # the kernel has no half-precision path
+    assert not mlp.has_own_loss(np.float16)
 
 
 def test_the_loss_kernel_leaves_numpys_special_cases_to_numpy():

@@ -1,6 +1,7 @@
 # NumPy's own inner loop of a unary ufunc, for kernels that must give NumPy's bits (the
-# softmax's exp) without calling NumPy: a call of np.exp costs microseconds of Python and
-# needs the GIL, which the training step's team does not hold between its passes.
+# softmax's exp, the cross-entropy's log) without calling NumPy: a call of np.exp costs
+# microseconds of Python and needs the GIL, which the training step's team does not hold
+# between its passes.
 #
 # The loop is the first of the ufunc's loops for the type that reproduces the ufunc itself bit
 # for bit on a probe of values covering the whole range, contiguous and in place as the
@@ -34,14 +35,16 @@ cdef inline void call_unary_loop(const UnaryLoop* loop, void* inout, npy_intp n,
     loop.fn(args, &n, steps, loop.data)
 
 
-cdef inline exp_probe():
-    """Values that cover the range of exp in both precisions (every magnitude from underflow to
-    overflow, dense around the softmax's (-inf, 0]), the specials, and an odd length, so that
-    a vector loop's tail is part of the check too."""
-    specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 5e-324, -5e-324]
+cdef inline unary_probe():
+    """Values on which a loop must give its ufunc's bits (for exp and log: every magnitude
+    from underflow to overflow, dense around the softmax's (-inf, 0] and the probabilities'
+    (0, 1], negative ones, the specials) in an odd number, so that a vector loop's tail is part
+    of the check too."""
+    specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 5e-324, -5e-324, 1.0]
     dense = np.linspace(-120.0, 100.0, 8_001)
+    small = np.logspace(-45.0, 38.0, 4_001)
     wide = np.random.default_rng(0).uniform(-800.0, 800.0, 4_000)
-    return np.concatenate([specials, dense, wide])
+    return np.concatenate([specials, dense, small, wide])
 
 
 cdef inline UnaryLoop unary_loop(cnp.ufunc uf, dtype, probe):

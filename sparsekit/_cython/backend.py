@@ -166,11 +166,10 @@ class CpuBackend(ThreadThresholds, Backend):
         outs, derivs = plan.outs, plan.derivs
         labels = self._step_labels(loss, outs[-1])
         if labels is not None:  # the softmax cross-entropy, computed by the team itself
-            probs, dlogits, picked = mlp.step(
+            value, probs, dlogits = mlp.step(
                 self._pass_arrays(layers, update), plan.x_ib, outs, derivs, plan.slopes,
                 list(seeds), float(rate), (x, rows, plan.scratch), None, plan.dzs[:-1],
                 plan.gws, plan.gbs, update, self._team_threads(plan.work), labels)
-            value = cross_entropy_of(np, picked, as_float=False)
             dzs = [*plan.dzs[:-1], dlogits]
             return ((value, probs, dlogits), [plan.x_ib, *outs[:-1]], derivs,
                     (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None),
@@ -199,7 +198,7 @@ class CpuBackend(ThreadThresholds, Backend):
     def _step_labels(self, loss, logits):
         """The labels when ``loss`` is this backend's softmax cross-entropy and the step's team
         may compute it itself (``mlp.step``'s ``labels``: int64, at least 2 samples, each a
-        class of ``logits``, and NumPy's exp loop at hand); None to call ``loss``, which also
+        class of ``logits``, and NumPy's exp and log loops at hand); None to call ``loss``, which also
         reports what is wrong with labels that do not qualify."""
         if type(loss) is not CrossEntropyLoss or loss.backend is not self:
             return None
@@ -207,7 +206,7 @@ class CpuBackend(ThreadThresholds, Backend):
         n_classes, n_batch = logits.shape
         if (not isinstance(labels, np.ndarray) or labels.dtype != np.int64
                 or labels.shape != (n_batch,) or n_batch < 2
-                or not elementwise.uses_exp_loop(logits.dtype)
+                or not mlp.has_own_loss(logits.dtype)
                 or not elementwise.indices_below(np.ascontiguousarray(labels), n_classes)):
             return None
         return labels

@@ -14,7 +14,7 @@ from libc.stdint cimport int64_t, uint64_t
 import numpy as np
 
 from ._bounds cimport all_below
-from ._loops cimport UnaryLoop, exp_probe, unary_loop, unary_loop_fn
+from ._loops cimport UnaryLoop, unary_loop, unary_loop_fn, unary_probe
 from ._types cimport floating
 from ._update cimport SK_UPDATE_ADAM, SkUpdate, fill_update, sk_apply_update
 from .._align import aligned_empty
@@ -40,8 +40,8 @@ cdef extern from "epilogue.hh" nogil:
 
 # NumPy's own exp loops, where they give np.exp's bits (_loops.pxd): the loss then needs no
 # call of np.exp.
-cdef UnaryLoop EXP_F32 = unary_loop(np.exp, np.float32, exp_probe())
-cdef UnaryLoop EXP_F64 = unary_loop(np.exp, np.float64, exp_probe())
+cdef UnaryLoop EXP_F32 = unary_loop(np.exp, np.float32, unary_probe())
+cdef UnaryLoop EXP_F64 = unary_loop(np.exp, np.float64, unary_probe())
 
 def bias_act_dropout(const floating[:, ::1] z_ob, const floating[::1] bias, double slope, double rate,
                      uint64_t seed, int num_threads=0):

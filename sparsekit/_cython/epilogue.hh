@@ -229,4 +229,23 @@ static void sk_softmax_ce(const T* z, ptrdiff_t ldz, const int64_t* labels, ptrd
     sk_softmax_finish(grad, ldg, labels, C, B, s, probs, picked);
 }
 
+/* The mean cross-entropy -log(max(picked, 1e-12)) over B samples in the order of NumPy's
+   expression (sparsekit.nn.activations.cross_entropy_of): the floor as np.maximum takes it
+   (a NaN stays), NumPy's own log loop in place on tmp, the pairwise sum (negating every term
+   first, as NumPy does, negates the sum exactly), then the division. */
+template <typename T>
+SK_EXACT static T sk_cross_entropy_value(const T* picked, ptrdiff_t B, T* tmp,
+                                         SkUnaryLoop log_loop, void* log_data) {
+    const T floor = (T)1e-12;
+    for (ptrdiff_t j = 0; j < B; ++j) {
+        const T p = picked[j];
+        tmp[j] = (p != p || p > floor) ? p : floor;
+    }
+    const intptr_t steps[2] = {(intptr_t)sizeof(T), (intptr_t)sizeof(T)};
+    const intptr_t n = (intptr_t)B;
+    char* args[2] = {(char*)tmp, (char*)tmp};
+    log_loop(args, &n, steps, log_data);
+    return -sk_row_sum(tmp, B) / (T)(B > 1 ? B : 1);
+}
+
 #endif  /* SPARSEKIT_EPILOGUE_HH */

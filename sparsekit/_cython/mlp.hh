@@ -247,29 +247,36 @@ typedef int (*SkLossFn)(void* ctx);
 
 /* The step's own loss (mlp.pyx's step with labels), an SkLossFn: the softmax cross-entropy of
    the top layer's output (rows ld apart) against the labels, with NumPy's exp loop
-   (epilogue.hh's sk_softmax_ce); the gradient, rows ld apart, becomes the top layer's dz.  No
-   Python, so the master runs it without taking the GIL. */
+   (epilogue.hh's sk_softmax_ce); the gradient, rows ld apart, becomes the top layer's dz, and
+   the loss goes to `value` (sk_cross_entropy_value, with NumPy's log loop).  No Python, so
+   the master runs it without taking the GIL. */
 struct SkSoftmaxLoss {
     SkLayerPass* top;
     const int64_t* labels;
     void *scratch, *probs, *picked, *grad;  /* B, C x B, B and C x ld values */
     ptrdiff_t B, ld;
     int is_double;
-    SkUnaryLoop exp_loop;
-    void* exp_data;
+    SkUnaryLoop exp_loop, log_loop;
+    void *exp_data, *log_data;
+    double value;
 };
 
 static int sk_softmax_loss(void* ctx) {
     SkSoftmaxLoss* ce = (SkSoftmaxLoss*)ctx;
     SkLayerPass* top = ce->top;
-    if (ce->is_double)
+    if (ce->is_double) {
         sk_softmax_ce((const double*)top->out, ce->ld, ce->labels, top->n_out, ce->B,
                       (double*)ce->scratch, (double*)ce->probs, (double*)ce->picked,
                       (double*)ce->grad, ce->ld, ce->exp_loop, ce->exp_data);
-    else
+        ce->value = sk_cross_entropy_value((const double*)ce->picked, ce->B,
+                                           (double*)ce->scratch, ce->log_loop, ce->log_data);
+    } else {
         sk_softmax_ce((const float*)top->out, ce->ld, ce->labels, top->n_out, ce->B,
                       (float*)ce->scratch, (float*)ce->probs, (float*)ce->picked,
                       (float*)ce->grad, ce->ld, ce->exp_loop, ce->exp_data);
+        ce->value = sk_cross_entropy_value((const float*)ce->picked, ce->B,
+                                           (float*)ce->scratch, ce->log_loop, ce->log_data);
+    }
     top->dz = ce->grad;
     return 1;
 }

@@ -18,7 +18,7 @@ from libc.stdint cimport int64_t, uint64_t
 
 from ._arrays cimport array_ptr as _ptr
 from ._bounds cimport all_below, all_below_ptr
-from ._loops cimport UnaryLoop, exp_probe, unary_loop, unary_loop_fn
+from ._loops cimport UnaryLoop, unary_loop, unary_loop_fn, unary_probe
 from ._update cimport SkUpdate, fill_update
 from ._types cimport floating
 
@@ -70,23 +70,33 @@ cdef extern from "mlp.hh" nogil:
                     double rate, const SkGather* gather, const void* const* acts,
                     const SkUpdate* update, SkLossFn loss, void* ctx, int is_double,
                     int is_int64, int num_threads)
-    T sk_row_sum[T](const T* a, Py_ssize_t n)
     ctypedef struct SkSoftmaxLoss:
         SkLayerPass* top
         const int64_t* labels
-        void *scratch
-        void *probs
-        void *picked
-        void *grad
+        void *scratch, *probs, *picked, *grad
         Py_ssize_t B, ld
         int is_double
-        unary_loop_fn exp_loop
-        void* exp_data
+        unary_loop_fn exp_loop, log_loop
+        void *exp_data, *log_data
+        double value
     int sk_softmax_loss(void* ctx)
+    T sk_row_sum[T](const T* a, Py_ssize_t n)
 
-# NumPy's exp loops where they give np.exp's bits (_loops.pxd), for the loss of a step's team.
-cdef UnaryLoop EXP_F32 = unary_loop(np.exp, np.float32, exp_probe())
-cdef UnaryLoop EXP_F64 = unary_loop(np.exp, np.float64, exp_probe())
+# NumPy's exp and log loops where they give the ufuncs' bits (_loops.pxd), for the loss of a
+# step's team.
+cdef UnaryLoop EXP_F32 = unary_loop(np.exp, np.float32, unary_probe())
+cdef UnaryLoop EXP_F64 = unary_loop(np.exp, np.float64, unary_probe())
+cdef UnaryLoop LOG_F32 = unary_loop(np.log, np.float32, unary_probe())
+cdef UnaryLoop LOG_F64 = unary_loop(np.log, np.float64, unary_probe())
+
+
+def has_own_loss(dtype):
+    """Whether :func:`step` can compute the loss itself (``labels``) for ``dtype``: NumPy's exp
+    and log loops of that type gave the ufuncs' bits."""
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return EXP_F32.fn != NULL and LOG_F32.fn != NULL
+    return dt == np.float64 and EXP_F64.fn != NULL and LOG_F64.fn != NULL
 
 #: Phases one team can hold (team.hh's SK_MAX_PHASES): a backward with an update uses 3 per
 #: layer.
@@ -356,9 +366,9 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     ``labels`` (int64, one per sample, each a class of the logits; at least 2 samples): the
     loss is instead the mean softmax cross-entropy against them, computed by the calling
     thread in C without the GIL (mlp.hh's sk_softmax_loss; ``loss`` is not called), and the
-    step returns ``(probs, dlogits, picked)`` with the bits of
-    :func:`sparsekit._cython.elementwise.softmax_cross_entropy`.  Called back in Python after
-    the passes, whose data evict the interpreter's, the loss took 35-50 us of a 1.3-2 ms step.
+    step returns ``(value, probs, dlogits)`` with the bits of
+    :func:`sparsekit.nn.activations.softmax_cross_entropy` (a 35-50 us call back into Python
+    after the passes, whose data evict the interpreter's, on the default network).
     """
     dt, it = _types(layers)
     cdef int n = len(layers), i, nt = check_threads(num_threads)
@@ -403,8 +413,9 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
         sk_mlp_step(L, n, x, B, ld, rate, g_ptr, act_ptrs, rule_ptr, loss_fn, ctx, is_double,
                     is_int64, nt)
     if labels is not None:
-        probs, grad, picked = arrays[:3]
-        return probs, (grad if ld == B else np.ascontiguousarray(grad)), picked
+        probs, grad = arrays[:2]
+        return (dt.type(ce.value), probs,
+                grad if ld == B else np.ascontiguousarray(grad))
     if call.error is not None:
         raise call.error
     return call.dlogits
@@ -414,32 +425,26 @@ cdef tuple _softmax_arrays(SkSoftmaxLoss* ce, labels, Py_ssize_t C, Py_ssize_t B
                            Py_ssize_t ld, dtype):
     """Check ``labels`` and fill ``ce`` (but its top layer) for :func:`step`'s own loss;
     returns the arrays it points to (probs, the gradient as a ``[:, :B]`` view of rows ``ld``
-    apart, picked, then the scratch and the labels), which must outlive the team."""
-    cdef const UnaryLoop* exp_loop = &EXP_F64 if dtype == np.float64 else &EXP_F32
-    if exp_loop.fn == NULL:
-        raise ValueError("labels: the step's own loss needs NumPy's exp loop, which this NumPy "
-                         "does not expose bit for bit (elementwise.uses_exp_loop)")
-    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (B,):
-        raise ValueError(f"labels must be an int64 array of shape ({B},)")
-    if B < 2:
-        raise ValueError("labels: the step's own loss needs at least 2 samples")
+    apart, the scratch, the labels), which must outlive the team."""
+    if not has_own_loss(dtype):
+        raise ValueError("labels: this NumPy's exp and log loops do not give its bits")
+    if (not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (B,)
+            or B < 2):
+        raise ValueError(f"labels must be an int64 array of shape ({B},), of 2 samples or more")
     lab_a = np.ascontiguousarray(labels)
     cdef const int64_t[::1] lab = lab_a
     if not all_below(lab, C):
         raise ValueError(f"labels must lie in [0, {C})")
-    probs = np.empty((C, B), dtype)
-    grad = np.empty((C, ld), dtype)[:, :B]
-    picked = np.empty(B, dtype)
-    scratch = np.empty(B, dtype)
-    ce.labels = &lab[0]
-    ce.scratch = cnp.PyArray_DATA(<cnp.ndarray>scratch)
-    ce.probs = cnp.PyArray_DATA(<cnp.ndarray>probs)
-    ce.picked = cnp.PyArray_DATA(<cnp.ndarray>picked)
-    ce.grad = cnp.PyArray_DATA(<cnp.ndarray>grad)
-    ce.B, ce.ld = B, ld
-    ce.is_double = dtype == np.float64
-    ce.exp_loop, ce.exp_data = exp_loop.fn, exp_loop.data
-    return probs, grad, picked, scratch, lab_a
+    probs, grad = np.empty((C, B), dtype), np.empty((C, ld), dtype)[:, :B]
+    scratch = np.empty(2 * B, dtype)  # the class sums (then the logs), the picked probabilities
+    cdef char* s = <char*>cnp.PyArray_DATA(<cnp.ndarray>scratch)
+    ce.labels, ce.scratch, ce.picked = &lab[0], s, s + B * cnp.PyArray_ITEMSIZE(scratch)
+    ce.probs, ce.grad = cnp.PyArray_DATA(<cnp.ndarray>probs), cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef const UnaryLoop* ex = &EXP_F64 if dtype == np.float64 else &EXP_F32
+    cdef const UnaryLoop* lg = &LOG_F64 if dtype == np.float64 else &LOG_F32
+    ce.B, ce.ld, ce.is_double = B, ld, dtype == np.float64
+    ce.exp_loop, ce.exp_data, ce.log_loop, ce.log_data = ex.fn, ex.data, lg.fn, lg.data
+    return probs, grad, scratch, lab_a
 
 
 cdef class _Loss:
@@ -485,7 +490,7 @@ def _with_stride(a, Py_ssize_t ld, Py_ssize_t B):
 
 def row_sums(const floating[:, ::1] z_ob):
     """``z_ob.sum(axis=1)`` with NumPy's summation order (pairwise), as the fused backward
-    computes bias gradients."""
+    computes bias gradients (and the step's own loss its mean: a 1-D sum has the same order)."""
     out = np.empty(z_ob.shape[0], dtype=np.asarray(z_ob).dtype)
     cdef floating[::1] o = out
     cdef Py_ssize_t r

@@ -666,7 +666,7 @@ def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
                  [0.5], [1], 0.0, None, None, [d[:, :1] for d in dzs], grads, gbs, None, 2,
                  y[:1])
     # ... and a CrossEntropyLoss whose labels do not qualify is called as any loss, which says
-    # what is wrong, or gives the generic bits (labels of another integer type)
+    # what is wrong; labels of another integer type are the team's too, with the generic bits
     with pytest.raises(ValueError, match=r"labels_b must lie in \[0, 3\)"):
         be.mlp_step(layers, acts_fn, x, idx, np.float32, 0.0, [1],
                     CrossEntropyLoss(be, np.full(16, 3)), False, sgd, {})
@@ -679,6 +679,11 @@ def test_a_step_whose_loss_fails_or_does_not_fit_still_ends_right():
     assert got[0][0] == want[0][0]
     for i in range(2):
         same(layers[i].w.data, twin.layers[i].w.data, f"weights {i}, uint8 labels")
+    logits = np.zeros((3, 16), np.float32)
+    assert be._step_labels(CrossEntropyLoss(be, y.astype(np.uint8)), logits).dtype == np.int64
+    for labels, z in ((np.full(16, 2**63, np.uint64), logits), (y[:1], logits[:, :1]),
+                      (y.astype(np.float32), logits)):
+        assert be._step_labels(CrossEntropyLoss(be, labels), z) is None
 
 
 def test_the_forward_of_rows_keeps_numpys_indexing():

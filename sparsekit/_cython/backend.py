@@ -196,20 +196,22 @@ class CpuBackend(ThreadThresholds, Backend):
                 (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None), update is not None))
 
     def _step_labels(self, loss, logits):
-        """The labels when ``loss`` is this backend's softmax cross-entropy and the step's team
-        may compute it itself (``mlp.step``'s ``labels``: int64, at least 2 samples, each a
-        class of ``logits``, and NumPy's exp and log loops at hand); None to call ``loss``, which also
-        reports what is wrong with labels that do not qualify."""
+        """The labels as int64 when ``loss`` is this backend's softmax cross-entropy and the
+        step's team may compute it itself (``mlp.step``'s ``labels``: integers, at least 2
+        samples, each a class of ``logits``, and NumPy's exp and log loops at hand); None to
+        call ``loss``, which also reports what is wrong with labels that do not qualify."""
         if type(loss) is not CrossEntropyLoss or loss.backend is not self:
             return None
         labels = loss.labels_b
         n_classes, n_batch = logits.shape
-        if (not isinstance(labels, np.ndarray) or labels.dtype != np.int64
+        if (not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu"
                 or labels.shape != (n_batch,) or n_batch < 2
-                or not mlp.has_own_loss(logits.dtype)
-                or not elementwise.indices_below(np.ascontiguousarray(labels), n_classes)):
+                or not mlp.has_own_loss(logits.dtype)):
             return None
-        return labels
+        # A data set's labels may be uint8 or int32; a uint64 past 2**63 turns negative here
+        # and is left to the call back, which refuses it.
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        return labels if elementwise.indices_below(labels, n_classes) else None
 
     def _step_plan(self, layers, activations, x, idx, dtype, update, buffers):
         """What :meth:`mlp_step` decides and allocates before a step (whether the step may

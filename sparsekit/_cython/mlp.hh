@@ -282,8 +282,9 @@ static int sk_softmax_loss(void* ctx) {
 }
 
 /* Waiting threads yield the core this many times after their spin while the loss runs
-   (NumPy under the GIL: tens of microseconds) before they sleep: a thread woken from sleep
-   starts the backward tens of microseconds late, which is what one team per step saves. */
+   (a few microseconds in sk_softmax_loss, tens when called back into Python under the GIL)
+   before they sleep: a thread woken from sleep starts the backward tens of microseconds late,
+   which is what one team per step saves. */
 #define SK_LOSS_YIELDS 400
 
 /* A whole training step in one team: the forward (with the batch's gather), the loss on the

@@ -108,7 +108,8 @@ class CrossEntropyLoss:
 
 def cross_entropy_of(xp, picked_b, as_float: bool = True):
     """Mean of ``-log(p)`` over each sample's probability of its label (at least 1e-12):
-    :func:`softmax_cross_entropy`'s value, which the CPU backend's kernel leaves to NumPy."""
+    :func:`softmax_cross_entropy`'s value, which the CPU backend's loss kernel leaves to NumPy
+    (its training step computes the same bits in C: epilogue.hh's sk_cross_entropy_value)."""
     # On a GPU, float() would synchronise every step: the trainer keeps the device scalar.
     loss = -xp.log(xp.maximum(picked_b, 1e-12)).sum() / max(picked_b.shape[0], 1)
     return float(loss) if as_float else loss

@@ -9,6 +9,9 @@ must be the generic one's, value and gradient.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import reference as ref
@@ -203,6 +206,18 @@ def test_the_loss_kernel_calls_numpys_own_exp_loop():
         assert mlp.has_own_loss(dtype)  # a step's team also takes NumPy's log loop
     assert not elementwise.uses_exp_loop(np.float16)  # the kernel has no half-precision path
     assert not mlp.has_own_loss(np.float16)
+
+
+def test_an_exp_that_is_not_numpys_ufunc_leaves_the_loss_to_it():
+    """np.exp wrapped by some library before sparsekit is imported: no loop is taken from it
+    (the kernels call the wrapper, and the step calls its loss back), and the import works."""
+    code = ("import numpy as np; real = np.exp; np.exp = lambda *a, **k: real(*a, **k); "
+            "from sparsekit._cython import elementwise, mlp; "
+            "print(elementwise.uses_exp_loop(np.float32), mlp.has_own_loss(np.float32))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_the_loss_kernel_leaves_numpys_special_cases_to_numpy():

@@ -47,21 +47,26 @@ cdef inline unary_probe():
     return np.concatenate([specials, dense, small, wide])
 
 
-cdef inline UnaryLoop unary_loop(cnp.ufunc uf, dtype, probe):
-    """The loop of ``uf`` for ``dtype -> dtype`` if it reproduces ``uf(probe)`` exactly
-    (``probe`` cast to ``dtype`` first; casting and ``uf`` run with NumPy's warnings off)."""
+cdef inline UnaryLoop unary_loop(ufunc, dtype, probe):
+    """The loop of ``ufunc`` for ``dtype -> dtype`` if it reproduces ``ufunc(probe)`` exactly
+    (``probe`` cast to ``dtype`` first; casting and ``ufunc`` run with NumPy's warnings off).
+    Anything else (not a NumPy ufunc, as when a library wraps np.exp) finds no loop."""
     cdef UnaryLoop loop
     loop.fn = NULL
     loop.data = NULL
+    if type(ufunc) is not np.ufunc:
+        return loop
+    cdef cnp.ufunc uf = <cnp.ufunc>ufunc
     cdef int code = np.dtype(dtype).num  # types holds type numbers, not characters
     cdef int i
-    if uf.nin != 1 or uf.nout != 1:
+    if uf.nin != 1 or uf.nout != 1 or uf.functions == NULL or uf.types == NULL:
         return loop
     with np.errstate(all="ignore"):
         x = np.array(probe, dtype=dtype)
         want = uf(x).view(np.uint8)
     for i in range(uf.ntypes):
-        if uf.types[2 * i] != code or uf.types[2 * i + 1] != code:
+        if (uf.types[2 * i] != code or uf.types[2 * i + 1] != code
+                or uf.functions[i] == NULL):  # a loop NumPy registers elsewhere
             continue
         loop.fn = <unary_loop_fn>uf.functions[i]
         loop.data = uf.data[i]

@@ -1,13 +1,14 @@
 """What a training step spends outside its OpenMP team, and what the per-step caches save.
 
 The CPU step keeps three things between steps: the step plan (``CpuBackend._step_plan``: the
-fusability checks and the buffers it hands ``mlp.step``), the loss kernel
-(``CpuBackend.softmax_cross_entropy``, two C passes around NumPy's exp instead of a dozen NumPy
-calls) and the flop count of a step (``FlopCounter.step``, once per shapes).  This benchmark
-runs ``Engine.train_step`` in one process and switches every 10 steps between the code as it
-is ("kept") and the same code with all three recomputed at every step ("recomputed": the plan
-popped from the buffers, the generic NumPy loss, the flop count forgotten), which is what a
-step did before them; the first 2 steps after each switch are left out.  Reported: the median
+fusability checks and the buffers it hands ``mlp.step``), the loss (computed by the step's
+team itself, in C without the GIL, or else the kernel ``CpuBackend.softmax_cross_entropy``: two
+C passes around NumPy's exp instead of a dozen NumPy calls) and the flop count of a step
+(``FlopCounter.step``, once per shapes).  This benchmark runs ``Engine.train_step`` in one
+process and switches every 10 steps between the code as it is ("kept") and the same code with
+all three recomputed at every step ("recomputed": the plan popped from the buffers, the generic
+NumPy loss called back from the team, the flop count forgotten), which is what a step did
+before them; the first 2 steps after each switch are left out.  Reported: the median
 step of each mode and the difference.  A small network shows the fixed cost of a step (it is
 nearly all overhead), the paper's Fashion-MNIST network what it means for real training.
 
@@ -65,6 +66,7 @@ engine.plan(x.shape[0] // bs)
 perm = np.random.default_rng(1).permutation(x.shape[0])
 kept_loss = be.softmax_cross_entropy
 generic_loss = lambda z, t: Backend.softmax_cross_entropy(be, z, t)
+called_back = lambda loss, logits: None  # CpuBackend._step_labels: the team's loss declined
 times = {"kept": [], "recomputed": []}
 for s in range(steps):
     mode = "recomputed" if (s // 10) % 2 else "kept"
@@ -73,6 +75,10 @@ for s in range(steps):
         engine._buffers.pop(PLAN, None)  # every plan
         engine.flops._last = (None, (0, 0))
     be.softmax_cross_entropy = generic_loss if mode == "recomputed" else kept_loss
+    if mode == "recomputed":
+        be._step_labels = called_back
+    else:
+        vars(be).pop("_step_labels", None)
     t0 = time.perf_counter()
     engine.train_step(x, y, idx, 0.01)
     dt = time.perf_counter() - t0

@@ -164,16 +164,8 @@ class CpuBackend(ThreadThresholds, Backend):
         # passes while the others wait awake, instead of being woken again for the backward.
         update = update if plan.fused_update else None
         outs, derivs = plan.outs, plan.derivs
+        # Labels: the team computes the softmax cross-entropy itself, and mlp.step returns it.
         labels = self._step_labels(loss, outs[-1])
-        if labels is not None:  # the softmax cross-entropy, computed by the team itself
-            value, probs, dlogits = mlp.step(
-                self._pass_arrays(layers, update), plan.x_ib, outs, derivs, plan.slopes,
-                list(seeds), float(rate), (x, rows, plan.scratch), None, plan.dzs[:-1],
-                plan.gws, plan.gbs, update, self._team_threads(plan.work), labels)
-            dzs = [*plan.dzs[:-1], dlogits]
-            return ((value, probs, dlogits), [plan.x_ib, *outs[:-1]], derivs,
-                    (list(zip(plan.gws, plan.gbs)), (dzs if keep_dz else None),
-                     update is not None))
         result = []
 
         def top_gradient():
@@ -184,8 +176,11 @@ class CpuBackend(ThreadThresholds, Backend):
             return dlogits if fits else None  # else the backward runs after the team
 
         done = mlp.step(self._pass_arrays(layers, update), plan.x_ib, outs, derivs, plan.slopes,
-                        list(seeds), float(rate), (x, rows, plan.scratch), top_gradient,
-                        plan.dzs[:-1], plan.gws, plan.gbs, update, self._team_threads(plan.work))
+                        list(seeds), float(rate), (x, rows, plan.scratch),
+                        None if labels is not None else top_gradient, plan.dzs[:-1], plan.gws,
+                        plan.gbs, update, self._team_threads(plan.work), labels)
+        if labels is not None:
+            result.append(done)  # (value, probs, dlogits)
         value, out, dlogits = result[0]
         acts = [plan.x_ib, *outs[:-1]]
         if done is None:

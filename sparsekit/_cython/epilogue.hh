@@ -211,6 +211,14 @@ SK_EXACT static void sk_softmax_finish(T* e, ptrdiff_t lde, const int64_t* label
 typedef void (*SkUnaryLoop)(char** args, const intptr_t* dims, const intptr_t* steps,
                             void* data);
 
+/* A unary loop over n contiguous values in place, as np.exp(a, out=a) runs it. */
+template <typename T>
+static inline void sk_unary_in_place(SkUnaryLoop loop, void* data, T* a, ptrdiff_t n) {
+    char* args[2] = {(char*)a, (char*)a};
+    const intptr_t dims = (intptr_t)n, steps[2] = {(intptr_t)sizeof(T), (intptr_t)sizeof(T)};
+    loop(args, &dims, steps, data);
+}
+
 /* The whole softmax cross-entropy with NumPy's exp loop `exp_loop` (_loops.pxd checked that it
    gives np.exp's bits), called on each row in place as np.exp(out, out=out) would be: no
    Python, so the training step's team runs it between its passes without the GIL.  The
@@ -220,12 +228,10 @@ static void sk_softmax_ce(const T* z, ptrdiff_t ldz, const int64_t* labels, ptrd
                           ptrdiff_t B, T* s, T* probs, T* picked, T* grad, ptrdiff_t ldg,
                           SkUnaryLoop exp_loop, void* exp_data) {
     sk_softmax_shift(z, ldz, C, B, s, grad, ldg);
-    const intptr_t steps[2] = {(intptr_t)sizeof(T), (intptr_t)sizeof(T)};
-    const intptr_t n = ldg == B ? (intptr_t)(C * B) : (intptr_t)B;
-    for (ptrdiff_t c = 0; c < (ldg == B ? 1 : C); ++c) {
-        char* args[2] = {(char*)(grad + c * ldg), (char*)(grad + c * ldg)};
-        exp_loop(args, &n, steps, exp_data);
-    }
+    if (ldg == B)
+        sk_unary_in_place(exp_loop, exp_data, grad, C * B);
+    else
+        for (ptrdiff_t c = 0; c < C; ++c) sk_unary_in_place(exp_loop, exp_data, grad + c * ldg, B);
     sk_softmax_finish(grad, ldg, labels, C, B, s, probs, picked);
 }
 
@@ -241,10 +247,7 @@ SK_EXACT static T sk_cross_entropy_value(const T* picked, ptrdiff_t B, T* tmp,
         const T p = picked[j];
         tmp[j] = (p != p || p > floor) ? p : floor;
     }
-    const intptr_t steps[2] = {(intptr_t)sizeof(T), (intptr_t)sizeof(T)};
-    const intptr_t n = (intptr_t)B;
-    char* args[2] = {(char*)tmp, (char*)tmp};
-    log_loop(args, &n, steps, log_data);
+    sk_unary_in_place(log_loop, log_data, tmp, B);
     return -sk_row_sum(tmp, B) / (T)(B > 1 ? B : 1);
 }
 

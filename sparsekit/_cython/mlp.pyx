@@ -398,11 +398,12 @@ def step(list layers, x_ib, list outs, list derivs, slopes, seeds, double rate, 
     for i in range(1, n):
         act_ptrs[i] = L[i - 1].out
     cdef int is_double = dt == np.float64, is_int64 = it == np.int64
-    cdef _Loss call = _Loss()
+    cdef _Loss call = None
     cdef SkSoftmaxLoss ce
     cdef void* ctx
     cdef SkLossFn loss_fn
     if labels is None:
+        call = _Loss()
         call.fn, call.dt, call.top, call.B, call.ld = loss, dt, L + (n - 1), B, ld
         ctx, loss_fn = <void*>call, _call_loss
     else:

@@ -75,6 +75,44 @@ def test_fused_passes_equal_the_generic_ones_bit_for_bit(case, dtype, idt, threa
         same(dzg[i], dzw[i], f"dz {i}")
 
 
+def full_output_model(rng, sizes, dtype, idt, threads):
+    """A model whose last layer has every connection (``nnz == n_out * n_in``)."""
+    model = make_model(rng, sizes[:-1] + [1], 0.3, dtype, idt, threads=threads)
+    full = ref.to_backend(model.backend, ref.random_csr(rng, sizes[-1], sizes[-2], 1.0,
+                                                        empty_row_frac=0.0), dtype, idt)
+    assert full.nnz == sizes[-1] * sizes[-2]
+    top = SparseLayer(full, rng.standard_normal(sizes[-1]) * 0.1, backend=model.backend)
+    return SparseMLP.from_layers(model.layers[:-1] + [top], activation="allrelu", dropout=0.3)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("n_out,b", [(1, 1), (3, 15), (10, 128), (12, 33), (13, 100), (25, 31),
+                                     (10, 16), (5, 47)])
+def test_an_output_layer_with_full_rows_keeps_the_general_products_bits(n_out, b, dtype, idt,
+                                                                        threads):
+    """An output layer with every connection (a 10-class head at epsilon = 20) takes the
+    blocked product of full rows (spmm.hh, sk_full_rows) inside the fused passes: its logits
+    equal those of the one-product-at-a-time path, which runs the general walk, bit for bit, at
+    every block split (12 rows a block) and batch tail, and a float64 oracle to rounding."""
+    rng = np.random.default_rng(n_out * 1000 + b)
+    sizes = [20, 37, n_out]
+    model = full_output_model(rng, sizes, dtype, idt, threads)
+    be, layers, acts_fn = model.backend, model.layers, model.activations
+    x = batch(rng, sizes[0], b, dtype)
+    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(layers) - 1)]
+    want = Backend.mlp_forward(be, layers, acts_fn, x, 0.3, seeds)
+    got = be.mlp_forward(layers, acts_fn, x, 0.3, seeds, {})
+    same(got[0], want[0], "logits")
+    top = layers[-1]
+    h = got[1][-1].astype(np.float64)
+    oracle = top.w.to_scipy().astype(np.float64) @ h + top.b.astype(np.float64)[:, None]
+    np.testing.assert_allclose(got[0], oracle, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+    logits = be.mlp_infer(layers, acts_fn, x, {})
+    same(logits, Backend.mlp_infer(be, layers, acts_fn, x), "inference logits")
+
+
 def test_fused_forward_matches_a_float64_oracle():
     rng = np.random.default_rng(7)
     model = make_model(rng, [50, 40, 30, 5], 0.2, np.float32, np.int32, dropout=0.25)

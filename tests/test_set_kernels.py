@@ -196,11 +196,14 @@ def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt, dtype):
 
     rng = np.random.default_rng(21)
     n_in = 3000
-    old_lens, new_lens = [0, 1, 40, 1023, 1024, 1025, 1900], [0, 1, 12, 63, 64, 65, 100]
+    # old rows also on and around whole 16-entry vectors (the AVX-512 merge's blocks), kept
+    # shares of 70 %, none and all
+    old_lens = [0, 1, 15, 16, 17, 40, 64, 1023, 1024, 1025, 1900]
+    new_lens = [0, 1, 12, 63, 64, 65, 100]
     indptr, indices, keep, rows, cols = [0], [], [], [], []
     for r, (n_old, n_new) in enumerate((a, b) for a in old_lens for b in new_lens):
         row = np.sort(rng.choice(n_in, n_old, replace=False))
-        kept = rng.random(n_old) < 0.7
+        kept = rng.random(n_old) < (0.7, 0.0, 1.0)[r % 3]
         dropped = row[~kept]
         absent = np.setdiff1d(np.arange(n_in), row)
         # a third of the new positions (when there are enough) where a dropped entry was
@@ -224,8 +227,21 @@ def test_rebuild_of_rows_of_every_size_equals_the_oracle(idt, dtype):
                                   keep.view(np.uint8), rows.astype(idt), cols.astype(idt), n_in,
                                   w.data, vals, True, threads, mom)
         _same_rebuild(got, want, want_mom, want_slot, vals)
+        # without src: the fused state alone (the momentum SGD case), and no state
+        for state in (mom, None):
+            indptr_, indices_, data_, src_, state_ = rebuild.rebuild_csr(
+                w.indptr.astype(idt), w.indices.astype(idt), keep.view(np.uint8),
+                rows.astype(idt), cols.astype(idt), n_in, w.data, vals, False, threads, state)
+            assert src_ is None
+            np.testing.assert_array_equal(indptr_, want.indptr)
+            np.testing.assert_array_equal(indices_, want.indices)
+            np.testing.assert_array_equal(data_, want.data)
+            if state is None:
+                assert state_ is None
+            else:
+                np.testing.assert_array_equal(state_, want_mom)
     # a new position on a kept entry is refused, in a counted row and in a walked one
-    for r in (2 * len(new_lens) + 2, 6 * len(new_lens) + 6):  # 40 old / 12 new, 1900 / 100
+    for r in (5 * len(new_lens) + 3, 10 * len(new_lens) + 5):  # 40 old / 63 new, 1900 / 65
         lo, hi = w.indptr[r], w.indptr[r + 1]
         k = lo + int(np.flatnonzero(keep[lo:hi])[0])
         bad_cols = cols.copy()

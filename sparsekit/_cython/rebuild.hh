@@ -136,47 +136,84 @@ static inline int sk_place_row_t(const I *indices, const uint8_t *keep, const I 
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
-/* sk_place_row_t for float values and int32 columns without src, with AVX-512: the kept old
-   entries between two new ones are a run of the row, so each run is compressed to the output
-   (16 entries a step, its keep flags as the mask) and the new entry written after it.  A SET
-   update has a new entry every three or four old ones, so a row is about as many short vector
-   steps as it has new entries, instead of a scalar store per old entry. */
+/* sk_place_row_t for float values and int32 columns without src, with AVX-512, in whole
+   vectors of the output: the row's kept old entries are first compressed to a stack buffer
+   (16 a step, the keep flags as the mask), then every 16 output slots are two expanding loads,
+   the kept entries into the slots the new ones leave and the new entries into theirs (new
+   entry j at slot j + the kept entries left of it, a bit of a mask).  A SET update puts a new
+   entry every three or four old ones, so the output holds about as many runs as new entries: a
+   compressed store per run (the previous form, a loop iteration each) took 100 ns a row of 40
+   + 12 on an Intel Xeon guest. */
 template <bool STATE>
 static inline int sk_place_row_v(const int32_t *indices, const uint8_t *keep,
                                  const int32_t *new_cols, const float *data,
                                  const float *new_vals, ptrdiff_t a, ptrdiff_t a_end, ptrdiff_t b,
                                  ptrdiff_t b_end, ptrdiff_t p, int32_t *out_idx, float *out_data,
                                  const float *st_in, float *st_out) {
+    enum { BLOCKS = SK_PLACE_MAX_OLD / 16 + 1, SLOTS = SK_PLACE_MAX_OLD + SK_PLACE_MAX_NEW };
     const ptrdiff_t n_old = a_end - a, n_new = b_end - b;
     alignas(64) int32_t nb[SK_PLACE_MAX_NEW];
     alignas(64) int32_t ins[SK_PLACE_MAX_NEW];
     sk_insertion_counts(indices + a, n_old, new_cols + b, n_new, nb, ins);
+    /* the kept entries, compressed; each vector stored whole (hence the 16 spare slots) */
+    alignas(64) int32_t k_idx[SK_PLACE_MAX_OLD + 16];
+    alignas(64) float k_val[SK_PLACE_MAX_OLD + 16];
+    alignas(64) float k_st[STATE ? SK_PLACE_MAX_OLD + 16 : 1];
+    uint32_t k_bits[BLOCKS];  /* keep flags of old entries 16 q .. 16 q + 15 */
+    int32_t k_before[BLOCKS];  /* kept entries before them */
+    ptrdiff_t n_kept = 0, q = 0;
+    for (ptrdiff_t s = 0; s < n_old; s += 16, ++q) {
+        const int len = n_old - s < 16 ? (int)(n_old - s) : 16;
+        const __mmask16 in = (__mmask16)((1u << len) - 1);
+        const __m128i k8 = _mm_maskz_loadu_epi8(in, keep + a + s);
+        const __mmask16 kept = _mm_test_epi8_mask(k8, k8);
+        k_bits[q] = kept;
+        k_before[q] = (int32_t)n_kept;
+        _mm512_storeu_si512(k_idx + n_kept, _mm512_maskz_compress_epi32(
+            kept, _mm512_maskz_loadu_epi32(in, indices + a + s)));
+        _mm512_storeu_ps(k_val + n_kept, _mm512_maskz_compress_ps(
+            kept, _mm512_maskz_loadu_ps(in, data + a + s)));
+        if (STATE)
+            _mm512_storeu_ps(k_st + n_kept, _mm512_maskz_compress_ps(
+                kept, _mm512_maskz_loadu_ps(in, st_in + a + s)));
+        n_kept += __builtin_popcount(kept);
+    }
+    k_bits[q] = 0;  /* an insertion point at the end of a row of whole blocks */
+    k_before[q] = (int32_t)n_kept;
+    /* the slots of the new entries, as bits */
+    const ptrdiff_t n_out = n_kept + n_new;
+    uint64_t is_new[(SLOTS + 63) / 64 + 1];
+    /* the slots increase with j: each word is built in a register and stored once */
+    uint64_t word = 0;
+    ptrdiff_t w = 0;
     int bad = 0;
-    ptrdiff_t q = p, s = a;
-    for (ptrdiff_t j = 0; j <= n_new; ++j) {
-        const ptrdiff_t e = a + (j < n_new ? (ptrdiff_t)ins[j] : n_old);
-        for (; s < e; s += 16) {  /* the run old[s:e], kept entries only; masked: no read past e */
-            const int len = e - s < 16 ? (int)(e - s) : 16;
-            const __mmask16 in = (__mmask16)((1u << len) - 1);
-            const __m128i k8 = _mm_maskz_loadu_epi8(in, keep + s);
-            const __mmask16 kept = _mm_test_epi8_mask(k8, k8);
-            const __mmask16 out = (__mmask16)((1u << __builtin_popcount(kept)) - 1);
-            _mm512_mask_storeu_epi32(out_idx + q, out, _mm512_maskz_compress_epi32(
-                kept, _mm512_maskz_loadu_epi32(in, indices + s)));
-            _mm512_mask_storeu_ps(out_data + q, out, _mm512_maskz_compress_ps(
-                kept, _mm512_maskz_loadu_ps(in, data + s)));
-            if (STATE)
-                _mm512_mask_storeu_ps(st_out + q, out, _mm512_maskz_compress_ps(
-                    kept, _mm512_maskz_loadu_ps(in, st_in + s)));
-            q += __builtin_popcount(kept);
-        }
-        s = e;
-        if (j == n_new) break;
-        bad |= sk_lands_on_kept(indices, keep, a, n_old, (ptrdiff_t)ins[j], nb[j]);
-        out_idx[q] = nb[j];
-        out_data[q] = new_vals[b + j];
-        if (STATE) st_out[q] = 0;
-        ++q;
+    for (ptrdiff_t j = 0; j < n_new; ++j) {
+        const ptrdiff_t at = (ptrdiff_t)ins[j];
+        const ptrdiff_t slot = j + k_before[at >> 4] +
+                               __builtin_popcount(k_bits[at >> 4] & ((1u << (at & 15)) - 1));
+        for (; w < (slot >> 6); ++w, word = 0) is_new[w] = word;
+        word |= 1ULL << (slot & 63);
+        bad |= sk_lands_on_kept(indices, keep, a, n_old, at, nb[j]);
+    }
+    for (; w <= n_out / 64; ++w, word = 0) is_new[w] = word;
+    const float *nv = new_vals + b;
+    ptrdiff_t from_kept = 0, from_new = 0;
+    for (ptrdiff_t s = 0; s < n_out; s += 16) {
+        const __mmask16 valid = (__mmask16)(n_out - s >= 16 ? 0xFFFFu
+                                                           : (1u << (n_out - s)) - 1);
+        const __mmask16 fresh = (__mmask16)((is_new[s >> 6] >> (s & 63)) & valid);
+        const __mmask16 old = (__mmask16)(valid & ~fresh);
+        __m512i vi = _mm512_maskz_expandloadu_epi32(old, k_idx + from_kept);
+        _mm512_mask_storeu_epi32(out_idx + p + s, valid,
+                                 _mm512_mask_expandloadu_epi32(vi, fresh, nb + from_new));
+        __m512 vd = _mm512_maskz_expandloadu_ps(old, k_val + from_kept);
+        _mm512_mask_storeu_ps(out_data + p + s, valid,
+                              _mm512_mask_expandloadu_ps(vd, fresh, nv + from_new));
+        if (STATE)
+            _mm512_mask_storeu_ps(st_out + p + s, valid,
+                                  _mm512_maskz_expandloadu_ps(old, k_st + from_kept));
+        from_kept += __builtin_popcount(old);
+        from_new += __builtin_popcount(fresh);
     }
     return bad;
 }

@@ -49,6 +49,18 @@ def same(a, b, what):
     assert np.array_equal(a, b), f"{what}: {int((a != b).sum())} of {a.size} values differ"
 
 
+def forward_both(model, rng, b, dtype, rate=0.3):
+    """A random batch through the fused forward and the generic one, logits checked equal:
+    ``(x, got, want)``."""
+    be, layers, acts_fn = model.backend, model.layers, model.activations
+    x = batch(rng, layers[0].in_features, b, dtype)
+    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(layers) - 1)]
+    want = Backend.mlp_forward(be, layers, acts_fn, x, rate, seeds)
+    got = be.mlp_forward(layers, acts_fn, x, rate, seeds, {})
+    same(got[0], want[0], "logits")
+    return x, got, want
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype,idt", [(np.float32, np.int32), (np.float64, np.int64),
                                        (np.float32, np.int64)])
@@ -57,12 +69,8 @@ def test_fused_passes_equal_the_generic_ones_bit_for_bit(case, dtype, idt, threa
     sizes, density, b = CASES[case]
     rng = np.random.default_rng(case)
     model = make_model(rng, sizes, density, dtype, idt, threads=threads)
-    be, layers, acts_fn = model.backend, model.layers, model.activations
-    x = batch(rng, sizes[0], b, dtype)
-    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(layers) - 1)]
-    want = Backend.mlp_forward(be, layers, acts_fn, x, 0.3, seeds)
-    got = be.mlp_forward(layers, acts_fn, x, 0.3, seeds, {})
-    same(got[0], want[0], "logits")
+    be, layers = model.backend, model.layers
+    _, got, want = forward_both(model, rng, b, dtype)
     for i, (a, w) in enumerate(zip(got[1] + got[2], want[1] + want[2])):
         same(a, w, f"activation/derivative {i}")
     dlogits = rng.standard_normal(want[0].shape).astype(dtype) / b
@@ -99,11 +107,7 @@ def test_an_output_layer_with_full_rows_keeps_the_general_products_bits(n_out, b
     sizes = [20, 37, n_out]
     model = full_output_model(rng, sizes, dtype, idt, threads)
     be, layers, acts_fn = model.backend, model.layers, model.activations
-    x = batch(rng, sizes[0], b, dtype)
-    seeds = [int(s) for s in rng.integers(0, 2**63, size=len(layers) - 1)]
-    want = Backend.mlp_forward(be, layers, acts_fn, x, 0.3, seeds)
-    got = be.mlp_forward(layers, acts_fn, x, 0.3, seeds, {})
-    same(got[0], want[0], "logits")
+    x, got, _ = forward_both(model, rng, b, dtype)
     top = layers[-1]
     h = got[1][-1].astype(np.float64)
     oracle = top.w.to_scipy().astype(np.float64) @ h + top.b.astype(np.float64)[:, None]

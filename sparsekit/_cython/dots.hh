@@ -33,10 +33,7 @@ static inline void sk_dot_tile(const I* idx, const I* perm, const T* vals, ptrdi
     V hv[U], acc[P][U];
     #pragma GCC unroll 16
     for (int u = 0; u < U; ++u) hv[u] = sk_tile_ld<V, T, MASK, false>(hrow, u, U, last, 0);
-    #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p)
-        #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[p][u] = V{};
+    sk_zero_tile(acc);
     ptrdiff_t k = k0;
     if constexpr (P == 1 && N >= 2) {
         /* Whole groups of N non-zeros: N dot vectors folded into one vector of N sums. */

@@ -69,6 +69,14 @@ static inline int sk_vbytes(void) { return SK_VBYTES; }
 /* 1 when a vector can start before a row and mask the lanes outside it (spmm.hh's head). */
 static inline int sk_masked(void) { return SK_MASKED; }
 
+/* acc[0:A][0:B] = 0: the register tile of a product kernel, before its first non-zero. */
+template <typename V, int A, int B> static inline void sk_zero_tile(V (&acc)[A][B]) {
+    #pragma GCC unroll 16
+    for (int a = 0; a < A; ++a)
+        #pragma GCC unroll 16
+        for (int b = 0; b < B; ++b) acc[a][b] = V{};
+}
+
 /* Horizontal sum by halving: a fixed tree, so a fixed rounding order. */
 template <typename T, int B> static inline T sk_hsum(const typename SkPart<T, B>::V& v) {
     if constexpr (B == 2 * (int)sizeof(T)) {

@@ -64,10 +64,7 @@ static inline void sk_axpy_tile(const I* idx, const T* vals, const I* perm, ptrd
                                 int head = 0) {
     typedef typename SkVec<T>::V V;
     V acc[P][U];
-    #pragma GCC unroll 16
-    for (int p = 0; p < P; ++p)
-        #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[p][u] = V{};
+    sk_zero_tile(acc);
     ptrdiff_t k = k0;
     for (; k + P <= k1; k += P) {
         #pragma GCC unroll 4
@@ -256,10 +253,7 @@ static inline void sk_full_tile(const T* w, ptrdiff_t n_in, const T* src, ptrdif
                                 const T* bias, T* out, int last) {
     typedef typename SkVec<T>::V V;
     V acc[R][U];
-    #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
-        #pragma GCC unroll 16
-        for (int u = 0; u < U; ++u) acc[r][u] = V{};
+    sk_zero_tile(acc);
     for (ptrdiff_t i = 0; i < n_in; ++i) {
         V x[U];
         #pragma GCC unroll 16

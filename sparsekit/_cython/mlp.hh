@@ -53,16 +53,16 @@ typedef struct {
 /* The output layer when its rows are full (spmm.hh, sk_full_rows): units of up to
    SK_FULL_ROWS rows by two vectors of the batch, so a unit reads a slice of every input row
    once, and two threads read a half of the input each instead of the whole of it. */
-template <typename T>
+template <typename T, typename I>
 static void sk_full_phase(SkTeam* team, int phase, const SkLayerPass& L, const T* src,
                           ptrdiff_t B, ptrdiff_t ld, int tid, int nt) {
     const ptrdiff_t tile = 2 * SkVec<T>::N, n_tiles = (B + tile - 1) / tile;
     const ptrdiff_t n_blocks = (L.n_out + SK_FULL_ROWS - 1) / SK_FULL_ROWS;
     for (ptrdiff_t c; (c = sk_claim_ordered(team, phase, n_tiles * n_blocks, tid, nt)) >= 0;) {
         const ptrdiff_t blk = c % n_blocks, b0 = (c / n_blocks) * tile;
-        sk_full_rows<T>((const T*)L.data, L.n_in, blk * L.n_out / n_blocks,
-                        (blk + 1) * L.n_out / n_blocks, src, ld, (const T*)L.bias, (T*)L.out,
-                        b0, b0 + tile < B ? b0 + tile : B);
+        sk_full_rows<T, I>((const T*)L.data, (const I*)L.indices, L.n_in,
+                           blk * L.n_out / n_blocks, (blk + 1) * L.n_out / n_blocks, src, ld,
+                           (const T*)L.bias, (T*)L.out, b0, b0 + tile < B ? b0 + tile : B);
     }
 }
 
@@ -77,7 +77,7 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
     const uint64_t threshold = (uint64_t)(rate * 16777216.0);
     const T scale = (T)(1.0 / (1.0 - rate));
     if (!hidden && L.n_out > 0 && L.nnz == L.n_out * L.n_in) {
-        sk_full_phase<T>(team, phase, L, src, B, ld, tid, nt);
+        sk_full_phase<T, I>(team, phase, L, src, B, ld, tid, nt);
         return;
     }
     /* ordered claims: each thread keeps about the same rows step after step, and they are the

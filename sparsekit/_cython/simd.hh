@@ -69,6 +69,18 @@ static inline int sk_vbytes(void) { return SK_VBYTES; }
 /* 1 when a vector can start before a row and mask the lanes outside it (spmm.hh's head). */
 static inline int sk_masked(void) { return SK_MASKED; }
 
+/* The first n (< N) elements of p in a vector whose other lanes are 0, and the converse
+   store: in builds without masked moves, a batch row's last elements then go through the same
+   vector arithmetic as a whole vector's lanes. */
+template <typename V, typename T> static inline V sk_ld_part(const T* p, int n) {
+    V v = V{};
+    for (int i = 0; i < n; ++i) v[i] = p[i];
+    return v;
+}
+template <typename V, typename T> static inline void sk_st_part(T* p, const V& v, int n) {
+    for (int i = 0; i < n; ++i) p[i] = v[i];
+}
+
 /* acc[0:A][0:B] = 0: the register tile of a product kernel, before its first non-zero. */
 template <typename V, int A, int B> static inline void sk_zero_tile(V (&acc)[A][B]) {
     #pragma GCC unroll 16

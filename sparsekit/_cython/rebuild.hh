@@ -138,7 +138,7 @@ static inline int sk_place_row_t(const I *indices, const uint8_t *keep, const I 
 #include <immintrin.h>
 /* sk_place_row_t for float values and int32 columns without src, with AVX-512, in whole
    vectors of the output: the row's kept old entries are first compressed to a stack buffer
-   (16 a step, the keep flags as the mask), then every 16 output slots are two expanding loads,
+   (16 a step, the keep flags as the mask), then every 16 output slots are two expansions,
    the kept entries into the slots the new ones leave and the new entries into theirs (new
    entry j at slot j + the kept entries left of it, a bit of a mask).  A SET update puts a new
    entry every three or four old ones, so the output holds about as many runs as new entries: a
@@ -203,17 +203,24 @@ static inline int sk_place_row_v(const int32_t *indices, const uint8_t *keep,
                                                            : (1u << (n_out - s)) - 1);
         const __mmask16 fresh = (__mmask16)((is_new[s >> 6] >> (s & 63)) & valid);
         const __mmask16 old = (__mmask16)(valid & ~fresh);
-        __m512i vi = _mm512_maskz_expandloadu_epi32(old, k_idx + from_kept);
-        _mm512_mask_storeu_epi32(out_idx + p + s, valid,
-                                 _mm512_mask_expandloadu_epi32(vi, fresh, nb + from_new));
-        __m512 vd = _mm512_maskz_expandloadu_ps(old, k_val + from_kept);
-        _mm512_mask_storeu_ps(out_data + p + s, valid,
-                              _mm512_mask_expandloadu_ps(vd, fresh, nv + from_new));
+        /* masked loads of the next entries, expanded in registers: the expanding load from
+           memory is one instruction on Intel, but a slow memory form on some AMD cores */
+        const int n_k = __builtin_popcount(old), n_n = __builtin_popcount(fresh);
+        const __mmask16 take_k = (__mmask16)((1u << n_k) - 1);
+        const __mmask16 take_n = (__mmask16)((1u << n_n) - 1);
+        const __m512i vi = _mm512_mask_expand_epi32(
+            _mm512_maskz_expand_epi32(old, _mm512_maskz_loadu_epi32(take_k, k_idx + from_kept)),
+            fresh, _mm512_maskz_loadu_epi32(take_n, nb + from_new));
+        _mm512_mask_storeu_epi32(out_idx + p + s, valid, vi);
+        const __m512 vd = _mm512_mask_expand_ps(
+            _mm512_maskz_expand_ps(old, _mm512_maskz_loadu_ps(take_k, k_val + from_kept)),
+            fresh, _mm512_maskz_loadu_ps(take_n, nv + from_new));
+        _mm512_mask_storeu_ps(out_data + p + s, valid, vd);
         if (STATE)
-            _mm512_mask_storeu_ps(st_out + p + s, valid,
-                                  _mm512_maskz_expandloadu_ps(old, k_st + from_kept));
-        from_kept += __builtin_popcount(old);
-        from_new += __builtin_popcount(fresh);
+            _mm512_mask_storeu_ps(st_out + p + s, valid, _mm512_maskz_expand_ps(
+                old, _mm512_maskz_loadu_ps(take_k, k_st + from_kept)));
+        from_kept += n_k;
+        from_new += n_n;
     }
     return bad;
 }

@@ -73,13 +73,13 @@ static void sk_forward_phase(SkTeam* team, int phase, const SkLayerPass& L, cons
     const I* indptr = (const I*)L.indptr;
     T* out = (T*)L.out;
     const T* bias = (const T*)L.bias;
-    /* in double, as elementwise.pyx: the rate's float32 rounding would move the threshold */
-    const uint64_t threshold = (uint64_t)(rate * 16777216.0);
-    const T scale = (T)(1.0 / (1.0 - rate));
     if (!hidden && L.n_out > 0 && L.nnz == L.n_out * L.n_in) {
         sk_full_phase<T, I>(team, phase, L, src, B, ld, tid, nt);
         return;
     }
+    /* in double, as elementwise.pyx: the rate's float32 rounding would move the threshold */
+    const uint64_t threshold = (uint64_t)(rate * 16777216.0);
+    const T scale = (T)(1.0 / (1.0 - rate));
     /* ordered claims: each thread keeps about the same rows step after step, and they are the
        columns its backward claims, so the activations it reads there are in its own cache */
     sk_claim_rows<true>(team, phase, indptr, L.n_out, sk_phase_chunks(team, L.nnz),
@@ -281,23 +281,20 @@ struct SkSoftmaxLoss {
     double value;
 };
 
+template <typename T>
+static void sk_softmax_loss_t(SkSoftmaxLoss* ce) {
+    sk_softmax_ce((const T*)ce->top->out, ce->ld, ce->labels, ce->top->n_out, ce->B,
+                  (T*)ce->scratch, (T*)ce->probs, (T*)ce->picked, (T*)ce->grad, ce->ld,
+                  ce->exp_loop, ce->exp_data);
+    ce->value = sk_cross_entropy_value((const T*)ce->picked, ce->B, (T*)ce->scratch,
+                                       ce->log_loop, ce->log_data);
+}
+
 static int sk_softmax_loss(void* ctx) {
     SkSoftmaxLoss* ce = (SkSoftmaxLoss*)ctx;
-    SkLayerPass* top = ce->top;
-    if (ce->is_double) {
-        sk_softmax_ce((const double*)top->out, ce->ld, ce->labels, top->n_out, ce->B,
-                      (double*)ce->scratch, (double*)ce->probs, (double*)ce->picked,
-                      (double*)ce->grad, ce->ld, ce->exp_loop, ce->exp_data);
-        ce->value = sk_cross_entropy_value((const double*)ce->picked, ce->B,
-                                           (double*)ce->scratch, ce->log_loop, ce->log_data);
-    } else {
-        sk_softmax_ce((const float*)top->out, ce->ld, ce->labels, top->n_out, ce->B,
-                      (float*)ce->scratch, (float*)ce->probs, (float*)ce->picked,
-                      (float*)ce->grad, ce->ld, ce->exp_loop, ce->exp_data);
-        ce->value = sk_cross_entropy_value((const float*)ce->picked, ce->B,
-                                           (float*)ce->scratch, ce->log_loop, ce->log_data);
-    }
-    top->dz = ce->grad;
+    if (ce->is_double) sk_softmax_loss_t<double>(ce);
+    else sk_softmax_loss_t<float>(ce);
+    ce->top->dz = ce->grad;
     return 1;
 }
 

@@ -8,7 +8,8 @@
 # kernels call it; where none does (a NumPy that dispatches otherwise), the kernels keep
 # calling the ufunc.
 cimport numpy as cnp
-from numpy cimport npy_intp
+from cpython.object cimport PyObject
+from numpy cimport PyUFuncGenericFunction, npy_intp
 
 import numpy as np
 
@@ -17,6 +18,17 @@ cnp.import_ufunc()
 
 ctypedef void (*unary_loop_fn)(char** args, const npy_intp* dims, const npy_intp* steps,
                                void* data) noexcept nogil
+
+cdef extern from "ufunc.hh":
+    # the ufunc's own fields, on NumPy before and after 2.5 (whose Cython declarations no
+    # longer give `types`)
+    ctypedef struct sk_ufunc_fields:
+        int nin, nout, ntypes
+        PyUFuncGenericFunction* functions
+        void** data
+        const char* types
+    sk_ufunc_fields* sk_ufunc(PyObject* ufunc) noexcept
+
 
 cdef struct UnaryLoop:
     unary_loop_fn fn  # NULL: not available, use the ufunc itself
@@ -56,14 +68,14 @@ cdef inline UnaryLoop unary_loop(ufunc, dtype, probe):
     loop.data = NULL
     if type(ufunc) is not np.ufunc:
         return loop
-    cdef cnp.ufunc uf = <cnp.ufunc>ufunc
+    cdef sk_ufunc_fields* uf = sk_ufunc(<PyObject*>ufunc)
     cdef int code = np.dtype(dtype).num  # types holds type numbers, not characters
     cdef int i
     if uf.nin != 1 or uf.nout != 1 or uf.functions == NULL or uf.types == NULL:
         return loop
     with np.errstate(all="ignore"):
         x = np.array(probe, dtype=dtype)
-        want = uf(x).view(np.uint8)
+        want = ufunc(x).view(np.uint8)
     for i in range(uf.ntypes):
         if (uf.types[2 * i] != code or uf.types[2 * i + 1] != code
                 or uf.functions[i] == NULL):  # a loop NumPy registers elsewhere

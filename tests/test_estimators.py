@@ -376,6 +376,7 @@ def test_duplicate_entries_of_a_csr_x_give_the_canonical_matrix_model():
     (np.inf, "alpha .*must be a finite number >= 0, got inf"),
     (1e300, "alpha=1e[+]300 is too large"),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the error, not an overflow warning first
 def test_alpha_errors_name_alpha(blobs, alpha, message):
     x, y = blobs
     with pytest.raises(ValueError, match=message):

@@ -206,6 +206,7 @@ def test_pipeline_gridsearch_and_cross_val_score(blobs):
     (np.r_[1e308, 1e308, np.ones(238)], "sample_weight sums to inf"),
     (np.r_[1e-300, np.full(239, 2e-300)], "weights this small .* overflow float32"),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the error, not an overflow warning first
 def test_bad_sample_weight_is_refused_before_training(blobs, bad, message):
     x, y = blobs
     clf = SparseMLPClassifier(backend=one_thread(), **FAST)

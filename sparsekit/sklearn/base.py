@@ -261,7 +261,9 @@ class _SparseMLPBase(BaseEstimator):
         if sample_weight is not None:
             sw = _check_sample_weight(sample_weight, X, dtype=np.float64,
                                       ensure_non_negative=True, copy=True)
-            if not np.isfinite(sw.sum()):
+            with np.errstate(over="ignore"):  # the error below says it, not a warning
+                total = sw.sum()
+            if not np.isfinite(total):
                 raise ValueError("sample_weight sums to inf; scale the weights down")
         stats_sw = _unequal(sw)  # equal weights: exactly the unweighted statistics
         target = self._encode_targets(y, first=first, classes=classes, sample_weight=stats_sw)
@@ -297,7 +299,7 @@ class _SparseMLPBase(BaseEstimator):
         n = X_tr.shape[0]
         batch_size = self._resolve_batch_size(n)
         decay = self.alpha / (batch_size * weight_scale)
-        if not decay <= np.finfo(dtype).max:
+        if not decay <= float(np.finfo(dtype).max):  # as Python floats: no overflow warning
             if sw_tr is None:
                 raise ValueError(f"alpha={self.alpha!r} is too large: the L2 penalty alpha / "
                                  f"batch_size overflows {dtype}")

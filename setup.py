@@ -31,6 +31,13 @@ TOPOLOGY_MODULES = {"sparsekit._cython.select", "sparsekit._cython.sampling",
                     "sparsekit._cython.rebuild"}
 KERNEL_DIR = Path("sparsekit", "_cython")
 HEADERS = sorted(str(p) for p in KERNEL_DIR.glob("*.hh"))
+#: Where Cython writes the C++ it generates: one folder per Python and NumPy, because that C++
+#: fits the NumPy it was generated against alone (NumPy 2.5's declarations emit calls that
+#: older NumPy headers lack), and Cython only regenerates a file older than its sources.  A
+#: checkout built for two interpreters (nox's sessions, say) would otherwise compile one's C++
+#: against the other's headers.
+CYTHON_DIR = Path("build", f"cython-cp{sys.version_info[0]}{sys.version_info[1]}"
+                           f"-numpy{numpy.__version__}")
 
 COMPILER_DIRECTIVES = {
     "language_level": 3,
@@ -121,7 +128,8 @@ def make_extensions():
                 language="c++",
             )
         )
-    return cythonize(exts, compiler_directives=COMPILER_DIRECTIVES, quiet=True)
+    return cythonize(exts, compiler_directives=COMPILER_DIRECTIVES, quiet=True,
+                     build_dir=str(CYTHON_DIR))
 
 
 setup(ext_modules=make_extensions(), cmdclass={"build_ext": BuildExt})

@@ -335,7 +335,7 @@ def set_step(be, w, cfg: dict, zeta: float = 0.3) -> dict:
     def regrow(m, seed):
         rng = np.random.default_rng(seed)
         rows, cols = be.sample_absent(w, m, rng)
-        vals = init_values(rows, w.shape, rng, w.dtype)
+        vals = init_values(rows, w.shape, rng, w.dtype, num_threads=be.host_threads(m))
         return rows, cols, vals
 
     # correctness of the step before timing it

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from reference import host
 
+from sparsekit.nn import init as init_mod
 from sparsekit.nn.init import er_connections, erdos_renyi, init_values
 
 
@@ -46,6 +47,49 @@ def test_erdos_renyi_same_on_every_backend(topo_backend):
     ref = erdos_renyi(120, 90, 7, rng=3, backend=CpuBackend())
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(host(topo_backend, getattr(w, name)), getattr(ref, name))
+
+
+def _serial_values(rows, shape, rng, dtype, init, fan_in, counts):
+    """What init_values computed before it could draw in parallel: NumPy's uniform in one go."""
+    n_out, n_in = shape
+    fin = (float(n_in) if fan_in == "dense"
+           else np.maximum(np.asarray(counts, np.float64)[rows], 1.0))
+    denom = fin if init == "he_uniform" else fin + (n_out if fan_in == "dense" else fin)
+    vals = rng.uniform(-1.0, 1.0, rows.shape[0])
+    vals *= np.sqrt(6.0 / denom)
+    return vals.astype(dtype)
+
+
+def _same_state(a, b) -> bool:
+    """Bit generator states equal (MT19937's and Philox's hold arrays)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    return bool(np.array_equal(a, b))
+
+
+@pytest.mark.parametrize("m", [0, 1, 5, init_mod.MIN_CHUNK * 2 - 1, init_mod.MIN_CHUNK * 3 + 7])
+@pytest.mark.parametrize("num_threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.PCG64DXSM,
+                                           np.random.MT19937, np.random.Philox])
+def test_init_values_on_threads_gives_numpys_serial_draw(m, num_threads, bit_generator):
+    """Each thread count gives the values of one serial ``uniform`` draw and leaves the
+    generator in its state, the buffered half of a 32-bit draw included (a generator that
+    cannot jump ahead draws serially)."""
+    rows = np.random.default_rng(m).integers(0, 40, m)
+    counts = np.random.default_rng(1).integers(0, 30, 40)
+    for init, fan_in, dtype in [("he_uniform", "dense", np.float32),
+                                ("xavier_uniform", "actual", np.float64)]:
+        want_rng = np.random.Generator(bit_generator(7))
+        got_rng = np.random.Generator(bit_generator(7))
+        for g in (want_rng, got_rng):
+            g.integers(0, 10, dtype=np.uint32)  # leaves half a 64-bit draw buffered
+        want = _serial_values(rows, (40, 90), want_rng, dtype, init, fan_in, counts)
+        got = init_values(rows, (40, 90), got_rng, dtype, init, fan_in, counts, num_threads)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        assert _same_state(got_rng.bit_generator.state, want_rng.bit_generator.state)
+        assert got_rng.integers(0, 1 << 30, 3, dtype=np.uint32).tolist() == \
+            want_rng.integers(0, 1 << 30, 3, dtype=np.uint32).tolist()
 
 
 def test_init_values_options():

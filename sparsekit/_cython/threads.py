@@ -45,6 +45,11 @@ class ThreadThresholds:
     #: thread vs 0.47 ms on two, transpose index 0.34 vs 0.43, sampling 36 000 positions 0.65
     #: vs 0.75; at 400 000 entries two threads win 1.2-1.7x).
     min_parallel_entries = 1 << 18
+    #: Initial values drawn on the host (:func:`sparsekit.nn.init.init_values`, for SET's
+    #: regrowth and a model's first values): below this many one thread draws them.  Starting
+    #: a helper thread took about 120 µs on 2 cores of an Intel Xeon guest, and 2^17 values
+    #: about 450 µs on one thread; 300 000 (SET at 10 000^2, 1 %) took 1.09 ms.
+    min_parallel_draws = 1 << 17
     #: Layers up to this many connections get their gradient gathered into W's order after the
     #: fused backward on more than one thread, instead of scattered into it (mlp.hh
     #: ``sk_gathers``; it costs an index and a gradient array more per layer): measured on 2
@@ -85,3 +90,8 @@ class ThreadThresholds:
 
     def _topology_threads(self, entries: int) -> int:
         return self._threads(entries, self.min_parallel_entries)
+
+    def host_threads(self, values: int) -> int:
+        """Threads for host-side NumPy draws of ``values`` numbers (see
+        :meth:`sparsekit.backends.Backend.host_threads`)."""
+        return self._threads(values, self.min_parallel_draws)

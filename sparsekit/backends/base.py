@@ -370,6 +370,12 @@ class Backend:
         pos = xp.minimum(pos, max(keys.shape[0] - 1, 0))
         return (keys[pos] == q) if keys.shape[0] else xp.zeros(q.shape[0], dtype=bool)
 
+    def host_threads(self, values: int) -> int:
+        """Threads for host-side NumPy draws of ``values`` numbers (the initial values of new
+        connections, :func:`sparsekit.nn.init.init_values`, whose results do not depend on
+        it): one here; the CPU backend gives its own count from a measured size on."""
+        return 1
+
     def sample_absent(self, w: CSR, m: int, rng: np.random.Generator, row_weights=None,
                       col_weights=None):
         """``m`` distinct positions not stored in W, sorted by (row, col).

@@ -101,7 +101,8 @@ class SET(GrowthMethod):
             rows, cols = be.sample_absent(w, n_new, rng)
             rows_h = be.to_numpy(rows)
             counts = be.to_numpy(be.xp.diff(w.indptr))
-            vals = init_values(rows_h, w.shape, rng, w.dtype, self.init, self.fan_in, counts)
+            vals = init_values(rows_h, w.shape, rng, w.dtype, self.init, self.fan_in, counts,
+                               be.host_threads(rows_h.shape[0]))
             layer.rebuild(keep, rows, cols, be.asarray(vals))
             replaced.append(n_new)
             # Free this layer's old arrays now, not while the next layer is rebuilt.

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backends import get_backend
 from ..io import interop
 from ..nn import layers as _layers
 from ..nn.csr import CSR
@@ -41,7 +42,8 @@ def _random_csr(n_out: int, n_in: int, epsilon: float, density, rng, dtype, init
     counts = np.diff(indptr)
     rows = np.repeat(np.arange(n_out, dtype=indices.dtype), counts)
     data = init_values(rows, (n_out, n_in), rng, dtype, init, fan_in,
-                       counts if fan_in == "actual" else None)
+                       counts if fan_in == "actual" else None,
+                       get_backend("cpu").host_threads(m))
     return CSR(indptr, indices, data, (n_out, n_in), check=False)
 
 

@@ -11,6 +11,10 @@
 #include <stddef.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 /* cnt[0 : NV lanes) = #{j < n : key(j) < q[i]} (LE: key(j) <= q[i]). */
 template <int NV, bool LE, class I, class Key>
 static inline void sk_count_keys_v(ptrdiff_t n, Key key, const I *q, I *cnt) {
@@ -21,6 +25,37 @@ static inline void sk_count_keys_v(ptrdiff_t n, Key key, const I *q, I *cnt) {
         memcpy(&qv[v], q + v * lanes, sizeof(V));
         acc[v] = qv[v] & 0;
     }
+#if defined(__AVX512F__)
+    /* A compare into a mask register and a masked add: two instructions per vector and key.
+       Written with vector types, GCC turned the mask into a vector first (a third), and the
+       count of 100 keys into 2 vectors ran about 25 % slower on an Intel Xeon guest. */
+    if constexpr (sizeof(I) == 4 || sizeof(I) == 8) {
+        __m512i q512[NV], a512[NV];
+        for (int v = 0; v < NV; ++v) {
+            memcpy(&q512[v], &qv[v], sizeof(V));
+            a512[v] = _mm512_setzero_si512();
+        }
+        for (ptrdiff_t j = 0; j < n; ++j) {
+            const I g = key(j);
+            if constexpr (sizeof(I) == 4) {
+                const __m512i gv = _mm512_set1_epi32((int)g), one = _mm512_set1_epi32(1);
+                for (int v = 0; v < NV; ++v) {
+                    const __mmask16 k = LE ? _mm512_cmple_epi32_mask(gv, q512[v])
+                                           : _mm512_cmplt_epi32_mask(gv, q512[v]);
+                    a512[v] = _mm512_mask_add_epi32(a512[v], k, a512[v], one);
+                }
+            } else {
+                const __m512i gv = _mm512_set1_epi64((long long)g), one = _mm512_set1_epi64(1);
+                for (int v = 0; v < NV; ++v) {
+                    const __mmask8 k = LE ? _mm512_cmple_epi64_mask(gv, q512[v])
+                                          : _mm512_cmplt_epi64_mask(gv, q512[v]);
+                    a512[v] = _mm512_mask_add_epi64(a512[v], k, a512[v], one);
+                }
+            }
+        }
+        for (int v = 0; v < NV; ++v) memcpy(&acc[v], &a512[v], sizeof(V));
+    } else
+#endif
     for (ptrdiff_t j = 0; j < n; ++j) {
         const I g = key(j);
         for (int v = 0; v < NV; ++v) acc[v] -= LE ? (V)(g <= qv[v]) : (V)(g < qv[v]);  /* -1 */

@@ -89,17 +89,6 @@ template <typename V, int A, int B> static inline void sk_zero_tile(V (&acc)[A][
         for (int b = 0; b < B; ++b) acc[a][b] = V{};
 }
 
-/* Horizontal sum by halving: a fixed tree, so a fixed rounding order. */
-template <typename T, int B> static inline T sk_hsum(const typename SkPart<T, B>::V& v) {
-    if constexpr (B == 2 * (int)sizeof(T)) {
-        return v[0] + v[1];
-    } else {
-        typename SkPart<T, B / 2>::V lo, hi;
-        memcpy(&lo, &v, B / 2);
-        memcpy(&hi, (const char*)&v + B / 2, B / 2);
-        return sk_hsum<T, B / 2>(lo + hi);
-    }
-}
 /* Prefetch the U vectors (one or more cache lines) of a gathered row segment. */
 template <typename T, int U> static inline void sk_prefetch(const T* q) {
     typedef typename SkVec<T>::V V;
@@ -114,6 +103,34 @@ template <typename T, int U> static inline void sk_prefetch(const T* q) {
 template <typename V>
 static inline __attribute__((always_inline)) void sk_keep_order(V& v) {
     __asm__("" : "+v"(v));
+}
+
+/* Horizontal sum by halving: a fixed tree, so a fixed rounding order.  The halves are taken
+   by shuffles in registers: taken through memory (memcpy), GCC stored the vector and
+   reloaded its upper half, a store-forwarding stall per sum that made the fused backward's
+   one-dot-at-a-time path (a row's last non-zeros, the output layer's 10 per input) about
+   half of the top layer's backward.  Each level's sum is pinned (sk_keep_order). */
+template <typename H, typename V, int Off, int... I>
+static inline __attribute__((always_inline)) H sk_half(const V& v,
+                                                       std::integer_sequence<int, I...>) {
+    return __builtin_shufflevector(v, v, (I + Off)...);
+}
+template <typename T, int B> static inline T sk_hsum(const typename SkPart<T, B>::V& v) {
+    if constexpr (B == 2 * (int)sizeof(T)) {
+        return v[0] + v[1];
+    } else if constexpr (B == 4 * (int)sizeof(T)) {  /* a 2-lane vector went through memory */
+        T a = v[0] + v[2], b = v[1] + v[3];
+        sk_keep_order(a);
+        sk_keep_order(b);
+        return a + b;
+    } else {
+        typedef typename SkPart<T, B / 2>::V H;
+        constexpr int n = B / 2 / (int)sizeof(T);
+        H sum = sk_half<H, typename SkPart<T, B>::V, 0>(v, std::make_integer_sequence<int, n>{}) +
+                sk_half<H, typename SkPart<T, B>::V, n>(v, std::make_integer_sequence<int, n>{});
+        sk_keep_order(sum);
+        return sk_hsum<T, B / 2>(sum);
+    }
 }
 
 /* Sum of P partial accumulators in a fixed tree (each inner sum pinned, see sk_keep_order). */

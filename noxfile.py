@@ -76,7 +76,7 @@ def tests_mpi(session):
     """WASAP-SGD under a real mpiexec (mpi4py + the mpich wheel) and its MPI-free unit tests,
     on the newest Python found (see ``_newest_python``); there also the kernels against their
     oracles, the step plan that calls NumPy's own exp and log loops, and the import checks, so
-    that the build against the newest NumPy is tested too (about 20 s)."""
+    that the build against the newest NumPy is tested too (those files add about 15 s)."""
     _install(session, "dev,mpi")
     session.run(*PYTEST, "tests/test_mpi.py", "tests/test_wasap_average.py",
                 "tests/test_kernels.py", "tests/test_step_plan.py", "tests/test_mlp_pass.py",

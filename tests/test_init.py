@@ -92,6 +92,15 @@ def test_init_values_on_threads_gives_numpys_serial_draw(m, num_threads, bit_gen
             want_rng.integers(0, 1 << 30, 3, dtype=np.uint32).tolist()
 
 
+def test_init_values_takes_a_legacy_random_state():
+    rows = np.arange(3 * init_mod.MIN_CHUNK) % 7
+    want_rng, got_rng = np.random.RandomState(3), np.random.RandomState(3)
+    want = _serial_values(rows, (7, 100), want_rng, np.float32, "he_uniform", "dense", None)
+    got = init_values(rows, (7, 100), got_rng, np.float32, num_threads=4)
+    np.testing.assert_array_equal(got, want)
+    assert got_rng.randint(1 << 30) == want_rng.randint(1 << 30)
+
+
 def test_init_values_options():
     rng = np.random.default_rng(0)
     rows = np.repeat(np.arange(4), [1, 10, 100, 0])

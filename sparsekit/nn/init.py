@@ -91,7 +91,7 @@ def _scaled_uniform(rng, m: int, limit, dtype, num_threads: int) -> np.ndarray:
     put back.  ``random`` times 2 minus 1 is what ``uniform(-1, 1)`` computes (the product is
     exact, so a fused multiply-add gives the same)."""
     out = np.empty(m, dtype=dtype)
-    bg = rng.bit_generator
+    bg = getattr(rng, "bit_generator", None)  # a legacy RandomState has none: serial
     n_chunks = (max(1, min(int(num_threads), m // MIN_CHUNK)) if type(bg) in _JUMPABLE
                 else 1)
     bounds = [m * i // n_chunks for i in range(n_chunks + 1)]

@@ -9,14 +9,7 @@
 #include <vector>
 
 #include "spmm.hh"
-
-template <typename T>
-static std::vector<T> normal(std::mt19937& g, size_t n) {
-    std::normal_distribution<double> nd;
-    std::vector<T> v(n);
-    for (auto& x : v) x = (T)nd(g);
-    return v;
-}
+#include "portable_common.hh"
 
 // (1): one full row over a batch of B, against the same inputs in a batch of 48.
 template <typename T>

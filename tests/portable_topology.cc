@@ -15,14 +15,7 @@
 #include "dots.hh"
 #include "rebuild.hh"
 #include "sampling.hh"
-
-template <typename T>
-static std::vector<T> normal(std::mt19937& g, size_t n) {
-    std::normal_distribution<double> nd;
-    std::vector<T> v(n);
-    for (auto& x : v) x = (T)nd(g);
-    return v;
-}
+#include "portable_common.hh"
 
 // Whether got is ref within the rounding of a sum of terms whose magnitudes add up to scale.
 template <typename T>

@@ -13,6 +13,25 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+/* g in every lane of a 512-bit vector of 32- or 64-bit integers. */
+template <class I> static inline __attribute__((always_inline)) __m512i sk_bcast512(I g) {
+    if constexpr (sizeof(I) == 4) return _mm512_set1_epi32((int)g);
+    else return _mm512_set1_epi64((long long)g);
+}
+/* acc + 1 in the lanes where g < q (LE: g <= q), for 32- or 64-bit lanes. */
+template <bool LE, class I>
+static inline __attribute__((always_inline)) __m512i sk_count_step(__m512i acc, __m512i g,
+                                                                   __m512i q) {
+    if constexpr (sizeof(I) == 4)
+        return _mm512_mask_add_epi32(acc, LE ? _mm512_cmple_epi32_mask(g, q)
+                                             : _mm512_cmplt_epi32_mask(g, q),
+                                     acc, _mm512_set1_epi32(1));
+    else
+        return _mm512_mask_add_epi64(acc, LE ? _mm512_cmple_epi64_mask(g, q)
+                                             : _mm512_cmplt_epi64_mask(g, q),
+                                     acc, _mm512_set1_epi64(1));
+}
 #endif
 
 /* cnt[0 : NV lanes) = #{j < n : key(j) < q[i]} (LE: key(j) <= q[i]). */
@@ -36,22 +55,8 @@ static inline void sk_count_keys_v(ptrdiff_t n, Key key, const I *q, I *cnt) {
             a512[v] = _mm512_setzero_si512();
         }
         for (ptrdiff_t j = 0; j < n; ++j) {
-            const I g = key(j);
-            if constexpr (sizeof(I) == 4) {
-                const __m512i gv = _mm512_set1_epi32((int)g), one = _mm512_set1_epi32(1);
-                for (int v = 0; v < NV; ++v) {
-                    const __mmask16 k = LE ? _mm512_cmple_epi32_mask(gv, q512[v])
-                                           : _mm512_cmplt_epi32_mask(gv, q512[v]);
-                    a512[v] = _mm512_mask_add_epi32(a512[v], k, a512[v], one);
-                }
-            } else {
-                const __m512i gv = _mm512_set1_epi64((long long)g), one = _mm512_set1_epi64(1);
-                for (int v = 0; v < NV; ++v) {
-                    const __mmask8 k = LE ? _mm512_cmple_epi64_mask(gv, q512[v])
-                                          : _mm512_cmplt_epi64_mask(gv, q512[v]);
-                    a512[v] = _mm512_mask_add_epi64(a512[v], k, a512[v], one);
-                }
-            }
+            const __m512i gv = sk_bcast512<I>(key(j));
+            for (int v = 0; v < NV; ++v) a512[v] = sk_count_step<LE, I>(a512[v], gv, q512[v]);
         }
         for (int v = 0; v < NV; ++v) memcpy(&acc[v], &a512[v], sizeof(V));
     } else

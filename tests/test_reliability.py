@@ -533,6 +533,18 @@ def test_help_names_the_real_default_folder(capsys):
     assert "runs/<dataset>-<method>-<time>" in " ".join(capsys.readouterr().out.split())
 
 
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    import sparsekit
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"sparsekit {sparsekit.__version__}\n"
+    assert version("sparsekit") == sparsekit.__version__  # one source: pyproject reads it
+
+
 def test_no_progress_bar_off_a_terminal(tiny_npz, tmp_path):
     r = subprocess.run([sys.executable, "-m", "sparsekit", "train", "--dataset", str(tiny_npz),
                         "--hidden", "16", "--epochs", "1", "--batch-size", "40", "--no-plot",

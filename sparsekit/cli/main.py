@@ -23,7 +23,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     p = argparse.ArgumentParser(prog="sparsekit", description=__doc__.split("\n")[0].replace("``", ""))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a sparse MLP and write a run folder")
     t.add_argument("--dataset", default="fashion-mnist",

@@ -496,12 +496,15 @@ def test_cpu_products_of_a_sample_do_not_depend_on_its_batch(cpu_tiling, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpu_products_on_misaligned_operands(dtype):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_products_on_misaligned_operands(dtype, threads):
     """An operand 16 bytes off a cache line (what np.load and large np.empty give) is realigned
-    by a copy when it is gathered often enough; results are the same either way."""
+    by a copy when it is gathered often enough: the pattern gradients' by a copy per thread
+    while it fits in L2 and by one shared copy past that (tile_bytes 0 here); the results are
+    the bits of the same calls on aligned copies either way."""
     from sparsekit._cython import spmm
 
-    be = parallel_cpu(2)  # every product on two threads, however small
+    be = parallel_cpu(threads)  # every product on these threads, however small
     rng = np.random.default_rng(18)
     w_sp = random_csr(rng, 60, 50, 0.3, dtype=dtype)
     w = to_backend(be, w_sp)
@@ -516,17 +519,27 @@ def test_cpu_products_on_misaligned_operands(dtype):
         assert a.ctypes.data % 64 == 16
         return a
 
+    from sparsekit._align import aligned_empty
+
     x, dy = misaligned(50), misaligned(60)
+    xa, dya = aligned_empty(x.shape, dtype), aligned_empty(dy.shape, dtype)
+    xa[...], dya[...] = x, dy
     old = spmm._tuning()
     try:
         results = []
-        for reuse in (0, 10**9):  # always / never realign
-            spmm._tuning(realign_reuse=reuse)
-            results.append([be.matmul(x, w), be.matmul_t(dy, w), be.weight_grad(x, dy, w),
-                            *be.backward(x, dy, w)])
+        # realigned per thread, by one shared copy (tile_bytes 0 may also tile the walks, so it
+        # is compared with its own aligned call), never
+        for reuse, tile_bytes in ((0, None), (0, 0), (10**9, None)):
+            spmm._tuning(realign_reuse=reuse, tile_bytes=tile_bytes)
+            got, want = ([be.matmul(xs, w), be.matmul_t(dys, w), be.weight_grad(xs, dys, w),
+                          *be.backward(xs, dys, w)] for xs, dys in ((x, dy), (xa, dya)))
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"reuse {reuse} tile {tile_bytes}")
+            results.append(got)
+            spmm._tuning(*old)
     finally:
         spmm._tuning(*old)
-    for a, b in zip(*results, strict=True):
+    for a, b in zip(results[0], results[2], strict=True):
         np.testing.assert_array_equal(a, b)
     assert_close(results[0][0], ref.matmul(w_sp, x), ref.matmul(abs(w_sp), abs(x)), 50, dtype,
                  "misaligned matmul")

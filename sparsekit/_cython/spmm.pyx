@@ -14,9 +14,10 @@ dots of 16 non-zeros at a time with a transposing shuffle tree.  When the gather
 outgrows L2 (TILE_BYTES) the forward and the SDDMM walk the batch in 4-vector tiles over blocks
 of rows, and gathered rows are prefetched a few non-zeros ahead.  A gathered operand whose
 rows are whole cache lines but which starts off one is walked from the line's start with the
-lanes before the row masked (forward and ``matmul_t``, AVX-512 builds) or realigned by one copy
-(the pattern gradients, whose dots would otherwise be summed in another order).  Summation
-orders depend on the shapes only.
+lanes before the row masked (forward and ``matmul_t``, AVX-512 builds) or copied to aligned
+memory (the pattern gradients, whose dots would otherwise be summed in another order: a copy per
+thread while it fits in L2, see :func:`_dots_source`).  Summation orders depend on the shapes
+only.
 """
 from cython.parallel cimport prange
 
@@ -38,7 +39,8 @@ cdef extern from "products.hh" nogil:
     void sk_dots_team[T, I](const I* indptr, const I* idx, const I* perm, const T* vals,
                             Py_ssize_t n_rows, const T* src, const T* hold, Py_ssize_t n_batch,
                             T* dx, T* grad, T* g_lin, const I* inv, int tv, int pf,
-                            Py_ssize_t block, int num_threads)
+                            Py_ssize_t block, int num_threads, T* copies, Py_ssize_t src_elems,
+                            Py_ssize_t copy_stride)
 
 
 #: Tuning (see :func:`_plan`).  A gathered operand (n_src rows of the whole batch) larger than
@@ -134,9 +136,30 @@ cdef void _spmm(const index_t* indptr, const index_t* indices, const floating* v
 cdef void _dots(const index_t* indptr, const index_t* idx, const index_t* perm,
                 const floating* vals, const floating* src, const floating* hold, floating* dx,
                 floating* grad, floating* g_lin, const index_t* inv, Py_ssize_t n_rows,
-                Py_ssize_t n_batch, Plan p, int num_threads) noexcept nogil:
+                Py_ssize_t n_batch, Plan p, int num_threads, floating* copies,
+                Py_ssize_t src_elems, Py_ssize_t copy_stride) noexcept nogil:
     sk_dots_team(indptr, idx, perm, vals, n_rows, src, hold, n_batch, dx, grad, g_lin, inv,
-                 p.tv, p.pf, p.block, num_threads)
+                 p.tv, p.pf, p.block, num_threads, copies, src_elems, copy_stride)
+
+
+def _dots_source(src, Py_ssize_t nnz, int num_threads):
+    """``(src, copies, copy_stride)`` for the pattern gradients' gathered operand ``src``.
+
+    An operand that :func:`_realigned` would copy is copied by every thread of the team to its
+    own aligned slot of ``copies`` (products.hh, sk_dots_team says why) while it fits in L2
+    (TILE_BYTES; always on one thread, where it is the same one copy); a larger one gets one
+    shared aligned copy here, since per-thread copies would multiply its memory and traffic.
+    ``copies`` is None when ``src`` is read where it is."""
+    a = np.asarray(src)
+    if (a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0
+            or not _misaligned(<void*><size_t>a.ctypes.data, a.shape[0],
+                               a.shape[1] * a.itemsize, nnz)):
+        return src, None, 0
+    if num_threads > 1 and a.nbytes > TILE_BYTES:
+        return _realigned(src, nnz), None, 0
+    cdef Py_ssize_t per_line = 64 // a.itemsize
+    cdef Py_ssize_t stride = (a.size + per_line - 1) // per_line * per_line
+    return src, aligned_empty(num_threads * stride, a.dtype), stride
 
 
 cdef bint _misaligned(const void* p, Py_ssize_t n_src, Py_ssize_t row_bytes,
@@ -260,8 +283,8 @@ def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
     if t_perm.shape[0] != data.shape[0]:
         raise ValueError(f"t_perm has {t_perm.shape[0]} entries but data has {data.shape[0]}")
     cdef int nt = check_threads(num_threads)
-    if n_batch and _misaligned(&dy_ob[0, 0], n_rows, n_batch * sizeof(floating), t_rows.shape[0]):
-        dy_ob = _realigned(dy_ob, t_rows.shape[0])
+    cdef Py_ssize_t stride
+    dy_ob, copies_a, stride = _dots_source(dy_ob, t_rows.shape[0], nt)
     dtype = np.asarray(data).dtype
     grad = np.empty(data.shape[0], dtype=dtype)
     dx = aligned_empty((n_cols, n_batch), dtype) if need_dx else None
@@ -293,9 +316,15 @@ def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
     # with t_inv it is written in that order and gathered.
     g_lin_a = np.empty(data.shape[0] if p.tv or inv_ptr != NULL else 1, dtype=dtype)
     cdef floating[::1] g_lin = g_lin_a
+    cdef floating[::1] copies
+    cdef floating* copies_ptr = NULL
+    if copies_a is not None:
+        copies = copies_a
+        copies_ptr = &copies[0]
     with nogil:
         _dots(&t_indptr[0], &t_rows[0], &t_perm[0], &data[0], &dy_ob[0, 0], &x_ib[0, 0],
-              dx_ptr, &g[0], &g_lin[0], inv_ptr, n_cols, n_batch, p, nt)
+              dx_ptr, &g[0], &g_lin[0], inv_ptr, n_cols, n_batch, p, nt, copies_ptr,
+              n_rows * n_batch, stride)
     return dx, grad
 
 
@@ -307,12 +336,18 @@ def _pattern_grad(const index_t[::1] indptr, const index_t[::1] indices,
     cdef Py_ssize_t n_rows = indptr.shape[0] - 1, n_batch = x_ib.shape[1]
     if indices.shape[0] == 0 or n_batch == 0 or n_rows <= 0:
         return
-    if _misaligned(&x_ib[0, 0], x_ib.shape[0], n_batch * sizeof(floating), indices.shape[0]):
-        x_ib = _realigned(x_ib, indices.shape[0])
+    cdef Py_ssize_t stride
+    x_ib, copies_a, stride = _dots_source(x_ib, indices.shape[0], num_threads)
+    cdef floating[::1] copies
+    cdef floating* copies_ptr = NULL
+    if copies_a is not None:
+        copies = copies_a
+        copies_ptr = &copies[0]
     cdef Plan p = _plan(x_ib.shape[0], n_rows, indices.shape[0], n_batch, out.itemsize, True)
     with nogil:
         _dots(&indptr[0], &indices[0], NULL, <floating*>NULL, &x_ib[0, 0], &dy_ob[0, 0],
-              NULL, &out[0], NULL, NULL, n_rows, n_batch, p, num_threads)
+              NULL, &out[0], NULL, NULL, n_rows, n_batch, p, num_threads, copies_ptr,
+              x_ib.shape[0] * n_batch, stride)
 
 
 def transpose_index(const index_t[::1] indptr, const index_t[::1] indices, Py_ssize_t n_cols,

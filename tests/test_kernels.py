@@ -500,8 +500,9 @@ def test_cpu_products_of_a_sample_do_not_depend_on_its_batch(cpu_tiling, dtype):
 def test_cpu_products_on_misaligned_operands(dtype, threads):
     """An operand 16 bytes off a cache line (what np.load and large np.empty give) is realigned
     by a copy when it is gathered often enough: the pattern gradients' by a copy per thread
-    while it fits in L2 and by one shared copy past that (tile_bytes 0 here); the results are
-    the bits of the same calls on aligned copies either way."""
+    while it fits in L2 and the copies stay small, by one shared copy past that (tile_bytes or
+    thread_copy_bytes 0 here); the results are the bits of the same calls on aligned copies
+    either way."""
     from sparsekit._cython import spmm
 
     be = parallel_cpu(threads)  # every product on these threads, however small
@@ -527,20 +528,23 @@ def test_cpu_products_on_misaligned_operands(dtype, threads):
     old = spmm._tuning()
     try:
         results = []
-        # realigned per thread, by one shared copy (tile_bytes 0 may also tile the walks, so it
-        # is compared with its own aligned call), never
-        for reuse, tile_bytes in ((0, None), (0, 0), (10**9, None)):
-            spmm._tuning(realign_reuse=reuse, tile_bytes=tile_bytes)
+        # realigned per thread, by one shared copy (tile_bytes 0 may also tile the walks, so
+        # each case is compared with its own aligned call), never
+        cases = ({"realign_reuse": 0}, {"realign_reuse": 0, "thread_copy_bytes": 0},
+                 {"realign_reuse": 0, "tile_bytes": 0}, {"realign_reuse": 10**9})
+        for case in cases:
+            spmm._tuning(**case)
             got, want = ([be.matmul(xs, w), be.matmul_t(dys, w), be.weight_grad(xs, dys, w),
                           *be.backward(xs, dys, w)] for xs, dys in ((x, dy), (xa, dya)))
             for a, b in zip(got, want, strict=True):
-                np.testing.assert_array_equal(a, b, err_msg=f"reuse {reuse} tile {tile_bytes}")
+                np.testing.assert_array_equal(a, b, err_msg=str(case))
             results.append(got)
             spmm._tuning(*old)
     finally:
         spmm._tuning(*old)
-    for a, b in zip(results[0], results[2], strict=True):
-        np.testing.assert_array_equal(a, b)
+    for other in (results[1], results[3]):
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
     assert_close(results[0][0], ref.matmul(w_sp, x), ref.matmul(abs(w_sp), abs(x)), 50, dtype,
                  "misaligned matmul")
     assert_close(results[0][2], ref.weight_grad(w_sp, x, dy),

@@ -54,6 +54,10 @@ cdef extern from "products.hh" nogil:
 #: straddle two cache lines (1.5-1.7x slower at batch 128).
 cdef Py_ssize_t REALIGN_REUSE = 4
 cdef Py_ssize_t TILE_BYTES = 2 << 20
+#: The most that the pattern gradients' per-thread copies of one operand may take together
+#: (_dots_source): past it, as on a many-core machine, every thread copying the whole operand
+#: would move more memory than the product reads, and one shared copy is made instead.
+cdef Py_ssize_t THREAD_COPY_BYTES = 4 << 20
 cdef int TILE_VECS = 4
 cdef Py_ssize_t PREFETCH_BYTES = 1 << 20
 #: Non-zeros per chunk of rows that a thread claims, at most (products.hh; a batch-tiled walk
@@ -87,14 +91,18 @@ cdef Plan _plan(Py_ssize_t n_src, Py_ssize_t n_rows, Py_ssize_t nnz, Py_ssize_t 
 
 
 def _tuning(tile_bytes=None, prefetch_bytes=None, tile_vecs=None, block_nnz=None,
-            tile_fused=None, tile_t=None, realign_reuse=None):
+            tile_fused=None, tile_t=None, realign_reuse=None, thread_copy_bytes=None):
     """Read (and optionally set) the tiling thresholds; for benchmarks and tests only.
 
     Returns the previous ``(tile_bytes, prefetch_bytes, tile_vecs, block_nnz, tile_fused,
-    tile_t, realign_reuse)``, which can be passed back to restore them.
+    tile_t, realign_reuse, thread_copy_bytes)``, which can be passed back to restore them.
     """
     global TILE_BYTES, PREFETCH_BYTES, TILE_VECS, BLOCK_NNZ, TILE_FUSED, TILE_T, REALIGN_REUSE
-    old = (TILE_BYTES, PREFETCH_BYTES, TILE_VECS, BLOCK_NNZ, TILE_FUSED, TILE_T, REALIGN_REUSE)
+    global THREAD_COPY_BYTES
+    old = (TILE_BYTES, PREFETCH_BYTES, TILE_VECS, BLOCK_NNZ, TILE_FUSED, TILE_T, REALIGN_REUSE,
+           THREAD_COPY_BYTES)
+    if thread_copy_bytes is not None:
+        THREAD_COPY_BYTES = thread_copy_bytes
     if realign_reuse is not None:
         REALIGN_REUSE = realign_reuse
     if tile_fused is not None:
@@ -147,15 +155,16 @@ def _dots_source(src, Py_ssize_t nnz, int num_threads):
 
     An operand that :func:`_realigned` would copy is copied by every thread of the team to its
     own aligned slot of ``copies`` (products.hh, sk_dots_team says why) while it fits in L2
-    (TILE_BYTES; always on one thread, where it is the same one copy); a larger one gets one
-    shared aligned copy here, since per-thread copies would multiply its memory and traffic.
-    ``copies`` is None when ``src`` is read where it is."""
+    (TILE_BYTES) and the copies together take at most THREAD_COPY_BYTES (always on one thread,
+    where it is the same one copy); otherwise it gets one shared aligned copy here, since
+    per-thread copies would multiply its memory and traffic.  ``copies`` is None when ``src``
+    is read where it is."""
     a = np.asarray(src)
     if (a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0
             or not _misaligned(<void*><size_t>a.ctypes.data, a.shape[0],
                                a.shape[1] * a.itemsize, nnz)):
         return src, None, 0
-    if num_threads > 1 and a.nbytes > TILE_BYTES:
+    if num_threads > 1 and (a.nbytes > TILE_BYTES or num_threads * a.nbytes > THREAD_COPY_BYTES):
         return _realigned(src, nnz), None, 0
     cdef Py_ssize_t per_line = 64 // a.itemsize
     cdef Py_ssize_t stride = (a.size + per_line - 1) // per_line * per_line

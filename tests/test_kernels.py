@@ -551,6 +551,43 @@ def test_cpu_products_on_misaligned_operands(dtype, threads):
                  ref.weight_grad(w_sp, abs(x), abs(dy)), n_batch, dtype, "misaligned SDDMM")
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_pattern_gradients_share_one_copy_made_in_chunks(threads):
+    """An operand too large to copy once per thread gets one aligned copy made by the whole
+    team in chunks of 2^14 values (products.hh, sk_team_copy): x here is 5 chunks and dy 2,
+    each with a short last one, so every thread copies some and waits for the others' before
+    it gathers.  The bits are those of the same calls on aligned operands."""
+    from sparsekit._align import aligned_empty
+    from sparsekit._cython import spmm
+
+    be = parallel_cpu(threads)
+    rng = np.random.default_rng(20)
+    n_out, n_in, n_batch = 200, 530, 128  # x: 67 840 values, dy: 25 600
+
+    def off_line(n, offset):
+        buf = aligned_empty(n * n_batch + 16, np.float32)
+        a = buf[offset // 4:offset // 4 + n * n_batch].reshape(n, n_batch)
+        a[...] = rng.uniform(-1, 1, a.shape)
+        return a
+
+    w_sp = random_csr(rng, n_out, n_in, 0.05, dtype=np.float32)
+    w = to_backend(be, w_sp)
+    x, dy = off_line(n_in, 16), off_line(n_out, 48)
+    xa, dya = aligned_empty(x.shape, np.float32), aligned_empty(dy.shape, np.float32)
+    xa[...], dya[...] = x, dy
+    old = spmm._tuning()
+    try:
+        spmm._tuning(realign_reuse=0, thread_copy_bytes=0)
+        got = [be.weight_grad(x, dy, w), *be.backward(x, dy, w)]
+    finally:
+        spmm._tuning(*old)
+    want = [be.weight_grad(xa, dya, w), *be.backward(xa, dya, w)]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert_close(got[0], ref.weight_grad(w_sp, x, dy), ref.weight_grad(w_sp, abs(x), abs(dy)),
+                 n_batch, np.float32, "SDDMM on a shared copy")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile_vecs", [None, 1, 2, 4])
 def test_cpu_products_walk_misaligned_rows_from_the_line(dtype, tile_vecs):

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include <atomic>
+
 #include "dots.hh"
 #include "spmm.hh"
 #include "team.hh"
@@ -49,6 +51,27 @@ static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* 
     });
 }
 
+/* dst[0:n] = src[0:n] by every thread of the team, in chunks claimed from phase `phase`; each
+   thread returns once all chunks are copied (`done` counts them).  Unlike a barrier, this does
+   not wait for a thread that wakes late: it finds the chunks taken and the copy done. */
+template <typename T>
+static inline void sk_team_copy(SkTeam* team, int phase, const T* src, T* dst, ptrdiff_t n,
+                                std::atomic<ptrdiff_t>* done) {
+    const ptrdiff_t chunk = 1 << 14, n_chunks = (n + chunk - 1) / chunk;
+    for (ptrdiff_t c; (c = sk_claim(team, phase, n_chunks)) >= 0;) {
+        const ptrdiff_t lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
+        memcpy(dst + lo, src + lo, (size_t)len * sizeof(T));
+        done->fetch_add(1, std::memory_order_release);
+    }
+    /* the others' last chunks: a spin as long as a barrier's, then yielding the core */
+    for (int spins = 0; done->load(std::memory_order_acquire) < n_chunks; ++spins) {
+        if (spins < SK_SPIN)
+            SK_RELAX();
+        else
+            sk_yield();
+    }
+}
+
 /* The fused backward (perm given: dx and the gradient in W's order) or the SDDMM (perm NULL),
    held rows [0, n_rows); see sk_dot_rows.  With inv (t_perm's inverse) and more than one
    thread, the fused backward writes the gradient in the transposed order (g_lin, nnz values)
@@ -62,7 +85,8 @@ static void sk_spmm_team(const I* indptr, const I* idx, const T* vals, const I* 
    line's start without changing their order.  One shared aligned copy, made by one core, was
    then read by the other from that core's cache: a 1000 x 1000 SDDMM on 2 threads took 0.25
    ms against 0.13 on an aligned src.  Each thread's copy stays in its own L2, and the
-   master's overlaps the waking of the others. */
+   master's overlaps the waking of the others.  With copy_stride 0 the team makes one shared
+   copy at `copies` instead (sk_team_copy), for a src too large to copy once per thread. */
 template <typename T, typename I>
 static void sk_dots_team(const I* indptr, const I* idx, const I* perm, const T* vals,
                          ptrdiff_t n_rows, const T* src, const T* hold, ptrdiff_t n_batch, T* dx,
@@ -72,15 +96,19 @@ static void sk_dots_team(const I* indptr, const I* idx, const I* perm, const T* 
     SkTeam team;
     sk_team_init(&team, num_threads);
     const ptrdiff_t nnz = (ptrdiff_t)indptr[n_rows];
+    std::atomic<ptrdiff_t> copied(0);
     #pragma omp parallel num_threads(num_threads)
     {
         const int tid = sk_team_rank(), nt = sk_team_size();
         const bool gather = nt > 1 && perm != NULL && inv != NULL;
         const T* my_src = src;
-        if (copies != NULL) {
+        if (copies != NULL && copy_stride > 0) {
             T* mine = copies + (ptrdiff_t)tid * copy_stride;
             memcpy(mine, src, (size_t)src_elems * sizeof(T));
             my_src = mine;
+        } else if (copies != NULL) {
+            sk_team_copy(&team, 2, src, copies, src_elems, &copied);
+            my_src = copies;
         }
         /* ordered claims: each W row's entries change thread about once (sk_claim_ordered) */
         sk_claim_rows<true>(&team, 0, indptr, n_rows, sk_phase_chunks(&team, nnz, block),

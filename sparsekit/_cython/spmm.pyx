@@ -156,16 +156,16 @@ def _dots_source(src, Py_ssize_t nnz, int num_threads):
     An operand that :func:`_realigned` would copy is copied by every thread of the team to its
     own aligned slot of ``copies`` (products.hh, sk_dots_team says why) while it fits in L2
     (TILE_BYTES) and the copies together take at most THREAD_COPY_BYTES (always on one thread,
-    where it is the same one copy); otherwise it gets one shared aligned copy here, since
-    per-thread copies would multiply its memory and traffic.  ``copies`` is None when ``src``
-    is read where it is."""
+    where it is the same one copy); otherwise the team makes one shared aligned copy in
+    ``copies`` (``copy_stride`` 0), in chunks, since per-thread copies would multiply its
+    memory and traffic.  ``copies`` is None when ``src`` is read where it is."""
     a = np.asarray(src)
     if (a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0
             or not _misaligned(<void*><size_t>a.ctypes.data, a.shape[0],
                                a.shape[1] * a.itemsize, nnz)):
         return src, None, 0
     if num_threads > 1 and (a.nbytes > TILE_BYTES or num_threads * a.nbytes > THREAD_COPY_BYTES):
-        return _realigned(src, nnz), None, 0
+        return src, aligned_empty(a.size, a.dtype), 0
     cdef Py_ssize_t per_line = 64 // a.itemsize
     cdef Py_ssize_t stride = (a.size + per_line - 1) // per_line * per_line
     return src, aligned_empty(num_threads * stride, a.dtype), stride

@@ -16,7 +16,7 @@ of rows, and gathered rows are prefetched a few non-zeros ahead.  A gathered ope
 rows are whole cache lines but which starts off one is walked from the line's start with the
 lanes before the row masked (forward and ``matmul_t``, AVX-512 builds) or copied to aligned
 memory (the pattern gradients, whose dots would otherwise be summed in another order: a copy per
-thread while it fits in L2, see :func:`_dots_source`).  Summation orders depend on the shapes
+thread while it fits in L2, see :func:`_src_copies`).  Summation orders depend on the shapes
 only.
 """
 from cython.parallel cimport prange
@@ -55,7 +55,7 @@ cdef extern from "products.hh" nogil:
 cdef Py_ssize_t REALIGN_REUSE = 4
 cdef Py_ssize_t TILE_BYTES = 2 << 20
 #: The most that the pattern gradients' per-thread copies of one operand may take together
-#: (_dots_source): past it, as on a many-core machine, every thread copying the whole operand
+#: (_src_copies): past it, as on a many-core machine, every thread copying the whole operand
 #: would move more memory than the product reads, and one shared copy is made instead.
 cdef Py_ssize_t THREAD_COPY_BYTES = 4 << 20
 cdef int TILE_VECS = 4
@@ -150,8 +150,8 @@ cdef void _dots(const index_t* indptr, const index_t* idx, const index_t* perm,
                  p.tv, p.pf, p.block, num_threads, copies, src_elems, copy_stride)
 
 
-def _dots_source(src, Py_ssize_t nnz, int num_threads):
-    """``(src, copies, copy_stride)`` for the pattern gradients' gathered operand ``src``.
+def _src_copies(src, Py_ssize_t nnz, int num_threads):
+    """``(copies, copy_stride)`` for the pattern gradients' gathered operand ``src``.
 
     An operand that :func:`_realigned` would copy is copied by every thread of the team to its
     own aligned slot of ``copies`` (products.hh, sk_dots_team says why) while it fits in L2
@@ -163,12 +163,22 @@ def _dots_source(src, Py_ssize_t nnz, int num_threads):
     if (a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0
             or not _misaligned(<void*><size_t>a.ctypes.data, a.shape[0],
                                a.shape[1] * a.itemsize, nnz)):
-        return src, None, 0
+        return None, 0
     if num_threads > 1 and (a.nbytes > TILE_BYTES or num_threads * a.nbytes > THREAD_COPY_BYTES):
-        return src, aligned_empty(a.size, a.dtype), 0
+        return aligned_empty(a.size, a.dtype), 0
     cdef Py_ssize_t per_line = 64 // a.itemsize
     cdef Py_ssize_t stride = (a.size + per_line - 1) // per_line * per_line
-    return src, aligned_empty(num_threads * stride, a.dtype), stride
+    return aligned_empty(num_threads * stride, a.dtype), stride
+
+
+cdef floating* _data_or_null(arr, const floating* like):
+    """The first element of the 1-D array ``arr`` (of ``like``'s type), or NULL for None; the
+    caller keeps ``arr`` alive."""
+    cdef floating[::1] view
+    if arr is None:
+        return NULL
+    view = arr
+    return &view[0]
 
 
 cdef bint _misaligned(const void* p, Py_ssize_t n_src, Py_ssize_t row_bytes,
@@ -293,7 +303,7 @@ def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
         raise ValueError(f"t_perm has {t_perm.shape[0]} entries but data has {data.shape[0]}")
     cdef int nt = check_threads(num_threads)
     cdef Py_ssize_t stride
-    dy_ob, copies_a, stride = _dots_source(dy_ob, t_rows.shape[0], nt)
+    copies_a, stride = _src_copies(dy_ob, t_rows.shape[0], nt)
     dtype = np.asarray(data).dtype
     grad = np.empty(data.shape[0], dtype=dtype)
     dx = aligned_empty((n_cols, n_batch), dtype) if need_dx else None
@@ -325,11 +335,7 @@ def backward(const index_t[::1] t_indptr, const index_t[::1] t_rows, const index
     # with t_inv it is written in that order and gathered.
     g_lin_a = np.empty(data.shape[0] if p.tv or inv_ptr != NULL else 1, dtype=dtype)
     cdef floating[::1] g_lin = g_lin_a
-    cdef floating[::1] copies
-    cdef floating* copies_ptr = NULL
-    if copies_a is not None:
-        copies = copies_a
-        copies_ptr = &copies[0]
+    cdef floating* copies_ptr = _data_or_null(copies_a, &data[0])
     with nogil:
         _dots(&t_indptr[0], &t_rows[0], &t_perm[0], &data[0], &dy_ob[0, 0], &x_ib[0, 0],
               dx_ptr, &g[0], &g_lin[0], inv_ptr, n_cols, n_batch, p, nt, copies_ptr,
@@ -346,12 +352,8 @@ def _pattern_grad(const index_t[::1] indptr, const index_t[::1] indices,
     if indices.shape[0] == 0 or n_batch == 0 or n_rows <= 0:
         return
     cdef Py_ssize_t stride
-    x_ib, copies_a, stride = _dots_source(x_ib, indices.shape[0], num_threads)
-    cdef floating[::1] copies
-    cdef floating* copies_ptr = NULL
-    if copies_a is not None:
-        copies = copies_a
-        copies_ptr = &copies[0]
+    copies_a, stride = _src_copies(x_ib, indices.shape[0], num_threads)
+    cdef floating* copies_ptr = _data_or_null(copies_a, &out[0])
     cdef Plan p = _plan(x_ib.shape[0], n_rows, indices.shape[0], n_batch, out.itemsize, True)
     with nogil:
         _dots(&indptr[0], &indices[0], NULL, <floating*>NULL, &x_ib[0, 0], &dy_ob[0, 0],
